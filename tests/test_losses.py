@@ -1,0 +1,99 @@
+"""Preference losses against hand-computed values."""
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dpa_omf.train import losses
+
+
+def _lp(values):
+    return jnp.asarray(values, jnp.float32)
+
+
+def test_sequence_score_hand_computed():
+    # 1 pair, 2 agents, 2 steps; agent 1 valid only at step 0.
+    lp = _lp([[[-1.0, -2.0], [-3.0, -4.0]]])
+    valid = jnp.asarray([[[True, True], [True, False]]])
+    cfg = losses.ScoreConfig(alpha=0.5, gamma=0.9, normalize="sum")
+    # 0.5 * (-1 + 0.9 * -2 + -3) = 0.5 * -5.8
+    np.testing.assert_allclose(losses.sequence_score(lp, valid, cfg), [-2.9], rtol=1e-6)
+    agents = losses.ScoreConfig(alpha=0.5, gamma=0.9, normalize="agents")
+    np.testing.assert_allclose(losses.sequence_score(lp, valid, agents), [-2.9 / 2], rtol=1e-6)
+    tokens = losses.ScoreConfig(alpha=0.5, gamma=0.9, normalize="tokens")
+    np.testing.assert_allclose(losses.sequence_score(lp, valid, tokens), [-2.9 / 3], rtol=1e-6)
+
+
+def test_cpl_loss_hand_computed():
+    score = losses.ScoreConfig(alpha=1.0, gamma=1.0, normalize="sum")
+    cfg = losses.CPLConfig(score=score, conservative_lambda=0.5)
+    pos = _lp([[[-1.0, -1.0]], [[-4.0, -4.0]]])  # S+ = -2, -8
+    neg = _lp([[[-2.0, -2.0]], [[-1.0, -1.0]]])  # S- = -4, -2
+    valid = jnp.ones((2, 1, 2), bool)
+    loss, m = losses.cpl_loss(pos, valid, neg, valid, cfg)
+    # pair 1: -log(e^-2 / (e^-2 + e^(0.5*-4))) = log 2 ; pair 2: -log(e^-8/(e^-8+e^-1)) = log(1+e^7)
+    expected = (math.log(2.0) + math.log1p(math.exp(7.0))) / 2
+    np.testing.assert_allclose(loss, expected, rtol=1e-6)
+    assert int(m["pref_accuracy_sum"]) == 1 and int(m["pairs"]) == 2
+    np.testing.assert_allclose(m["nll_preferred_sum"], 10.0)
+    assert int(m["tokens_preferred"]) == 4
+
+
+def test_cpl_bc_term_and_masking():
+    score = losses.ScoreConfig(alpha=1.0, normalize="sum")
+    pos = _lp([[[-1.0, -50.0]]])
+    neg = _lp([[[-2.0, -2.0]]])
+    valid_pos = jnp.asarray([[[True, False]]])  # the -50 is masked out
+    valid_neg = jnp.ones((1, 1, 2), bool)
+    base, _ = losses.cpl_loss(pos, valid_pos, neg, valid_neg, losses.CPLConfig(score=score, conservative_lambda=1.0))
+    np.testing.assert_allclose(base, -math.log(1 / (1 + math.exp(-4 + 1))), rtol=1e-6)
+    with_bc, _ = losses.cpl_loss(pos, valid_pos, neg, valid_neg,
+                                 losses.CPLConfig(score=score, conservative_lambda=1.0, bc_weight=0.5))
+    np.testing.assert_allclose(with_bc - base, 0.5 * 1.0, rtol=1e-6)
+
+
+def test_lambda_must_be_in_unit_interval():
+    with pytest.raises(ValueError, match="conservative_lambda"):
+        losses.CPLConfig(conservative_lambda=0.0)
+    with pytest.raises(ValueError, match="normalize"):
+        losses.ScoreConfig(normalize="mean")
+
+
+def test_afd_prefers_expert_over_every_sample():
+    score = losses.ScoreConfig(alpha=1.0, normalize="sum")
+    cfg = losses.CPLConfig(score=score, conservative_lambda=1.0)
+    expert = _lp([[[-1.0]]])  # [P=1, A=1, S=1]
+    gen = _lp([[[[-1.0]], [[-3.0]]]])  # [P=1, K=2, A=1, S=1]
+    v_e, v_g = jnp.ones((1, 1, 1), bool), jnp.ones((1, 2, 1, 1), bool)
+    loss, m = losses.afd_loss(expert, v_e, gen, v_g, cfg)
+    expected = (math.log(2.0) + math.log1p(math.exp(-2.0))) / 2
+    np.testing.assert_allclose(loss, expected, rtol=1e-6)
+    assert int(m["pairs"]) == 2
+
+
+def test_sft_and_dpo_hand_computed():
+    lp = _lp([[[-1.0, -3.0]]])
+    valid = jnp.ones((1, 1, 2), bool)
+    loss, _ = losses.sft_loss(lp, valid)
+    np.testing.assert_allclose(loss, 2.0)
+    pos, neg = _lp([[[-1.0]]]), _lp([[[-2.0]]])
+    ref_pos, ref_neg = _lp([[[-1.5]]]), _lp([[[-1.5]]])
+    v = jnp.ones((1, 1, 1), bool)
+    loss, m = losses.dpo_loss(pos, v, neg, v, ref_pos, ref_neg, beta=2.0)
+    # margin = (-1 + 1.5) - (-2 + 1.5) = 1 ; loss = -log sigmoid(2)
+    np.testing.assert_allclose(loss, math.log1p(math.exp(-2.0)), rtol=1e-6)
+    assert int(m["pref_accuracy_sum"]) == 1
+
+
+def test_kl_estimates():
+    logits_p = jnp.log(jnp.asarray([[0.5, 0.5], [0.9, 0.1]]))
+    logits_r = jnp.log(jnp.asarray([[0.5, 0.5], [0.5, 0.5]]))
+    kl_sum, n = losses.token_kl(logits_p, logits_r, jnp.asarray([True, True]))
+    expected = 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)
+    np.testing.assert_allclose(kl_sum, expected, rtol=1e-5)
+    assert int(n) == 2
+    mc, n = losses.kl_estimate(_lp([-1.0, -2.0]), _lp([-1.5, -1.0]), jnp.asarray([True, False]))
+    np.testing.assert_allclose(mc, 0.5)
+    assert int(n) == 1
