@@ -1,0 +1,592 @@
+"""The sharded training loop shared by every training stage (pretraining, alignment).
+
+A stage supplies what differs -- a loss, a parameter initializer, a batch
+iterator -- and :func:`train` does the rest: mesh, sharded state, compiled step,
+evaluation, logging, checkpoints, resume and preemption.
+
+Contracts:
+
+* ``loss_fn(params, batch, rng, frozen) -> (loss, metrics)``: pure and
+  jittable. ``batch`` is the *global* batch (a pytree of ``jax.Array``, leading
+  dim = global batch size, split over the mesh's ``data`` axis; reductions over
+  it are cross-device reductions, inserted by XLA). ``rng`` is a typed PRNG key,
+  ``jax.random.fold_in(run_key, step)``. ``frozen`` is the optional frozen
+  pytree (e.g. a reference model's params) or ``None``. ``loss`` is a float
+  scalar to minimize. ``metrics`` maps names to either a scalar or a pair
+  ``(sum, count)`` -- masked sums and counts are added over evaluation batches
+  and divided once on the host, so ragged valid-agent counts weigh correctly.
+* ``init_params_fn(rng) -> params``: pure; leaves may carry flax logical-axis
+  boxes (``nn.with_logical_partitioning``), mapped onto the mesh by
+  ``MeshConfig.rules``; otherwise params are replicated.
+* ``batch_iterator_factory(start) -> iterable`` of *process-local* batches
+  (pytrees of numpy arrays, leading dim = global batch / process count),
+  starting at batch index ``start`` (the number of batches already consumed):
+  a resumed run asks for the batches it has not seen yet, so it sees exactly
+  the batches an uninterrupted run would have.
+* ``eval_batches_fn() -> iterable`` of process-local held-out batches, the same
+  ones at every evaluation; ``eval_fn(params, batch, rng, frozen) -> metrics``
+  (default: the loss function's loss and metrics).
+
+Outputs in ``WORKDIR/<stage>/``: ``checkpoints/`` (orbax), ``metrics.jsonl``,
+TensorBoard events, ``summary.json`` (only when the run completes; its presence
+means "stage done").
+
+Example (a pretraining job)::
+
+    def loss_fn(params, batch, rng, frozen):
+        scenario, tokens, token_valid = batch
+        loss, m = model.loss_and_metrics(params, scenario, tokens, token_valid)
+        return loss, {"nll": (m["nll_sum"], m["count"]), "accuracy": (m["correct_sum"], m["count"])}
+
+    result = train(loss_fn, lambda rng: model.init(rng, example_scenario), batches_from,
+                   TrainConfig(num_steps=2000), workdir, "pretrain", eval_batches_fn=held_out)
+    sys.exit(result.exit_code)  # 0 done, 75 preempted (saved; run the same command again)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import pathlib
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from dpa_omf.train import checkpointing
+from dpa_omf.train import logging as stage_logging
+from dpa_omf.train import optim
+from dpa_omf.train import sharding
+
+PyTree = Any
+LossFn = Callable[[PyTree, PyTree, jax.Array, PyTree], tuple[jax.Array, Mapping[str, Any]]]
+EvalFn = Callable[[PyTree, PyTree, jax.Array, PyTree], Mapping[str, Any]]
+Hook = Callable[[int, "TrainState"], None]
+
+log = logging.getLogger(__name__)
+
+COMPLETED = "completed"
+PREEMPTED = "preempted"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or inf; ``step`` is the first bad step (1-based)."""
+
+    def __init__(self, step: int, value: float, stage: str):
+        self.step = step
+        super().__init__(f"{stage}: non-finite training loss {value} at step {step}")
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Knobs of the training loop (the stage's loss and model have their own).
+
+    Attributes:
+      num_steps: number of optimizer updates in the whole run.
+      seed: seeds parameter init and the per-step rng stream.
+      optim: optimizer (AdamW, warm-up + cosine, clipping).
+      mesh: device mesh shape and logical-axis rules.
+      log_every: write training metrics (and check the loss is finite) every
+        this many steps; the first and the last step are always logged.
+      eval_every: evaluate every this many steps (and at the end); 0 = only at
+        the end. Needs ``eval_batches_fn``.
+      checkpoint_every: save every this many steps (and at the end, and on
+        SIGTERM/SIGINT).
+      keep_checkpoints: number of most recent checkpoints kept.
+      async_checkpointing: write checkpoints in a background thread.
+      progress_bar: show a tqdm bar (process 0 only).
+      preemption_sync_every: in a multi-process job, agree on a pending
+        SIGTERM every this many steps (a tiny all-gather; each process may get
+        the signal at a different step).
+    """
+
+    num_steps: int = 10_000
+    seed: int = 0
+    optim: optim.OptimConfig = optim.OptimConfig()
+    mesh: sharding.MeshConfig = sharding.MeshConfig()
+    log_every: int = 50
+    eval_every: int = 1000
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    async_checkpointing: bool = True
+    progress_bar: bool = True
+    preemption_sync_every: int = 10
+
+    def validate(self) -> None:
+        """Raises ``ValueError`` naming the first impossible field."""
+        positive = ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints", "preemption_sync_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise ValueError(f"TrainConfig.eval_every must be >= 0, got {self.eval_every}")
+        self.optim.validate()
+
+
+# ----------------------------------------------------------------------------- state
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a resumed run needs, as one pytree.
+
+    Attributes:
+      step: int32 ``[]``, number of updates applied.
+      params: the trained parameters (unboxed).
+      opt_state: optax state.
+      rng: uint32 ``[2]`` raw key data of the run key (constant; the step key
+        is ``fold_in(run key, step)``). Raw data, not a typed key, so the
+        checkpoint holds plain arrays.
+      data_index: int32 ``[]``, number of training batches consumed: where the
+        batch iterator restarts.
+    """
+
+    step: jax.Array
+    params: PyTree
+    opt_state: PyTree
+    rng: jax.Array
+    data_index: jax.Array
+
+    def to_items(self) -> dict[str, PyTree]:
+        """The checkpoint items: ``params`` alone (loadable as a frozen model) and the rest."""
+        return {
+            "params": self.params,
+            "train": {
+                "step": self.step,
+                "opt_state": self.opt_state,
+                "rng": self.rng,
+                "data_index": self.data_index,
+            },
+        }
+
+    @classmethod
+    def from_items(cls, items: Mapping[str, PyTree]) -> TrainState:
+        return cls(params=items["params"], **items["train"])
+
+
+def _as_pair(v: Any) -> tuple[jax.Array, jax.Array]:
+    """A metric as ``(sum, count)``: scalars count as one sample."""
+    if isinstance(v, (tuple, list)):
+        s, c = v
+        return jnp.asarray(s, jnp.float32), jnp.asarray(c, jnp.float32)
+    return jnp.asarray(v, jnp.float32), jnp.ones([], jnp.float32)
+
+
+def _pairs(metrics: Mapping[str, Any]) -> dict[str, tuple[jax.Array, jax.Array]]:
+    return {k: _as_pair(v) for k, v in metrics.items()}
+
+
+def init_state(
+    init_params_fn: Callable[[jax.Array], PyTree],
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    initial_params: PyTree | None = None,
+) -> TrainState:
+    """A fresh state (pure; jitted with ``out_shardings`` by :class:`Trainer`).
+
+    Args:
+      init_params_fn: ``rng -> params`` (possibly boxed).
+      tx: the optimizer.
+      rng: typed key; split into the params key and the run key.
+      initial_params: start from these params instead (e.g. alignment starts
+        from the reference model); ``init_params_fn`` is then not called.
+    """
+    params_rng, run_rng = jax.random.split(rng)
+    params = initial_params if initial_params is not None else sharding.unbox(init_params_fn(params_rng))
+    return TrainState(
+        step=jnp.zeros([], jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        rng=jax.random.key_data(run_rng),
+        data_index=jnp.zeros([], jnp.int32),
+    )
+
+
+def train_step(
+    loss_fn: LossFn, tx: optax.GradientTransformation, state: TrainState, batch: PyTree, frozen: PyTree
+) -> tuple[TrainState, dict[str, tuple[jax.Array, jax.Array]]]:
+    """One optimizer update on one global batch.
+
+    Returns the new state and metrics as ``name -> (sum, count)``, with
+    ``loss`` and ``grad_norm`` (before clipping) added.
+    """
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng, frozen)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        opt_state=opt_state,
+        data_index=state.data_index + 1,
+    )
+    out = _pairs(metrics)
+    out["loss"] = _as_pair(loss)
+    out["grad_norm"] = _as_pair(optax.tree.norm(grads))
+    return new_state, out
+
+
+def eval_step(
+    eval_fn: EvalFn, params: PyTree, batch: PyTree, rng: jax.Array, frozen: PyTree
+) -> dict[str, tuple[jax.Array, jax.Array]]:
+    """Metrics of one held-out global batch as ``name -> (sum, count)``."""
+    return _pairs(eval_fn(params, batch, rng, frozen))
+
+
+def loss_as_eval_fn(loss_fn: LossFn) -> EvalFn:
+    """The default evaluation: the loss and the loss function's metrics."""
+
+    def eval_fn(params, batch, rng, frozen):
+        loss, metrics = loss_fn(params, batch, rng, frozen)
+        return {**metrics, "loss": loss}
+
+    return eval_fn
+
+
+def reduce_pairs(pairs: Mapping[str, tuple[Any, Any]]) -> dict[str, float]:
+    """Host-side ``sum / count`` per metric (NaN where the count is 0)."""
+    pairs = jax.device_get(pairs)
+    out = {}
+    for k, (s, c) in pairs.items():
+        out[k] = float(s) / float(c) if float(c) > 0 else float("nan")
+    return out
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """Mesh, shardings and compiled step functions for one loss and model.
+
+    Build order follows "shapes first": ``jax.eval_shape`` of the state, then
+    its shardings, then the state built (or restored) directly in that layout.
+
+    Args:
+      loss_fn, init_params_fn: see the module docstring.
+      config: the loop config.
+      mesh: the device mesh; default: ``config.mesh`` over all devices.
+      eval_fn: held-out metrics; default :func:`loss_as_eval_fn`.
+      frozen: a frozen pytree passed to every loss / eval call (e.g. the
+        reference model's params); placed on the mesh once, never saved.
+      initial_params: start from these params instead of ``init_params_fn``.
+    """
+
+    def __init__(
+        self,
+        loss_fn: LossFn,
+        init_params_fn: Callable[[jax.Array], PyTree],
+        config: TrainConfig,
+        *,
+        mesh: Mesh | None = None,
+        eval_fn: EvalFn | None = None,
+        frozen: PyTree = None,
+        initial_params: PyTree | None = None,
+    ):
+        config.validate()
+        self.config = config
+        self.mesh = mesh if mesh is not None else sharding.mesh_from_config(config.mesh)
+        self.tx, self.schedule = optim.make_optimizer(config.optim, config.num_steps)
+        self.rng = jax.random.key(config.seed)
+        rules = config.mesh.rules
+
+        # Shapes first.
+        boxed = jax.eval_shape(init_params_fn, self.rng) if initial_params is None else initial_params
+        p_shardings = sharding.param_shardings(boxed, self.mesh, rules)
+        abstract_params = jax.eval_shape(sharding.unbox, boxed)
+        repl = sharding.replicated(self.mesh)
+        self.state_shardings = TrainState(
+            step=repl,
+            params=p_shardings,
+            opt_state=sharding.opt_state_shardings(self.tx, abstract_params, p_shardings, self.mesh),
+            rng=repl,
+            data_index=repl,
+        )
+        self._initial_params = None
+        if initial_params is not None:
+            self._initial_params = jax.device_put(sharding.unbox(initial_params), p_shardings)
+        init_fn = functools.partial(init_state, init_params_fn, self.tx)
+        self.abstract_state = sharding.with_shardings(
+            jax.eval_shape(init_fn, self.rng, self._initial_params), self.state_shardings
+        )
+        self.frozen, frozen_shardings = _place_frozen(frozen, self.mesh, rules)
+        batch_sh = sharding.batch_sharding(self.mesh)
+
+        # Then the compiled functions, every layout fixed.
+        self._init = jax.jit(init_fn, out_shardings=self.state_shardings)
+        self._train_step = jax.jit(
+            functools.partial(train_step, loss_fn, self.tx),
+            in_shardings=(self.state_shardings, batch_sh, frozen_shardings),
+            out_shardings=(self.state_shardings, repl),
+            donate_argnums=(0,),
+        )
+        self._eval_step = jax.jit(
+            functools.partial(eval_step, eval_fn or loss_as_eval_fn(loss_fn)),
+            in_shardings=(p_shardings, batch_sh, repl, frozen_shardings),
+            out_shardings=repl,
+        )
+
+    def init(self) -> TrainState:
+        """A fresh state, created directly with its shardings."""
+        return self._init(self.rng, self._initial_params)
+
+    def restore(self, ckpt: checkpointing.Checkpointer, step: int | None = None) -> TrainState:
+        """The checkpointed state, restored into the same shardings as :meth:`init`."""
+        return TrainState.from_items(ckpt.restore(self.abstract_state.to_items(), step))
+
+    def step(self, state: TrainState, local_batch: PyTree) -> tuple[TrainState, dict]:
+        """One update from this process's share of the batch. ``state`` is donated."""
+        return self._train_step(state, sharding.global_batch(local_batch, self.mesh), self.frozen)
+
+    def evaluate(self, params: PyTree, local_batches: Iterable[PyTree]) -> dict[str, float]:
+        """Metrics over held-out batches: sums and counts added, divided once.
+
+        Batch ``i`` gets the rng ``fold_in(key(seed + 1), i)``, the same at every
+        evaluation, so evaluations differ only through the params.
+        """
+        eval_rng = jax.random.key(self.config.seed + 1)
+        total = None
+        for i, local in enumerate(local_batches):
+            batch = sharding.global_batch(local, self.mesh)
+            m = self._eval_step(params, batch, jax.random.fold_in(eval_rng, i), self.frozen)
+            total = m if total is None else jax.tree.map(jnp.add, total, m)
+        if total is None:
+            raise ValueError("evaluate: eval_batches_fn gave no batches")
+        return reduce_pairs(total)
+
+    def lower_step(self, global_batch_shapes: PyTree) -> jax.stages.Lowered:
+        """Lowers the train step for ahead-of-time compilation (memory analysis).
+
+        Args:
+          global_batch_shapes: pytree of ``jax.ShapeDtypeStruct`` of the
+            *global* batch.
+        """
+        batch_sh = sharding.batch_sharding(self.mesh)
+        batch_shardings = jax.tree.map(lambda _: batch_sh, global_batch_shapes)
+        batch = sharding.with_shardings(global_batch_shapes, batch_shardings)
+        return self._train_step.lower(self.abstract_state, batch, self.frozen)
+
+    def train_step_cache_size(self) -> int:
+        """Number of compiled versions of the train step (1 after any number of steps)."""
+        return self._train_step._cache_size()
+
+
+def _place_frozen(frozen: PyTree, mesh: Mesh, rules) -> tuple[PyTree, PyTree]:
+    """Puts the frozen pytree on the mesh once; keeps a NamedSharding already on this mesh."""
+    if frozen is None:
+        return None, None
+    shardings = sharding.param_shardings(frozen, mesh, rules)
+    frozen = sharding.unbox(frozen)
+
+    def keep_if_on_mesh(x, s):
+        on_mesh = isinstance(x, jax.Array) and isinstance(x.sharding, jax.sharding.NamedSharding)
+        return x.sharding if on_mesh and x.sharding.mesh == mesh else s
+
+    shardings = jax.tree.map(keep_if_on_mesh, frozen, shardings)
+    return jax.device_put(frozen, shardings), shardings
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+      state: the final state (or the state saved at preemption).
+      status: ``"completed"`` or ``"preempted"``.
+      summary: the figures written to summary.json (empty when preempted).
+    """
+
+    state: TrainState
+    status: str
+    summary: dict[str, Any]
+
+    @property
+    def exit_code(self) -> int:
+        """0 when completed, ``checkpointing.EXIT_PREEMPTED`` (75) when preempted."""
+        return 0 if self.status == COMPLETED else checkpointing.EXIT_PREEMPTED
+
+
+class _LossWatch:
+    """Keeps the step losses since the last check as device scalars (no sync per step)."""
+
+    def __init__(self, stage: str):
+        self.stage = stage
+        self._pending: list[tuple[int, jax.Array]] = []
+
+    def add(self, step: int, loss_pair) -> None:
+        self._pending.append((step, loss_pair[0]))
+
+    def check(self) -> None:
+        """Raises :class:`NonFiniteLossError` naming the first bad step since the last check."""
+        values = jax.device_get([v for _, v in self._pending])
+        for (step, _), v in zip(self._pending, values):
+            if not np.isfinite(v):
+                raise NonFiniteLossError(step, float(v), self.stage)
+        self._pending.clear()
+
+
+def _stop_requested(flag: checkpointing.PreemptionFlag, ckpt, step: int, config: TrainConfig) -> bool:
+    if jax.process_count() == 1:
+        return flag.is_set()
+    # Every process must stop at the same step, or the collective save hangs.
+    stop = False
+    if step % config.preemption_sync_every == 0:
+        stop = bool(np.any(multihost_utils.process_allgather(np.int32(flag.is_set()))))
+    return stop or ckpt.reached_preemption(step)
+
+
+def train(
+    loss_fn: LossFn,
+    init_params_fn: Callable[[jax.Array], PyTree],
+    batch_iterator_factory: Callable[[int], Iterable[PyTree]],
+    config: TrainConfig,
+    workdir: str | pathlib.Path,
+    stage_name: str,
+    *,
+    eval_fn: EvalFn | None = None,
+    eval_batches_fn: Callable[[], Iterable[PyTree]] | None = None,
+    frozen: PyTree = None,
+    initial_params: PyTree | None = None,
+    mesh: Mesh | None = None,
+    hooks: Sequence[Hook] = (),
+) -> TrainResult:
+    """Trains ``loss_fn`` for ``config.num_steps`` steps, resuming from ``WORKDIR/<stage>/checkpoints``.
+
+    See the module docstring for the function contracts. ``hooks`` are called
+    on the host after every step (after its metrics are logged, before the
+    preemption check, evaluation and checkpoint) as ``hook(step, state)``;
+    ``state`` is donated to the next step, so a hook must not keep it.
+
+    Returns:
+      A :class:`TrainResult`; on SIGTERM/SIGINT the state is saved at the
+      current step and the result has status ``"preempted"``: the caller
+      should exit with ``result.exit_code`` and run the same command again.
+
+    Raises:
+      NonFiniteLossError: the loss became NaN/inf (nothing past the last
+        finite check is saved).
+      RuntimeError: the batch iterator ran out.
+    """
+    t_start = time.perf_counter()
+    stage_dir = pathlib.Path(workdir) / stage_name
+
+    # -- mesh, model, shardings, compiled steps
+    trainer = Trainer(
+        loss_fn, init_params_fn, config,
+        mesh=mesh, eval_fn=eval_fn, frozen=frozen, initial_params=initial_params,
+    )
+
+    # -- state: restore if a checkpoint exists, else build it sharded
+    ckpt = checkpointing.Checkpointer(
+        stage_dir / "checkpoints", keep=config.keep_checkpoints, async_save=config.async_checkpointing
+    )
+    start = ckpt.latest_step()
+    if start is None:
+        state, start = trainer.init(), 0
+    else:
+        state = trainer.restore(ckpt, start)
+        log.info("%s: resumed from step %d", stage_name, start)
+    data_start = int(jax.device_get(state.data_index))
+
+    logger = stage_logging.StageLogger(
+        stage_dir, total_steps=config.num_steps, initial_step=start, progress_bar=config.progress_bar
+    )
+    watch = _LossWatch(stage_name)
+    evaluate = (lambda p: trainer.evaluate(p, eval_batches_fn())) if eval_batches_fn is not None else None
+    eval_metrics: dict[str, float] = {}
+    status = COMPLETED
+    step = start
+    batches = None
+
+    def save(s: TrainState, at: int) -> None:
+        watch.check()  # never checkpoint a NaN state
+        ckpt.save(at, s.to_items())
+
+    try:
+        with checkpointing.PreemptionFlag() as flag:
+            batches = iter(batch_iterator_factory(data_start))
+            t_log, step_log = time.perf_counter(), step
+            while step < config.num_steps:
+                # -- one step
+                try:
+                    local_batch = next(batches)
+                except StopIteration:
+                    raise RuntimeError(
+                        f"{stage_name}: batch iterator ended at step {step} (started at batch {data_start})"
+                    ) from None
+                state, metrics = trainer.step(state, local_batch)
+                step += 1
+                watch.add(step, metrics["loss"])
+                logger.advance()
+                last = step == config.num_steps
+
+                # -- log (syncs with the device: only every log_every steps)
+                if step % config.log_every == 0 or last or step == start + 1:
+                    watch.check()
+                    values = reduce_pairs(metrics)
+                    now = time.perf_counter()
+                    values["lr"] = float(trainer.schedule(step - 1))
+                    # Host wall time over the interval (the first one includes compilation).
+                    values["steps_per_s"] = (step - step_log) / max(now - t_log, 1e-9)
+                    t_log, step_log = now, step
+                    logger.log(step, values)
+
+                for hook in hooks:
+                    hook(step, state)
+                stop = _stop_requested(flag, ckpt, step, config)
+
+                # -- evaluate
+                eval_due = last or (config.eval_every and step % config.eval_every == 0)
+                if evaluate is not None and not stop and eval_due:
+                    eval_metrics = {f"eval_{k}": v for k, v in evaluate(state.params).items()}
+                    logger.log(step, eval_metrics, prefix="eval")
+                    if step_log == step:
+                        t_log = time.perf_counter()  # keep evaluation out of the step rate
+
+                # -- checkpoint
+                if stop or last or step % config.checkpoint_every == 0:
+                    save(state, step)
+                if stop:
+                    status = PREEMPTED
+                    log.warning("%s: preempted; saved step %d, exit code %d", stage_name, step,
+                                checkpointing.EXIT_PREEMPTED)
+                    break
+        ckpt.wait()
+    finally:
+        ckpt.close()
+        logger.close()
+        if hasattr(batches, "close"):
+            batches.close()  # stop a prefetching pipeline's worker thread
+
+    summary: dict[str, Any] = {}
+    if status == COMPLETED:
+        if evaluate is not None and not eval_metrics:
+            # Nothing left to train (resumed at the end): evaluate the final params.
+            eval_metrics = {f"eval_{k}": v for k, v in evaluate(state.params).items()}
+        losses = [r["loss"] for r in logger.records if "loss" in r]
+        summary = {
+            "stage": stage_name,
+            "steps": step,
+            "first_loss": losses[0] if losses else None,
+            "final_loss": losses[-1] if losses else None,
+            **eval_metrics,
+            "resumed_from_step": start,
+            "wall_time_s": time.perf_counter() - t_start,
+            "num_devices": trainer.mesh.size,
+            "mesh": dict(trainer.mesh.shape),
+            "process_count": jax.process_count(),
+        }
+        logger.write_summary(summary)
+    return TrainResult(state=state, status=status, summary=summary)
