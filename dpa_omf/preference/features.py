@@ -1,0 +1,123 @@
+"""Preference features phi per agent per 10 Hz future step.
+
+phi = [collision status, distance to road boundary, minimum clearance to other
+road users, control effort, speed] (DESIGN.md), for the 80 future steps of the
+agents valid at the current step. The geometry is the realism metric's own
+(``dpa_omf.evaluate.realism``: rounded-box distance to the nearest object with
+the official rounding, signed distance of the most off-road box corner to the
+road-edge polylines with the official sign rule), so the feedback that ranks
+rollouts and the metric that judges them measure the same things.
+
+The same function serves the expert (logged future) and rollouts (simulated
+future); rollouts are vmapped. No Python loop over agents or rollouts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from dpa_omf import datatypes as dt
+from dpa_omf.evaluate import realism
+
+NUM_FEATURES = 5
+FEATURE_NAMES = ("collision", "road_distance", "clearance", "effort", "speed")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureConfig:
+    """Feature ranges (hashable: static under jit).
+
+    clearance_cap: clearance above this is "no interaction" and clipped (m):
+      the OT cost should not reward or punish distances between agents that
+      do not interact.
+    road_distance_clip: the signed road-edge distance is clipped to
+      [-clip, clip] (m): deep inside the road it carries no preference signal.
+    effort_cap: accelerations are clipped to this magnitude (m/s^2), so a
+      single integration glitch cannot dominate a distance.
+    max_road_edge_points: road-edge slots after compaction (None: every
+      road-graph slot); see ``RealismConfig``.
+    """
+
+    clearance_cap: float = 10.0
+    road_distance_clip: float = 5.0
+    effort_cap: float = 10.0
+    max_road_edge_points: int | None = None
+
+    def realism_config(self) -> realism.RealismConfig:
+        return realism.RealismConfig(max_road_edge_points=self.max_road_edge_points)
+
+
+def _future_features(scenario: dt.Scenario, md: realism.MapData, x, y, heading, vel_x, vel_y, valid,
+                     config: FeatureConfig) -> jax.Array:
+    """Features of one joint future of all agents.
+
+    Args:
+      scenario: one scene (``[A, 91]`` agents).
+      md: the scene's prepared map (``realism.prepare_map``).
+      x, y, heading, vel_x, vel_y: ``[A, 80]`` future states.
+      valid: bool ``[A, 80]``.
+    Returns:
+      ``[A, 80, 5]`` float32 features (zero at invalid steps).
+    """
+    a = scenario.agents
+    cur = dt.CURRENT_INDEX
+    size = lambda v: jnp.broadcast_to(v[:, cur:cur + 1], x.shape)  # noqa: E731 - box size held at current
+    length, width, height = size(a.length), size(a.width), size(a.height)
+    z = jnp.broadcast_to(a.z[:, cur:cur + 1], x.shape)  # rollouts carry no z: hold the current one
+    boxes = jnp.stack([x, y, length, width, heading], axis=-1)  # [A, T, 5]
+    idx = jnp.arange(x.shape[0])
+    clearance = realism.distance_to_nearest_object(boxes, boxes, idx, valid, valid)  # [A, T]
+    collision = (clearance < realism.COLLISION_DISTANCE_THRESHOLD).astype(jnp.float32)
+    tr = dict(x=x, y=y, z=z, length=length, width=width, height=height, heading=heading, valid=valid)
+    road, _ = realism.distance_to_road_edge(tr, md.edges)
+    has_edges = jnp.any(md.edges.valid)
+    road = jnp.where(has_edges, jnp.clip(road, -config.road_distance_clip, config.road_distance_clip),
+                     -config.road_distance_clip)
+    # Effort from the velocity change over each 0.1 s step; the step before the
+    # first future step is the logged current state.
+    vx0, vy0 = a.vel_x[:, cur:cur + 1], a.vel_y[:, cur:cur + 1]
+    vx_prev = jnp.concatenate([vx0, vel_x[:, :-1]], axis=1)
+    vy_prev = jnp.concatenate([vy0, vel_y[:, :-1]], axis=1)
+    prev_ok = jnp.concatenate([a.valid[:, cur:cur + 1], valid[:, :-1]], axis=1)
+    effort = jnp.hypot(vel_x - vx_prev, vel_y - vy_prev) / dt.DT
+    effort = jnp.where(prev_ok, jnp.minimum(effort, config.effort_cap), 0.0)
+    speed = jnp.hypot(vel_x, vel_y)
+    phi = jnp.stack([collision, road, jnp.clip(clearance, -config.clearance_cap, config.clearance_cap),
+                     effort, speed], axis=-1)
+    return jnp.where(valid[..., None], phi, 0.0).astype(jnp.float32)
+
+
+def expert_features(scenario: dt.Scenario, config: FeatureConfig = FeatureConfig()) -> tuple[jax.Array, jax.Array]:
+    """phi of the logged future of one scene.
+
+    Returns:
+      (``[A, 80, 5]`` features, bool ``[A, 80]`` valid = logged valid and
+      the agent is simulated).
+    """
+    md = realism.prepare_map(scenario.roadgraph, config.realism_config())
+    a = scenario.agents
+    fut = slice(dt.NUM_HISTORY, dt.NUM_STEPS)
+    valid = a.valid[:, fut] & a.sim_mask[:, None]
+    phi = _future_features(scenario, md, a.x[:, fut], a.y[:, fut], a.heading[:, fut], a.vel_x[:, fut],
+                           a.vel_y[:, fut], valid, config)
+    return phi, valid
+
+
+def rollout_features(scenario: dt.Scenario, x: jax.Array, y: jax.Array, heading: jax.Array, vel_x: jax.Array,
+                     vel_y: jax.Array, config: FeatureConfig = FeatureConfig()) -> tuple[jax.Array, jax.Array]:
+    """phi of R simulated futures of one scene.
+
+    Args:
+      scenario: one scene.
+      x, y, heading, vel_x, vel_y: ``[R, A, 80]`` simulated states (every
+        simulated agent is valid at every future step).
+    Returns:
+      (``[R, A, 80, 5]`` features, bool ``[R, A, 80]`` valid).
+    """
+    md = realism.prepare_map(scenario.roadgraph, config.realism_config())
+    valid = jnp.broadcast_to(scenario.agents.sim_mask[None, :, None], x.shape)
+    one = lambda *s: _future_features(scenario, md, *s, config)  # noqa: E731
+    return jax.vmap(one)(x, y, heading, vel_x, vel_y, valid), valid
