@@ -1,0 +1,434 @@
+"""Preference distances: OT between occupancy measures (DPA-OMF) and ADE (DPA-ADEF).
+
+For every rollout r and agent a, the rollout's occupancy measure is uniform over
+the agent's valid 10 Hz steps in feature space (phi: [collision, distance to road
+boundary, minimum clearance, control effort, speed]) and so is the expert's; the
+per-agent distance is the exact (or entropic) optimal-transport cost between the
+two, with ground cost
+
+    c(u, v) = || w * (u - v) ||_2          (weight_mode="scale", default)
+    c(u, v) = sqrt(sum_k w_k (u_k - v_k)^2) (weight_mode="quadratic")
+
+Decision: the weights multiply the feature differences inside the norm
+("scale"), so a weight is an exchange rate between units: with [10, 5, 2, 1, 1] a
+collision-status mismatch (1) costs as much as 10 m/s of speed difference, 1 m of
+road-boundary distance as 5 m/s. Both modes are the Euclidean distance between
+rescaled features (by ``w`` or ``sqrt(w)``), so every solver sees point clouds.
+
+The scene distance is the mean of the per-agent costs over the agents that are in
+``agent_mask`` and have at least one valid step in both the rollout and the
+expert (NaN when a scene has no such agent).
+
+Solvers (``OTConfig.solver``): ``exact`` (auction for equal valid counts, exact
+successive-shortest-path transport for ragged ones), ``sinkhorn`` (our fused
+log-domain kernel), ``ott`` (ott-jax Sinkhorn configured like ours: fixed
+iterations, annealed epsilon) and ``ott_default`` (ott-jax defaults, for the
+benchmark). ``rescore_window > 0`` re-scores the rollouts ranked near the top /
+bottom ``num_pairs`` boundaries with the exact solver (near-ties swap under
+approximate OT).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dpa_omf.preference import ot_kernels
+
+SOLVERS = ("exact", "sinkhorn", "ott", "ott_default")
+FEATURE_NAMES = ("collision", "road_distance", "clearance", "effort", "speed")
+
+
+@dataclasses.dataclass(frozen=True)
+class OTConfig:
+    """Knobs of the preference distance (hashable: a static jit argument).
+
+    Attributes:
+      solver: one of ``SOLVERS``.
+      feature_weights: per-feature weights of the ground cost (order of
+        ``FEATURE_NAMES``).
+      weight_mode: ``"scale"`` (weights multiply differences inside the norm)
+        or ``"quadratic"`` (weights multiply squared differences).
+      auction_levels: integer resolution of the auction's costs (largest cost
+        of a problem -> this integer); 2**16 keeps int32 prices safe.
+      auction_eps_factor: epsilon-scaling factor between auction phases.
+      ragged_chunk: problems per chunk of the exact ragged (unequal valid
+        counts) solver; ragged problems are gathered into chunks of this size.
+      sinkhorn_iterations: fixed number of Sinkhorn iterations.
+      sinkhorn_eps_final: final epsilon as a fraction of the mean cost.
+      sinkhorn_eps_init: initial epsilon as a fraction of the mean cost.
+      sinkhorn_anneal_fraction: fraction of the iterations spent annealing.
+      rescore_window: rollouts re-scored exactly on each side of each of the
+        two ranking boundaries (0: off). Needs ``num_pairs`` and R >= 2 *
+        num_pairs.
+      num_pairs: preferred / unpreferred set size used by the re-scoring.
+      rollout_chunk: rollouts per chunk of the Sinkhorn solvers (bounds
+        memory and keeps a chunk's [chunk, A, T, T] float32 costs in cache);
+        0 = all at once. The exact solver always takes all rollouts at once
+        so its ragged problems share one SSP run.
+    """
+
+    solver: str = "sinkhorn"
+    feature_weights: tuple[float, ...] = (10.0, 5.0, 2.0, 1.0, 1.0)
+    weight_mode: str = "scale"
+    auction_levels: int = 2**16
+    auction_eps_factor: float = 8.0
+    ragged_chunk: int = 1024
+    sinkhorn_iterations: int = 100
+    sinkhorn_eps_final: float = 0.005
+    sinkhorn_eps_init: float = 0.5
+    sinkhorn_anneal_fraction: float = 0.7
+    rescore_window: int = 0
+    num_pairs: int = 16
+    rollout_chunk: int = 8
+
+    def __post_init__(self):
+        if self.solver not in SOLVERS:
+            raise ValueError(f"OTConfig.solver must be one of {SOLVERS}, got {self.solver!r}")
+        if self.weight_mode not in ("scale", "quadratic"):
+            raise ValueError(f"OTConfig.weight_mode must be 'scale' or 'quadratic', got {self.weight_mode!r}")
+        if any(w < 0 for w in self.feature_weights):
+            raise ValueError(f"OTConfig.feature_weights must be >= 0, got {self.feature_weights}")
+        if self.auction_levels > 2**16:
+            raise ValueError("OTConfig.auction_levels > 2**16 risks int32 overflow of auction prices")
+        if self.sinkhorn_eps_final <= 0 or self.sinkhorn_eps_init < self.sinkhorn_eps_final:
+            raise ValueError("OTConfig needs 0 < sinkhorn_eps_final <= sinkhorn_eps_init")
+
+
+# ----------------------------------------------------------------- ground cost
+def scale_features(phi: jax.Array, config: OTConfig) -> jax.Array:
+    """``[..., F]`` features -> ``[..., F]`` rescaled so the cost is plain L2."""
+    w = jnp.asarray(config.feature_weights, jnp.float32)
+    if phi.shape[-1] != w.shape[0]:
+        raise ValueError(f"features have {phi.shape[-1]} channels, feature_weights {w.shape[0]}")
+    return phi * (w if config.weight_mode == "scale" else jnp.sqrt(w))
+
+
+def pairwise_cost(x: jax.Array, y: jax.Array) -> jax.Array:
+    """Euclidean cost ``[..., N, M]`` between ``x [..., N, F]`` and ``y [..., M, F]``.
+
+    Sums squared differences feature by feature (not |x|^2 + |y|^2 - 2xy,
+    whose float32 cancellation costs ~1e-2 near zero distance); XLA fuses the
+    loop so no ``[N, M, F]`` array is built.
+    """
+    sq = 0.0
+    for k in range(x.shape[-1]):
+        d = x[..., :, None, k] - y[..., None, :, k]
+        sq = sq + d * d
+    return jnp.sqrt(sq)
+
+
+# ----------------------------------------------------------------- per-problem solvers
+def _plan_cost(plan: jax.Array, c: jax.Array) -> jax.Array:
+    return jnp.sum(plan * c, axis=(-2, -1))
+
+
+def _sinkhorn_plans(c, vx, vy, config: OTConfig):
+    fn = lambda c, vx, vy: ot_kernels.sinkhorn_log(  # noqa: E731
+        c, vx, vy, config.sinkhorn_iterations, config.sinkhorn_eps_final,
+        config.sinkhorn_eps_init, config.sinkhorn_anneal_fraction)
+    return jax.vmap(fn)(c, vx, vy)
+
+
+def _ott_plans(x, y, vx, vy, config: OTConfig, default: bool):
+    from ott.geometry import costs, epsilon_scheduler, pointcloud
+    from ott.problems.linear import linear_problem
+    from ott.solvers.linear import sinkhorn
+
+    def one(x, y, vx, vy):
+        a = vx / jnp.sum(vx)
+        b = vy / jnp.sum(vy)
+        if default:
+            geom = pointcloud.PointCloud(x, y, cost_fn=costs.Euclidean())
+            solver = sinkhorn.Sinkhorn()
+        else:
+            c = pairwise_cost(x, y)
+            mask = vx[:, None] & vy[None, :]
+            mean_c = jnp.maximum(jnp.sum(jnp.where(mask, c, 0.0)) / (jnp.sum(vx) * jnp.sum(vy)), 1e-6)
+            n_anneal = max(int(config.sinkhorn_iterations * config.sinkhorn_anneal_fraction), 1)
+            init = config.sinkhorn_eps_init / config.sinkhorn_eps_final
+            eps = epsilon_scheduler.Epsilon(
+                target=config.sinkhorn_eps_final * mean_c, init=init, decay=init ** (-1.0 / n_anneal))
+            geom = pointcloud.PointCloud(x, y, cost_fn=costs.Euclidean(), epsilon=eps)
+            # min == max iterations: ott runs a fixed-length scan, no convergence test.
+            solver = sinkhorn.Sinkhorn(min_iterations=config.sinkhorn_iterations,
+                                       max_iterations=config.sinkhorn_iterations, inner_iterations=1)
+        out = solver(linear_problem.LinearProblem(geom, a=a.astype(jnp.float32), b=b.astype(jnp.float32)))
+        plan = out.matrix
+        return ot_kernels.round_to_marginals(jnp.where(vx[:, None] & vy[None, :], plan, 0.0), a, b)
+
+    return jax.vmap(one)(x, y, vx, vy)
+
+
+def _exact(c, vx, vy, config: OTConfig, with_plans: bool):
+    """Exact costs ``[P]`` (and plans ``[P, T, T]``): auction where the valid
+    counts match, successive shortest paths where they differ (ragged)."""
+    num, t, _ = c.shape
+    nx, ny = jnp.sum(vx, -1), jnp.sum(vy, -1)
+    ragged = nx != ny
+    # Ragged problems get a trivial equal-count stand-in for the auction and
+    # are overwritten below.
+    vx_eq = jnp.where(ragged[:, None], vy, vx)
+    mask = vx_eq[:, :, None] & vy[:, None, :]
+    q, _ = jax.vmap(lambda c, m: ot_kernels.quantize_costs(c, m, config.auction_levels))(c, mask)
+    q = jnp.where(ragged[:, None, None], 0, q)
+    sched = ot_kernels.auction_eps_schedule(config.auction_levels, t, config.auction_eps_factor)
+    cols = jax.vmap(lambda q, a, b: ot_kernels.auction_assignment(q, a, b, sched))(q, vx_eq, vy)
+    n_eq = jnp.maximum(nx, 1).astype(jnp.float32)
+    matched = jnp.take_along_axis(c, jnp.maximum(cols, 0)[..., None], axis=-1)[..., 0]
+    cost = jnp.sum(jnp.where(cols >= 0, matched, 0.0), -1) / n_eq
+    plans = None
+    if with_plans:
+        plans = jax.nn.one_hot(cols, t, dtype=jnp.float32) / n_eq[:, None, None]
+    return _solve_ragged(cost, plans, c, vx, vy, ragged, config.ragged_chunk)
+
+
+def _solve_ragged(cost, plans, c, vx, vy, ragged, chunk: int):
+    """Overwrites the ragged problems' costs (and plans) with exact SSP ones.
+
+    Ragged problems are gathered ``chunk`` at a time (static shapes), so the
+    slower exact transport runs on those only; a while loop over chunks keeps
+    it on device whatever their number.
+    """
+    num = ragged.shape[0]
+    chunk = min(chunk, num)
+    solve = jax.vmap(ot_kernels.ssp_transport)
+    one = jnp.zeros_like(vx[0]).at[0].set(True)
+
+    def body(state):
+        cost, plans, todo = state
+        (idx,) = jnp.nonzero(todo, size=chunk, fill_value=num)
+        live = idx < num
+        safe = jnp.where(live, idx, 0)
+        # Dead slots solve a trivial 1 x 1 problem.
+        cvx = jnp.where(live[:, None], vx[safe], one)
+        cvy = jnp.where(live[:, None], vy[safe], one)
+        cc = c[safe]
+        p = solve(cc, cvx, cvy)
+        dst = jnp.where(live, idx, num)  # out of range: dropped
+        cost = cost.at[dst].set(_plan_cost(p, cc), mode="drop")
+        if plans is not None:
+            plans = plans.at[dst].set(p, mode="drop")
+        todo = todo.at[dst].set(False, mode="drop")
+        return cost, plans, todo
+
+    cost, plans, _ = jax.lax.while_loop(lambda s: jnp.any(s[2]), body, (cost, plans, ragged))
+    return cost, plans
+
+
+def solve_costs(x, y, vx, vy, config: OTConfig):
+    """OT costs ``[P]`` for a flat batch of problems (see ``solve_plans``)."""
+    c = pairwise_cost(x, y)
+    if config.solver == "exact":
+        return _exact(c, vx, vy, config, with_plans=False)[0]
+    return solve_plans(x, y, vx, vy, config)[0]
+
+
+def solve_plans(x, y, vx, vy, config: OTConfig):
+    """OT plans for a flat batch of problems.
+
+    Args:
+      x: ``[P, T, F]`` scaled rollout features; y: ``[P, T, F]`` scaled expert
+        features; vx, vy: bool ``[P, T]`` valid steps (each row >= 1 valid).
+    Returns:
+      ``(cost [P], plan [P, T, T])``; the plan sums to 1.
+    """
+    c = pairwise_cost(x, y)
+    if config.solver == "exact":
+        return _exact(c, vx, vy, config, with_plans=True)
+    elif config.solver == "sinkhorn":
+        plans = _sinkhorn_plans(c, vx, vy, config)
+    else:
+        plans = _ott_plans(x, y, vx, vy, config, default=config.solver == "ott_default")
+    return _plan_cost(plans, c), plans
+
+
+# ----------------------------------------------------------------- entry point
+def _broadcast_inputs(rollout_phi, rollout_valid, expert_phi, expert_valid, agent_mask):
+    r, a, t, f = rollout_phi.shape
+    rollout_valid = jnp.broadcast_to(jnp.asarray(rollout_valid, bool), (r, a, t))
+    expert_valid = jnp.asarray(expert_valid, bool)
+    if expert_phi.shape != (a, t, f) or expert_valid.shape != (a, t):
+        raise ValueError(f"expert shapes {expert_phi.shape}, {expert_valid.shape} do not match "
+                         f"rollouts {rollout_phi.shape}")
+    if agent_mask.shape != (a,):
+        raise ValueError(f"agent_mask shape {agent_mask.shape} != ({a},)")
+    return rollout_valid, expert_valid
+
+
+def _per_agent(rollout_phi, rollout_valid, expert_phi, expert_valid, agent_mask, config):
+    """Per-agent costs ``[R, A]`` and the mask of counted agents ``[R, A]``."""
+    r, a, t, _ = rollout_phi.shape
+    x = scale_features(rollout_phi.astype(jnp.float32), config)
+    y = scale_features(expert_phi.astype(jnp.float32), config)
+    counted = agent_mask[None, :] & rollout_valid.any(-1) & expert_valid.any(-1)[None, :]
+    # Uncounted agents solve a 1-point problem (finite, then masked out).
+    one = jnp.zeros([t], bool).at[0].set(True)
+    vx = jnp.where(counted[..., None], rollout_valid, one)
+    vy = jnp.where(counted[..., None], expert_valid[None], one)
+
+    chunk = config.rollout_chunk if 0 < config.rollout_chunk < r else r
+    if config.solver == "exact":
+        # One batch: the ragged problems of all rollouts then share one
+        # (slowest-problem-gated) SSP run instead of one run per chunk.
+        chunk = r
+    if r % chunk:
+        chunk = r  # keep shapes uniform; callers pick divisors of R
+
+    def run(args):
+        xs, vxs, vys = args
+        k = xs.shape[0]
+        ys = jnp.broadcast_to(y, (k, a, t, y.shape[-1]))
+        cost = solve_costs(xs.reshape(k * a, t, -1), ys.reshape(k * a, t, -1),
+                           vxs.reshape(k * a, t), vys.reshape(k * a, t), config)
+        return cost.reshape(k, a)
+
+    split = lambda z: z.reshape((r // chunk, chunk) + z.shape[1:])  # noqa: E731
+    cost = jax.lax.map(run, (split(x), split(vx), split(vy))).reshape(r, a)
+    return jnp.where(counted, cost, 0.0), counted
+
+
+def _scene(per_agent, counted):
+    n = jnp.sum(counted, -1)
+    return jnp.where(n > 0, jnp.sum(per_agent, -1) / jnp.maximum(n, 1), jnp.nan)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _ot_distance(rollout_phi, rollout_valid, expert_phi, expert_valid, agent_mask, config):
+    per_agent, counted = _per_agent(rollout_phi, rollout_valid, expert_phi, expert_valid, agent_mask, config)
+    scene = _scene(per_agent, counted)
+    if config.rescore_window > 0 and config.solver != "exact":
+        scene, per_agent = _rescore_boundaries(scene, per_agent, rollout_phi, rollout_valid,
+                                               expert_phi, expert_valid, agent_mask, config)
+    return scene, per_agent
+
+
+def ot_distance(rollout_phi, rollout_valid, expert_phi, expert_valid, agent_mask,
+                config: OTConfig = OTConfig()):
+    """Per-agent and scene OT distances of R rollouts to the expert.
+
+    Args:
+      rollout_phi: float ``[R, A, T, F]`` rollout features (F = 5).
+      rollout_valid: bool ``[R, A, T]`` or ``[A, T]`` valid rollout steps.
+      expert_phi: float ``[A, T, F]`` expert (logged) features.
+      expert_valid: bool ``[A, T]`` valid expert steps.
+      agent_mask: bool ``[A]`` agents to score (e.g. simulated agents).
+      config: ``OTConfig``.
+    Returns:
+      ``(scene [R], per_agent [R, A])`` float32: scene = mean of per_agent
+      over counted agents (in agent_mask, valid somewhere in both), NaN for a
+      scene with none; per_agent is 0 for agents not counted. Units: the
+      weighted feature units of the ground cost.
+    """
+    rollout_phi = jnp.asarray(rollout_phi)
+    rv, ev = _broadcast_inputs(rollout_phi, rollout_valid, jnp.asarray(expert_phi), expert_valid,
+                               jnp.asarray(agent_mask, bool))
+    return _ot_distance(rollout_phi, rv, jnp.asarray(expert_phi), ev, jnp.asarray(agent_mask, bool),
+                        config)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _coupling(rollout_phi, rollout_valid, expert_phi, expert_valid, config):
+    x = scale_features(rollout_phi.astype(jnp.float32), config)[None]
+    y = scale_features(expert_phi.astype(jnp.float32), config)[None]
+    cost, plan = solve_plans(x, y, rollout_valid[None], expert_valid[None], config)
+    return cost[0], plan[0]
+
+
+def ot_coupling(rollout_phi, rollout_valid, expert_phi, expert_valid, config: OTConfig = OTConfig()):
+    """Coupling matrix of one agent (the paper's Figure-2 heatmap).
+
+    Args:
+      rollout_phi: ``[T, F]``; rollout_valid: bool ``[T]``;
+      expert_phi: ``[T, F]``; expert_valid: bool ``[T]`` (each >= 1 valid).
+    Returns:
+      ``(cost, plan [T, T])``: plan[i, j] is the mass moved from rollout step
+      i to expert step j (zero rows / columns at invalid steps; sums to 1).
+    """
+    rv, ev = jnp.asarray(rollout_valid, bool), jnp.asarray(expert_valid, bool)
+    if not (bool(rv.any()) and bool(ev.any())):
+        raise ValueError("ot_coupling needs at least one valid step on each side")
+    return _coupling(jnp.asarray(rollout_phi), rv, jnp.asarray(expert_phi), ev, config)
+
+
+# ----------------------------------------------------------------- boundary re-scoring
+def boundary_ranks(num_rollouts: int, num_pairs: int, window: int) -> np.ndarray:
+    """Static rank positions re-scored exactly: ``window`` each side of the
+    top-``num_pairs`` and bottom-``num_pairs`` boundaries (deduplicated)."""
+    if num_rollouts < 2 * num_pairs:
+        raise ValueError(f"need >= {2 * num_pairs} rollouts for {num_pairs} pairs, got {num_rollouts}")
+    lo = np.arange(num_pairs - window, num_pairs + window)
+    hi = np.arange(num_rollouts - num_pairs - window, num_rollouts - num_pairs + window)
+    ranks = np.unique(np.concatenate([lo, hi]))
+    return ranks[(ranks >= 0) & (ranks < num_rollouts)]
+
+
+def _rescore_boundaries(scene, per_agent, rollout_phi, rollout_valid, expert_phi, expert_valid,
+                        agent_mask, config: OTConfig):
+    """Replaces approximate distances of rollouts near the boundaries by exact ones."""
+    r = scene.shape[0]
+    ranks = boundary_ranks(r, config.num_pairs, config.rescore_window)
+    order = stable_argsort(scene)
+    sel = order[jnp.asarray(ranks)]
+    exact_cfg = dataclasses.replace(config, solver="exact", rescore_window=0, rollout_chunk=0)
+    pa, counted = _per_agent(rollout_phi[sel], rollout_valid[sel], expert_phi, expert_valid, agent_mask,
+                             exact_cfg)
+    per_agent = per_agent.at[sel].set(pa)
+    scene = scene.at[sel].set(_scene(pa, counted))
+    return scene, per_agent
+
+
+# ----------------------------------------------------------------- ranking
+def stable_argsort(d: jax.Array) -> jax.Array:
+    """Ascending order of ``[R]`` distances; ties by index, NaN last."""
+    key = jnp.where(jnp.isnan(d), jnp.inf, d)
+    return jnp.argsort(key, stable=True)
+
+
+def rank_and_pair(scene_distances: jax.Array, num_pairs: int = 16) -> tuple[jax.Array, jax.Array]:
+    """Preference pairs from a ranking of R rollouts.
+
+    Args:
+      scene_distances: float ``[R]`` (lower = closer to the expert); NaN
+        ranks last. R >= 2 * num_pairs.
+      num_pairs: K.
+    Returns:
+      ``(preferred [K], unpreferred [K])`` int32 rollout indices: preferred[k]
+      is the k-th closest, unpreferred[k] the k-th farthest, so pair k matches
+      the k-th best with the k-th worst. Ties break by rollout index (lower
+      index counts as closer), so the result is deterministic.
+    """
+    r = scene_distances.shape[0]
+    if r < 2 * num_pairs:
+        raise ValueError(f"need >= {2 * num_pairs} rollouts for {num_pairs} pairs, got {r}")
+    order = stable_argsort(jnp.asarray(scene_distances))
+    return order[:num_pairs].astype(jnp.int32), order[::-1][:num_pairs].astype(jnp.int32)
+
+
+# ----------------------------------------------------------------- ADE
+@jax.jit
+def ade_distance(rollout_xy: jax.Array, expert_xy: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Average displacement error of rollouts to the expert (DPA-ADEF baseline).
+
+    Args:
+      rollout_xy: ``[R, A, T, 2]`` positions, metres.
+      expert_xy: ``[A, T, 2]`` logged positions, metres.
+      valid: bool ``[A, T]`` (or ``[R, A, T]``) steps where both are valid.
+    Returns:
+      ``(scene [R], per_agent [R, A])``: per-agent mean L2 error over valid
+      steps (0 for agents with none), scene = mean over agents with >= 1
+      valid step (NaN if none). Metres.
+    """
+    valid = jnp.broadcast_to(valid, rollout_xy.shape[:-1])
+    err = jnp.linalg.norm(rollout_xy - expert_xy[None], axis=-1)
+    n = jnp.sum(valid, -1)
+    per_agent = jnp.sum(jnp.where(valid, err, 0.0), -1) / jnp.maximum(n, 1)
+    counted = n > 0
+    m = jnp.sum(counted, -1)
+    scene = jnp.where(m > 0, jnp.sum(jnp.where(counted, per_agent, 0.0), -1) / jnp.maximum(m, 1), jnp.nan)
+    return scene, per_agent
