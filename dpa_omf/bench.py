@@ -28,6 +28,7 @@ from typing import Callable
 
 os.environ.setdefault("POT_BACKEND_DISABLE_TENSORFLOW", "1")  # POT imports TF otherwise (slow)
 
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 NUM_FEATURES = 5
@@ -303,9 +304,73 @@ def _add_ot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip_ott_default", action="store_true", help="skip ott-jax defaults (~90 s a scene)")
 
 
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--agents", default="32,128", help="comma-separated agent counts")
+    p.add_argument("--batch", default="32:8,128:2", help="agents:batch pairs (or one batch for all)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--steps", type=int, default=1, help="train steps per timed run")
+    p.add_argument("--config", default="", help="variant of configs/pretrain.py")
+
+
+def bench_train(args: argparse.Namespace) -> dict:
+    """Scenes/s and tokens/s of the pretraining step (median of >= 3 runs after compilation)."""
+    from configs import pretrain as pretrain_config
+    from dpa_omf.train import pretrain
+
+    config = pretrain_config.get_config(args.config or None)
+    per = dict(kv.split(":") for kv in args.batch.split(",")) if ":" in args.batch else {}
+    results = []
+    for a in (int(x) for x in args.agents.split(",")):
+        batch = int(per.get(str(a), 8)) if per else int(args.batch)
+        results.append(pretrain.bench_one(config, a, batch, max(args.repeats, 3), args.steps))
+        print(json.dumps(results[-1]), flush=True)
+    return {"results": results, "devices": [str(d) for d in jax.devices()]}
+
+
+def _add_rollout_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--agents", default="32,128", help="comma-separated agent counts")
+    p.add_argument("--rollouts", type=int, default=64)
+    p.add_argument("--chunk", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=3)
+
+
+def bench_rollout(args: argparse.Namespace) -> dict:
+    """Cached (KV) vs recompute-the-prefix sampling of R rollouts x A agents over 8 s."""
+    from dpa_omf import rollout
+
+    res = rollout.bench_rollout(num_rollouts=args.rollouts, agent_counts=tuple(int(a) for a in args.agents.split(",")),
+                                rollout_chunk=args.chunk, repeats=args.repeats)
+    return {"results": res, "devices": [str(d) for d in jax.devices()]}
+
+
+def _add_realism_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch", type=int, default=16, help="scenes in the vmapped measurement")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--shared", default="", help="../shared folder: time the real golden scene and rollouts")
+
+
+def bench_realism(args: argparse.Namespace) -> dict:
+    """The WOSAC metric on one scene (50 sim agents x 32 rollouts x 80 steps) and on a batch."""
+    from dpa_omf.evaluate import realism
+
+    scene = None
+    if args.shared:
+        from dpa_omf.data import womd
+
+        root = os.path.join(args.shared, "golden", "wosac", "submission")
+        s = next(womd.read_tfrecord(os.path.join(args.shared, "womd", "motion_data_one_scenario.tfrecord")))
+        r = np.load(os.path.join(root, "rollouts.npz"))
+        scene = (s, realism.align_rollouts(s, r["object_id"], r["x"], r["y"], r["z"], r["heading"]))
+    res = realism.bench_realism(batch=args.batch, repeats=args.repeats, scene=scene)
+    return {"results": res, "devices": [str(d) for d in jax.devices()]}
+
+
 # name -> (add_arguments, run)
 BENCHMARKS: dict[str, tuple[Callable, Callable]] = {
     "ot": (_add_ot_args, bench_ot),
+    "train": (_add_train_args, bench_train),
+    "rollout": (_add_rollout_args, bench_rollout),
+    "realism": (_add_realism_args, bench_realism),
 }
 
 
