@@ -110,12 +110,24 @@ def main(argv):
         sys.exit(result)
 
 
+def _parse_flags(argv):
+    """absl flag parsing with a clear message for keys the locked config does not have."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as e:  # raised by ml_collections' config overrides, not flags.Error
+        overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+        sys.exit(f"FATAL: unknown config key {e} in {overrides}: the config is locked; every key lives in "
+                 "configs/common.py (or configs/post_training.py)")
+    except flags.Error as e:
+        sys.exit(f"FATAL Flags parsing error: {e}")
+
+
 def entry_point():
     # Make `configs` importable when the package is run from the repository root or installed.
     repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if repo_root not in sys.path:
         sys.path.insert(0, repo_root)
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

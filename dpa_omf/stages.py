@@ -30,6 +30,16 @@ DEPENDS_ON = {
 }
 
 
+# Keys that change how a stage runs but not what it produces (logging, checkpoint cadence,
+# parallelism): left out of the fingerprint, so e.g. turning the progress bar off does not make a
+# finished stage look stale.
+NOT_FINGERPRINTED = (
+    "data.synthetic.num_workers",
+    "pretrain.log_every", "pretrain.progress_bar", "pretrain.prefetch", "pretrain.checkpoint_every",
+    "pretrain.keep_checkpoints", "pretrain.async_checkpointing",
+)
+
+
 def stage_dir(workdir: str | pathlib.Path, stage: str) -> pathlib.Path:
     return pathlib.Path(workdir) / stage
 
@@ -37,6 +47,13 @@ def stage_dir(workdir: str | pathlib.Path, stage: str) -> pathlib.Path:
 def fingerprint(config: ml_collections.ConfigDict, sections: Sequence[str]) -> str:
     """A short hash of the named config sections (and the seed)."""
     d = config.to_dict()
+    for path in NOT_FINGERPRINTED:
+        *parents, leaf = path.split(".")
+        node = d
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
     sub = {k: d.get(k) for k in sorted(sections)}
     sub["seed"] = d.get("seed")
     blob = json.dumps(sub, sort_keys=True, default=str).encode()

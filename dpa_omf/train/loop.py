@@ -461,6 +461,7 @@ def train(
     initial_params: PyTree | None = None,
     mesh: Mesh | None = None,
     hooks: Sequence[Hook] = (),
+    summary_extra: Mapping[str, Any] | Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
 ) -> TrainResult:
     """Trains ``loss_fn`` for ``config.num_steps`` steps, resuming from ``WORKDIR/<stage>/checkpoints``.
 
@@ -468,6 +469,10 @@ def train(
     on the host after every step (after its metrics are logged, before the
     preemption check, evaluation and checkpoint) as ``hook(step, state)``;
     ``state`` is donated to the next step, so a hook must not keep it.
+    ``summary_extra`` adds the stage's own figures to summary.json (e.g. its
+    ``config_fingerprint``, which marks the stage done): a mapping, or a
+    function of the loop's summary returning one, called once at the end so
+    that the file is written once, complete.
 
     Returns:
       A :class:`TrainResult`; on SIGTERM/SIGINT the state is saved at the
@@ -588,5 +593,7 @@ def train(
             "mesh": dict(trainer.mesh.shape),
             "process_count": jax.process_count(),
         }
+        if summary_extra is not None:
+            summary.update(summary_extra(dict(summary)) if callable(summary_extra) else summary_extra)
         logger.write_summary(summary)
     return TrainResult(state=state, status=status, summary=summary)

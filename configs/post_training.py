@@ -1,0 +1,120 @@
+"""Defaults of the post-training stages: curate, align, evaluate (part of `common.base_config`)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+ALIGN_METHODS = ("dpa_omf", "dpa_adef", "sft_best_oa", "sft_best_ade", "afd", "dpo")
+
+
+def curate(variants: set[str]) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.num_rollouts = 64  # rollouts ranked per scene
+    c.num_pairs = 16  # the 16 closest are preferred, the 16 farthest unpreferred
+    c.rollout_chunk = 16  # rollouts sampled together (bounds memory)
+    c.temperature = 1.0
+    c.top_p = 1.0
+    c.rankings_per_example = 1.0  # rankings per training scene (0.5x-4x for scaling studies)
+    c.scenes_per_shard = 32
+    c.solver = "sinkhorn"  # 'exact' | 'sinkhorn' (entropic, ott-style, fixed iterations) | 'ott'
+    c.rescore_window = 0  # approximate solvers: re-score exactly this many ranks around each boundary
+    c.feature_weights = (10.0, 5.0, 2.0, 1.0, 1.0)  # collision, road distance, clearance, effort, speed
+    c.clearance_cap = 10.0  # m
+    c.road_distance_clip = 5.0  # m
+    c.pictures = True
+    if "smoke" in variants:
+        c.num_rollouts = 8
+        c.num_pairs = 2
+        c.rollout_chunk = 8
+        c.scenes_per_shard = 4
+    return c
+
+
+def align(variants: set[str]) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.method = "dpa_omf"
+    # CPL: S = alpha * sum_t gamma^t log pi, normalized per valid agent ('agents'; see dpa_omf/train/losses.py).
+    c.alpha = 0.1
+    c.gamma = 1.0
+    c.normalize = "agents"
+    c.conservative_lambda = 0.5
+    c.bc_weight = 0.0
+    c.dpo_beta = 0.1
+    c.pairs_per_scene = 4  # pairs (or sequences) drawn per scene per step
+    c.sft_top_k = 32
+    c.heldout_fraction = 0.1  # last share of the curated scenes: held-out pairs for the accuracy
+    c.batch_size = 8  # scenes per global batch
+    c.num_steps = 200
+    c.log_every = 10
+    c.eval_every = 50
+    c.eval_batches = 2
+    c.checkpoint_every = 100
+    c.keep_checkpoints = 2
+    c.progress_bar = True
+    c.then_evaluate = False  # configs/align.py sets it: the main job ends with the realism table
+    c.optim = ml_collections.ConfigDict()
+    c.optim.learning_rate = 1e-5
+    c.optim.warmup_steps = 10
+    c.optim.decay_steps = None
+    c.optim.end_lr_ratio = 0.1
+    c.optim.weight_decay = 0.0
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.98
+    c.optim.eps = 1e-9
+    c.optim.clip_grad_norm = 1.0
+    if "smoke" in variants:
+        c.batch_size = 8
+        c.pairs_per_scene = 2
+        c.num_steps = 4
+        c.log_every = 1
+        c.eval_every = 2
+        c.eval_batches = 1
+        c.checkpoint_every = 2
+        c.progress_bar = False
+        c.optim.warmup_steps = 1
+    return c
+
+
+def evaluate(variants: set[str]) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.num_rollouts = 32  # per held-out scene, as the challenge
+    c.rollout_chunk = 16
+    c.num_scenes = 50  # held-out scenes (from the valid split)
+    c.challenge = "2024"  # '2024' (the paper's table) or '2025'
+    c.temperature = 1.0
+    c.top_p = 1.0
+    if "smoke" in variants:
+        c.num_rollouts = 4
+        c.rollout_chunk = 4
+        c.num_scenes = 2
+    return c
+
+
+def check(c: ml_collections.ConfigDict) -> list[str]:
+    errors = []
+    cu, al, ev = c.curate, c.align, c.evaluate
+    if cu.num_rollouts < 2 * cu.num_pairs:
+        errors.append(f"curate.num_rollouts={cu.num_rollouts} must be >= 2 * curate.num_pairs={cu.num_pairs}")
+    if cu.num_rollouts % min(cu.rollout_chunk, cu.num_rollouts):
+        errors.append("curate.num_rollouts must be a multiple of curate.rollout_chunk")
+    if cu.solver not in ("exact", "sinkhorn", "ott", "ott_default"):
+        errors.append(f"curate.solver={cu.solver!r} is not 'exact', 'sinkhorn', 'ott' or 'ott_default'")
+    if len(cu.feature_weights) != 5:
+        errors.append("curate.feature_weights needs 5 weights")
+    if not 0 < cu.rankings_per_example <= 16:
+        errors.append("curate.rankings_per_example must be in (0, 16]")
+    if al.method not in ALIGN_METHODS:
+        errors.append(f"align.method={al.method!r} is not one of {ALIGN_METHODS}")
+    if not 0 < al.conservative_lambda <= 1:
+        errors.append("align.conservative_lambda must be in (0, 1]")
+    if al.normalize not in ("agents", "tokens", "sum"):
+        errors.append("align.normalize must be 'agents', 'tokens' or 'sum'")
+    if al.method in ("sft_best_oa", "sft_best_ade") and al.sft_top_k > cu.num_rollouts:
+        errors.append(f"align.sft_top_k={al.sft_top_k} exceeds curate.num_rollouts={cu.num_rollouts}")
+    if not 0 <= al.heldout_fraction < 1:
+        errors.append("align.heldout_fraction must be in [0, 1)")
+    if ev.challenge not in ("2024", "2025"):
+        errors.append(f"evaluate.challenge={ev.challenge!r} must be '2024' or '2025'")
+    if ev.num_rollouts % min(ev.rollout_chunk, ev.num_rollouts):
+        errors.append("evaluate.num_rollouts must be a multiple of evaluate.rollout_chunk")
+    return errors
