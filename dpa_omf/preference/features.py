@@ -97,6 +97,7 @@ def expert_features(scenario: dt.Scenario, config: FeatureConfig = FeatureConfig
       (``[A, 80, 5]`` features, bool ``[A, 80]`` valid = logged valid and
       the agent is simulated).
     """
+    scenario = jax.tree.map(jnp.asarray, scenario)  # numpy in, traced indexing below
     md = realism.prepare_map(scenario.roadgraph, config.realism_config())
     a = scenario.agents
     fut = slice(dt.NUM_HISTORY, dt.NUM_STEPS)
@@ -117,6 +118,7 @@ def rollout_features(scenario: dt.Scenario, x: jax.Array, y: jax.Array, heading:
     Returns:
       (``[R, A, 80, 5]`` features, bool ``[R, A, 80]`` valid).
     """
+    scenario = jax.tree.map(jnp.asarray, scenario)
     md = realism.prepare_map(scenario.roadgraph, config.realism_config())
     valid = jnp.broadcast_to(scenario.agents.sim_mask[None, :, None], x.shape)
     one = lambda *s: _future_features(scenario, md, *s, config)  # noqa: E731

@@ -1,0 +1,33 @@
+"""The main job: DPA-OMF alignment, from nothing to a before/after realism table.
+
+  python -m dpa_omf.launch --config=configs/align.py[:variant] [--workdir=DIR]
+
+Runs every stage it still lacks, in order (synthetic data -> reference
+pretraining -> curation -> alignment -> evaluation), reuses finished stages on
+a re-run, and prints the table. Variants (comma-separated):
+  smoke         seconds-scale run of every stage (tests)
+  womd          paper scale on real WOMD (set data.womd.*_pattern)
+  dpa_adef      pairs ranked by ADE instead of OT
+  sft_best_oa   SFT on the 32 closest rollouts by OT
+  sft_best_ade  SFT on the 32 closest rollouts by ADE
+  afd           expert preferred over every generated rollout
+  dpo           DPO with the frozen reference on the OT pairs
+"""
+
+from configs import common
+
+METHOD_VARIANTS = ("dpa_adef", "sft_best_oa", "sft_best_ade", "afd", "dpo")
+
+
+def get_config(arg: str | None = None):
+    variants = common.parse_variants(arg, ("smoke", "womd") + METHOD_VARIANTS)
+    methods = variants & set(METHOD_VARIANTS)
+    if len(methods) > 1:
+        raise ValueError(f"choose at most one alignment method variant, got {sorted(methods)}")
+    c = common.base_config(variants - set(METHOD_VARIANTS))
+    c.job = "align"
+    c.align.method = methods.pop() if methods else "dpa_omf"
+    if c.align.method in ("sft_best_oa", "sft_best_ade"):
+        c.align.optim.learning_rate = 1e-4  # SFT is a plain likelihood objective
+    c.align.then_evaluate = True
+    return c

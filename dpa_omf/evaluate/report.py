@@ -1,0 +1,100 @@
+"""The evaluation report: a markdown table and the figures.
+
+* ``report.md``: realism (composite and buckets), minADE and rates per model.
+* ``realism_buckets.png``: bar chart of composite / kinematic / interactive /
+  map per model.
+* ``alignment_nll.png``: NLL per token of the preferred, unpreferred and
+  expert sequences over alignment steps, one panel per aligned model (the
+  paper's Figures 4 and 6), read from ``WORKDIR/align*/metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+from dpa_omf.train import logging as stage_logging
+
+COLUMNS = ("composite", "kinematic", "interactive", "map", "min_ade", "collision_rate", "offroad_rate")
+NLL_KEYS = (("eval_nll_preferred", "preferred"), ("eval_nll_unpreferred", "unpreferred"),
+            ("eval_nll_expert", "expert"))
+
+
+def table(models: dict[str, dict]) -> str:
+    head = "| model | " + " | ".join(COLUMNS) + " |"
+    sep = "|---|" + "---:|" * len(COLUMNS)
+    names = sorted(models, key=lambda n: (n != "reference", n != "dpa_omf", n))  # reference, then ours
+    rows = [f"| {n} | " + " | ".join(f"{models[n][c]:.4f}" for c in COLUMNS) + " |" for n in names]
+    return "\n".join([head, sep, *rows])
+
+
+def write_report(out: pathlib.Path, workdir: str, summary: dict) -> str:
+    models = summary["models"]
+    text = table(models)
+    lines = [
+        "# Evaluation",
+        "",
+        f"WOSAC {summary['challenge']} realism on {summary['num_scenes']} held-out scenes, "
+        f"{summary['num_rollouts']} rollouts each (higher is better for the likelihood columns, lower for "
+        "minADE and rates).",
+        "",
+        text,
+        "",
+        "![buckets](realism_buckets.png)",
+    ]
+    _bucket_plot(out / "realism_buckets.png", models)
+    if _nll_plot(out / "alignment_nll.png", workdir):
+        lines += ["", "![alignment NLL](alignment_nll.png)"]
+    stage_logging.atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    return text
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _bucket_plot(path: pathlib.Path, models: dict[str, dict]) -> None:
+    plt = _plt()
+    buckets = ("composite", "kinematic", "interactive", "map")
+    names = list(models)
+    width = 0.8 / max(1, len(names))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    x = np.arange(len(buckets))
+    for i, name in enumerate(names):
+        ax.bar(x + i * width, [models[name][b] for b in buckets], width, label=name)
+    ax.set_xticks(x + width * (len(names) - 1) / 2, buckets)
+    lo = min(models[n][b] for n in names for b in buckets)
+    ax.set_ylim(max(0.0, lo - 0.05), 1.0)
+    ax.set_ylabel("realism likelihood")
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _nll_plot(path: pathlib.Path, workdir: str) -> bool:
+    runs = []
+    for d in sorted(pathlib.Path(workdir).glob("align*")):
+        recs = [r for r in stage_logging.read_metrics(d / stage_logging.METRICS_FILE) if NLL_KEYS[0][0] in r]
+        if recs:
+            runs.append((d.name, recs))
+    if not runs:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 4), squeeze=False)
+    for ax, (name, recs) in zip(axes[0], runs):
+        steps = [r["step"] for r in recs]
+        for key, label in NLL_KEYS:
+            ax.plot(steps, [r.get(key, np.nan) for r in recs], label=label)
+        ax.set_title(name)
+        ax.set_xlabel("alignment step")
+        ax.set_ylabel("NLL per token")
+        ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return True
