@@ -140,6 +140,34 @@ def test_map_lanes_on_road_and_sidewalks_off_road(template):
         assert (d > 0.25).all(), (template, d.min())  # kerb corners come within ~0.5 m
 
 
+def test_road_edge_distance_and_box_overlap_by_hand():
+    """The detectors' geometry (dpa_omf.geometry) on cases worked out by hand."""
+    # A closed 10 m square road edge, counter-clockwise (road on its left, inside),
+    # followed by a lane that must be ignored; 16 padding points.
+    rg = dt.empty_scenario(1, 24).roadgraph
+    sq = np.array([[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]], np.float32)
+    rg.xyz[:5, :2], rg.type[:5], rg.id[:5], rg.valid[:5] = sq, dt.RG_ROAD_EDGE_BOUNDARY, 3, True
+    rg.xyz[5:8, :2], rg.type[5:8], rg.id[5:8], rg.valid[5:8] = [[20, 0], [30, 0], [40, 0]], \
+        dt.RG_LANE_SURFACE_STREET, 4, True
+    # Inside, outside, beyond convex corners (at the closing point (0, 0) the sign
+    # needs the wrap-around link), on the lane (20 m from the edge point (10, 0.5)).
+    pts = np.array([[5, 5], [5, 1.5], [15, 5], [-1, 5], [12, 12], [-1, -1], [0.5, 0.25], [30, 0.5]],
+                   np.float32)
+    d = syn.signed_distance_to_road_edge(pts, rg)
+    np.testing.assert_allclose(d, [-5, -1.5, 5, 1, np.sqrt(8), np.sqrt(2), -0.25, 20], rtol=1e-5)
+    rg.valid[:5] = False  # no road edge left: +inf everywhere
+    assert np.isinf(syn.signed_distance_to_road_edge(pts, rg)).all()
+    # Two 4 m x 2 m boxes overlapping only near sharp corners (a 0.7-rounded box
+    # check would miss it), then moved 0.2 m further apart diagonally: no overlap.
+    a = dt.empty_scenario(3, 1).agents
+    a.valid[:2, :2] = True
+    a.length[:2], a.width[:2] = 4.0, 2.0
+    a.x[1, 0], a.y[1, 0] = 3.9, 1.9
+    a.x[1, 1], a.y[1, 1] = 4.1, 2.1
+    a.x[2, 0] = 0.5  # invalid agent on top of agent 0: ignored
+    np.testing.assert_array_equal(syn.collision_mask(a)[:, :3], [[True, False, False]] * 2 + [[False] * 3])
+
+
 def test_statistic_detectors_fire():
     """The collision / off-road / red-light detectors used below can fail."""
     s = syn.generate_scenario(syn.scene_seed(1, 2), only("four_way"))

@@ -32,10 +32,12 @@ import json
 import multiprocessing
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
-from scipy.spatial import cKDTree
 
 from dpa_omf import datatypes as dt
+from dpa_omf import geometry as geo
 from dpa_omf.data import synthetic_map as smap
 
 DS = 0.5  # route sampling (m)
@@ -980,96 +982,72 @@ def generate_dataset(out_dir: str, num_scenes: int, num_shards: int, seed: int =
 
 
 # ============================================================== statistics
-def _box_corners(x, y, heading, length, width) -> np.ndarray:
-    """``[..., 4, 2]`` corners of oriented boxes."""
-    c, s = np.cos(heading), np.sin(heading)
-    lx, ly = length / 2, width / 2
-    sx = np.array([1, 1, -1, -1])
-    sy = np.array([1, -1, -1, 1])
-    cx = x[..., None] + sx * lx[..., None] * c[..., None] - sy * ly[..., None] * s[..., None]
-    cy = y[..., None] + sx * lx[..., None] * s[..., None] + sy * ly[..., None] * c[..., None]
-    return np.stack([cx, cy], -1)
+# The detectors below are thin wrappers over ``dpa_omf.geometry``, the
+# geometry the realism metric and the preference features use, so that the
+# dataset statistics, the metric and the features share one implementation of
+# oriented boxes, box overlap and the road-edge sign rule.
+_QUERY_BUCKET = 256  # signed-distance queries padded to 256 * 2^k (few jit shapes)
+_QUERY_CHUNK = 256  # queries per vectorised nearest-segment search ([chunk, P] temporaries)
+
+
+@jax.jit
+def _collision_mask_jit(x, y, length, width, heading, valid):
+    """``[A, T]`` tracks -> bool ``[A, T]`` overlap with another valid box at the same step."""
+    corners = geo.box_corners(x, y, length, width, heading)  # [A, T, 4, 2]
+    # Sharp rectangles (rounding 0, unlike the metric's 0.7): a negative distance
+    # is a true box overlap; touching boxes (distance 0) do not count.
+    d = geo.convex_polygon_signed_distance(corners[:, None], corners[None])  # [A, A, T]
+    other = ~jnp.eye(x.shape[0], dtype=bool)[..., None]
+    return jnp.any((d < 0.0) & valid[:, None] & valid[None] & other, axis=1)
 
 
 def collision_mask(agents: dt.Agents) -> np.ndarray:
-    """``[A, T]`` valid agent-steps whose box overlaps another valid agent's box (SAT)."""
+    """bool ``[A, T]``: valid agent-steps whose oriented box (sharp corners)
+    overlaps the box of another agent valid at the same step."""
     a = agents
-    corners = _box_corners(a.x, a.y, a.heading, a.length, a.width).transpose(1, 0, 2, 3)  # [T, A, 4, 2]
-    head = a.heading.T  # [T, A]
-    axes = np.stack([np.stack([np.cos(head), np.sin(head)], -1),
-                     np.stack([-np.sin(head), np.cos(head)], -1)], -2)  # [T, A, 2, 2]
-    # Projections of every box on every box's axes: [T, A(axis owner), 2, A(box), 4]
-    proj = np.einsum("tiad,tjkd->tiajk", axes, corners)
-    lo, hi = proj.min(-1), proj.max(-1)  # [T, i, 2, j]
-    # For axis owner i, compare box i's own interval with box j's interval.
-    own_lo = np.einsum("tiia->tia", lo.transpose(0, 1, 3, 2))  # [T, i, 2]
-    own_hi = np.einsum("tiia->tia", hi.transpose(0, 1, 3, 2))
-    sep = (hi < own_lo[..., None]) | (lo > own_hi[..., None])  # [T, i, 2, j]
-    separated_by_i = sep.any(2)  # [T, i, j]
-    separated = separated_by_i | separated_by_i.transpose(0, 2, 1)
-    v = a.valid.T
-    overlap = ~separated & v[:, :, None] & v[:, None, :]
-    overlap &= ~np.eye(v.shape[1], dtype=bool)[None]
-    return overlap.any(2).T
+    boxes = (jnp.asarray(v, jnp.float32) for v in (a.x, a.y, a.length, a.width, a.heading))
+    return np.asarray(_collision_mask_jit(*boxes, jnp.asarray(a.valid, bool)))
 
 
-def _edge_segments(rg: dt.RoadGraph):
-    """Road-edge segments ``[S, 2, 2]`` with prior / next segment indices (WOSAC rules)."""
-    valid = rg.valid & np.isin(rg.type, dt.RG_ROAD_EDGE_TYPES)
-    idx = np.nonzero(valid)[0]
-    segs, prior, nxt = [], [], []
-    for pid in np.unique(rg.id[idx]):
-        pts = rg.xyz[idx[rg.id[idx] == pid], :2]
-        if len(pts) < 2:
-            continue
-        base = len(segs)
-        k = len(pts) - 1
-        cyclic = np.sum((pts[0] - pts[-1]) ** 2) < 1.0
-        for i in range(k):
-            segs.append(pts[i:i + 2])
-            prior.append(base + (i - 1 if i > 0 else (k - 1 if cyclic else 0)))
-            nxt.append(base + (i + 1 if i < k - 1 else (0 if cyclic else k - 1)))
-    return np.asarray(segs).reshape(-1, 2, 2), np.asarray(prior, int), np.asarray(nxt, int)
+@jax.jit
+def _road_edge_distance_jit(points, xyz, ids, valid, types):
+    """``[Q, 2]`` points, one scene's ``[P]`` road graph -> ``[Q]`` signed distance (m)."""
+    is_edge = valid & jnp.isin(types, jnp.asarray(dt.RG_ROAD_EDGE_TYPES, types.dtype))
+    # Polylines are runs of consecutive points with one id (the WOMD layout, and
+    # _roadgraph's); closed ones (ends within 1 m) wrap, as in the official sign rule.
+    seg = geo.polyline_segments(xyz, ids, is_edge)
+    pts = jnp.concatenate([points, jnp.zeros_like(points[:, :1])], axis=-1)
+    # z_stretch 0: the closest edge is chosen in the plane (the statistic is 2D).
+    d = jax.lax.map(lambda p: geo.signed_distance_to_polylines(p, seg, z_stretch=0.0), pts,
+                    batch_size=_QUERY_CHUNK)
+    return jnp.where(jnp.any(seg.valid), d, jnp.inf)
 
 
 def signed_distance_to_road_edge(points: np.ndarray, rg: dt.RoadGraph) -> np.ndarray:
-    """``[Q]`` signed distance (m) of ``[Q, 2]`` points to the road edges of a single
-    scenario's road graph: negative on the road, positive off it (WOSAC convention:
-    edges have the road on their left). +inf when the map has no road edge."""
-    segs, prior, nxt = _edge_segments(rg)
-    if not len(segs) or not len(points):
-        return np.full(len(points), np.inf)
-    start, vec = segs[:, 0], segs[:, 1] - segs[:, 0]
-    seg_len2 = np.maximum((vec**2).sum(-1), 1e-12)
-    # Candidate segments: the k nearest by midpoint (segments are short, so the
-    # nearest segment is among them); exact point-segment distances on those.
-    k = min(8, len(segs))
-    _, cand = cKDTree(start + vec / 2).query(points, k=k)
-    cand = cand.reshape(len(points), k)
-    rel = points[:, None, :] - start[cand]  # [Q, k, 2]
-    t = np.clip((rel * vec[cand]).sum(-1) / seg_len2[cand], 0, 1)
-    d2 = ((rel - vec[cand] * t[..., None]) ** 2).sum(-1)
-    best = cand[np.arange(len(points)), d2.argmin(1)]
-    dist = np.sqrt(d2.min(1))
-    cross = lambda u, w: u[..., 0] * w[..., 1] - u[..., 1] * w[..., 0]  # noqa: E731
-
-    def side(seg):  # +1 on the right of segment ``seg`` (off-road), -1 on its left
-        return np.sign(cross(points - start[seg], vec[seg]))
-
-    n, n_prior, n_next = side(best), side(prior[best]), side(nxt[best])
-    t_raw = ((points - start[best]) * vec[best]).sum(-1) / seg_len2[best]
-    before = np.where(cross(vec[prior[best]], vec[best]) > 0, np.maximum(n, n_prior), np.minimum(n, n_prior))
-    after = np.where(cross(vec[best], vec[nxt[best]]) > 0, np.maximum(n, n_next), np.minimum(n, n_next))
-    sign = np.where(t_raw < 0, before, np.where(t_raw < 1, n, after))
-    return sign * dist
+    """``[Q]`` signed distance (m) of ``[Q, 2]`` points to the road edges (types
+    ``dt.RG_ROAD_EDGE_TYPES``) of a single scenario's ``[P]`` road graph:
+    negative on the road, positive off it (WOSAC convention: edges have the road
+    on their left; ``geometry.signed_distance_to_polylines``). +inf when the map
+    has no road edge."""
+    points = np.asarray(points, np.float32).reshape(-1, 2)
+    q = len(points)
+    size = _QUERY_BUCKET
+    while size < q:
+        size *= 2
+    padded = np.zeros([size, 2], np.float32)
+    padded[:q] = points
+    d = _road_edge_distance_jit(jnp.asarray(padded), jnp.asarray(rg.xyz, jnp.float32), jnp.asarray(rg.id),
+                                jnp.asarray(rg.valid, bool), jnp.asarray(rg.type))
+    return np.asarray(d)[:q]
 
 
 def offroad_mask(s: dt.Scenario) -> np.ndarray:
-    """``[A, T]`` valid vehicle steps whose box centre is off the road."""
+    """bool ``[A, T]``: valid vehicle steps whose box centre is off the road
+    (signed distance to the road edges > 0)."""
     a = s.agents
-    sel = a.valid & (a.type == dt.AGENT_TYPE_VEHICLE)[:, None]
+    sel = np.asarray(a.valid, bool) & (np.asarray(a.type) == dt.AGENT_TYPE_VEHICLE)[:, None]
     out = np.zeros_like(sel)
-    pts = np.stack([a.x[sel], a.y[sel]], -1).astype(np.float64)
+    pts = np.stack([np.asarray(a.x)[sel], np.asarray(a.y)[sel]], -1)
     out[sel] = signed_distance_to_road_edge(pts, s.roadgraph) > 0
     return out
 
