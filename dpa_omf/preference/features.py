@@ -39,18 +39,42 @@ class FeatureConfig:
       single integration glitch cannot dominate a distance.
     max_road_edge_points: road-edge slots after compaction (None: every
       road-graph slot); see ``RealismConfig``.
+    road_edge_block, road_edge_blocks_searched: the metric's exact block
+      pruning of the nearest-road-edge search (None: exhaustive). When the
+      pruning cannot certify every query of a scene, the scene is recomputed
+      exhaustively, so the result never depends on these knobs.
     """
 
     clearance_cap: float = 10.0
     road_distance_clip: float = 5.0
     effort_cap: float = 10.0
     max_road_edge_points: int | None = None
+    road_edge_block: int | None = 32
+    road_edge_blocks_searched: int = 16
 
     def realism_config(self) -> realism.RealismConfig:
         return realism.RealismConfig(max_road_edge_points=self.max_road_edge_points)
 
 
-def _future_features(scenario: dt.Scenario, md: realism.MapData, x, y, heading, vel_x, vel_y, valid,
+def _road_distance(tr: dict, md: realism.MapData, config: FeatureConfig) -> jax.Array:
+    """Signed road-edge distance of the most off-road box corner, ``[E, T]`` from ``[E, T]`` trajectories."""
+    if config.road_edge_block is None:
+        return realism.distance_to_road_edge(tr, md.edges)[0]
+    d, exact = realism.distance_to_road_edge(tr, md.edges, block=config.road_edge_block,
+                                             k=config.road_edge_blocks_searched)
+    return jax.lax.cond(jnp.all(exact), lambda: d, lambda: realism.distance_to_road_edge(tr, md.edges)[0])
+
+
+def _trajectories(scenario: dt.Scenario, x, y, heading, valid) -> dict:
+    """Box trajectories (sizes and z held at the current step) of ``[..., A, 80]`` futures."""
+    a = scenario.agents
+    cur = dt.CURRENT_INDEX
+    size = lambda v: jnp.broadcast_to(v[:, cur], x.shape[:-1])[..., None] * jnp.ones_like(x)  # noqa: E731
+    return dict(x=x, y=y, z=size(a.z), length=size(a.length), width=size(a.width), height=size(a.height),
+                heading=heading, valid=valid)
+
+
+def _future_features(scenario: dt.Scenario, md: realism.MapData, x, y, heading, vel_x, vel_y, valid, road,
                      config: FeatureConfig) -> jax.Array:
     """Features of one joint future of all agents.
 
@@ -59,20 +83,18 @@ def _future_features(scenario: dt.Scenario, md: realism.MapData, x, y, heading, 
       md: the scene's prepared map (``realism.prepare_map``).
       x, y, heading, vel_x, vel_y: ``[A, 80]`` future states.
       valid: bool ``[A, 80]``.
+      road: ``[A, 80]`` signed road-edge distance (``_road_distance``).
     Returns:
       ``[A, 80, 5]`` float32 features (zero at invalid steps).
     """
     a = scenario.agents
     cur = dt.CURRENT_INDEX
     size = lambda v: jnp.broadcast_to(v[:, cur:cur + 1], x.shape)  # noqa: E731 - box size held at current
-    length, width, height = size(a.length), size(a.width), size(a.height)
-    z = jnp.broadcast_to(a.z[:, cur:cur + 1], x.shape)  # rollouts carry no z: hold the current one
+    length, width = size(a.length), size(a.width)
     boxes = jnp.stack([x, y, length, width, heading], axis=-1)  # [A, T, 5]
     idx = jnp.arange(x.shape[0])
     clearance = realism.distance_to_nearest_object(boxes, boxes, idx, valid, valid)  # [A, T]
     collision = (clearance < realism.COLLISION_DISTANCE_THRESHOLD).astype(jnp.float32)
-    tr = dict(x=x, y=y, z=z, length=length, width=width, height=height, heading=heading, valid=valid)
-    road, _ = realism.distance_to_road_edge(tr, md.edges)
     has_edges = jnp.any(md.edges.valid)
     road = jnp.where(has_edges, jnp.clip(road, -config.road_distance_clip, config.road_distance_clip),
                      -config.road_distance_clip)
@@ -102,8 +124,9 @@ def expert_features(scenario: dt.Scenario, config: FeatureConfig = FeatureConfig
     a = scenario.agents
     fut = slice(dt.NUM_HISTORY, dt.NUM_STEPS)
     valid = a.valid[:, fut] & a.sim_mask[:, None]
+    road = _road_distance(_trajectories(scenario, a.x[:, fut], a.y[:, fut], a.heading[:, fut], valid), md, config)
     phi = _future_features(scenario, md, a.x[:, fut], a.y[:, fut], a.heading[:, fut], a.vel_x[:, fut],
-                           a.vel_y[:, fut], valid, config)
+                           a.vel_y[:, fut], valid, road, config)
     return phi, valid
 
 
@@ -121,5 +144,10 @@ def rollout_features(scenario: dt.Scenario, x: jax.Array, y: jax.Array, heading:
     scenario = jax.tree.map(jnp.asarray, scenario)
     md = realism.prepare_map(scenario.roadgraph, config.realism_config())
     valid = jnp.broadcast_to(scenario.agents.sim_mask[None, :, None], x.shape)
+    # One road-edge search over every rollout's agents at once: [R * A, 80] queries.
+    flat = lambda v: v.reshape((-1,) + v.shape[2:])  # noqa: E731
+    r, na = x.shape[:2]
+    tr = _trajectories(scenario, x, y, heading, valid)
+    road = _road_distance({k: flat(v) for k, v in tr.items()}, md, config).reshape(r, na, -1)
     one = lambda *s: _future_features(scenario, md, *s, config)  # noqa: E731
-    return jax.vmap(one)(x, y, heading, vel_x, vel_y, valid), valid
+    return jax.vmap(one)(x, y, heading, vel_x, vel_y, valid, road), valid
