@@ -100,17 +100,25 @@ _MESSAGES = {
 }
 
 
-def _file_descriptor() -> descriptor_pb2.FileDescriptorProto:
-    fd = descriptor_pb2.FileDescriptorProto(name="dpa_omf/womd_scenario.proto", package=PACKAGE, syntax="proto2")
+def build_file_descriptor(filename: str, messages: dict, enums: dict) -> descriptor_pb2.FileDescriptorProto:
+    """A proto2 FileDescriptorProto of package ``PACKAGE`` from field tables.
+
+    Args:
+      filename: the descriptor's file name (unique per pool).
+      messages: name -> [(field, number, label, type[, oneof])]; label: opt | rep | packed; type: a scalar
+        name of ``_SCALARS``, an enum ``"Owner.Enum"`` of ``enums`` or a message name.
+      enums: "Owner.Enum" -> [(value name, number)] (nested in message Owner).
+    """
+    fd = descriptor_pb2.FileDescriptorProto(name=filename, package=PACKAGE, syntax="proto2")
     protos: dict[str, descriptor_pb2.DescriptorProto] = {}
-    for name in _MESSAGES:
+    for name in messages:
         protos[name] = fd.message_type.add(name=name)
-    for full, values in _ENUMS.items():
+    for full, values in enums.items():
         owner, enum_name = full.split(".")
         enum = protos[owner].enum_type.add(name=enum_name)
         for value_name, number in values:
             enum.value.add(name=value_name, number=number)
-    for name, fields in _MESSAGES.items():
+    for name, fields in messages.items():
         msg = protos[name]
         oneofs: dict[str, int] = {}
         for field_name, number, label, ftype, *oneof in fields:
@@ -121,7 +129,7 @@ def _file_descriptor() -> descriptor_pb2.FileDescriptorProto:
             if ftype in _SCALARS:
                 f.type = _SCALARS[ftype]
             else:
-                f.type = _F.TYPE_ENUM if ftype in _ENUMS else _F.TYPE_MESSAGE
+                f.type = _F.TYPE_ENUM if ftype in enums else _F.TYPE_MESSAGE
                 f.type_name = f".{PACKAGE}.{ftype}"
             if oneof:
                 if oneof[0] not in oneofs:
@@ -132,7 +140,7 @@ def _file_descriptor() -> descriptor_pb2.FileDescriptorProto:
 
 
 _POOL = descriptor_pool.DescriptorPool()
-_POOL.Add(_file_descriptor())
+_POOL.Add(build_file_descriptor("dpa_omf/womd_scenario.proto", _MESSAGES, _ENUMS))
 
 
 def message_class(name: str):

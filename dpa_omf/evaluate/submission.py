@@ -23,14 +23,14 @@ import tempfile
 from typing import Iterable, Sequence
 
 import numpy as np
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pool, message_factory
 
 from dpa_omf import datatypes as dt
+from dpa_omf.data import protos
 
 PACKAGE = "waymo.open_dataset"
 SHARD_PATTERN = "submission.binproto-{index:05d}-of-{count:05d}"
 NUM_ROLLOUTS = 32
-_F = descriptor_pb2.FieldDescriptorProto
 
 # name -> [(field, number, label, type)]; label: opt | rep | packed.
 _MESSAGES = {
@@ -51,36 +51,13 @@ _MESSAGES = {
         ("acknowledge_complies_with_closed_loop_requirement", 14, "opt", "bool"),
     ],
 }
-_SCALARS = {"float": _F.TYPE_FLOAT, "int32": _F.TYPE_INT32, "string": _F.TYPE_STRING, "bool": _F.TYPE_BOOL}
+_ENUMS = {"SimAgentsChallengeSubmission.SubmissionType": [("UNKNOWN", 0), ("SIM_AGENTS_SUBMISSION", 1)]}
 SUBMISSION_TYPE_SIM_AGENTS = 1
-
-
-def _file_descriptor() -> descriptor_pb2.FileDescriptorProto:
-    fd = descriptor_pb2.FileDescriptorProto(
-        name="dpa_omf/sim_agents_submission.proto", package=PACKAGE, syntax="proto2")
-    for name, fields in _MESSAGES.items():
-        msg = fd.message_type.add(name=name)
-        if name == "SimAgentsChallengeSubmission":
-            enum = msg.enum_type.add(name="SubmissionType")
-            enum.value.add(name="UNKNOWN", number=0)
-            enum.value.add(name="SIM_AGENTS_SUBMISSION", number=1)
-        for fname, number, label, ftype in fields:
-            f = msg.field.add(name=fname, number=number)
-            f.label = _F.LABEL_OPTIONAL if label == "opt" else _F.LABEL_REPEATED
-            if label == "packed":
-                f.options.packed = True
-            if ftype in _SCALARS:
-                f.type = _SCALARS[ftype]
-            elif ftype.endswith("SubmissionType"):
-                f.type, f.type_name = _F.TYPE_ENUM, f".{PACKAGE}.{ftype}"
-            else:
-                f.type, f.type_name = _F.TYPE_MESSAGE, f".{PACKAGE}.{ftype}"
-    return fd
 
 
 # A private pool: no clash with other in-project definitions of the package.
 _POOL = descriptor_pool.DescriptorPool()
-_POOL.Add(_file_descriptor())
+_POOL.Add(protos.build_file_descriptor("dpa_omf/sim_agents_submission.proto", _MESSAGES, _ENUMS))
 
 
 def _cls(name: str):
