@@ -139,13 +139,15 @@ def build_file_descriptor(filename: str, messages: dict, enums: dict) -> descrip
     return fd
 
 
-_POOL = descriptor_pool.DescriptorPool()
-_POOL.Add(build_file_descriptor("dpa_omf/womd_scenario.proto", _MESSAGES, _ENUMS))
+def message_class_factory(filename: str, messages: dict, enums: dict):
+    """``name -> message class`` for the messages of a private descriptor pool (no clash between
+    in-project definitions of the same package)."""
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(build_file_descriptor(filename, messages, enums))
+    return lambda name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{PACKAGE}.{name}"))
 
 
-def message_class(name: str):
-    """The generated message class for ``waymo.open_dataset.<name>``."""
-    return message_factory.GetMessageClass(_POOL.FindMessageTypeByName(f"{PACKAGE}.{name}"))
+message_class = message_class_factory("dpa_omf/womd_scenario.proto", _MESSAGES, _ENUMS)
 
 
 Scenario = message_class("Scenario")

@@ -23,7 +23,6 @@ import tempfile
 from typing import Iterable, Sequence
 
 import numpy as np
-from google.protobuf import descriptor_pool, message_factory
 
 from dpa_omf import datatypes as dt
 from dpa_omf.data import protos
@@ -55,13 +54,7 @@ _ENUMS = {"SimAgentsChallengeSubmission.SubmissionType": [("UNKNOWN", 0), ("SIM_
 SUBMISSION_TYPE_SIM_AGENTS = 1
 
 
-# A private pool: no clash with other in-project definitions of the package.
-_POOL = descriptor_pool.DescriptorPool()
-_POOL.Add(protos.build_file_descriptor("dpa_omf/sim_agents_submission.proto", _MESSAGES, _ENUMS))
-
-
-def _cls(name: str):
-    return message_factory.GetMessageClass(_POOL.FindMessageTypeByName(f"{PACKAGE}.{name}"))
+_cls = protos.message_class_factory("dpa_omf/sim_agents_submission.proto", _MESSAGES, _ENUMS)
 
 
 SimulatedTrajectory = _cls("SimulatedTrajectory")

@@ -38,10 +38,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dpa_omf.preference import features as feat
 from dpa_omf.preference import ot_kernels
 
 SOLVERS = ("exact", "sinkhorn", "ott", "ott_default")
-FEATURE_NAMES = ("collision", "road_distance", "clearance", "effort", "speed")
+FEATURE_NAMES = feat.FEATURE_NAMES
 
 
 @dataclasses.dataclass(frozen=True)
