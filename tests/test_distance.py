@@ -52,10 +52,11 @@ def _problems(rng, num, t, kind):
     return x, y, vx, vy
 
 
+@pytest.mark.parametrize("solver", D.EXACT_SOLVERS)
 @pytest.mark.parametrize("kind", ["full", "equal_masked", "ragged", "rollout_full"])
-def test_exact_matches_pot(rng, kind):
+def test_exact_matches_pot(rng, kind, solver):
     x, y, vx, vy = _problems(rng, 24, 16, kind)
-    cfg = D.OTConfig(solver="exact", feature_weights=UNIT)
+    cfg = D.OTConfig(solver=solver, feature_weights=UNIT)
     cost, plan = jax.jit(D.solve_plans, static_argnames="config")(x, y, vx, vy, config=cfg)
     cost, plan = np.asarray(cost), np.asarray(plan)
     for p in range(len(x)):
@@ -67,13 +68,15 @@ def test_exact_matches_pot(rng, kind):
         assert np.all(plan[p][~vx[p]] == 0) and np.all(plan[p][:, ~vy[p]] == 0)
 
 
-def test_auction_matches_scipy_assignment_full_size(rng):
-    # 80 x 80 with heavy ties (integer-valued features): the hard case for an auction.
+@pytest.mark.parametrize("solver", D.EXACT_SOLVERS)
+def test_exact_matches_scipy_assignment_full_size(rng, solver):
+    # 80 x 80 with heavy ties (integer-valued features): the hard case for an
+    # auction and for the row-reduction of the host solver.
     t = 80
     x = rng.integers(0, 3, size=(6, t, 5)).astype(np.float32)
     y = rng.integers(0, 3, size=(6, t, 5)).astype(np.float32)
     v = np.ones((6, t), bool)
-    cfg = D.OTConfig(solver="exact", feature_weights=UNIT)
+    cfg = D.OTConfig(solver=solver, feature_weights=UNIT)
     cost, _ = jax.jit(D.solve_plans, static_argnames="config")(x, y, v, v, config=cfg)
     for p in range(6):
         c = np.sqrt(((x[p][:, None].astype(np.float64) - y[p][None]) ** 2).sum(-1))
@@ -93,11 +96,12 @@ def test_ssp_kernel_on_divisible_and_coprime_sizes(rng):
         np.testing.assert_allclose((plan * np.asarray(c)).sum(), ref, rtol=1e-5)
 
 
-def test_weights_scale_features_inside_norm(rng):
+@pytest.mark.parametrize("solver", D.EXACT_SOLVERS)
+def test_weights_scale_features_inside_norm(rng, solver):
     x, y, vx, vy = _problems(rng, 4, 10, "ragged")
     w = (10.0, 5.0, 2.0, 1.0, 1.0)
     for mode, eff in [("scale", w), ("quadratic", tuple(np.sqrt(w)))]:
-        cfg = D.OTConfig(solver="exact", feature_weights=w, weight_mode=mode)
+        cfg = D.OTConfig(solver=solver, feature_weights=w, weight_mode=mode)
         xs, ys = D.scale_features(x, cfg), D.scale_features(y, cfg)
         cost, _ = jax.jit(D.solve_plans, static_argnames="config")(xs, ys, vx, vy, config=cfg)
         for p in range(4):
@@ -105,7 +109,8 @@ def test_weights_scale_features_inside_norm(rng):
             np.testing.assert_allclose(float(cost[p]), ref, rtol=1e-4)
 
 
-def test_ot_distance_shapes_masks_and_scene_mean(rng):
+@pytest.mark.parametrize("solver", D.EXACT_SOLVERS)
+def test_ot_distance_shapes_masks_and_scene_mean(rng, solver):
     r, a, t = 4, 5, 12
     rp = rng.normal(size=(r, a, t, 5)).astype(np.float32)
     ep = rng.normal(size=(a, t, 5)).astype(np.float32)
@@ -114,7 +119,7 @@ def test_ot_distance_shapes_masks_and_scene_mean(rng):
     ev[1, 6:] = False  # ragged expert
     ev[3] = False  # no valid expert step: not counted
     mask = np.array([True, True, True, True, False])  # agent 4 not scored
-    cfg = D.OTConfig(solver="exact", rollout_chunk=2)
+    cfg = D.OTConfig(solver=solver, rollout_chunk=2)
     scene, per_agent = D.ot_distance(rp, rv, ep, ev, mask, cfg)
     assert scene.shape == (r,) and per_agent.shape == (r, a)
     per_agent = np.asarray(per_agent)
@@ -167,11 +172,47 @@ def test_rescoring_makes_boundary_rollouts_exact(rng):
     np.testing.assert_array_equal(np.asarray(res)[others], np.asarray(approx)[others])
 
 
-def test_coupling_of_one_agent(rng):
+def test_host_solver_equals_device_solver_and_vmaps(rng):
+    rollouts, rv, expert, ev, mask, _ = _synthetic_scene(rng, r=8, a=5, t=20)
+    dev, pa_dev = D.ot_distance(rollouts, rv, expert, ev, mask, D.OTConfig(solver="exact"))
+    host, pa_host = D.ot_distance(rollouts, rv, expert, ev, mask, D.OTConfig(solver="exact_host"))
+    np.testing.assert_allclose(np.asarray(host), np.asarray(dev), rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(pa_host), np.asarray(pa_dev), rtol=1e-4, atol=1e-6)
+    # Under vmap (e.g. several scenes at once) the host callback runs per scene.
+    cfg = D.OTConfig(solver="exact_host")
+    both = jax.vmap(lambda r: D.ot_distance(r, rv, expert, ev, mask, cfg)[0])(np.stack([rollouts, rollouts[::-1]]))
+    np.testing.assert_allclose(np.asarray(both[0]), np.asarray(host), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(both[1]), np.asarray(host)[::-1], rtol=1e-6)
+
+
+def test_host_solver_many_small_problems_with_ties(rng):
+    """Near-ties and exact ties (integer features) on many sizes, against POT."""
+    from dpa_omf.preference import ot_host
+
+    num, t = 300, 9
+    x = rng.integers(0, 3, size=(num, t, 2)).astype(np.float32)
+    y = rng.integers(0, 3, size=(num, t, 2)).astype(np.float32)
+    x[::2] += rng.normal(size=x[::2].shape).astype(np.float32) * 1e-6  # near-ties
+    vx = rng.random((num, t)) < 0.7
+    vy = rng.random((num, t)) < 0.7
+    vx[:, 0] = vy[:, 0] = True
+    vy[: num // 3] = vx[: num // 3]  # a third are assignment problems
+    cost, plans = ot_host.solve_plans(x, y, vx, vy)
+    for p in range(num):
+        ref, _ = _reference_cost(np.pad(x[p], ((0, 0), (0, 3))), np.pad(y[p], ((0, 0), (0, 3))), vx[p], vy[p])
+        np.testing.assert_allclose(cost[p], ref, rtol=1e-5, atol=1e-7, err_msg=f"problem {p}")
+        np.testing.assert_allclose(plans[p].sum(1)[vx[p]], 1.0 / vx[p].sum(), rtol=1e-5)
+        np.testing.assert_allclose(plans[p].sum(0)[vy[p]], 1.0 / vy[p].sum(), rtol=1e-5)
+    with pytest.raises(ValueError, match="expected x, y"):
+        ot_host.solve_costs(x[:, :, 0], y, vx, vy)
+
+
+@pytest.mark.parametrize("solver", D.EXACT_SOLVERS)
+def test_coupling_of_one_agent(rng, solver):
     x = rng.normal(size=(10, 5)).astype(np.float32)
     y = rng.normal(size=(10, 5)).astype(np.float32)
     vy = np.arange(10) < 7
-    cost, plan = D.ot_coupling(x, np.ones(10, bool), y, vy, D.OTConfig(solver="exact"))
+    cost, plan = D.ot_coupling(x, np.ones(10, bool), y, vy, D.OTConfig(solver=solver))
     ref, _ = _reference_cost(x, y, np.ones(10, bool), vy, D.OTConfig().feature_weights)
     np.testing.assert_allclose(float(cost), ref, rtol=1e-4)
     assert plan.shape == (10, 10)
@@ -220,5 +261,7 @@ def test_config_rejects_bad_values():
         D.OTConfig(solver="hungarian")
     with pytest.raises(ValueError):
         D.OTConfig(weight_mode="cubic")
+    with pytest.raises(ValueError):
+        D.OTConfig(rescore_solver="sinkhorn")
     with pytest.raises(ValueError):
         D.OTConfig(auction_levels=2**20)

@@ -105,10 +105,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if not scenes:
         raise ValueError("evaluate: no held-out scene")
     results = {}
+    # The same rollout keys for every model (paired comparison), varied by evaluate.seed.
+    eval_seed = config.seed + 1 if config.evaluate.seed == 0 else int(
+        np.random.SeedSequence([config.seed, config.evaluate.seed]).generate_state(1)[0] % (2**31))
     for name, ckpt in model_dirs(workdir).items():
         params = checkpointing.restore_params(ckpt, abstract)
         t0 = time.time()
-        m = evaluate_model(model, params, scenes, config, config.seed + 1)
+        m = evaluate_model(model, params, scenes, config, eval_seed)
         results[name] = {ours: m[official] for ours, official in FIELDS.items()}
         results[name]["likelihoods"] = {k: v for k, v in m.items() if k.endswith("_likelihood")}
         results[name]["seconds"] = time.time() - t0

@@ -84,7 +84,8 @@ def curate_config(c: ml_collections.ConfigDict) -> CurateConfig:
 
 @functools.partial(jax.jit, static_argnames=("model", "cfg"))
 def rank_scene(model: mlm.MotionLM, params, scenario: dt.Scenario, key: jax.Array, cfg: CurateConfig) -> dict:
-    """Samples, scores and ranks the rollouts of ONE scene, all on device.
+    """Samples, scores and ranks the rollouts of ONE scene (on device; the
+    default exact OT solver runs on the host CPU through a callback).
 
     Returns a dict of ``tokens [R, A, S]``, ``ot_distance [R]``,
     ``ade_distance [R]``, ``preferred [K]``, ``unpreferred [K]``,

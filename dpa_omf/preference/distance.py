@@ -19,12 +19,16 @@ The scene distance is the mean of the per-agent costs over the agents that are i
 ``agent_mask`` and have at least one valid step in both the rollout and the
 expert (NaN when a scene has no such agent).
 
-Solvers (``OTConfig.solver``): ``exact`` (auction for equal valid counts, exact
+Solvers (``OTConfig.solver``): ``exact_host`` (default: exact shortest
+augmenting paths compiled for the host CPU, ``ot_host``, called through
+``jax.pure_callback``; the fastest exact solver on a CPU and cheap beside
+an accelerator too: features go to the host, one float per problem comes
+back), ``exact`` (on-device JAX: auction for equal valid counts, exact
 successive-shortest-path transport for ragged ones), ``sinkhorn`` (our fused
 log-domain kernel), ``ott`` (ott-jax Sinkhorn configured like ours: fixed
 iterations, annealed epsilon) and ``ott_default`` (ott-jax defaults, for the
 benchmark). ``rescore_window > 0`` re-scores the rollouts ranked near the top /
-bottom ``num_pairs`` boundaries with the exact solver (near-ties swap under
+bottom ``num_pairs`` boundaries with ``rescore_solver`` (near-ties swap under
 approximate OT).
 """
 
@@ -39,9 +43,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from dpa_omf.preference import features as feat
-from dpa_omf.preference import ot_kernels
+from dpa_omf.preference import ot_host, ot_kernels
 
-SOLVERS = ("exact", "sinkhorn", "ott", "ott_default")
+SOLVERS = ("exact_host", "exact", "sinkhorn", "ott", "ott_default")
+EXACT_SOLVERS = ("exact_host", "exact")
 FEATURE_NAMES = feat.FEATURE_NAMES
 
 
@@ -65,7 +70,7 @@ class OTConfig:
       sinkhorn_eps_init: initial epsilon as a fraction of the mean cost.
       sinkhorn_anneal_fraction: fraction of the iterations spent annealing.
       rescore_window: rollouts re-scored exactly on each side of each of the
-        two ranking boundaries (0: off). Needs ``num_pairs`` and R >= 2 *
+        two ranking boundaries (0: off) with ``rescore_solver``. Needs ``num_pairs`` and R >= 2 *
         num_pairs.
       num_pairs: preferred / unpreferred set size used by the re-scoring.
       rollout_chunk: rollouts per chunk of the Sinkhorn solvers (bounds
@@ -74,7 +79,7 @@ class OTConfig:
         so its ragged problems share one SSP run.
     """
 
-    solver: str = "sinkhorn"
+    solver: str = "exact_host"
     feature_weights: tuple[float, ...] = (10.0, 5.0, 2.0, 1.0, 1.0)
     weight_mode: str = "scale"
     auction_levels: int = 2**16
@@ -85,12 +90,15 @@ class OTConfig:
     sinkhorn_eps_init: float = 0.5
     sinkhorn_anneal_fraction: float = 0.7
     rescore_window: int = 0
+    rescore_solver: str = "exact_host"
     num_pairs: int = 16
     rollout_chunk: int = 8
 
     def __post_init__(self):
         if self.solver not in SOLVERS:
             raise ValueError(f"OTConfig.solver must be one of {SOLVERS}, got {self.solver!r}")
+        if self.rescore_solver not in EXACT_SOLVERS:
+            raise ValueError(f"OTConfig.rescore_solver must be one of {EXACT_SOLVERS}, got {self.rescore_solver!r}")
         if self.weight_mode not in ("scale", "quadratic"):
             raise ValueError(f"OTConfig.weight_mode must be 'scale' or 'quadratic', got {self.weight_mode!r}")
         if any(w < 0 for w in self.feature_weights):
@@ -222,8 +230,21 @@ def _solve_ragged(cost, plans, c, vx, vy, ragged, chunk: int):
     return cost, plans
 
 
+def _host_costs(x, y, vx, vy):
+    shape = jax.ShapeDtypeStruct(vx.shape[:1], jnp.float32)
+    return jax.pure_callback(ot_host.solve_costs, shape, x, y, vx, vy, vmap_method="sequential")
+
+
+def _host_plans(x, y, vx, vy):
+    p, t = vx.shape
+    shapes = (jax.ShapeDtypeStruct((p,), jnp.float32), jax.ShapeDtypeStruct((p, t, t), jnp.float32))
+    return jax.pure_callback(ot_host.solve_plans, shapes, x, y, vx, vy, vmap_method="sequential")
+
+
 def solve_costs(x, y, vx, vy, config: OTConfig):
     """OT costs ``[P]`` for a flat batch of problems (see ``solve_plans``)."""
+    if config.solver == "exact_host":
+        return _host_costs(x, y, vx, vy)
     c = pairwise_cost(x, y)
     if config.solver == "exact":
         return _exact(c, vx, vy, config, with_plans=False)[0]
@@ -239,6 +260,8 @@ def solve_plans(x, y, vx, vy, config: OTConfig):
     Returns:
       ``(cost [P], plan [P, T, T])``; the plan sums to 1.
     """
+    if config.solver == "exact_host":
+        return _host_plans(x, y, vx, vy)
     c = pairwise_cost(x, y)
     if config.solver == "exact":
         return _exact(c, vx, vy, config, with_plans=True)
@@ -274,9 +297,10 @@ def _per_agent(rollout_phi, rollout_valid, expert_phi, expert_valid, agent_mask,
     vy = jnp.where(counted[..., None], expert_valid[None], one)
 
     chunk = config.rollout_chunk if 0 < config.rollout_chunk < r else r
-    if config.solver == "exact":
+    if config.solver in EXACT_SOLVERS:
         # One batch: the ragged problems of all rollouts then share one
-        # (slowest-problem-gated) SSP run instead of one run per chunk.
+        # (slowest-problem-gated) SSP run instead of one run per chunk; the
+        # host solver gets every problem in one call (it parallelises itself).
         chunk = r
     if r % chunk:
         chunk = r  # keep shapes uniform; callers pick divisors of R
@@ -303,7 +327,7 @@ def _scene(per_agent, counted):
 def _ot_distance(rollout_phi, rollout_valid, expert_phi, expert_valid, agent_mask, config):
     per_agent, counted = _per_agent(rollout_phi, rollout_valid, expert_phi, expert_valid, agent_mask, config)
     scene = _scene(per_agent, counted)
-    if config.rescore_window > 0 and config.solver != "exact":
+    if config.rescore_window > 0 and config.solver not in EXACT_SOLVERS:
         scene, per_agent = _rescore_boundaries(scene, per_agent, rollout_phi, rollout_valid,
                                                expert_phi, expert_valid, agent_mask, config)
     return scene, per_agent
@@ -376,7 +400,7 @@ def _rescore_boundaries(scene, per_agent, rollout_phi, rollout_valid, expert_phi
     ranks = boundary_ranks(r, config.num_pairs, config.rescore_window)
     order = stable_argsort(scene)
     sel = order[jnp.asarray(ranks)]
-    exact_cfg = dataclasses.replace(config, solver="exact", rescore_window=0, rollout_chunk=0)
+    exact_cfg = dataclasses.replace(config, solver=config.rescore_solver, rescore_window=0, rollout_chunk=0)
     pa, counted = _per_agent(rollout_phi[sel], rollout_valid[sel], expert_phi, expert_valid, agent_mask,
                              exact_cfg)
     per_agent = per_agent.at[sel].set(pa)

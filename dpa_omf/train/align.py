@@ -268,12 +268,18 @@ def make_eval_fn(model: mlm.MotionLM, cfg: AlignConfig):
 
 
 # ----------------------------------------------------------------------------- job
+def align_seed(c: ml_collections.ConfigDict) -> int:
+    """The alignment stage's seed: the global seed (which fixes the data, the
+    reference and the curation) combined with ``align.seed`` (repeated runs)."""
+    return int(np.random.SeedSequence([c.seed, c.align.seed]).generate_state(1)[0] % (2**31))
+
+
 def train_config(c: ml_collections.ConfigDict) -> loop.TrainConfig:
     from dpa_omf.train import pretrain
 
     a = c.align
     return loop.TrainConfig(
-        num_steps=a.num_steps, seed=c.seed, optim=optim.OptimConfig(**a.optim.to_dict()),
+        num_steps=a.num_steps, seed=align_seed(c), optim=optim.OptimConfig(**a.optim.to_dict()),
         mesh=pretrain.mesh_config(c), log_every=a.log_every, eval_every=a.eval_every,
         checkpoint_every=a.checkpoint_every, keep_checkpoints=a.keep_checkpoints,
         async_checkpointing=True, progress_bar=a.progress_bar)
@@ -307,7 +313,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
         store = SceneStore(shards["files"], womd.ReaderConfig(max_agents=config.data.num_agents,
                                                               max_roadgraph_points=config.data.num_roadgraph_points))
         b = config.align.batch_size // jax.process_count()
-        train_b = PairBatches(shards, train_rows, store, cfg, b, config.seed)
+        train_b = PairBatches(shards, train_rows, store, cfg, b, align_seed(config))
         # Held-out evaluation always uses the OT pairs: the preference the paper's accuracy measures.
         eval_cfg = dataclasses.replace(cfg, method="dpa_omf")
         held = PairBatches(shards, held_rows if len(held_rows) else train_rows, store, eval_cfg, b,
