@@ -37,6 +37,8 @@ NOT_FINGERPRINTED = (
     "data.synthetic.num_workers",
     "pretrain.log_every", "pretrain.progress_bar", "pretrain.prefetch", "pretrain.checkpoint_every",
     "pretrain.keep_checkpoints", "pretrain.async_checkpointing",
+    "align.log_every", "align.progress_bar", "align.checkpoint_every", "align.keep_checkpoints",
+    "align.then_evaluate",
 )
 
 

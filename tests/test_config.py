@@ -119,3 +119,21 @@ def test_stage_fingerprint_follows_results_not_cosmetics():
         other = pretrain_config.get_config()
         edit(other)
         assert fp(other) != fp(base)
+
+
+def test_align_fingerprint_ignores_run_only_keys_but_not_seeds():
+    from configs import align as align_config
+    from dpa_omf import stages
+
+    fp = lambda c: stages.fingerprint(c, stages.DEPENDS_ON["align"])  # noqa: E731
+    base = align_config.get_config()
+    cosmetic = align_config.get_config()
+    cosmetic.align.then_evaluate = False  # the study runs alignments without the final table
+    cosmetic.align.progress_bar = False
+    assert fp(cosmetic) == fp(base)
+    seeded = align_config.get_config()
+    seeded.align.seed = 1  # a repeated run is a different result
+    assert fp(seeded) != fp(base)
+    # ... but not a different reference or curation.
+    assert stages.fingerprint(seeded, stages.DEPENDS_ON["curate"]) == stages.fingerprint(
+        base, stages.DEPENDS_ON["curate"])

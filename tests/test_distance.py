@@ -265,3 +265,25 @@ def test_config_rejects_bad_values():
         D.OTConfig(rescore_solver="sinkhorn")
     with pytest.raises(ValueError):
         D.OTConfig(auction_levels=2**20)
+
+
+def test_bench_ot_runs_and_reports_the_contract(tmp_path):
+    """A tiny `python -m dpa_omf.bench ot`: the JSON keys the issue names, and
+    the exact methods agree with each other (the bench itself cross-checks
+    exact_host against the scipy / POT loops and raises otherwise)."""
+    import json
+
+    from dpa_omf import bench
+
+    out = tmp_path / "ot.json"
+    bench.main(["ot", "--json", str(out), "--scenes", "2", "--loop_scenes", "1", "--device_exact_scenes", "1",
+                "--steps", "8", "--rollouts", "32", "--agents", "6", "--skip_ott_default",
+                "--methods", "ours_exact", "ours_sinkhorn"])
+    r = json.loads(out.read_text())
+    for name in ("scipy_lsa", "pot_emd", "ours_exact_host", "ours_exact", "ours_sinkhorn"):
+        assert r["seconds_per_scene"][name] > 0
+        assert 0 <= r["topbottom_agreement"][name] <= 1
+    for name in ("scipy_lsa", "pot_emd", "ours_exact"):
+        assert r["topbottom_agreement"][name] == 1.0
+    assert r["exact_host_vs_loops_scene_rel_max"] < 1e-4
+    assert r["fastest_exact_equal"] in r["seconds_per_scene"]

@@ -31,11 +31,15 @@ code next to this file.
 from __future__ import annotations
 
 import math
+import threading
 
 import numba
 import numpy as np
 
 _INF = np.inf
+# numba's default (workqueue) threading layer must not be entered from two threads at once;
+# JAX may run host callbacks of different computations concurrently.
+_LOCK = threading.Lock()
 
 
 @numba.njit(cache=True, nogil=True)
@@ -320,12 +324,14 @@ def solve_costs(x, y, vx, vy) -> np.ndarray:
     x, y, vx, vy = _check(x, y, vx, vy)
     if x.shape[0] == 0:
         return np.zeros([0], np.float32)
-    cost, _ = _solve_batch(x, y, vx, vy, False, _chunks(x.shape[0]))
+    with _LOCK:
+        cost, _ = _solve_batch(x, y, vx, vy, False, _chunks(x.shape[0]))
     return cost.astype(np.float32)
 
 
 def solve_plans(x, y, vx, vy) -> tuple[np.ndarray, np.ndarray]:
     """Exact costs ``[P]`` and plans ``[P, T, T]`` (float32, each sums to 1)."""
     x, y, vx, vy = _check(x, y, vx, vy)
-    cost, plans = _solve_batch(x, y, vx, vy, True, _chunks(x.shape[0]))
+    with _LOCK:
+        cost, plans = _solve_batch(x, y, vx, vy, True, _chunks(x.shape[0]))
     return cost.astype(np.float32), plans
