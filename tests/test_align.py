@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from dpa_omf.train import align
 
@@ -55,3 +56,29 @@ def test_main_job_smoke_end_to_end(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "| dpa_omf |" in again.stdout
     assert "finished earlier" in again.stderr
+
+
+def test_curate_shards_name_data_files_relative_to_the_workdir(tmp_path, monkeypatch):
+    """A workdir can be moved or used from another current directory: shards
+    store synthetic data paths relative to it (real WOMD paths stay absolute)."""
+
+    from dpa_omf.preference import curate
+
+    wd = tmp_path / "wd"
+    data = wd / "data" / "train"
+    data.mkdir(parents=True)
+    (data / "a.tfrecord").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    assert curate.portable_path("wd/data/train/a.tfrecord", "wd") == "data/train/a.tfrecord"
+    assert curate.portable_path("/elsewhere/x.tfrecord", "wd") == "/elsewhere/x.tfrecord"
+    (wd / "curate").mkdir()
+    np.savez(wd / "curate" / "shard-00000-of-00001.npz", files=np.asarray(["data/train/a.tfrecord"]),
+             tokens=np.zeros((1, 2), np.int16))
+    moved = tmp_path / "moved"
+    wd.rename(moved)
+    monkeypatch.chdir("/")
+    out = curate.load_shards(str(moved))
+    assert out["files"].tolist() == [str(moved / "data/train/a.tfrecord")]
+    (moved / "data/train/a.tfrecord").unlink()
+    with pytest.raises(FileNotFoundError, match="re-run the curate stage"):
+        curate.load_shards(str(moved))

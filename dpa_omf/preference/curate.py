@@ -29,6 +29,7 @@ import dataclasses
 import functools
 import io
 import math
+import os
 import pathlib
 import time
 
@@ -188,7 +189,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             done_rankings += 1
         stack = {n: np.stack([r[n] for r in rows]) for n in rows[0]}
         stack["tokens"] = stack["tokens"].astype(np.int16)
-        _atomic_npz(path, files=np.asarray(files), **stack)
+        _atomic_npz(path, files=np.asarray([portable_path(f, workdir) for f in files]), **stack)
         d = stack["ot_distance"]
         pref = np.take_along_axis(d, stack["preferred"], 1).mean()
         unpref = np.take_along_axis(d, stack["unpreferred"], 1).mean()
@@ -203,11 +204,28 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return summary
 
 
+def portable_path(path: str | pathlib.Path, workdir: str | pathlib.Path) -> str:
+    """How a shard names a data file: relative to the workdir when it lies under
+    it (synthetic data: the workdir can then be moved or read from any current
+    directory), else absolute (real WOMD files)."""
+    p = pathlib.Path(os.path.abspath(path))
+    try:
+        return str(p.relative_to(os.path.abspath(workdir)))
+    except ValueError:
+        return str(p)
+
+
 def load_shards(workdir: str) -> dict[str, np.ndarray]:
-    """Every shard concatenated along the ranking axis (``files`` from the first shard)."""
+    """Every shard concatenated along the ranking axis (``files`` from the first
+    shard, resolved against the workdir)."""
     parts = [dict(np.load(p)) for p in shard_files(workdir)]
     out = {n: np.concatenate([p[n] for p in parts]) for n in parts[0] if n != "files"}
-    out["files"] = parts[0]["files"]
+    files = [pathlib.Path(workdir) / f for f in parts[0]["files"].tolist()]  # absolute paths stay absolute
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise FileNotFoundError(f"curate shards in {stages.stage_dir(workdir, STAGE)} name data files that do not "
+                                f"exist: {missing[:3]} ({len(missing)} in all); re-run the curate stage")
+    out["files"] = np.asarray([str(f) for f in files])
     return out
 
 
