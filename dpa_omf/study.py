@@ -11,7 +11,7 @@ the preference pairs) and ``evaluate.seed`` (the rollout keys of the
 evaluation, the same for every model of that seed, so the comparison is
 paired). Per seed the study aligns each method into ``DIR/seed_<s>/align*``,
 evaluates the reference and every aligned model there, and finally writes
-``DIR/study.json`` and ``DIR/study.md``: per model the mean, the sample
+``DIR/study.json`` and ``DIR/report.md``: per model the mean, the sample
 standard deviation and the per-seed values of the realism columns, the
 per-seed difference to the reference, and each aligned model's held-out
 preference accuracy.
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp.write_text(json.dumps(result, indent=2))
     os.replace(tmp, root / "study.json")
     text = markdown(result, setup)
-    (root / "study.md").write_text(text)
+    (root / "report.md").write_text(text)
     print(text)
     return 0
 
