@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs import optim as optim_config
 from configs import post_training
 
 VARIANTS = ("smoke", "womd")
@@ -146,16 +147,7 @@ def _pretrain(variants: set[str]) -> ml_collections.ConfigDict:
     p.progress_bar = True
     p.prefetch = 2  # batches parsed ahead by the pipeline's thread
     p.shuffle = True
-    p.optim = ml_collections.ConfigDict()  # mirrors train.optim.OptimConfig
-    p.optim.learning_rate = 1e-3
-    p.optim.warmup_steps = 10
-    p.optim.decay_steps = ml_collections.FieldReference(None, field_type=int)  # None: rest of the run
-    p.optim.end_lr_ratio = 0.05
-    p.optim.weight_decay = 0.01
-    p.optim.b1 = 0.9
-    p.optim.b2 = 0.98
-    p.optim.eps = 1e-9
-    p.optim.clip_grad_norm = 1.0
+    p.optim = optim_config.optim(learning_rate=1e-3, end_lr_ratio=0.05, weight_decay=0.01)
     if "smoke" in variants:
         p.batch_size = 8  # divisible by the 8 fake CPU devices of the tests
         p.num_steps = 6

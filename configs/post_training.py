@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs import optim as optim_config
+
 ALIGN_METHODS = ("dpa_omf", "dpa_adef", "sft_best_oa", "sft_best_ade", "afd", "dpo")
 
 
@@ -57,16 +59,8 @@ def align(variants: set[str]) -> ml_collections.ConfigDict:
     c.keep_checkpoints = 2
     c.progress_bar = True
     c.then_evaluate = False  # configs/align.py sets it: the main job ends with the realism table
-    c.optim = ml_collections.ConfigDict()
-    c.optim.learning_rate = 1e-3  # tuned on the main job: 1e-5 / 1e-4 barely move the policy
-    c.optim.warmup_steps = 10
-    c.optim.decay_steps = None
-    c.optim.end_lr_ratio = 0.1
-    c.optim.weight_decay = 0.0
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.98
-    c.optim.eps = 1e-9
-    c.optim.clip_grad_norm = 1.0
+    # lr tuned on the main job: 1e-5 / 1e-4 barely move the policy (BUILD_NOTES: alignment tuning)
+    c.optim = optim_config.optim(learning_rate=1e-3, end_lr_ratio=0.1, weight_decay=0.0)
     if "smoke" in variants:
         c.batch_size = 8
         c.pairs_per_scene = 2

@@ -16,6 +16,7 @@ import pathlib
 from typing import Any, Callable, Sequence
 
 import ml_collections
+import numpy as np
 from absl import logging
 
 SUMMARY = "summary.json"
@@ -40,6 +41,12 @@ NOT_FINGERPRINTED = (
     "align.log_every", "align.progress_bar", "align.checkpoint_every", "align.keep_checkpoints",
     "align.then_evaluate",
 )
+
+
+def derived_seed(*parts: int) -> int:
+    """A seed in [0, 2**31) derived from several integers (e.g. the global seed and a
+    stage's repeat seed), independent for different tuples."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] % (2**31))
 
 
 def stage_dir(workdir: str | pathlib.Path, stage: str) -> pathlib.Path:

@@ -68,11 +68,8 @@ def _summary(path: pathlib.Path) -> dict:
         return json.load(f)
 
 
-def _model_name(method: str) -> str:
-    return method  # the evaluate job names 'align' dpa_omf and 'align_<m>' <m>
-
-
 def _align_dir(seed_dir: pathlib.Path, method: str) -> pathlib.Path:
+    # The evaluate job names the model in 'align' dpa_omf and the one in 'align_<m>' <m>: model name == method.
     return seed_dir / ("align" if method == "dpa_omf" else f"align_{method}")
 
 
@@ -85,7 +82,7 @@ def run_seed(seed: int, seed_dir: pathlib.Path, methods: list[str], config: str,
     ev = seed_dir / "evaluate"
     if ev.exists():
         models = _summary(ev / "summary.json")["models"] if (ev / "summary.json").exists() else {}
-        if not all(_model_name(m) in models for m in methods):
+        if not all(m in models for m in methods):
             shutil.rmtree(ev)  # re-evaluate with every model of this seed
     if not (ev / "summary.json").exists():
         _launch("configs/evaluate.py", seed_dir, seed, extra)
@@ -98,7 +95,7 @@ def _stats(values: list[float]) -> dict:
 
 
 def aggregate(per_seed: dict[int, dict], accuracy: dict[int, dict], methods: list[str]) -> dict:
-    names = ["reference", *[_model_name(m) for m in methods]]
+    names = ["reference", *[m for m in methods]]
     seeds = sorted(per_seed)
     out = {"seeds": seeds, "models": {}}
     for n in names:
@@ -165,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         accuracy[s] = {}
         for m in methods:
             summ = _summary(_align_dir(seed_dir, m) / "summary.json")
-            accuracy[s][_model_name(m)] = summ.get("eval_pref_accuracy")
+            accuracy[s][m] = summ.get("eval_pref_accuracy")
     first = per_seed[seeds[0]]
     setup = {k: first[k] for k in ("challenge", "num_scenes", "num_rollouts")}
     result = aggregate(per_seed, accuracy, methods) | {"setup": setup, "methods": methods}

@@ -137,3 +137,20 @@ def test_align_fingerprint_ignores_run_only_keys_but_not_seeds():
     # ... but not a different reference or curation.
     assert stages.fingerprint(seeded, stages.DEPENDS_ON["curate"]) == stages.fingerprint(
         base, stages.DEPENDS_ON["curate"])
+
+
+def test_optimizer_sections_take_command_line_overrides(monkeypatch):
+    """Both training stages build their optimizer section with one helper, so
+    every key (decay_steps too, None by default) can be set from the command line."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["prog", f"--config={REPO / 'configs' / 'align.py'}", "--config.align.optim.decay_steps=30",
+            "--config.pretrain.optim.decay_steps=50"]
+    monkeypatch.setattr(sys, "argv", argv)  # config_flags reads the overrides from sys.argv
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, flag_values=fv)
+    fv(argv)
+    assert fv.config.align.optim.decay_steps == 30
+    assert fv.config.pretrain.optim.decay_steps == 50
+    assert set(fv.config.align.optim) == set(fv.config.pretrain.optim)

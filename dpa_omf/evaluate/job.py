@@ -106,8 +106,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise ValueError("evaluate: no held-out scene")
     results = {}
     # The same rollout keys for every model (paired comparison), varied by evaluate.seed.
-    eval_seed = config.seed + 1 if config.evaluate.seed == 0 else int(
-        np.random.SeedSequence([config.seed, config.evaluate.seed]).generate_state(1)[0] % (2**31))
+    # evaluate.seed 0 keeps the original key (seed + 1) so earlier recorded evaluations stay reproducible.
+    eval_seed = config.seed + 1 if config.evaluate.seed == 0 else stages.derived_seed(config.seed, config.evaluate.seed)
     for name, ckpt in model_dirs(workdir).items():
         params = checkpointing.restore_params(ckpt, abstract)
         t0 = time.time()

@@ -271,7 +271,7 @@ def make_eval_fn(model: mlm.MotionLM, cfg: AlignConfig):
 def align_seed(c: ml_collections.ConfigDict) -> int:
     """The alignment stage's seed: the global seed (which fixes the data, the
     reference and the curation) combined with ``align.seed`` (repeated runs)."""
-    return int(np.random.SeedSequence([c.seed, c.align.seed]).generate_state(1)[0] % (2**31))
+    return stages.derived_seed(c.seed, c.align.seed)
 
 
 def train_config(c: ml_collections.ConfigDict) -> loop.TrainConfig:
