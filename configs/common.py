@@ -24,7 +24,7 @@ import ml_collections
 from configs import optim as optim_config
 from configs import post_training
 
-VARIANTS = ("smoke", "womd")
+VARIANTS = ("smoke", "womd", "long")
 NUM_FUTURE_STEPS = 80  # 10 Hz steps of the 8 s future (datatypes.NUM_FUTURE; no JAX import here)
 
 
@@ -81,6 +81,10 @@ def _data(variants: set[str]) -> ml_collections.ConfigDict:
         d.synthetic.num_valid = 8
         d.synthetic.num_shards = 2
         d.synthetic.num_workers = 1
+    if "long" in variants:
+        # The learning-curve run of the packaged reference: 4x the data, so a few passes do not overfit.
+        d.synthetic.num_train = 4000
+        d.synthetic.num_shards = 32
     if "womd" in variants:
         d.source = "womd"
         d.num_agents = 128
@@ -157,6 +161,16 @@ def _pretrain(variants: set[str]) -> ml_collections.ConfigDict:
         p.log_every = 1
         p.progress_bar = False
         p.optim.warmup_steps = 2
+    if "long" in variants:
+        # Learning curve (BUILD_NOTES: "Reference learning curve"): every 125-step checkpoint is kept so
+        # each point of the curve can be evaluated afterwards; cosine decay over the whole run.
+        p.num_steps = 3000
+        p.eval_every = 125
+        p.eval_batches = 8
+        p.checkpoint_every = 125
+        p.keep_checkpoints = 100
+        p.log_every = 25
+        p.optim.warmup_steps = 50
     if "womd" in variants:
         p.batch_size = 64  # 8 scenes per device on an 8-device data-parallel mesh
         p.num_steps = 200_000

@@ -34,11 +34,11 @@ _DRY_RUN = flags.DEFINE_bool(
 
 # job name -> "module:function"; imported lazily so that the data job never imports the model.
 JOBS = {
-    "data": "dpa_omf.data.job:run",
-    "pretrain": "dpa_omf.train.pretrain:run",
-    "curate": "dpa_omf.preference.curate:run",
-    "align": "dpa_omf.train.align:run",
-    "evaluate": "dpa_omf.evaluate.job:run",
+    "data": "dpa_omf.jobs.data:run",
+    "pretrain": "dpa_omf.jobs.pretrain:run",
+    "curate": "dpa_omf.jobs.curate:run",
+    "align": "dpa_omf.jobs.align:run",
+    "evaluate": "dpa_omf.jobs.evaluate:run",
 }
 
 

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dpa_omf.preference import features as feat
-from dpa_omf.preference import ot_host, ot_kernels
+from dpa_omf.preference import ot_host, ot_device as ot_kernels
 
 SOLVERS = ("exact_host", "exact", "sinkhorn", "ott", "ott_default")
 EXACT_SOLVERS = ("exact_host", "exact")

@@ -3,7 +3,7 @@
 phi = [collision status, distance to road boundary, minimum clearance to other
 road users, control effort, speed] (DESIGN.md), for the 80 future steps of the
 agents valid at the current step. The geometry is the realism metric's own
-(``dpa_omf.evaluate.realism``: rounded-box distance to the nearest object with
+(``dpa_omf.metrics.wosac``: rounded-box distance to the nearest object with
 the official rounding, signed distance of the most off-road box corner to the
 road-edge polylines with the official sign rule), so the feedback that ranks
 rollouts and the metric that judges them measure the same things.
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from dpa_omf import datatypes as dt
-from dpa_omf.evaluate import realism
+from dpa_omf.metrics import wosac as realism
 
 NUM_FEATURES = 5
 FEATURE_NAMES = ("collision", "road_distance", "clearance", "effort", "speed")

@@ -28,11 +28,11 @@ import ml_collections
 import numpy as np
 
 from configs import common
-from dpa_omf import stages
+from dpa_omf.jobs import stages
 from dpa_omf.model import motion_lm as mlm
 from dpa_omf.train import logging as stage_logging
 from dpa_omf.train import loop, sharding
-from dpa_omf.train import pretrain
+from dpa_omf.jobs import pretrain
 
 GIB = 2**30
 

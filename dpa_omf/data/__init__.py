@@ -1,1 +1,0 @@
-"""dpa_omf.data."""

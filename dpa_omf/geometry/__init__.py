@@ -1,0 +1,1 @@
+"""dpa_omf.geometry: basic shapes (shapes.py) and scene distances."""

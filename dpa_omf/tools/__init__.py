@@ -1,0 +1,1 @@
+"""dpa_omf.tools."""

@@ -1,0 +1,84 @@
+"""The main job end to end at smoke scale, and the alignment pieces."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dpa_omf.jobs import align
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def test_side_indices_per_method():
+    rng = np.random.default_rng(0)
+    ot = rng.random((3, 8))
+    ade = rng.random((3, 8))
+    order = np.argsort(ot, 1)
+    shards = {"ot_distance": ot, "ade_distance": ade, "preferred": order[:, :2], "unpreferred": order[:, ::-1][:, :2],
+              "tokens": np.zeros((3, 8, 4, 16), np.int16)}
+    pos, neg = align.side_indices(shards, align.AlignConfig(method="dpa_omf"))
+    np.testing.assert_array_equal(pos, order[:, :2])
+    pos, neg = align.side_indices(shards, align.AlignConfig(method="dpa_adef"))
+    np.testing.assert_array_equal(pos, np.argsort(ade, 1)[:, :2])
+    np.testing.assert_array_equal(neg, np.argsort(ade, 1)[:, ::-1][:, :2])
+    pos, _ = align.side_indices(shards, align.AlignConfig(method="sft_best_oa", sft_top_k=3))
+    np.testing.assert_array_equal(pos, order[:, :3])
+    _, neg = align.side_indices(shards, align.AlignConfig(method="afd"))
+    assert neg.shape == (3, 8)
+
+
+def test_main_job_smoke_end_to_end(tmp_path):
+    wd = tmp_path / "wd"
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)  # one device, as a user's plain run
+    out = subprocess.run([sys.executable, "-m", "dpa_omf.launch", "--config=configs/align.py:smoke",
+                          f"--workdir={wd}"], cwd=REPO, capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((wd / "evaluate" / "summary.json").read_text())
+    for name in ("reference", "dpa_omf"):
+        for key in ("composite", "kinematic", "interactive", "map", "min_ade", "collision_rate", "offroad_rate"):
+            assert 0.0 <= summary[name][key] < 1e3, (name, key)
+    curate = json.loads((wd / "curate" / "summary.json").read_text())
+    assert curate["num_examples"] > 0 and curate["num_pairs"] == 2 * curate["num_examples"]
+    assert curate["preferred_mean_distance"] < curate["unpreferred_mean_distance"]
+    for png in ("scene0_expert.png", "scene0_best.png", "scene0_worst.png", "scene0_coupling.png"):
+        assert (wd / "curate" / png).stat().st_size > 0
+    assert (wd / "evaluate" / "report.md").read_text().count("| reference |") == 1
+    assert "| dpa_omf |" in out.stdout
+    # A re-run reuses every finished stage and prints the table again.
+    again = subprocess.run([sys.executable, "-m", "dpa_omf.launch", "--config=configs/align.py:smoke",
+                            f"--workdir={wd}"], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "| dpa_omf |" in again.stdout
+    assert "finished earlier" in again.stderr
+
+
+def test_curate_shards_name_data_files_relative_to_the_workdir(tmp_path, monkeypatch):
+    """A workdir can be moved or used from another current directory: shards
+    store synthetic data paths relative to it (real WOMD paths stay absolute)."""
+
+    from dpa_omf.jobs import curate
+
+    wd = tmp_path / "wd"
+    data = wd / "data" / "train"
+    data.mkdir(parents=True)
+    (data / "a.tfrecord").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    assert curate.portable_path("wd/data/train/a.tfrecord", "wd") == "data/train/a.tfrecord"
+    assert curate.portable_path("/elsewhere/x.tfrecord", "wd") == "/elsewhere/x.tfrecord"
+    (wd / "curate").mkdir()
+    np.savez(wd / "curate" / "shard-00000-of-00001.npz", files=np.asarray(["data/train/a.tfrecord"]),
+             tokens=np.zeros((1, 2), np.int16))
+    moved = tmp_path / "moved"
+    wd.rename(moved)
+    monkeypatch.chdir("/")
+    out = curate.load_shards(str(moved))
+    assert out["files"].tolist() == [str(moved / "data/train/a.tfrecord")]
+    (moved / "data/train/a.tfrecord").unlink()
+    with pytest.raises(FileNotFoundError, match="re-run the curate stage"):
+        curate.load_shards(str(moved))

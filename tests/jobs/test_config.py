@@ -1,0 +1,157 @@
+"""The config files: variants, checks before compute, the locked config, and the dataclass boundary."""
+
+import dataclasses
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from configs import common, data as data_config, pretrain as pretrain_config
+from dpa_omf.model import encoder as enc
+from dpa_omf.model import motion_lm as mlm
+from dpa_omf.model import tokenizer as tok
+from dpa_omf.train import loop, optim, sharding
+from dpa_omf.jobs import pretrain
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("variant", [None, "smoke", "womd"])
+def test_every_variant_passes_its_checks(variant):
+    c = pretrain_config.get_config(variant)
+    common.check_config(c)
+    common.check_config(c, num_devices=8, process_count=2)
+    assert c.job == "pretrain"
+    assert data_config.get_config(variant).job == "data"
+
+
+def test_variants():
+    smoke, womd, default = (pretrain_config.get_config(v) for v in ("smoke", "womd", None))
+    assert womd.data.num_agents == 128 and womd.data.source == "womd"
+    assert smoke.pretrain.num_steps < 10 and smoke.model.d_model < default.model.d_model
+    with pytest.raises(ValueError, match="unknown config variant"):
+        pretrain_config.get_config("smok")
+
+
+def test_sections_mirror_the_dataclasses_field_by_field():
+    """A field added to a dataclass must get a config entry (and the reverse), or this fails."""
+    c = pretrain_config.get_config()
+    names = lambda cls: {f.name for f in dataclasses.fields(cls)}  # noqa: E731
+    assert set(c.tokenizer.keys()) == names(tok.TokenizerConfig)
+    assert set(c.model.keys()) == names(mlm.ModelConfig) - {"tokenizer"}
+    assert set(c.model.encoder.keys()) == names(enc.EncoderConfig)
+    assert set(c.pretrain.optim.keys()) == names(optim.OptimConfig)
+    # The default config is the dataclasses' defaults (one source of truth for the default run).
+    assert pretrain.tokenizer_config(c) == tok.TokenizerConfig()
+    assert pretrain.model_config(c) == mlm.ModelConfig()
+    assert pretrain.mesh_config(c) == sharding.MeshConfig()
+    tc = pretrain.train_config(c)
+    assert isinstance(tc, loop.TrainConfig) and tc.num_steps == c.pretrain.num_steps
+    tc.validate()
+    assert pretrain.model_config(pretrain_config.get_config("womd")).compute_dtype == "bfloat16"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: setattr(c.mesh, "data", 3), "not divisible by mesh.data=3"),
+    (lambda c: setattr(c.tokenizer, "token_hz", 3), "token_hz=3 must divide 10"),
+    (lambda c: setattr(c.model, "num_heads", 3), "multiple of model.num_heads"),
+    (lambda c: setattr(c.model, "compute_dtype", "float16"), "compute_dtype"),
+    (lambda c: setattr(c.pretrain, "num_steps", 0), "pretrain.num_steps=0"),
+    (lambda c: setattr(c.data, "num_agents", 129), "num_agents=129"),
+    (lambda c: setattr(c, "seed", 10**6), "seed="),
+])
+def test_impossible_combinations_are_refused(edit, message):
+    c = pretrain_config.get_config()
+    edit(c)
+    with pytest.raises(ValueError, match=message):
+        common.check_config(c)
+
+
+def test_mesh_and_batch_are_checked_against_the_devices():
+    c = pretrain_config.get_config()
+    c.mesh.data = 4
+    common.check_config(c, num_devices=4)
+    with pytest.raises(ValueError, match="needs 8 devices, only 4"):
+        c.mesh.model = 2
+        common.check_config(c, num_devices=4)
+    c.mesh.data, c.mesh.model = -1, 1
+    c.pretrain.batch_size = 12
+    with pytest.raises(ValueError, match="not divisible by the mesh data axis"):
+        common.check_config(c, num_devices=8)
+    with pytest.raises(ValueError, match="not divisible by the 8 processes"):
+        common.check_config(c, num_devices=4, process_count=8)
+
+
+def test_unknown_key_is_refused_by_the_launcher_before_anything_is_written(tmp_path):
+    wd = tmp_path / "wd"
+    out = subprocess.run([sys.executable, "-m", "dpa_omf.launch", "--config=configs/pretrain.py:smoke",
+                          f"--workdir={wd}", "--config.nope=1"], cwd=REPO, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert out.returncode != 0
+    assert "unknown config key" in out.stderr and "nope" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not wd.exists()
+
+
+def test_impossible_combination_is_refused_by_the_launcher(tmp_path):
+    wd = tmp_path / "wd"
+    out = subprocess.run([sys.executable, "-m", "dpa_omf.launch", "--config=configs/pretrain.py:smoke",
+                          f"--workdir={wd}", "--config.tokenizer.token_hz=3"], cwd=REPO, capture_output=True,
+                         text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert out.returncode != 0
+    assert "token_hz=3 must divide 10" in out.stderr
+    assert not wd.exists()
+
+
+def test_stage_fingerprint_follows_results_not_cosmetics():
+    from dpa_omf.jobs import stages
+
+    base = pretrain_config.get_config()
+    fp = lambda c: stages.fingerprint(c, stages.DEPENDS_ON["pretrain"])  # noqa: E731
+    cosmetic = pretrain_config.get_config()
+    cosmetic.pretrain.progress_bar = False
+    cosmetic.pretrain.log_every = 1
+    cosmetic.data.synthetic.num_workers = 1
+    assert fp(cosmetic) == fp(base)
+    for edit in (lambda c: setattr(c.pretrain, "num_steps", 5), lambda c: setattr(c.model, "d_model", 64),
+                 lambda c: setattr(c.tokenizer, "token_hz", 10), lambda c: setattr(c, "seed", 1)):
+        other = pretrain_config.get_config()
+        edit(other)
+        assert fp(other) != fp(base)
+
+
+def test_align_fingerprint_ignores_run_only_keys_but_not_seeds():
+    from configs import align as align_config
+    from dpa_omf.jobs import stages
+
+    fp = lambda c: stages.fingerprint(c, stages.DEPENDS_ON["align"])  # noqa: E731
+    base = align_config.get_config()
+    cosmetic = align_config.get_config()
+    cosmetic.align.then_evaluate = False  # the study runs alignments without the final table
+    cosmetic.align.progress_bar = False
+    assert fp(cosmetic) == fp(base)
+    seeded = align_config.get_config()
+    seeded.align.seed = 1  # a repeated run is a different result
+    assert fp(seeded) != fp(base)
+    # ... but not a different reference or curation.
+    assert stages.fingerprint(seeded, stages.DEPENDS_ON["curate"]) == stages.fingerprint(
+        base, stages.DEPENDS_ON["curate"])
+
+
+def test_optimizer_sections_take_command_line_overrides(monkeypatch):
+    """Both training stages build their optimizer section with one helper, so
+    every key (decay_steps too, None by default) can be set from the command line."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["prog", f"--config={REPO / 'configs' / 'align.py'}", "--config.align.optim.decay_steps=30",
+            "--config.pretrain.optim.decay_steps=50"]
+    monkeypatch.setattr(sys, "argv", argv)  # config_flags reads the overrides from sys.argv
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, flag_values=fv)
+    fv(argv)
+    assert fv.config.align.optim.decay_steps == 30
+    assert fv.config.pretrain.optim.decay_steps == 50
+    assert set(fv.config.align.optim) == set(fv.config.pretrain.optim)

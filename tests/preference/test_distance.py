@@ -1,0 +1,289 @@
+"""Tests of the preference distances: exact OT vs scipy / POT, Sinkhorn ranking, pairs, ADE."""
+
+import os
+
+os.environ.setdefault("POT_BACKEND_DISABLE_TENSORFLOW", "1")  # POT would import TF otherwise
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from scipy.optimize import linear_sum_assignment
+
+from dpa_omf.preference import distance as D
+from dpa_omf.preference import ot_device as ot_kernels
+
+ot = pytest.importorskip("ot")
+
+UNIT = (1.0, 1.0, 1.0, 1.0, 1.0)
+
+
+def _reference_cost(x, y, vx, vy, w=UNIT):
+    """float64 POT exact cost between uniform measures on the valid points."""
+    w = np.asarray(w, np.float64)
+    xs, ys = x[vx].astype(np.float64) * w, y[vy].astype(np.float64) * w
+    c = np.sqrt(((xs[:, None] - ys[None]) ** 2).sum(-1))
+    a = np.full(len(xs), 1.0 / len(xs))
+    b = np.full(len(ys), 1.0 / len(ys))
+    return ot.emd2(a, b, c), c
+
+
+def _random_mask(rng, t, k):
+    m = np.zeros(t, bool)
+    m[rng.choice(t, k, replace=False)] = True
+    return m
+
+
+def _problems(rng, num, t, kind):
+    x = rng.normal(size=(num, t, 5)).astype(np.float32)
+    y = (rng.normal(size=(num, t, 5)) + 0.3).astype(np.float32)
+    vx = np.ones((num, t), bool)
+    vy = np.ones((num, t), bool)
+    for p in range(num):
+        if kind == "equal_masked":
+            k = rng.integers(1, t + 1)
+            vx[p], vy[p] = _random_mask(rng, t, k), _random_mask(rng, t, k)
+        elif kind == "ragged":
+            vx[p] = _random_mask(rng, t, rng.integers(1, t + 1))
+            vy[p] = _random_mask(rng, t, rng.integers(1, t + 1))
+        elif kind == "rollout_full":
+            vy[p] = _random_mask(rng, t, rng.integers(1, t + 1))
+    return x, y, vx, vy
+
+
+@pytest.mark.parametrize("solver", D.EXACT_SOLVERS)
+@pytest.mark.parametrize("kind", ["full", "equal_masked", "ragged", "rollout_full"])
+def test_exact_matches_pot(rng, kind, solver):
+    x, y, vx, vy = _problems(rng, 24, 16, kind)
+    cfg = D.OTConfig(solver=solver, feature_weights=UNIT)
+    cost, plan = jax.jit(D.solve_plans, static_argnames="config")(x, y, vx, vy, config=cfg)
+    cost, plan = np.asarray(cost), np.asarray(plan)
+    for p in range(len(x)):
+        ref, _ = _reference_cost(x[p], y[p], vx[p], vy[p])
+        np.testing.assert_allclose(cost[p], ref, rtol=1e-4, err_msg=f"problem {p} ({kind})")
+        # The plan is a coupling of the two uniform measures.
+        np.testing.assert_allclose(plan[p].sum(1)[vx[p]], 1.0 / vx[p].sum(), rtol=1e-5)
+        np.testing.assert_allclose(plan[p].sum(0)[vy[p]], 1.0 / vy[p].sum(), rtol=1e-5)
+        assert np.all(plan[p][~vx[p]] == 0) and np.all(plan[p][:, ~vy[p]] == 0)
+
+
+@pytest.mark.parametrize("solver", D.EXACT_SOLVERS)
+def test_exact_matches_scipy_assignment_full_size(rng, solver):
+    # 80 x 80 with heavy ties (integer-valued features): the hard case for an
+    # auction and for the row-reduction of the host solver.
+    t = 80
+    x = rng.integers(0, 3, size=(6, t, 5)).astype(np.float32)
+    y = rng.integers(0, 3, size=(6, t, 5)).astype(np.float32)
+    v = np.ones((6, t), bool)
+    cfg = D.OTConfig(solver=solver, feature_weights=UNIT)
+    cost, _ = jax.jit(D.solve_plans, static_argnames="config")(x, y, v, v, config=cfg)
+    for p in range(6):
+        c = np.sqrt(((x[p][:, None].astype(np.float64) - y[p][None]) ** 2).sum(-1))
+        r, col = linear_sum_assignment(c)
+        np.testing.assert_allclose(float(cost[p]), c[r, col].mean(), rtol=1e-4)
+
+
+def test_ssp_kernel_on_divisible_and_coprime_sizes(rng):
+    for n, m in [(8, 4), (7, 5), (1, 9), (12, 12)]:
+        t = 12
+        x = rng.normal(size=(t, 5)).astype(np.float32)
+        y = rng.normal(size=(t, 5)).astype(np.float32)
+        vx, vy = np.arange(t) < n, np.arange(t) >= t - m
+        c = D.pairwise_cost(x, y)
+        plan = np.asarray(jax.jit(ot_kernels.ssp_transport)(c, vx, vy))
+        ref, _ = _reference_cost(x, y, vx, vy)
+        np.testing.assert_allclose((plan * np.asarray(c)).sum(), ref, rtol=1e-5)
+
+
+@pytest.mark.parametrize("solver", D.EXACT_SOLVERS)
+def test_weights_scale_features_inside_norm(rng, solver):
+    x, y, vx, vy = _problems(rng, 4, 10, "ragged")
+    w = (10.0, 5.0, 2.0, 1.0, 1.0)
+    for mode, eff in [("scale", w), ("quadratic", tuple(np.sqrt(w)))]:
+        cfg = D.OTConfig(solver=solver, feature_weights=w, weight_mode=mode)
+        xs, ys = D.scale_features(x, cfg), D.scale_features(y, cfg)
+        cost, _ = jax.jit(D.solve_plans, static_argnames="config")(xs, ys, vx, vy, config=cfg)
+        for p in range(4):
+            ref, _ = _reference_cost(x[p], y[p], vx[p], vy[p], eff)
+            np.testing.assert_allclose(float(cost[p]), ref, rtol=1e-4)
+
+
+@pytest.mark.parametrize("solver", D.EXACT_SOLVERS)
+def test_ot_distance_shapes_masks_and_scene_mean(rng, solver):
+    r, a, t = 4, 5, 12
+    rp = rng.normal(size=(r, a, t, 5)).astype(np.float32)
+    ep = rng.normal(size=(a, t, 5)).astype(np.float32)
+    rv = np.ones((a, t), bool)  # [A, T] broadcast over rollouts
+    ev = np.ones((a, t), bool)
+    ev[1, 6:] = False  # ragged expert
+    ev[3] = False  # no valid expert step: not counted
+    mask = np.array([True, True, True, True, False])  # agent 4 not scored
+    cfg = D.OTConfig(solver=solver, rollout_chunk=2)
+    scene, per_agent = D.ot_distance(rp, rv, ep, ev, mask, cfg)
+    assert scene.shape == (r,) and per_agent.shape == (r, a)
+    per_agent = np.asarray(per_agent)
+    assert np.all(per_agent[:, 3:] == 0)
+    for i in range(r):
+        for j in range(3):
+            ref, _ = _reference_cost(rp[i, j], ep[j], rv[j], ev[j], cfg.feature_weights)
+            np.testing.assert_allclose(per_agent[i, j], ref, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(scene), per_agent[:, :3].mean(-1), rtol=1e-6)
+    # A scene with no counted agent is NaN, not a silent 0.
+    scene0, _ = D.ot_distance(rp, rv, ep, ev, np.zeros(a, bool), cfg)
+    assert np.all(np.isnan(np.asarray(scene0)))
+
+
+def _synthetic_scene(rng, r=64, a=12, t=40):
+    """Rollouts = expert + noise of clearly different magnitudes per rollout."""
+    expert = rng.normal(size=(a, t, 5)).astype(np.float32) * np.array([0.3, 1, 5, 1, 5], np.float32)
+    scale = np.linspace(0.05, 3.0, r)[rng.permutation(r)]
+    noise = rng.normal(size=(r, a, t, 5)).astype(np.float32)
+    rollouts = expert[None] + scale[:, None, None, None].astype(np.float32) * noise
+    ev = np.ones((a, t), bool)
+    ev[: a // 3, t // 2 :] = False  # ragged experts
+    return rollouts, np.ones((r, a, t), bool), expert, ev, np.ones(a, bool), scale
+
+
+def test_sinkhorn_ranking_matches_exact_sets(rng):
+    rollouts, rv, expert, ev, mask, _ = _synthetic_scene(rng)
+    exact, _ = D.ot_distance(rollouts, rv, expert, ev, mask, D.OTConfig(solver="exact"))
+    sink, _ = D.ot_distance(rollouts, rv, expert, ev, mask, D.OTConfig(solver="sinkhorn"))
+    pe, ue = D.rank_and_pair(exact)
+    ps, us = D.rank_and_pair(sink)
+    assert set(np.asarray(pe).tolist()) == set(np.asarray(ps).tolist())
+    assert set(np.asarray(ue).tolist()) == set(np.asarray(us).tolist())
+    # Sinkhorn's rounded plan is feasible, so its cost is an upper bound.
+    assert np.all(np.asarray(sink) >= np.asarray(exact) * (1 - 1e-5))
+    np.testing.assert_allclose(np.asarray(sink), np.asarray(exact), rtol=0.02)
+
+
+def test_rescoring_makes_boundary_rollouts_exact(rng):
+    rollouts, rv, expert, ev, mask, _ = _synthetic_scene(rng, a=6, t=20)
+    exact, _ = D.ot_distance(rollouts, rv, expert, ev, mask, D.OTConfig(solver="exact"))
+    # A deliberately poor Sinkhorn (few iterations) whose boundary rollouts are re-scored.
+    cfg = D.OTConfig(solver="sinkhorn", sinkhorn_iterations=10, rescore_window=3)
+    approx, _ = D.ot_distance(rollouts, rv, expert, ev, mask, dataclasses.replace(cfg, rescore_window=0))
+    res, _ = D.ot_distance(rollouts, rv, expert, ev, mask, cfg)
+    order = np.asarray(D.stable_argsort(approx))
+    sel = order[D.boundary_ranks(64, 16, 3)]
+    np.testing.assert_allclose(np.asarray(res)[sel], np.asarray(exact)[sel], rtol=1e-4)
+    others = np.setdiff1d(np.arange(64), sel)
+    np.testing.assert_array_equal(np.asarray(res)[others], np.asarray(approx)[others])
+
+
+def test_host_solver_equals_device_solver_and_vmaps(rng):
+    rollouts, rv, expert, ev, mask, _ = _synthetic_scene(rng, r=8, a=5, t=20)
+    dev, pa_dev = D.ot_distance(rollouts, rv, expert, ev, mask, D.OTConfig(solver="exact"))
+    host, pa_host = D.ot_distance(rollouts, rv, expert, ev, mask, D.OTConfig(solver="exact_host"))
+    np.testing.assert_allclose(np.asarray(host), np.asarray(dev), rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(pa_host), np.asarray(pa_dev), rtol=1e-4, atol=1e-6)
+    # Under vmap (e.g. several scenes at once) the host callback runs per scene.
+    cfg = D.OTConfig(solver="exact_host")
+    both = jax.vmap(lambda r: D.ot_distance(r, rv, expert, ev, mask, cfg)[0])(np.stack([rollouts, rollouts[::-1]]))
+    np.testing.assert_allclose(np.asarray(both[0]), np.asarray(host), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(both[1]), np.asarray(host)[::-1], rtol=1e-6)
+
+
+def test_host_solver_many_small_problems_with_ties(rng):
+    """Near-ties and exact ties (integer features) on many sizes, against POT."""
+    from dpa_omf.preference import ot_host
+
+    num, t = 300, 9
+    x = rng.integers(0, 3, size=(num, t, 2)).astype(np.float32)
+    y = rng.integers(0, 3, size=(num, t, 2)).astype(np.float32)
+    x[::2] += rng.normal(size=x[::2].shape).astype(np.float32) * 1e-6  # near-ties
+    vx = rng.random((num, t)) < 0.7
+    vy = rng.random((num, t)) < 0.7
+    vx[:, 0] = vy[:, 0] = True
+    vy[: num // 3] = vx[: num // 3]  # a third are assignment problems
+    cost, plans = ot_host.solve_plans(x, y, vx, vy)
+    for p in range(num):
+        ref, _ = _reference_cost(np.pad(x[p], ((0, 0), (0, 3))), np.pad(y[p], ((0, 0), (0, 3))), vx[p], vy[p])
+        np.testing.assert_allclose(cost[p], ref, rtol=1e-5, atol=1e-7, err_msg=f"problem {p}")
+        np.testing.assert_allclose(plans[p].sum(1)[vx[p]], 1.0 / vx[p].sum(), rtol=1e-5)
+        np.testing.assert_allclose(plans[p].sum(0)[vy[p]], 1.0 / vy[p].sum(), rtol=1e-5)
+    with pytest.raises(ValueError, match="expected x, y"):
+        ot_host.solve_costs(x[:, :, 0], y, vx, vy)
+
+
+@pytest.mark.parametrize("solver", D.EXACT_SOLVERS)
+def test_coupling_of_one_agent(rng, solver):
+    x = rng.normal(size=(10, 5)).astype(np.float32)
+    y = rng.normal(size=(10, 5)).astype(np.float32)
+    vy = np.arange(10) < 7
+    cost, plan = D.ot_coupling(x, np.ones(10, bool), y, vy, D.OTConfig(solver=solver))
+    ref, _ = _reference_cost(x, y, np.ones(10, bool), vy, D.OTConfig().feature_weights)
+    np.testing.assert_allclose(float(cost), ref, rtol=1e-4)
+    assert plan.shape == (10, 10)
+    np.testing.assert_allclose(float(plan.sum()), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError):
+        D.ot_coupling(x, np.zeros(10, bool), y, vy)
+
+
+def test_rank_and_pair_invariants(rng):
+    d = rng.normal(size=64).astype(np.float32)
+    d[[3, 7, 40]] = d[10]  # ties
+    d[5] = np.nan  # ranks last
+    pref, unpref = map(np.asarray, D.rank_and_pair(d, 16))
+    assert pref.shape == unpref.shape == (16,)
+    assert len(set(pref) | set(unpref)) == 32  # disjoint, no repeats
+    key = np.where(np.isnan(d), np.inf, d)
+    assert key[pref].max() <= key[unpref].min()
+    assert np.all(np.diff(key[pref]) >= 0) and np.all(np.diff(key[unpref]) <= 0)
+    assert unpref[0] == 5
+    np.testing.assert_array_equal(pref, np.argsort(key, kind="stable")[:16])
+    # Permuting the rollouts permutes the result (ties aside): deterministic.
+    again = np.asarray(D.rank_and_pair(d, 16)[0])
+    np.testing.assert_array_equal(pref, again)
+    with pytest.raises(ValueError):
+        D.rank_and_pair(d[:20], 16)
+
+
+def test_ade_against_numpy(rng):
+    r, a, t = 3, 4, 9
+    rxy = rng.normal(size=(r, a, t, 2)).astype(np.float32)
+    exy = rng.normal(size=(a, t, 2)).astype(np.float32)
+    valid = rng.random((a, t)) < 0.6
+    valid[2] = False
+    scene, per_agent = D.ade_distance(rxy, exy, valid)
+    ref = np.zeros((r, a))
+    for i in range(r):
+        for j in range(a):
+            if valid[j].any():
+                ref[i, j] = np.linalg.norm(rxy[i, j] - exy[j], axis=-1)[valid[j]].mean()
+    np.testing.assert_allclose(np.asarray(per_agent), ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(scene), ref[:, [0, 1, 3]].mean(-1), rtol=1e-5)
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError):
+        D.OTConfig(solver="hungarian")
+    with pytest.raises(ValueError):
+        D.OTConfig(weight_mode="cubic")
+    with pytest.raises(ValueError):
+        D.OTConfig(rescore_solver="sinkhorn")
+    with pytest.raises(ValueError):
+        D.OTConfig(auction_levels=2**20)
+
+
+def test_bench_ot_runs_and_reports_the_contract(tmp_path):
+    """A tiny `python -m dpa_omf.tools.bench ot`: the JSON keys the issue names, and
+    the exact methods agree with each other (the bench itself cross-checks
+    exact_host against the scipy / POT loops and raises otherwise)."""
+    import json
+
+    from dpa_omf.tools import bench
+
+    out = tmp_path / "ot.json"
+    bench.main(["ot", "--json", str(out), "--scenes", "2", "--loop_scenes", "1", "--device_exact_scenes", "1",
+                "--steps", "8", "--rollouts", "32", "--agents", "6", "--skip_ott_default",
+                "--methods", "ours_exact", "ours_sinkhorn"])
+    r = json.loads(out.read_text())
+    for name in ("scipy_lsa", "pot_emd", "ours_exact_host", "ours_exact", "ours_sinkhorn"):
+        assert r["seconds_per_scene"][name] > 0
+        assert 0 <= r["topbottom_agreement"][name] <= 1
+    for name in ("scipy_lsa", "pot_emd", "ours_exact"):
+        assert r["topbottom_agreement"][name] == 1.0
+    assert r["exact_host_vs_loops_scene_rel_max"] < 1e-4
+    assert r["fastest_exact_equal"] in r["seconds_per_scene"]
