@@ -41,7 +41,7 @@ from absl import logging
 
 from dpa_omf import datatypes as dt
 from dpa_omf.jobs import stages
-from dpa_omf.io import tfrecord, womd_example as womd
+from dpa_omf.io import reader as io_reader, tfrecord
 from dpa_omf.model import decoder as dec
 from dpa_omf.model import motion_lm as mlm
 from dpa_omf.jobs import curate
@@ -105,7 +105,7 @@ def side_indices(shards: dict, cfg: AlignConfig) -> tuple[np.ndarray, np.ndarray
 class SceneStore:
     """Random access to the curated scenes by (file index, record index)."""
 
-    def __init__(self, files, reader_config: womd.ReaderConfig):
+    def __init__(self, files, reader_config: io_reader.ReaderConfig):
         self.files = [str(f) for f in files]
         self.config = reader_config
         self._offsets = [tfrecord.index_records(f) for f in self.files]
@@ -116,7 +116,7 @@ class SceneStore:
         if reader is None:
             reader = self._readers[fi] = tfrecord.RecordReader(self.files[fi])
         data, _ = reader.read(self._offsets[fi][ri], ri)
-        scenario, _ = womd.parse_record(data, f"{self.files[fi]} record {ri}", "auto", self.config)
+        scenario, _ = io_reader.parse_record(data, io_reader.Source(self.files[fi], ri), "auto", self.config)
         return scenario
 
 
@@ -310,8 +310,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
         train_rows, held_rows = np.arange(n - n_held), np.arange(n - n_held, n)
         if len(train_rows) == 0:
             raise ValueError(f"align: {n} curated scenes leave none for training after holding out {n_held}")
-        store = SceneStore(shards["files"], womd.ReaderConfig(max_agents=config.data.num_agents,
-                                                              max_roadgraph_points=config.data.num_roadgraph_points))
+        store = SceneStore(shards["files"], io_reader.ReaderConfig(
+            max_agents=config.data.num_agents, max_roadgraph_points=config.data.num_roadgraph_points))
         b = config.align.batch_size // jax.process_count()
         train_b = PairBatches(shards, train_rows, store, cfg, b, align_seed(config))
         # Held-out evaluation always uses the OT pairs: the preference the paper's accuracy measures.

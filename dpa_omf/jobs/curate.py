@@ -43,7 +43,7 @@ from dpa_omf import datatypes as dt
 from dpa_omf.model import sampling as ro
 from dpa_omf.jobs import stages
 from dpa_omf.jobs import data as data_job
-from dpa_omf.io import womd_example as womd
+from dpa_omf.io import reader
 from dpa_omf.model import motion_lm as mlm
 from dpa_omf.preference import distance as dist
 from dpa_omf.preference import features as feat
@@ -145,7 +145,7 @@ def _scene_index(files: list[str]) -> list[tuple[int, int]]:
 def _read_scene(files: list[str], fi: int, ri: int, cache: dict) -> dt.Scenario:
     if fi not in cache:
         cache.clear()
-        cache[fi] = list(womd.read_tfrecord(files[fi]))
+        cache[fi] = list(reader.read_scenes(files[fi]))
     return cache[fi][ri]
 
 

@@ -90,11 +90,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             str(out / split), num_scenes=counts[split], num_shards=num_shards,
             seed=dataset_seed(config, split), config=syn, num_workers=s.num_workers)
     seconds = time.time() - start
-    from dpa_omf.io import womd_example as womd
+    from dpa_omf.io import reader
 
     sample = []
     for path in split_files(config, workdir, "valid"):
-        sample.extend(womd.read_tfrecord(path))
+        sample.extend(reader.read_scenes(path))
     summary = {
         "source": "synthetic",
         "num_train": s.num_train,

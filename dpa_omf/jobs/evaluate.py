@@ -29,7 +29,7 @@ from dpa_omf import datatypes as dt
 from dpa_omf.model import sampling as ro
 from dpa_omf.jobs import stages
 from dpa_omf.jobs import data as data_job
-from dpa_omf.io import womd_example as womd
+from dpa_omf.io import reader
 from dpa_omf.metrics import wosac as realism
 from dpa_omf.jobs import report
 from dpa_omf.model import motion_lm as mlm
@@ -71,7 +71,7 @@ def sim_xyzh(scenario: dt.Scenario, r: ro.Rollouts) -> jax.Array:
 def held_out_scenes(config: ml_collections.ConfigDict, workdir: str) -> list[dt.Scenario]:
     scenes = []
     for path in data_job.split_files(config, workdir, "valid"):
-        for s in womd.read_tfrecord(path):
+        for s in reader.read_scenes(path):
             scenes.append(s)
             if len(scenes) >= config.evaluate.num_scenes:
                 return scenes

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from dpa_omf import datatypes as dt
-from dpa_omf.io import pipeline, tfrecord, womd_example as womd
-from dpa_omf.io.tfrecord import DataError
+from dpa_omf.io import example_writer, fit, pipeline, reader, tfrecord, womd_example
+from dpa_omf.io.tfrecord import DataError, Source
+from dpa_omf.testing.womd import random_scenario
 
 NUM_FILES, PER_FILE = 3, 5
 
@@ -26,10 +27,10 @@ def shards(tmp_path_factory):
         batch = []
         for i in range(PER_FILE):
             sid = f"f{f}-r{i}"
-            s = womd.random_scenario(rng, int(rng.integers(10, 21)), int(rng.integers(150, 301)), sid)
+            s = random_scenario(rng, int(rng.integers(10, 21)), int(rng.integers(150, 301)), sid)
             scenes[sid] = s
             batch.append(s)
-        womd.write_tfrecord(folder / f"part-{f}.tfrecord", batch)
+        example_writer.write_tfrecord(folder / f"part-{f}.tfrecord", batch)
     return folder, scenes
 
 
@@ -177,9 +178,9 @@ def test_tfds_builder_from_manual_dir(tmp_path, rng):
     manual = tmp_path / "manual"
     scenes = {}
     for split, name in (("train", "training"), ("validation", "validation")):
-        batch = [womd.random_scenario(rng, 12, 200, f"{split}-{i}") for i in range(3)]
+        batch = [random_scenario(rng, 12, 200, f"{split}-{i}") for i in range(3)]
         scenes.update({f"{split}-{i}": s for i, s in enumerate(batch)})
-        womd.write_tfrecord(manual / f"womd_{name}.tfrecord-00000-of-00001", batch)
+        example_writer.write_tfrecord(manual / f"womd_{name}.tfrecord-00000-of-00001", batch)
     builder = tfds_womd.Womd(config=tfds_womd.WomdConfig(name="tiny", max_agents=16, max_roadgraph_points=256),
                              data_dir=str(tmp_path / "data"))
     assert builder.name == "womd"
@@ -194,8 +195,9 @@ def test_tfds_builder_from_manual_dir(tmp_path, rng):
             s = jax.tree.map(lambda x, k=k: x[k], batch)
             got[dt.scenario_id_str(s.scenario_id)] = s
     assert sorted(got) == ["validation-0", "validation-1", "validation-2"]
-    cfg = womd.ReaderConfig(max_agents=16, max_roadgraph_points=256)
+    cfg = reader.ReaderConfig(max_agents=16, max_roadgraph_points=256)
     for sid, s in got.items():
-        ref, _ = womd.fit_scenario(scenes[sid], sid, 16, 256, womd.RecordInfo(sid, "example", 12))
+        ref, _ = fit.fit_scenario(scenes[sid], 16, 256, reader.RecordInfo(Source(sid), "example", 12))
         assert tree_equal(s, ref), sid
-        assert tree_equal(s, womd.parse_example(womd.scenario_to_example(scenes[sid]), sid, cfg))
+        record = example_writer.scenario_to_example(scenes[sid])
+        assert tree_equal(s, womd_example.parse_example(record, Source(sid), cfg))

@@ -6,8 +6,9 @@ import pytest
 import tensorflow as tf
 
 from dpa_omf import datatypes as dt
-from dpa_omf.io import tfrecord, womd_example as womd
+from dpa_omf.io import example_writer, fit, reader, tfrecord, womd_example
 from dpa_omf.io.tfrecord import DataError
+from dpa_omf.testing.womd import random_scenario
 
 EXAMPLE_FILE = "womd/motion_data_one_example.tfrecord"
 
@@ -24,7 +25,7 @@ def tf_values(example: tf.train.Example, name: str) -> np.ndarray:
 # ---------------------------------------------------------------- real data
 @pytest.mark.shared
 def test_real_example_file_shapes_and_counts(shared_dir):
-    (s, info), = list(womd.read_tfrecord_with_info(shared_dir / EXAMPLE_FILE))
+    (s, info), = list(reader.read_scenes_with_info(shared_dir / EXAMPLE_FILE))
     assert info.fmt == "example"
     assert s.agents.valid.shape == (128, dt.NUM_STEPS)
     assert s.roadgraph.valid.shape == (20_000,)
@@ -44,11 +45,12 @@ def test_real_example_matches_tensorflow_parsing(shared_dir):
     path = shared_dir / EXAMPLE_FILE
     raw = tfrecord.read_first_record(path)
     ex = tf.train.Example.FromString(raw)
-    s = womd.parse_example(raw)
-    valid = np.concatenate([tf_values(ex, f"state/{p}/valid").reshape(128, n) for p, n in womd.PERIODS], 1) > 0
+    s = womd_example.parse_example(raw)
+    periods = womd_example.PERIODS
+    valid = np.concatenate([tf_values(ex, f"state/{p}/valid").reshape(128, n) for p, n in periods], 1) > 0
     np.testing.assert_array_equal(s.agents.valid, valid)
-    for name, field in womd.STATE_FLOAT_FIELDS.items():
-        ref = np.concatenate([tf_values(ex, f"state/{p}/{name}").reshape(128, n) for p, n in womd.PERIODS], 1)
+    for name, field in womd_example.STATE_FLOAT_FIELDS.items():
+        ref = np.concatenate([tf_values(ex, f"state/{p}/{name}").reshape(128, n) for p, n in periods], 1)
         np.testing.assert_array_equal(getattr(s.agents, field), np.where(valid, ref, 0).astype(np.float32))
     np.testing.assert_array_equal(s.agents.id, tf_values(ex, "state/id").astype(np.int32))
     np.testing.assert_array_equal(s.roadgraph.xyz, tf_values(ex, "roadgraph_samples/xyz").reshape(-1, 3))
@@ -61,26 +63,27 @@ def test_real_example_matches_tensorflow_parsing(shared_dir):
         np.where(tl_valid, tf_values(ex, "traffic_light_state/future/state").reshape(80, 16), 0))
     # Our recomputed directions agree with the ones stored in WOMD, except at the very last sample, whose
     # polyline the 20,000-sample cap cut (WOMD's direction points to a sample that is not stored).
-    ours = womd.polyline_directions(s.roadgraph.xyz, s.roadgraph.id)
+    ours = fit.polyline_directions(s.roadgraph.xyz, s.roadgraph.id)
     np.testing.assert_allclose(ours[:-1], s.roadgraph.dir[:-1], atol=2e-3)
 
 
 @pytest.mark.shared
 def test_real_example_fewer_agent_slots_keeps_required(shared_dir):
-    (s, info), = list(womd.read_tfrecord_with_info(shared_dir / EXAMPLE_FILE, max_agents=80))
-    full = next(womd.read_tfrecord(shared_dir / EXAMPLE_FILE))
+    (s, info), = list(reader.read_scenes_with_info(shared_dir / EXAMPLE_FILE, reader.ReaderConfig(max_agents=80)))
+    full = next(reader.read_scenes(shared_dir / EXAMPLE_FILE))
     assert s.agents.valid.shape == (80, dt.NUM_STEPS)
     assert info.num_dropped_agents == 128 - 80
     assert set(s.agents.id[s.agents.sim_mask]) == set(full.agents.id[full.agents.sim_mask])
     assert set(s.agents.id[s.agents.eval_mask]) == set(full.agents.id[full.agents.eval_mask])
     with pytest.raises(DataError, match="73 agents must be kept.*max_agents"):
-        next(womd.read_tfrecord(shared_dir / EXAMPLE_FILE, max_agents=50))
+        next(reader.read_scenes(shared_dir / EXAMPLE_FILE, reader.ReaderConfig(max_agents=50)))
 
 
 @pytest.mark.shared
 def test_real_example_subsampled_roadgraph(shared_dir):
-    (s, info), = list(womd.read_tfrecord_with_info(shared_dir / EXAMPLE_FILE, max_roadgraph_points=6000))
-    full = next(womd.read_tfrecord(shared_dir / EXAMPLE_FILE))
+    (s, info), = list(reader.read_scenes_with_info(shared_dir / EXAMPLE_FILE,
+                                                  reader.ReaderConfig(max_roadgraph_points=6000)))
+    full = next(reader.read_scenes(shared_dir / EXAMPLE_FILE))
     rg = s.roadgraph
     assert rg.valid.shape == (6000,) and 0 < rg.valid.sum() <= 6000
     assert info.num_dropped_points == 20_000 - rg.valid.sum()
@@ -97,18 +100,18 @@ def test_real_example_subsampled_roadgraph(shared_dir):
 # ---------------------------------------------------------------- round trip
 def test_varint_roundtrip():
     v = np.array([0, 1, 127, 128, 300, 2**31, -1, -5, 2**62, 2**63 - 1, -(2**63)], np.int64)
-    data = womd.encode_varints(v)
-    np.testing.assert_array_equal(womd.decode_varints(np.frombuffer(data, np.uint8)), v)
-    from google.protobuf.internal import encoder
-
-    assert data == b"".join(encoder._VarintBytes(int(x) & (2**64 - 1)) for x in v)
+    data = example_writer.encode_varints(v)
+    # The packed payload of an Int64List: the protobuf library decodes it back, and encodes v the same way.
+    packed = bytes([0x0A]) + bytes([len(data)]) + data  # field 1, wire type 2; len(data) < 128
+    np.testing.assert_array_equal(np.array(tf.train.Int64List.FromString(packed).value, np.int64), v)
+    assert tf.train.Int64List(value=v.tolist()).SerializeToString() == packed
 
 
 def test_roundtrip_exact(rng):
-    s = womd.random_scenario(rng, num_agents=24, num_points=700, scenario_id="roundtrip-00001")
+    s = random_scenario(rng, num_agents=24, num_points=700, scenario_id="roundtrip-00001")
     s.validate()
-    data = womd.scenario_to_example(s)
-    back = womd.parse_example(data)
+    data = example_writer.scenario_to_example(s)
+    back = womd_example.parse_example(data)
     assert tree_equal(back, s)
     # The bytes are a valid tf.Example that TensorFlow reads to the same values, in the WOMD layout.
     ex = tf.train.Example.FromString(data)
@@ -124,23 +127,23 @@ def test_roundtrip_exact(rng):
 
 
 def test_write_read_file_exact(tmp_path, rng):
-    scenes = [womd.random_scenario(rng, 16, 300, f"scene-{i}") for i in range(4)]
+    scenes = [random_scenario(rng, 16, 300, f"scene-{i}") for i in range(4)]
     path = tmp_path / "scenes.tfrecord"
-    assert womd.write_tfrecord(path, scenes) == 4
-    assert womd.file_format(str(path)) == "example"
-    back = list(womd.read_tfrecord(path))
+    assert example_writer.write_tfrecord(path, scenes) == 4
+    assert reader.file_format(str(path)) == "example"
+    back = list(reader.read_scenes(path))
     assert len(back) == 4 and all(tree_equal(a, b) for a, b in zip(back, scenes))
     # A batched scenario is written as one record per scene.
-    womd.write_tfrecord(tmp_path / "batch.tfrecord", [dt.stack_scenarios(scenes)])
-    assert all(tree_equal(a, b) for a, b in zip(womd.read_tfrecord(tmp_path / "batch.tfrecord"), scenes))
+    example_writer.write_tfrecord(tmp_path / "batch.tfrecord", [dt.stack_scenarios(scenes)])
+    assert all(tree_equal(a, b) for a, b in zip(reader.read_scenes(tmp_path / "batch.tfrecord"), scenes))
 
 
 def test_canonicalize_zeroes_invalid(rng):
-    s = womd.random_scenario(rng, 8, 100)
+    s = random_scenario(rng, 8, 100)
     dirty = s.replace(agents=s.agents.replace(x=np.where(s.agents.valid, s.agents.x, 123.0)))
     assert not tree_equal(dirty, s)
-    assert tree_equal(womd.parse_example(womd.scenario_to_example(dirty)), s)
-    assert tree_equal(womd.canonicalize(dirty), s)
+    assert tree_equal(womd_example.parse_example(example_writer.scenario_to_example(dirty)), s)
+    assert tree_equal(fit.canonicalize(dirty), s)
 
 
 # ---------------------------------------------------------------- bad input
@@ -158,7 +161,7 @@ def _edit_example(data: bytes, edit) -> bytes:
 
 @pytest.fixture
 def three_records(rng):
-    return [womd.scenario_to_example(womd.random_scenario(rng, 8, 100, f"r{i}")) for i in range(3)]
+    return [example_writer.scenario_to_example(random_scenario(rng, 8, 100, f"r{i}")) for i in range(3)]
 
 
 def test_corrupted_crc_names_file_and_record(tmp_path, three_records):
@@ -168,7 +171,7 @@ def test_corrupted_crc_names_file_and_record(tmp_path, three_records):
     raw[second + 12 + 500] ^= 0x40  # a payload byte of record 1
     path.write_bytes(bytes(raw))
     with pytest.raises(DataError, match=r"bad\.tfrecord: record 1: corrupted record") as e:
-        list(womd.read_tfrecord(path))
+        list(reader.read_scenes(path))
     assert e.value.path == str(path) and e.value.record == 1
 
 
@@ -180,7 +183,7 @@ def test_corrupted_length_names_record(tmp_path, three_records):
     with pytest.raises(DataError, match=r"record 2: corrupted record header"):
         tfrecord.index_records(path)
     with pytest.raises(DataError, match=r"record 2: corrupted record header"):
-        list(womd.read_tfrecord(path))
+        list(reader.read_scenes(path))
 
 
 def test_truncated_file_names_record(tmp_path, three_records):
@@ -189,7 +192,7 @@ def test_truncated_file_names_record(tmp_path, three_records):
     cut = tfrecord.index_records(path)[2] + 12 + 100
     path.write_bytes(raw[:cut])
     with pytest.raises(DataError, match=r"bad\.tfrecord: record 2: truncated file"):
-        list(womd.read_tfrecord(path))
+        list(reader.read_scenes(path))
     with pytest.raises(DataError, match=r"record 2: truncated file"):
         tfrecord.index_records(path)
 
@@ -199,12 +202,12 @@ def test_tensorflow_fallback_reader_errors(tmp_path, three_records, monkeypatch)
     monkeypatch.setattr(tfrecord, "_native_crc", None)
     monkeypatch.setattr(tfrecord, "_native_crc_resolved", True)
     path = _write(tmp_path, three_records)
-    assert len(list(womd.read_tfrecord(path))) == 3
+    assert len(list(reader.read_scenes(path))) == 3
     raw = bytearray(path.read_bytes())
     raw[tfrecord.index_records(path)[1] + 12 + 50] ^= 0x01
     path.write_bytes(bytes(raw))
     with pytest.raises(DataError, match=r"record 1: corrupted record"):
-        list(womd.read_tfrecord(path))
+        list(reader.read_scenes(path))
 
 
 def test_native_crc_matches_reference():
@@ -219,7 +222,7 @@ def test_missing_feature_names_feature_and_record(tmp_path, three_records):
     bad = _edit_example(three_records[1], lambda f: f.pop("state/future/velocity_y"))
     path = _write(tmp_path, [three_records[0], bad, three_records[2]])
     with pytest.raises(DataError, match=r"bad\.tfrecord: record 1: field 'state/future/velocity_y': missing"):
-        list(womd.read_tfrecord(path))
+        list(reader.read_scenes(path))
 
 
 def test_wrong_length_feature(tmp_path, three_records):
@@ -228,7 +231,7 @@ def test_wrong_length_feature(tmp_path, three_records):
 
     path = _write(tmp_path, [three_records[0], three_records[1], _edit_example(three_records[2], edit)])
     with pytest.raises(DataError, match=r"record 2: field 'roadgraph_samples/type': has 101 values, expected 100"):
-        list(womd.read_tfrecord(path))
+        list(reader.read_scenes(path))
 
 
 def test_wrong_kind_feature(tmp_path, three_records):
@@ -239,59 +242,59 @@ def test_wrong_kind_feature(tmp_path, three_records):
 
     path = _write(tmp_path, [_edit_example(three_records[0], edit)])
     with pytest.raises(DataError, match=r"record 0: field 'state/past/valid': expected a int64_list"):
-        list(womd.read_tfrecord(path))
+        list(reader.read_scenes(path))
 
 
 def test_nan_at_valid_entry(tmp_path, rng):
-    s = womd.random_scenario(rng, 8, 100, "nan")
+    s = random_scenario(rng, 8, 100, "nan")
     a = s.agents
     slot = int(np.flatnonzero(a.valid[:, 40])[0])
     y = a.y.copy()
     y[slot, 40] = np.nan
-    path = _write(tmp_path, [womd.scenario_to_example(s),
-                             womd.scenario_to_example(s.replace(agents=a.replace(y=y)))])
+    path = _write(tmp_path, [example_writer.scenario_to_example(s),
+                             example_writer.scenario_to_example(s.replace(agents=a.replace(y=y)))])
     with pytest.raises(DataError, match=rf"record 1: field 'state/future/y': non-finite .*slot {slot}, step 29"):
-        list(womd.read_tfrecord(path))
+        list(reader.read_scenes(path))
     # NaN at an invalid entry is not an error (values there are ignored and zeroed).
     inv = np.argwhere(~a.valid)[0]
     y2 = a.y.copy()
     y2[tuple(inv)] = np.nan
-    clean = womd.parse_example(womd.scenario_to_example(s.replace(agents=a.replace(y=y2))))
+    clean = womd_example.parse_example(example_writer.scenario_to_example(s.replace(agents=a.replace(y=y2))))
     assert tree_equal(clean, s)
 
 
 def test_nan_roadgraph(tmp_path, rng):
-    s = womd.random_scenario(rng, 8, 100, "nanrg")
+    s = random_scenario(rng, 8, 100, "nanrg")
     xyz = s.roadgraph.xyz.copy()
     xyz[3, 1] = np.inf
-    path = _write(tmp_path, [womd.scenario_to_example(s.replace(roadgraph=s.roadgraph.replace(xyz=xyz)))])
+    path = _write(tmp_path, [example_writer.scenario_to_example(s.replace(roadgraph=s.roadgraph.replace(xyz=xyz)))])
     with pytest.raises(DataError, match=r"record 0: field 'roadgraph_samples/xyz': non-finite"):
-        list(womd.read_tfrecord(path))
+        list(reader.read_scenes(path))
 
 
 def test_scene_without_valid_agent(tmp_path, rng):
-    s = womd.random_scenario(rng, 8, 100, "empty")
+    s = random_scenario(rng, 8, 100, "empty")
     valid = s.agents.valid.copy()
     valid[:, dt.CURRENT_INDEX] = False
     bad = s.replace(agents=s.agents.replace(valid=valid, sim_mask=np.zeros(8, bool),
                                             eval_mask=np.zeros(8, bool)))
-    path = _write(tmp_path, [womd.scenario_to_example(s), womd.scenario_to_example(bad)])
+    path = _write(tmp_path, [example_writer.scenario_to_example(s), example_writer.scenario_to_example(bad)])
     with pytest.raises(DataError, match=r"record 1: field 'state/current/valid': scene has no agent valid"):
-        list(womd.read_tfrecord(path))
+        list(reader.read_scenes(path))
 
 
 def test_garbage_record(tmp_path):
     path = _write(tmp_path, [b"\x0a\xff\xff\xff\x0f garbage"])
     with pytest.raises(DataError, match=r"record 0"):
-        list(womd.read_tfrecord(path, fmt="example"))
+        list(reader.read_scenes(path, fmt="example"))
 
 
 def test_write_is_atomic(tmp_path, rng):
     def scenes():
-        yield womd.random_scenario(rng, 8, 100)
+        yield random_scenario(rng, 8, 100)
         raise RuntimeError("generator failed")
 
     path = tmp_path / "partial.tfrecord"
     with pytest.raises(RuntimeError):
-        womd.write_tfrecord(path, scenes())
+        example_writer.write_tfrecord(path, scenes())
     assert not path.exists() and not list(tmp_path.iterdir())

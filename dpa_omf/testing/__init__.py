@@ -1,0 +1,1 @@
+"""Fake scenes and records shared by tests and benchmarks (production packages never import this)."""
