@@ -22,6 +22,8 @@ from dpa_omf.io.tfrecord import DataError, Source
 
 log = logging.getLogger(__name__)
 
+_NO_SOURCE = Source("<scenario>")  # for scenes that do not come from a file
+
 # Per-step float fields of ``Agents`` (zeroed at invalid steps by the readers).
 AGENT_FLOAT_FIELDS = ("x", "y", "z", "heading", "vel_x", "vel_y", "length", "width", "height")
 
@@ -51,6 +53,9 @@ class ReaderConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ValueError(f"ReaderConfig.{name} must be >= 1 or None, got {v}")
+
+
+DEFAULT_CONFIG = ReaderConfig()  # keeps a tf.Example's own sizes; 128 agents, 30,000 samples for Scenario protos
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +114,7 @@ def check_scenario(s: dt.Scenario, source: Source, sim_field: str) -> None:
 
 # ================================================================ fitting to fixed sizes
 def select_agents(s: dt.Scenario, max_agents: int,
-                  source: Source = Source("<scenario>")) -> tuple[np.ndarray, np.ndarray]:
+                  source: Source = _NO_SOURCE) -> tuple[np.ndarray, np.ndarray]:
     """Chooses which agent slots to keep when a scene has more agents than slots.
 
     Kept first: every agent to simulate (valid at the current step) or to
@@ -165,7 +170,7 @@ def fit_agents(agents: dt.Agents, keep: np.ndarray, num_slots: int) -> dt.Agents
 
 
 def fit_roadgraph(rg: dt.RoadGraph, num_points: int,
-                  source: Source = Source("<scenario>")) -> tuple[dt.RoadGraph, int]:
+                  source: Source = _NO_SOURCE) -> tuple[dt.RoadGraph, int]:
     """Packs the valid samples first and pads / subsamples to ``num_points``.
 
     When there are more valid samples than ``num_points``, every polyline is

@@ -26,7 +26,7 @@ import numpy as np
 
 from dpa_omf import datatypes as dt
 from dpa_omf.io import tfrecord, womd_example, womd_scenario
-from dpa_omf.io.fit import ReaderConfig, RecordInfo
+from dpa_omf.io.fit import DEFAULT_CONFIG, ReaderConfig, RecordInfo
 from dpa_omf.io.tfrecord import DataError, Source
 
 __all__ = ["FORMATS", "DataError", "ReaderConfig", "RecordInfo", "SceneReader", "Source", "detect_format",
@@ -41,7 +41,7 @@ def detect_format(data: bytes) -> str:
 
 
 def parse_record(data: bytes, source: Source, fmt: str = "auto",
-                 config: ReaderConfig = ReaderConfig()) -> tuple[dt.Scenario, RecordInfo]:
+                 config: ReaderConfig = DEFAULT_CONFIG) -> tuple[dt.Scenario, RecordInfo]:
     """Parses and fits one record of either format.
 
     Args:
@@ -69,7 +69,7 @@ def file_format(path: str, fmt: str = "auto") -> str:
     return "example" if first is None else detect_format(first)
 
 
-def read_scenes_with_info(path: str, config: ReaderConfig = ReaderConfig(),
+def read_scenes_with_info(path: str, config: ReaderConfig = DEFAULT_CONFIG,
                           fmt: str = "auto") -> Iterator[tuple[dt.Scenario, RecordInfo]]:
     """Like ``read_scenes`` but yields ``(Scenario, RecordInfo)`` pairs."""
     path = os.fspath(path)
@@ -78,7 +78,7 @@ def read_scenes_with_info(path: str, config: ReaderConfig = ReaderConfig(),
         yield parse_record(data, Source(path, k), fmt, config)
 
 
-def read_scenes(path: str, config: ReaderConfig = ReaderConfig(), fmt: str = "auto") -> Iterator[dt.Scenario]:
+def read_scenes(path: str, config: ReaderConfig = DEFAULT_CONFIG, fmt: str = "auto") -> Iterator[dt.Scenario]:
     """Reads every record of a TFRecord file as numpy ``Scenario`` s.
 
     Args:
@@ -137,7 +137,7 @@ class SceneReader:
 
     def sources(self) -> list[Source]:
         """Every record of every file, in file order."""
-        return [Source(f, k) for f, n in zip(self.files, self.num_records) for k in range(int(n))]
+        return [Source(f, k) for f, n in zip(self.files, self.num_records, strict=True) for k in range(int(n))]
 
     def read(self, source: Source) -> dt.Scenario:
         """The fitted scene at ``source`` (its file must be one of ``files``)."""

@@ -33,7 +33,7 @@ from google.protobuf.message import DecodeError
 
 from dpa_omf import datatypes as dt
 from dpa_omf.io import fit, protos
-from dpa_omf.io.fit import ReaderConfig, RecordInfo
+from dpa_omf.io.fit import DEFAULT_CONFIG, ReaderConfig, RecordInfo
 from dpa_omf.io.tfrecord import DataError, Source
 
 # WOMD feature name -> Agents field, for the per-step float features.
@@ -45,6 +45,7 @@ STATE_FLOAT_FIELDS = {
 PERIODS = (("past", dt.NUM_PAST), ("current", 1), ("future", dt.NUM_FUTURE))
 
 BYTES, FLOAT, INT64 = "bytes_list", "float_list", "int64_list"
+_NO_SOURCE = Source("<example>")  # for bytes that do not come from a file
 _DTYPES = {FLOAT: np.float32, INT64: np.int64}
 
 
@@ -113,8 +114,8 @@ def is_example(data: bytes) -> bool:
 
 
 # ================================================================ reading
-def parse_example(data: bytes, source: Source = Source("<example>"),
-                  config: ReaderConfig = ReaderConfig()) -> dt.Scenario:
+def parse_example(data: bytes, source: Source = _NO_SOURCE,
+                  config: ReaderConfig = DEFAULT_CONFIG) -> dt.Scenario:
     """Parses one serialized WOMD tf.Example into a numpy ``Scenario``.
 
     Args:
@@ -131,8 +132,8 @@ def parse_example(data: bytes, source: Source = Source("<example>"),
     return parse_example_with_info(data, source, config)[0]
 
 
-def parse_example_with_info(data: bytes, source: Source = Source("<example>"),
-                            config: ReaderConfig = ReaderConfig()) -> tuple[dt.Scenario, RecordInfo]:
+def parse_example_with_info(data: bytes, source: Source = _NO_SOURCE,
+                            config: ReaderConfig = DEFAULT_CONFIG) -> tuple[dt.Scenario, RecordInfo]:
     """``parse_example`` that also returns a ``RecordInfo``."""
     feats = Features(data, source)
     num_agents = len(feats.get("state/id", FLOAT, None))
@@ -185,12 +186,11 @@ def _check_agent_finite(v: np.ndarray, valid: np.ndarray, source: Source, name: 
     bad = ~np.isfinite(v) & valid
     if bad.any():
         slot, t = (int(i) for i in np.argwhere(bad)[0])
-        for p, n in PERIODS:
-            if t < n:
-                break
-            t -= n
-        raise DataError.at(source, f"state/{p}/{name}",
-                        f"non-finite value at a valid entry (agent slot {slot}, step {t} of {p})")
+        starts = np.cumsum([0] + [n for _, n in PERIODS])
+        k = int(np.searchsorted(starts, t, side="right")) - 1
+        period, t = PERIODS[k][0], t - int(starts[k])
+        raise DataError.at(source, f"state/{period}/{name}",
+                           f"non-finite value at a valid entry (agent slot {slot}, step {t} of {period})")
 
 
 def _read_roadgraph(feats: Features, check_finite: bool) -> dt.RoadGraph:

@@ -29,13 +29,14 @@ from google.protobuf.message import DecodeError
 
 from dpa_omf import datatypes as dt
 from dpa_omf.io import fit, protos
-from dpa_omf.io.fit import ReaderConfig, RecordInfo
+from dpa_omf.io.fit import DEFAULT_CONFIG, ReaderConfig, RecordInfo
 from dpa_omf.io.tfrecord import DataError, Source
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_AGENTS = 128
 DEFAULT_MAX_ROADGRAPH_POINTS = 30_000
+_NO_SOURCE = Source("<scenario>")  # for bytes that do not come from a file
 
 # ObjectState field -> Agents field.
 _STATE_FIELDS = {
@@ -46,8 +47,8 @@ _LANE_OFFSET, _ROAD_LINE_OFFSET, _ROAD_EDGE_OFFSET = 0, 5, 14
 _POLYGON_TYPES = {"crosswalk": dt.RG_CROSSWALK, "speed_bump": dt.RG_SPEED_BUMP, "driveway": dt.RG_DRIVEWAY}
 
 
-def parse_scenario(data: bytes, source: Source = Source("<scenario>"),
-                   config: ReaderConfig = ReaderConfig()) -> dt.Scenario:
+def parse_scenario(data: bytes, source: Source = _NO_SOURCE,
+                   config: ReaderConfig = DEFAULT_CONFIG) -> dt.Scenario:
     """Parses one serialized WOMD ``Scenario`` proto.
 
     Args:
@@ -63,8 +64,8 @@ def parse_scenario(data: bytes, source: Source = Source("<scenario>"),
     return parse_scenario_with_info(data, source, config)[0]
 
 
-def parse_scenario_with_info(data: bytes, source: Source = Source("<scenario>"),
-                             config: ReaderConfig = ReaderConfig()) -> tuple[dt.Scenario, RecordInfo]:
+def parse_scenario_with_info(data: bytes, source: Source = _NO_SOURCE,
+                             config: ReaderConfig = DEFAULT_CONFIG) -> tuple[dt.Scenario, RecordInfo]:
     """``parse_scenario`` that also returns a ``RecordInfo`` (dropped agents, points, lights)."""
     try:
         msg = protos.Scenario.FromString(data)
@@ -73,8 +74,8 @@ def parse_scenario_with_info(data: bytes, source: Source = Source("<scenario>"),
     return scenario_from_proto(msg, source, config)
 
 
-def scenario_from_proto(msg, source: Source = Source("<scenario>"),
-                        config: ReaderConfig = ReaderConfig()) -> tuple[dt.Scenario, RecordInfo]:
+def scenario_from_proto(msg, source: Source = _NO_SOURCE,
+                        config: ReaderConfig = DEFAULT_CONFIG) -> tuple[dt.Scenario, RecordInfo]:
     """Converts a parsed ``protos.Scenario`` message (see ``parse_scenario``)."""
 
     def fail(field: str, text: str) -> DataError:

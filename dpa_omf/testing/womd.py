@@ -5,6 +5,7 @@ Write them with ``io.example_writer.write_tfrecord`` to get tf.Example files.
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from dpa_omf import datatypes as dt
@@ -62,3 +63,8 @@ def random_scenario(rng: np.random.Generator, num_agents: int = 32, num_points: 
     t.state[:, :4] = rng.integers(1, dt.TL_NUM_STATES, [dt.NUM_STEPS, 4])
     t.stop_point[:, :4] = rng.uniform(-50, 50, [1, 4, 3])
     return canonicalize(s.replace(scenario_id=dt.scenario_id_to_bytes(scenario_id)))
+
+
+def tree_equal(a, b) -> bool:
+    """Whether two pytrees (e.g. ``Scenario`` s) have equal leaves (exact, NaN != NaN)."""
+    return all(jax.tree.leaves(jax.tree.map(lambda x, y: np.array_equal(np.asarray(x), np.asarray(y)), a, b)))

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from dpa_omf import datatypes as dt
-from dpa_omf.tools import inspect as inspect_cli
-from dpa_omf.viz import scene as plot
 from dpa_omf.io import example_writer
 from dpa_omf.testing.womd import random_scenario
+from dpa_omf.tools import inspect as inspect_cli
+from dpa_omf.viz import scene as plot
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -71,7 +71,7 @@ def test_synthetic_file_counts_and_text(tmp_path, rng, capsys):
     example_writer.write_tfrecord(path, scenes)
     summary = run_json(capsys, path)
     assert summary["num_records"] == 3
-    for r, s in zip(summary["records"], scenes):
+    for r, s in zip(summary["records"], scenes, strict=True):
         assert r["scenario_id"] == dt.scenario_id_str(s.scenario_id)
         assert r["num_agents"] == int(s.agents.valid.any(-1).sum())
         assert r["num_sim_agents"] == int(s.agents.sim_mask.sum())

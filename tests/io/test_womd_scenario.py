@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from dpa_omf import datatypes as dt
-from dpa_omf.io import protos, reader, tfrecord, womd_scenario as scenario_proto
+from dpa_omf.io import protos, reader, tfrecord
+from dpa_omf.io import womd_scenario as scenario_proto
 from dpa_omf.io.tfrecord import DataError, Source
 
 SCENARIO_FILE = "womd/motion_data_one_scenario.tfrecord"
@@ -68,7 +69,7 @@ def test_matches_golden_arrays(scene_637, shared_dir, facts):
         assert int(mask.sum()) == int(g[f"{key}_lengths"].sum())
         # Same points, polyline by polyline, in order.
         for fid, start, length in zip(g[f"{key}_ids"], np.cumsum(g[f"{key}_lengths"]) - g[f"{key}_lengths"],
-                                      g[f"{key}_lengths"]):
+                                      g[f"{key}_lengths"], strict=True):
             np.testing.assert_allclose(rg.xyz[rg.id == fid], g[f"{key}_points"][start:start + length], atol=1e-3)
     tl = s.traffic_lights
     lanes = g["signal_lane_ids"]
@@ -85,7 +86,7 @@ def test_map_features(scene_637, facts):
     s, _ = scene_637
     rg = s.roadgraph
     ids, types = rg.id[rg.valid], rg.type[rg.valid]
-    per_feature = {int(i): int(t) for i, t in zip(ids, types)}
+    per_feature = {int(i): int(t) for i, t in zip(ids, types, strict=True)}
     assert len(per_feature) == facts["n_map_features"] == 301
     kinds = {"lane": (1, 2, 3), "road_line": tuple(range(5, 14)), "road_edge": (14, 15, 16), "stop_sign": (17,),
              "crosswalk": (18,), "speed_bump": (19,)}
