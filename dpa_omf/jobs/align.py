@@ -40,8 +40,7 @@ import numpy as np
 from absl import logging
 
 from dpa_omf import datatypes as dt
-from dpa_omf.io import tfrecord
-from dpa_omf.io import womd_example as womd
+from dpa_omf.io import reader
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import curate, pretrain
 from dpa_omf.jobs import workdir as wd
@@ -91,24 +90,6 @@ def side_indices(shards: dict, cfg: cfg_lib.AlignConfig) -> tuple[np.ndarray, np
     return every, every
 
 
-class SceneStore:
-    """Random access to the curated scenes by (file index, record index)."""
-
-    def __init__(self, files, reader_config: womd.ReaderConfig):
-        self.files = [str(f) for f in files]
-        self.config = reader_config
-        self._offsets = [tfrecord.index_records(f) for f in self.files]
-        self._readers: dict[int, tfrecord.RecordReader] = {}
-
-    def get(self, fi: int, ri: int) -> dt.Scenario:
-        reader = self._readers.get(fi)
-        if reader is None:
-            reader = self._readers[fi] = tfrecord.RecordReader(self.files[fi])
-        data, _ = reader.read(self._offsets[fi][ri], ri)
-        scenario, _ = womd.parse_record(data, f"{self.files[fi]} record {ri}", "auto", self.config)
-        return scenario
-
-
 class PairBatches:
     """Deterministic batches of ranked scenes: batch k is a pure function of k.
 
@@ -116,7 +97,7 @@ class PairBatches:
     int32 token sequences ``[B, P, A, S]`` and their validity ``[B, P, A, S]``.
     """
 
-    def __init__(self, shards: dict, rows: np.ndarray, store: SceneStore, cfg: cfg_lib.AlignConfig, batch_size: int,
+    def __init__(self, shards: dict, rows: np.ndarray, store: reader.SceneReader, cfg: cfg_lib.AlignConfig, batch_size: int,
                  seed: int, shuffle: bool = True):
         self.shards, self.rows, self.store, self.cfg = shards, rows, store, cfg
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
@@ -136,7 +117,7 @@ class PairBatches:
         p = self.cfg.pairs_per_scene
         for row in rows:
             fi, ri = int(self.shards["file_index"][row]), int(self.shards["record_index"][row])
-            scenes.append(self.store.get(fi, ri))
+            scenes.append(self.store.read(reader.Source(self.store.files[fi], ri)))
             kp, kn = self.pos_idx[row], self.neg_idx[row]
             j = rng.choice(len(kp), size=p, replace=len(kp) < p)
             # Pair methods keep the (k-th best, k-th worst) pairing; AFD draws its own negatives.
@@ -268,7 +249,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> in
     train_rows, held_rows = np.arange(n - n_held), np.arange(n - n_held, n)
     if len(train_rows) == 0:
         raise ValueError(f"align: {n} curated scenes leave none for training after holding out {n_held}")
-    store = SceneStore(shards["files"], cfg_lib.reader(config))
+    store = reader.SceneReader([str(f) for f in shards["files"]], cfg_lib.reader(config))
     b = config.align.batch_size // jax.process_count()
     train_b = PairBatches(shards, train_rows, store, cfg, b, cfg_lib.align_seed(config))
     # Held-out evaluation always uses the OT pairs: the preference the paper's accuracy measures.

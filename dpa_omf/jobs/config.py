@@ -36,7 +36,7 @@ import numpy as np
 from configs import post_training
 
 from dpa_omf.io import pipeline as pipe
-from dpa_omf.io import womd_example as reader_lib
+from dpa_omf.io import reader as reader_lib
 from dpa_omf.metrics import wosac
 from dpa_omf.model import encoder as enc
 from dpa_omf.model import motion_lm as mlm

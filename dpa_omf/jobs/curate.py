@@ -39,8 +39,7 @@ from absl import logging
 
 from dpa_omf import atomic
 from dpa_omf import datatypes as dt
-from dpa_omf.io import tfrecord
-from dpa_omf.io import womd_example as womd
+from dpa_omf.io import reader
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import data as data_job
 from dpa_omf.jobs import pretrain
@@ -75,21 +74,6 @@ def shard_files(workdir: str) -> list[pathlib.Path]:
     return files
 
 
-def _scene_index(files: list[str]) -> list[tuple[int, int]]:
-    """(file index, record index) of every scene of the training split, in file order."""
-    out = []
-    for fi, path in enumerate(files):
-        out.extend((fi, ri) for ri in range(len(tfrecord.index_records(path))))
-    return out
-
-
-def _read_scene(files: list[str], fi: int, ri: int, cache: dict) -> dt.Scenario:
-    if fi not in cache:
-        cache.clear()
-        cache[fi] = list(womd.read_tfrecord(files[fi]))
-    return cache[fi][ri]
-
-
 def local_reference(config: ml_collections.ConfigDict, workdir: str):
     """The reference model and its params on this process's devices (curation runs per process)."""
     return pretrain.load_params(config, workdir, mesh=sharding.make_mesh(devices=jax.local_devices()))
@@ -102,13 +86,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> di
     out.mkdir(parents=True, exist_ok=True)
     model, params = local_reference(config, workdir)
     files = data_job.split_files(config, workdir, "train")
-    scenes = _scene_index(files)
-    jobs = ranking_jobs(len(scenes), config.curate.rankings_per_example)
+    scenes = reader.SceneReader(files, cfg_lib.reader(config))  # every scene fitted to the configured slots
+    jobs = ranking_jobs(len(scenes.sources()), config.curate.rankings_per_example)
     per_shard = config.curate.scenes_per_shard
     num_shards = math.ceil(len(jobs) / per_shard)
     logger = stage_logging.StageLogger(out, total_steps=len(jobs), initial_step=0)
     start, done = time.time(), 0
-    ranker = _Ranker(model, params, cfg, files, scenes, jax.random.key(config.seed))
+    ranker = _Ranker(model, params, cfg, scenes, jax.random.key(config.seed))
     for k in range(num_shards):
         path = out / shard_name(k, num_shards)
         chunk = jobs[k * per_shard:(k + 1) * per_shard]
@@ -127,6 +111,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> di
     summary.update(seconds=time.time() - start, rankings_this_run=done, config_fingerprint=fingerprint)
     logger.write_summary(summary)
     logger.close()
+    scenes.close()
     logging.info("curate: %s", summary)
     return summary
 
@@ -134,22 +119,22 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> di
 class _Ranker:
     """Ranks the scenes of one shard: rollout keys from the global scene index and the repeat only."""
 
-    def __init__(self, model, params, cfg: curation.CurationConfig, files: list[str],
-                 scenes: list[tuple[int, int]], base_key: jax.Array):
-        self.model, self.params, self.cfg = model, params, cfg
-        self.files, self.scenes, self.base_key = files, scenes, base_key
-        self._cache: dict = {}
+    def __init__(self, model, params, cfg: curation.CurationConfig, scenes: reader.SceneReader,
+                 base_key: jax.Array):
+        self.model, self.params, self.cfg, self.scenes, self.base_key = model, params, cfg, scenes, base_key
+        self.sources = scenes.sources()
+        self.file_index = {f: i for i, f in enumerate(scenes.files)}
 
     def rank_shard(self, chunk: list[tuple[int, int]], logger, pictures: pathlib.Path | None) -> dict:
         rows = []
         for j, (si, rep) in enumerate(chunk):
-            fi, ri = self.scenes[si]
-            scenario = _read_scene(self.files, fi, ri, self._cache)
+            source = self.sources[si]
+            scenario = self.scenes.read(source)
             key = jax.random.fold_in(jax.random.fold_in(self.base_key, si), rep)
             res = jax.device_get(curation.rank_scene(self.model, self.params, scenario, key, self.cfg))
             if not np.isfinite(res["ot_distance"]).all():
-                raise FloatingPointError(f"curate: non-finite OT distance for scene {self.files[fi]} record {ri}")
-            rows.append(dict(file_index=fi, record_index=ri, scenario_id=np.asarray(scenario.scenario_id),
+                raise FloatingPointError(f"curate: non-finite OT distance for scene {source}")
+            rows.append(dict(file_index=self.file_index[source.file], record_index=source.record, scenario_id=np.asarray(scenario.scenario_id),
                              repeat=rep, **{n: res[n] for n in ("tokens", "ot_distance", "ade_distance",
                                                                  "preferred", "unpreferred")}))
             if pictures is not None and j == 0:

@@ -16,7 +16,7 @@ import time
 import ml_collections
 from absl import logging
 
-from dpa_omf.io import womd_example as womd
+from dpa_omf.io import reader
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import workdir as wd
 from dpa_omf.synthetic import dataset as synthetic
@@ -75,7 +75,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> di
     seconds = time.time() - start
     sample = []
     for path in split_files(config, workdir, "valid"):
-        sample.extend(womd.read_tfrecord(path))
+        sample.extend(reader.read_scenes(path, cfg_lib.reader(config)))
     summary = {
         "source": "synthetic",
         "num_train": s.num_train,

@@ -30,7 +30,7 @@ from absl import logging
 
 from dpa_omf import atomic
 from dpa_omf import datatypes as dt
-from dpa_omf.io import womd_example as womd
+from dpa_omf.io import reader
 from dpa_omf.jobs import align, report
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import data as data_job
@@ -85,7 +85,7 @@ def sim_xyzh(scenario: dt.Scenario, r: ro.Rollouts) -> jax.Array:
 def held_out_scenes(config: ml_collections.ConfigDict, workdir: str) -> list[dt.Scenario]:
     scenes = []
     for path in data_job.split_files(config, workdir, "valid"):
-        for s in womd.read_tfrecord(path):
+        for s in reader.read_scenes(path, cfg_lib.reader(config)):
             scenes.append(s)
             if len(scenes) >= config.evaluate.num_scenes:
                 return scenes

@@ -847,9 +847,9 @@ def align_rollouts(scenario: dt.Scenario, object_id: np.ndarray, x: np.ndarray, 
 
 
 def _read_scenario(path: str, scenario_id: str | None) -> dt.Scenario:
-    from dpa_omf.io import womd_example as womd  # TensorFlow lives in the data package only.
+    from dpa_omf.io import reader  # TensorFlow lives in the data package only.
 
-    scenarios = womd.read_tfrecord(path, fmt="scenario")
+    scenarios = reader.read_scenes(path, fmt="scenario")
     found = []
     for s in scenarios:
         sid = dt.scenario_id_str(s.scenario_id)

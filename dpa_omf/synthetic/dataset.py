@@ -21,7 +21,7 @@
    an SDC, agents to evaluate, road-graph samples fitted to ``num_points``,
    traffic-light slots, WOMD reader conventions (zeros at invalid entries).
 
-``generate_dataset`` writes TFRecord shards through ``dpa_omf.io.womd_example``;
+``generate_dataset`` writes TFRecord shards through ``dpa_omf.io.example_writer``;
 ``scene_statistics`` measures interactivity, collisions and off-road steps.
 """
 
@@ -935,9 +935,9 @@ def _shard_ranges(num_scenes: int, num_shards: int) -> list[tuple[int, int]]:
 def _write_shard(job: tuple) -> tuple[str, int]:
     """Worker: generates scenes ``[lo, hi)`` and writes one shard (spawn-safe, top level)."""
     path, seed, lo, hi, config = job
-    from dpa_omf.io import womd_example as womd  # noqa: PLC0415  (keeps TF-free imports light in workers)
+    from dpa_omf.io import example_writer  # noqa: PLC0415  (keeps TF-free imports light in workers)
 
-    n = womd.write_tfrecord(path, (generate_scenario(scene_seed(seed, i), config) for i in range(lo, hi)))
+    n = example_writer.write_tfrecord(path, (generate_scenario(scene_seed(seed, i), config) for i in range(lo, hi)))
     return path, n
 
 

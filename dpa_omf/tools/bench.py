@@ -370,10 +370,10 @@ def bench_realism(args: argparse.Namespace) -> dict:
 
     scene = None
     if args.shared:
-        from dpa_omf.io import womd_example as womd
+        from dpa_omf.io import reader
 
         root = os.path.join(args.shared, "golden", "wosac", "submission")
-        s = next(womd.read_tfrecord(os.path.join(args.shared, "womd", "motion_data_one_scenario.tfrecord")))
+        s = next(reader.read_scenes(os.path.join(args.shared, "womd", "motion_data_one_scenario.tfrecord")))
         r = np.load(os.path.join(root, "rollouts.npz"))
         scene = (s, realism.align_rollouts(s, r["object_id"], r["x"], r["y"], r["z"], r["heading"]))
     res = realism.bench_realism(batch=args.batch, repeats=args.repeats, scene=scene)

@@ -183,9 +183,6 @@ def test_golden_flags_clear_and_pruned_search_exact(shared_dir):
 @pytest.mark.shared
 @pytest.mark.slow
 def test_cli_on_scenario_proto_when_reader_present(shared_dir, capsys):
-    womd = pytest.importorskip("dpa_omf.io.womd_example", reason="Scenario-proto reader not in this tree yet")
-    if not hasattr(womd, "read_tfrecord"):
-        pytest.skip("dpa_omf.io.womd_example.read_tfrecord not available yet")
     golden = shared_dir / "golden" / "wosac"
     R.main(["--scenario", str(shared_dir / "womd" / "motion_data_one_scenario.tfrecord"),
             "--rollouts", str(golden / "submission" / "rollouts.npz"), "--config", "2025", "--json"])
