@@ -16,9 +16,9 @@ import time
 import ml_collections
 from absl import logging
 
+from dpa_omf import atomic
 from dpa_omf.jobs import stages
 from dpa_omf.synthetic import dataset as synthetic
-from dpa_omf.train import logging as stage_logging
 
 SPLITS = ("train", "valid")
 # Dataset seed of a split: 2 * config.seed + offset. Scene seeds are dataset_seed * 10^7 + index
@@ -77,7 +77,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.data.source == "womd":
         summary = {split: len(split_files(config, workdir, split)) for split in SPLITS}
         summary.update(source="womd", config_fingerprint=fp)
-        stage_logging.atomic_write_json(out / stages.SUMMARY, summary)
+        atomic.write_json(out / stages.SUMMARY, summary)
         return summary
     syn = synthetic_config(config)
     s = config.data.synthetic
@@ -103,6 +103,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "valid_statistics": synthetic.scene_statistics(sample),
         "config_fingerprint": fp,
     }
-    stage_logging.atomic_write_json(out / stages.SUMMARY, summary)
+    atomic.write_json(out / stages.SUMMARY, summary)
     logging.info("data: %s", summary)
     return summary

@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from dpa_omf import atomic
 from dpa_omf import datatypes as dt
 from dpa_omf.model import sampling as ro
 from dpa_omf.jobs import stages
@@ -33,7 +34,6 @@ from dpa_omf.io import womd_example as womd
 from dpa_omf.metrics import wosac as realism
 from dpa_omf.jobs import report
 from dpa_omf.model import motion_lm as mlm
-from dpa_omf.train import logging as stage_logging
 
 STAGE = "evaluate"
 # Our summary names -> the official field names.
@@ -128,6 +128,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # The contract: per model name at the top level too.
     summary.update({name: r for name, r in results.items()})
     table = report.write_report(out, workdir, summary)
-    stage_logging.atomic_write_json(out / stages.SUMMARY, summary)
+    atomic.write_json(out / stages.SUMMARY, summary)
     print(table)
     return summary

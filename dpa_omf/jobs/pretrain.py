@@ -72,7 +72,7 @@ def optim_config(c: ml_collections.ConfigDict) -> optim.OptimConfig:
 
 
 def mesh_config(c: ml_collections.ConfigDict) -> sharding.MeshConfig:
-    return sharding.MeshConfig(data=c.mesh.data, model=c.mesh.model)
+    return sharding.MeshConfig(data=c.mesh.data)
 
 
 def train_config(c: ml_collections.ConfigDict) -> loop.TrainConfig:

@@ -14,6 +14,7 @@ import pathlib
 
 import numpy as np
 
+from dpa_omf import atomic
 from dpa_omf.train import logging as stage_logging
 
 COLUMNS = ("composite", "kinematic", "interactive", "map", "min_ade", "collision_rate", "offroad_rate")
@@ -46,7 +47,7 @@ def write_report(out: pathlib.Path, workdir: str, summary: dict) -> str:
     _bucket_plot(out / "realism_buckets.png", models)
     if _nll_plot(out / "alignment_nll.png", workdir):
         lines += ["", "![alignment NLL](alignment_nll.png)"]
-    stage_logging.atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    atomic.write_text(out / "report.md", "\n".join(lines) + "\n")
     return text
 
 

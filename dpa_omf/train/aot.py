@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 
 from configs import common
+from dpa_omf import atomic
 from dpa_omf.jobs import stages
 from dpa_omf.model import motion_lm as mlm
 from dpa_omf.train import logging as stage_logging
@@ -126,7 +127,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     text = json.dumps(report, indent=2, sort_keys=True)
     print(text, flush=True)
     if stage_logging.is_chief():
-        stage_logging.atomic_write_json(stages.stage_dir(workdir, "aot") / "report.json", report)
+        atomic.write_json(stages.stage_dir(workdir, "aot") / "report.json", report)
     if not report["fits"]:
         gib = report["per_device_gib"]
         sys.exit(f"aot: the train step needs {gib['total']:.2f} GiB per device (params {gib['params']:.3f}, "
