@@ -47,6 +47,7 @@ from dpa_omf.io import womd_example as womd
 from dpa_omf.model import motion_lm as mlm
 from dpa_omf.preference import distance as dist
 from dpa_omf.preference import features as feat
+from dpa_omf.preference import ranking
 from dpa_omf.train import logging as stage_logging
 
 STAGE = "curate"
@@ -101,8 +102,8 @@ def rank_scene(model: mlm.MotionLM, params, scenario: dt.Scenario, key: jax.Arra
     fut = slice(dt.NUM_HISTORY, dt.NUM_STEPS)
     expert_xy = jnp.stack([scenario.agents.x[:, fut], scenario.agents.y[:, fut]], -1)
     ade_valid = valid_e & agents[:, None]
-    ade, _ = dist.ade_distance(jnp.stack([r.x, r.y], -1), expert_xy, ade_valid)
-    pref, unpref = dist.rank_and_pair(scene_d, cfg.num_pairs)
+    ade, _ = ranking.ade_distance(jnp.stack([r.x, r.y], -1), expert_xy, ade_valid)
+    pref, unpref = ranking.rank_and_pair(scene_d, cfg.num_pairs)
     return dict(tokens=r.tokens, ot_distance=scene_d, ade_distance=ade, preferred=pref, unpreferred=unpref,
                 per_agent=per_agent, x=r.x, y=r.y, heading=r.heading, vel_x=r.vel_x, vel_y=r.vel_y)
 

@@ -24,13 +24,9 @@ stages, so every stage builds the same model from the same config.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import logging
 import math
-import pathlib
-import resource
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -254,89 +250,3 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, hooks: Sequence[loop
     if result.summary:
         log.info("pretrain: %s", json.dumps(result.summary, default=str))
     return result.exit_code
-
-
-# ----------------------------------------------------------------------------- benchmark
-
-
-def _bench_batch(config: ml_collections.ConfigDict, batch: int) -> dt.Scenario:
-    """``batch`` synthetic scenes of the configured size (the data job's world, made in memory)."""
-    from dpa_omf.synthetic import dataset as synthetic
-
-    syn = data_job.synthetic_config(config)
-    return dt.stack_scenarios([synthetic.generate_scenario(i, syn) for i in range(batch)])
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def bench_one(config: ml_collections.ConfigDict, num_agents: int, batch: int, repeats: int,
-              steps_per_repeat: int) -> dict:
-    """Times the pretraining step (the loop's compiled step) on synthetic scenes of ``num_agents``."""
-    c = ml_collections.ConfigDict(config.to_dict())
-    c.data.num_agents = num_agents
-    c.pretrain.batch_size = batch
-    c.mesh.data = -1
-    model = mlm.MotionLM(model_config(c))
-    trainer = loop.Trainer(make_loss_fn(model), make_init_fn(model, c),
-                           dataclasses.replace(train_config(c), progress_bar=False))
-    scenes = _bench_batch(c, batch)
-    state = trainer.init()
-    t = time.perf_counter()
-    state, metrics = trainer.step(state, scenes)
-    jax.block_until_ready(metrics)
-    compile_s = time.perf_counter() - t
-    valid_tokens = float(jax.device_get(metrics["valid_tokens"][0]))
-    times, cpu_times = [], []
-    for _ in range(repeats):
-        t, cpu = time.perf_counter(), _cpu_seconds()
-        for _ in range(steps_per_repeat):
-            state, metrics = trainer.step(state, scenes)
-        jax.block_until_ready(metrics)
-        times.append((time.perf_counter() - t) / steps_per_repeat)
-        cpu_times.append((_cpu_seconds() - cpu) / steps_per_repeat)
-    step_s = float(np.median(times))
-    return {
-        "num_agents": num_agents, "batch": batch, "devices": trainer.mesh.size,
-        "param_count": mlm.param_count(state.params), "compile_and_first_step_s": compile_s,
-        "step_s_median": step_s, "step_s_all": times, "scenes_per_s": batch / step_s,
-        # CPU seconds of all threads per step: what a busy shared machine distorts least.
-        "cpu_s_per_step_median": float(np.median(cpu_times)),
-        "valid_tokens_per_step": valid_tokens, "tokens_per_s": valid_tokens / step_s,
-        "token_slots_per_s": batch * num_agents * model.config.num_steps / step_s,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "device": jax.devices()[0].device_kind,
-    }
-
-
-def bench_train(argv: Sequence[str] | None = None) -> list[dict]:
-    """``python -m dpa_omf.tools.bench train``: scenes/s and tokens/s of the default pretraining step.
-
-    Flags: ``--agents=32,128``, ``--batch=32:8,128:2`` (agents:batch, or one
-    number for all), ``--repeats=3`` timed runs after compilation (median
-    reported), ``--steps=1`` steps per timed run, ``--out=FILE`` (JSON).
-    Peak memory is the process's maxrss so far (it grows with the larger case).
-    """
-    ap = argparse.ArgumentParser(prog="dpa_omf.tools.bench train")
-    ap.add_argument("--agents", default="32,128")
-    ap.add_argument("--batch", default="32:8,128:2")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=1)
-    ap.add_argument("--config", default="", help="variant of configs/pretrain.py (default model)")
-    ap.add_argument("--out", default="")
-    args = ap.parse_args(list(argv or []))
-    from configs import pretrain as pretrain_config
-
-    config = pretrain_config.get_config(args.config)
-    batches = dict(kv.split(":") for kv in args.batch.split(",")) if ":" in args.batch else {}
-    results = []
-    for a in (int(x) for x in args.agents.split(",")):
-        batch = int(batches.get(str(a), args.batch if not batches else 8))
-        r = bench_one(config, a, batch, max(args.repeats, 3), args.steps)
-        print(json.dumps(r), flush=True)
-        results.append(r)
-    if args.out:
-        pathlib.Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    return results
