@@ -45,8 +45,7 @@ def base_config(variants: set[str]) -> ml_collections.ConfigDict:
     c.model = _model(variants)
     c.pretrain = _pretrain(variants)
     c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1  # data-parallel axis; -1 = every device left after `model`
-    c.mesh.model = 1  # model-parallel (tensor) axis
+    c.mesh.data = -1  # the data-parallel mesh axis; -1 = every device (the ~1M-parameter model is replicated)
     c.aot = ml_collections.ConfigDict()
     # Memory per device for the --dry_run check, GiB. 0 = ask the device (memory_stats), or on CPU
     # (no stats) the physical RAM divided among this process's devices.

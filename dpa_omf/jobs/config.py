@@ -151,7 +151,7 @@ def model(c: ml_collections.ConfigDict) -> mlm.ModelConfig:
 
 
 def mesh(c: ml_collections.ConfigDict) -> sharding.MeshConfig:
-    return sharding.MeshConfig(data=c.mesh.data, model=c.mesh.model)
+    return sharding.MeshConfig(data=c.mesh.data)
 
 
 def _train(c: ml_collections.ConfigDict, section: ml_collections.ConfigDict, seed: int,
@@ -298,6 +298,8 @@ def _check_stages(c) -> list[str]:
         errors.append(f"curate.rankings_per_example={c.curate.rankings_per_example} must be in (0, 16]")
     if c.curate.scenes_per_shard < 1:
         errors.append("curate.scenes_per_shard must be >= 1")
+    if c.mesh.data < 1 and c.mesh.data != -1:
+        errors.append(f"mesh.data={c.mesh.data} must be >= 1 or -1 (all devices)")
     if not 0 < c.aot.headroom <= 1 or c.aot.device_memory_gb < 0:
         errors.append("aot.headroom must be in (0, 1] and aot.device_memory_gb >= 0")
     for section in ("pretrain", "align"):
@@ -307,16 +309,12 @@ def _check_stages(c) -> list[str]:
 
 
 def _check_devices(c, num_devices: int, process_count: int) -> list[str]:
-    data, model_axis = c.mesh.data, c.mesh.model
-    if model_axis > num_devices or num_devices % max(model_axis, 1):
-        return [f"mesh.model={model_axis} does not divide the {num_devices} devices"]
-    data = num_devices // model_axis if data == -1 else data
+    data = num_devices if c.mesh.data == -1 else c.mesh.data
     errors = []
-    if data * model_axis > num_devices:
-        errors.append(f"mesh {data} x {model_axis} needs {data * model_axis} devices, only {num_devices} exist")
-    elif data * model_axis != num_devices:
-        errors.append(f"mesh {data} x {model_axis} does not use all {num_devices} devices "
-                      "(set mesh.data=-1 or a size that multiplies to the device count)")
+    if data > num_devices:
+        errors.append(f"mesh.data={data} needs {data} devices, only {num_devices} exist")
+    elif data != num_devices:
+        errors.append(f"mesh.data={data} does not use all {num_devices} devices (set mesh.data=-1)")
     for section in ("pretrain", "align"):
         b = c[section].batch_size
         if b % data:

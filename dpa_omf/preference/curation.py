@@ -22,6 +22,7 @@ from dpa_omf.model import motion_lm as mlm
 from dpa_omf.model import sampling
 from dpa_omf.preference import distance as dist
 from dpa_omf.preference import features as feat
+from dpa_omf.preference import ranking
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +63,7 @@ def rank_scene(model: mlm.MotionLM, params, scenario: dt.Scenario, key: jax.Arra
     scene_d, per_agent = dist.ot_distance(phi_r, valid_r, phi_e, valid_e, agents, cfg.ot)
     fut = slice(dt.NUM_HISTORY, dt.NUM_STEPS)
     expert_xy = jnp.stack([scenario.agents.x[:, fut], scenario.agents.y[:, fut]], -1)
-    ade, _ = dist.ade_distance(jnp.stack([r.x, r.y], -1), expert_xy, valid_e & agents[:, None])
-    pref, unpref = dist.rank_and_pair(scene_d, cfg.num_pairs)
+    ade, _ = ranking.ade_distance(jnp.stack([r.x, r.y], -1), expert_xy, valid_e & agents[:, None])
+    pref, unpref = ranking.rank_and_pair(scene_d, cfg.num_pairs)
     return dict(tokens=r.tokens, ot_distance=scene_d, ade_distance=ade, preferred=pref, unpreferred=unpref,
                 per_agent=per_agent, x=r.x, y=r.y, heading=r.heading, vel_x=r.vel_x, vel_y=r.vel_y)

@@ -123,9 +123,9 @@ def test_mesh_and_batch_are_checked_against_the_devices():
     c.mesh.data = 4
     cfg_lib.check(c, num_devices=4)
     with pytest.raises(ValueError, match="needs 8 devices, only 4"):
-        c.mesh.model = 2
+        c.mesh.data = 8
         cfg_lib.check(c, num_devices=4)
-    c.mesh.data, c.mesh.model = -1, 1
+    c.mesh.data = -1
     c.pretrain.batch_size = 12
     with pytest.raises(ValueError, match="not divisible by the mesh data axis"):
         cfg_lib.check(c, num_devices=8)
