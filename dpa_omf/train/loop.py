@@ -111,13 +111,13 @@ class TrainConfig:
         the signal at a different step).
     """
 
-    num_steps: int = 10_000
+    num_steps: int = 120
     seed: int = 0
     optim: optim.OptimConfig = optim.OptimConfig()
     mesh: sharding.MeshConfig = sharding.MeshConfig()
-    log_every: int = 50
-    eval_every: int = 1000
-    checkpoint_every: int = 1000
+    log_every: int = 10
+    eval_every: int = 60
+    checkpoint_every: int = 40
     keep_checkpoints: int = 3
     async_checkpointing: bool = True
     progress_bar: bool = True

@@ -35,7 +35,7 @@ class OptimConfig:
     """
 
     learning_rate: float = 1e-3
-    warmup_steps: int = 100
+    warmup_steps: int = 10
     decay_steps: int | None = None
     end_lr_ratio: float = 0.05
     weight_decay: float = 0.01
