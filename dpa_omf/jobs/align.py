@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -48,10 +49,6 @@ from dpa_omf.model import decoder as dec
 from dpa_omf.model import motion_lm as mlm
 from dpa_omf.train import loop, losses
 
-PAIR_METHODS = ("dpa_omf", "dpa_adef", "dpo")
-SFT_METHODS = cfg_lib.SFT_METHODS
-
-
 def folder_name(method: str) -> str:
     """The workdir folder of an alignment method's stage: ``align`` (DPA-OMF) or ``align_<method>``."""
     return "align" if method == "dpa_omf" else f"align_{method}"
@@ -67,26 +64,35 @@ def finished_folders(workdir: str) -> dict[str, str]:
     return out
 
 
-# ----------------------------------------------------------------------------- examples
-def side_indices(shards: dict, cfg: cfg_lib.AlignConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Rollout indices of the two sides of every ranking, ``[N, K]`` each.
+# ----------------------------------------------------------------------------- pair sides
+def _stored_pairs(shards: dict, cfg: cfg_lib.AlignConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(preferred, unpreferred) as curated: the K closest vs the K farthest by OT."""
+    del cfg
+    return shards["preferred"], shards["unpreferred"]
 
-    Pair methods: (preferred, unpreferred) by OT (stored) or by ADE (re-ranked).
-    SFT: (the top-k, the top-k) (the second side is unused). AFD: (unused, the
-    generated rollouts compared against the expert: every rollout).
-    """
-    if cfg.method in ("dpa_omf", "dpo"):
-        return shards["preferred"], shards["unpreferred"]
+
+def _ade_pairs(shards: dict, cfg: cfg_lib.AlignConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The same rollouts re-ranked by ADE to the expert: the K closest vs the K farthest."""
+    del cfg
     k = shards["preferred"].shape[1]
-    if cfg.method == "dpa_adef":
-        order = np.argsort(shards["ade_distance"], axis=1, kind="stable")
-        return order[:, :k], order[:, ::-1][:, :k]
-    if cfg.method in SFT_METHODS:
-        key = "ot_distance" if cfg.method == "sft_best_oa" else "ade_distance"
+    order = np.argsort(shards["ade_distance"], axis=1, kind="stable")
+    return order[:, :k], order[:, ::-1][:, :k]
+
+
+def _top_k(key: str):
+    def sides(shards: dict, cfg: cfg_lib.AlignConfig) -> tuple[np.ndarray, np.ndarray]:
+        """(the ``sft_top_k`` closest by ``key``, the same): SFT uses the first side only."""
         top = np.argsort(shards[key], axis=1, kind="stable")[:, :cfg.sft_top_k]
         return top, top
-    r = shards["tokens"].shape[1]  # afd
-    every = np.broadcast_to(np.arange(r), (shards["tokens"].shape[0], r))
+
+    return sides
+
+
+def _every_rollout(shards: dict, cfg: cfg_lib.AlignConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(unused, every generated rollout): AFD compares each against the expert."""
+    del cfg
+    n, r = shards["tokens"].shape[:2]
+    every = np.broadcast_to(np.arange(r), (n, r))
     return every, every
 
 
@@ -120,8 +126,8 @@ class PairBatches:
             scenes.append(self.store.read(reader.Source(self.store.files[fi], ri)))
             kp, kn = self.pos_idx[row], self.neg_idx[row]
             j = rng.choice(len(kp), size=p, replace=len(kp) < p)
-            # Pair methods keep the (k-th best, k-th worst) pairing; AFD draws its own negatives.
-            jn = j if self.cfg.method in PAIR_METHODS else rng.choice(len(kn), size=p, replace=len(kn) < p)
+            # Paired methods keep the (k-th best, k-th worst) pairing; the others draw negatives apart.
+            jn = j if METHODS[self.cfg.method].paired else rng.choice(len(kn), size=p, replace=len(kn) < p)
             toks = self.shards["tokens"][row].astype(np.int32)
             pos.append(toks[kp[j]])
             neg.append(toks[kn[jn]])
@@ -168,30 +174,97 @@ def _expert(model: mlm.MotionLM, scenario: dt.Scenario) -> tuple[jax.Array, jax.
     return tokens[:, None], valid[:, None]
 
 
+class _LogProbs:
+    """The log-probabilities a loss asks for, computed once each: ``policy('pos' | 'neg')``,
+    ``reference('pos' | 'neg')`` (the frozen reference) and ``expert()`` (the logged future)."""
+
+    def __init__(self, model: mlm.MotionLM, params, frozen, batch: dict):
+        self.model, self.params, self.frozen, self.batch = model, params, frozen, batch
+
+    def valid(self, side: str) -> jax.Array:
+        return self.batch[f"{side}_valid"]
+
+    def policy(self, side: str) -> jax.Array:
+        return _batched_log_probs(self.model, self.params, self.batch["scenario"], self.batch[side],
+                                  self.valid(side))[0]
+
+    def reference(self, side: str) -> jax.Array:
+        return _batched_log_probs(self.model, self.frozen, self.batch["scenario"], self.batch[side],
+                                  self.valid(side))[0]
+
+    def expert(self) -> tuple[jax.Array, jax.Array]:
+        tokens, valid = _expert(self.model, self.batch["scenario"])
+        lp, _ = _batched_log_probs(self.model, self.params, self.batch["scenario"], tokens, valid)
+        return lp[:, 0], valid[:, 0]
+
+
+def _flat(x: jax.Array) -> jax.Array:
+    """``[B, P, ...] -> [B * P, ...]``: every pair of every scene."""
+    return x.reshape((-1, *x.shape[2:]))
+
+
+def _cpl_loss(lp: _LogProbs, cfg: cfg_lib.AlignConfig):
+    lp_neg = lp.policy("neg")
+    lp_pos = lp.policy("pos")
+    return losses.cpl_loss(_flat(lp_pos), _flat(lp.valid("pos")), _flat(lp_neg), _flat(lp.valid("neg")), cfg.cpl)
+
+
+def _dpo_loss(lp: _LogProbs, cfg: cfg_lib.AlignConfig):
+    lp_neg, lp_pos = lp.policy("neg"), lp.policy("pos")
+    ref_pos, ref_neg = lp.reference("pos"), lp.reference("neg")
+    return losses.dpo_loss(_flat(lp_pos), _flat(lp.valid("pos")), _flat(lp_neg), _flat(lp.valid("neg")),
+                           _flat(ref_pos), _flat(ref_neg), cfg.dpo_beta)
+
+
+def _sft_loss(lp: _LogProbs, cfg: cfg_lib.AlignConfig):
+    del cfg
+    return losses.sft_loss(lp.policy("pos"), lp.valid("pos"))
+
+
+def _afd_loss(lp: _LogProbs, cfg: cfg_lib.AlignConfig):
+    lp_neg = lp.policy("neg")
+    lp_exp, exp_valid = lp.expert()
+    return losses.afd_loss(lp_exp, exp_valid, lp_neg, lp.valid("neg"), cfg.cpl)
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """An alignment method: the two sides it compares and the loss it optimizes.
+
+    Attributes:
+      sides: ``(shards, cfg) -> (pos [N, K], neg [N, K])`` rollout indices per curated scene.
+      loss: ``(log_probs, cfg) -> (loss, metrics)``; ``log_probs`` computes what the loss asks for.
+      paired: draw the k-th ``pos`` with the k-th ``neg`` (ranked pairs); else negatives are drawn apart.
+    """
+
+    sides: Callable[[dict, cfg_lib.AlignConfig], tuple[np.ndarray, np.ndarray]]
+    loss: Callable[[_LogProbs, cfg_lib.AlignConfig], tuple[jax.Array, dict]]
+    paired: bool
+
+
+# The alignment methods. Adding one: an entry here and its name in configs/post_training.py:ALIGN_METHODS
+# (which makes the configs/align.py:<name> variant, the align_<name> folder and its evaluation row).
+METHODS: dict[str, Method] = {
+    "dpa_omf": Method(_stored_pairs, _cpl_loss, paired=True),  # CPL on the OT-ranked pairs (the paper)
+    "dpa_adef": Method(_ade_pairs, _cpl_loss, paired=True),  # CPL on ADE-ranked pairs
+    "sft_best_oa": Method(_top_k("ot_distance"), _sft_loss, paired=False),  # SFT on the closest by OT
+    "sft_best_ade": Method(_top_k("ade_distance"), _sft_loss, paired=False),  # SFT on the closest by ADE
+    "afd": Method(_every_rollout, _afd_loss, paired=False),  # the expert preferred over every rollout
+    "dpo": Method(_stored_pairs, _dpo_loss, paired=True),  # DPO against the frozen reference
+}
+
+
+def side_indices(shards: dict, cfg: cfg_lib.AlignConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Rollout indices of the two sides of every ranking, ``[N, K]`` each (the method's ``sides``)."""
+    return METHODS[cfg.method].sides(shards, cfg)
+
+
 def make_loss_fn(model: mlm.MotionLM, cfg: cfg_lib.AlignConfig) -> loop.LossFn:
-    flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731 - [B, P, ...] -> [B * P, ...]
+    method = METHODS[cfg.method]
 
     def loss_fn(params, batch, rng, frozen):
         del rng
-        s = batch["scenario"]
-        if cfg.method in SFT_METHODS:
-            lp, _ = _batched_log_probs(model, params, s, batch["pos"], batch["pos_valid"])
-            return losses.sft_loss(lp, batch["pos_valid"])
-        lp_neg, _ = _batched_log_probs(model, params, s, batch["neg"], batch["neg_valid"])
-        if cfg.method == "afd":
-            exp_tok, exp_valid = _expert(model, s)
-            lp_exp, _ = _batched_log_probs(model, params, s, exp_tok, exp_valid)
-            loss, m = losses.afd_loss(lp_exp[:, 0], exp_valid[:, 0], lp_neg, batch["neg_valid"], cfg.cpl)
-        else:
-            lp_pos, _ = _batched_log_probs(model, params, s, batch["pos"], batch["pos_valid"])
-            if cfg.method == "dpo":
-                ref_pos, _ = _batched_log_probs(model, frozen, s, batch["pos"], batch["pos_valid"])
-                ref_neg, _ = _batched_log_probs(model, frozen, s, batch["neg"], batch["neg_valid"])
-                loss, m = losses.dpo_loss(flat(lp_pos), flat(batch["pos_valid"]), flat(lp_neg),
-                                          flat(batch["neg_valid"]), flat(ref_pos), flat(ref_neg), cfg.dpo_beta)
-            else:
-                loss, m = losses.cpl_loss(flat(lp_pos), flat(batch["pos_valid"]), flat(lp_neg),
-                                          flat(batch["neg_valid"]), cfg.cpl)
+        loss, m = method.loss(_LogProbs(model, params, frozen, batch), cfg)
         return loss, _pairs(m)
 
     return loss_fn

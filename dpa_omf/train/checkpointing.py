@@ -137,8 +137,7 @@ def restore_params(
     """Loads only the ``params`` item of a training checkpoint.
 
     For a frozen model (the alignment stage's reference): read once, never
-    re-saved. Opens the manager read-only so the source stage's checkpoints are
-    never modified or garbage-collected by the reader.
+    re-saved, and the source stage's folder is never modified by the reader.
 
     Args:
       directory: the other stage's checkpoint folder, e.g.
@@ -149,13 +148,14 @@ def restore_params(
     directory = pathlib.Path(directory).absolute()
     if not directory.is_dir():
         raise FileNotFoundError(f"restore_params: no checkpoint folder {directory}")
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-    with ocp.CheckpointManager(directory, options=options, item_names=("params", "train")) as mngr:
-        step = mngr.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"restore_params: no checkpoint in {directory}")
-        restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
-        return restored["params"]
+    # Read the item directly (no CheckpointManager: a reader never modifies or garbage-collects the folder,
+    # and orbax's read-only manager warns on every open).
+    steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+    if not steps:
+        raise FileNotFoundError(f"restore_params: no checkpoint in {directory}")
+    step = steps[-1] if step is None else step
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(directory / str(step) / "params", abstract_params)
 
 
 class PreemptionFlag:

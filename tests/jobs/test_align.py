@@ -105,3 +105,8 @@ def test_curate_shards_name_data_files_relative_to_the_workdir(tmp_path, monkeyp
     (moved / "data/train/a.tfrecord").unlink()
     with pytest.raises(FileNotFoundError, match="re-run the curate stage"):
         curate.load_shards(str(moved))
+
+
+def test_every_configured_method_has_one_implementation():
+    """The method names live in configs/post_training.py; each has exactly one entry in align.METHODS."""
+    assert tuple(align.METHODS) == cfg_lib.ALIGN_METHODS
