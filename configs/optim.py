@@ -1,4 +1,4 @@
-"""The optimizer section shared by the training stages (pretrain, align); mirrors ``dpa_omf.train.optim.OptimConfig``."""
+"""The optimizer section shared by the training stages (pretrain, align): ``dpa_omf.train.optim.OptimConfig``."""
 
 from __future__ import annotations
 

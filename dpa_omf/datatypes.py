@@ -210,7 +210,7 @@ class Scenario:
     def batch_shape(self) -> tuple[int, ...]:
         return tuple(self.agents.type.shape[:-1])
 
-    def validate(self, source: str = "<scenario>") -> "Scenario":
+    def validate(self, source: str = "<scenario>") -> Scenario:
         """Checks shapes, dtypes, finiteness and masks of a concrete instance.
 
         Args:
@@ -327,8 +327,8 @@ def stack_scenarios(scenarios: list[Scenario]) -> Scenario:
 
 def empty_scenario(num_agents: int, num_points: int, num_lights: int = NUM_TRAFFIC_LIGHTS) -> Scenario:
     """An all-invalid numpy scenario of the given sizes (padding template)."""
-    a, t, p, l = num_agents, NUM_STEPS, num_points, num_lights
-    f = lambda *s: np.zeros(s, np.float32)  # noqa: E731
+    a, t, p, nl = num_agents, NUM_STEPS, num_points, num_lights
+    f = lambda *s: np.zeros(s, np.float32)
     agents = Agents(
         x=f(a, t), y=f(a, t), z=f(a, t), heading=f(a, t), vel_x=f(a, t), vel_y=f(a, t),
         length=f(a, t), width=f(a, t), height=f(a, t), valid=np.zeros([a, t], bool),
@@ -340,8 +340,8 @@ def empty_scenario(num_agents: int, num_points: int, num_lights: int = NUM_TRAFF
         valid=np.zeros([p], bool),
     )
     lights = TrafficLights(
-        state=np.zeros([t, l], np.int32), lane_id=np.full([t, l], -1, np.int32),
-        stop_point=f(t, l, 3), valid=np.zeros([t, l], bool),
+        state=np.zeros([t, nl], np.int32), lane_id=np.full([t, nl], -1, np.int32),
+        stop_point=f(t, nl, 3), valid=np.zeros([t, nl], bool),
     )
     return Scenario(agents=agents, roadgraph=roadgraph, traffic_lights=lights,
                     scenario_id=np.zeros([SCENARIO_ID_BYTES], np.uint8))

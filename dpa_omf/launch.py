@@ -45,9 +45,7 @@ def multihost_from_env(env: dict[str, str] | None = None) -> bool:
         return True
     if len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
         return True
-    if int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1:
-        return True
-    return False
+    return int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1
 
 
 def init_distributed(mode: str, coordinator: str | None, num_processes: int | None,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import sys
 import time
 
@@ -89,7 +90,7 @@ def cmd_validate(args) -> int:
     scenarios = load_scenarios(args.scenario)
     n = 0
     for path in args.submission:
-        sub = sim_agents_submission_pb2.SimAgentsChallengeSubmission.FromString(open(path, "rb").read())
+        sub = sim_agents_submission_pb2.SimAgentsChallengeSubmission.FromString(pathlib.Path(path).read_bytes())
         if sub.submission_type != sub.SIM_AGENTS_SUBMISSION:
             raise ValueError(f"{path}: submission_type is not SIM_AGENTS_SUBMISSION")
         for ro in sub.scenario_rollouts:
@@ -107,7 +108,8 @@ def cmd_score(args) -> int:
     if args.rollouts.endswith(".npz"):
         ro = rollouts_from_npz(args.rollouts, sid)
     else:
-        sub = sim_agents_submission_pb2.SimAgentsChallengeSubmission.FromString(open(args.rollouts, "rb").read())
+        data = pathlib.Path(args.rollouts).read_bytes()
+        sub = sim_agents_submission_pb2.SimAgentsChallengeSubmission.FromString(data)
         ro = next(r for r in sub.scenario_rollouts if r.scenario_id == sid)
     submission_specs.validate_scenario_rollouts(ro, scenario)
     config = load_config(args.config)
@@ -123,7 +125,7 @@ def cmd_score(args) -> int:
                seconds_all=times)
     print(json.dumps(out))
     if args.compare:
-        ours = json.load(open(args.compare))
+        ours = json.loads(pathlib.Path(args.compare).read_text())
         bad = {k: (ours.get(k), out[k]) for k in FIELDS + ("kinematic", "interactive", "map_based")
                if k not in ours or abs(ours[k] - out[k]) > args.tol}
         if bad:

@@ -20,6 +20,7 @@ thread prefetches a few batches so that parsing overlaps the training step.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import os
@@ -229,10 +230,8 @@ class ScenarioPipeline:
             self._worker = None
 
     def __del__(self):
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown: nothing left to stop
             self._stop_worker()
-        except Exception:  # interpreter shutdown: nothing left to stop
-            pass
 
 
 class _Prefetcher:

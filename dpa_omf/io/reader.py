@@ -162,7 +162,7 @@ class SceneReader:
             r.close()
         self._readers.clear()
 
-    def __enter__(self) -> "SceneReader":
+    def __enter__(self) -> SceneReader:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -69,13 +69,14 @@ class Womd(tfds.core.GeneratorBasedBuilder):
     """WOMD scenes as fixed-shape ``dpa_omf.datatypes.Scenario`` features."""
 
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Scenario fields of dpa_omf.datatypes, from tf.Example or Scenario-proto shards."}
+    RELEASE_NOTES = {  # noqa: RUF012 (TFDS reads these class attributes)
+        "1.0.0": "Scenario fields of dpa_omf.datatypes, from tf.Example or Scenario-proto shards."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
     Download WOMD shards (https://waymo.com/open/, motion dataset: the tf_example or scenario folders) and
     place the TFRecord files in the manual dir. Names containing 'training', 'validation', 'testing' select
     the split; otherwise every file goes to 'train'.
     """
-    BUILDER_CONFIGS = [
+    BUILDER_CONFIGS = [  # noqa: RUF012 (TFDS reads these class attributes)
         WomdConfig(name="default", description="128 agents, 30,000 road-graph samples (current WOMD)."),
         WomdConfig(name="samples20k", description="128 agents, 20,000 road-graph samples (older WOMD).",
                    max_roadgraph_points=20_000),

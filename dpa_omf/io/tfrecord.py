@@ -73,7 +73,7 @@ class DataError(ValueError):
         super().__init__(f"{where}: {msg}")
 
     @classmethod
-    def at(cls, source: Source, field: str | None, msg: str) -> "DataError":
+    def at(cls, source: Source, field: str | None, msg: str) -> DataError:
         """The error for ``field`` of the record at ``source``."""
         return cls(source.file, source.record, field, msg)
 
@@ -201,7 +201,7 @@ class RecordReader:
 
                 self._file = tf.io.gfile.GFile(self.path, "rb")
             else:
-                self._file = open(self.path, "rb")  # closed by close()
+                self._file = open(self.path, "rb")  # noqa: SIM115 (kept open for random reads; closed by close())
             self._tf_reader = None
         else:
             # Lazy: TensorFlow's C++ reader (checks CRCs) is only the fallback without a native CRC.
@@ -261,7 +261,7 @@ class RecordReader:
         if self._tf_reader is not None:
             self._tf_reader.close()
 
-    def __enter__(self) -> "RecordReader":
+    def __enter__(self) -> RecordReader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -300,9 +300,8 @@ def write_records(path: str, records: Iterable[bytes]) -> int:
     import tensorflow as tf  # lazy: see the module docstring
 
     n = 0
-    with atomic.writing(os.fspath(path)) as tmp:
-        with tf.io.TFRecordWriter(tmp) as writer:
-            for data in records:
-                writer.write(data)
-                n += 1
+    with atomic.writing(os.fspath(path)) as tmp, tf.io.TFRecordWriter(tmp) as writer:
+        for data in records:
+            writer.write(data)
+            n += 1
     return n

@@ -38,7 +38,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
 
 from dpa_omf import datatypes as dt
 from dpa_omf.io import reader
@@ -48,6 +47,7 @@ from dpa_omf.jobs import workdir as wd
 from dpa_omf.model import decoder as dec
 from dpa_omf.model import motion_lm as mlm
 from dpa_omf.train import loop, losses
+
 
 def folder_name(method: str) -> str:
     """The workdir folder of an alignment method's stage: ``align`` (DPA-OMF) or ``align_<method>``."""
@@ -103,8 +103,8 @@ class PairBatches:
     int32 token sequences ``[B, P, A, S]`` and their validity ``[B, P, A, S]``.
     """
 
-    def __init__(self, shards: dict, rows: np.ndarray, store: reader.SceneReader, cfg: cfg_lib.AlignConfig, batch_size: int,
-                 seed: int, shuffle: bool = True):
+    def __init__(self, shards: dict, rows: np.ndarray, store: reader.SceneReader, cfg: cfg_lib.AlignConfig,
+                 batch_size: int, seed: int, shuffle: bool = True):
         self.shards, self.rows, self.store, self.cfg = shards, rows, store, cfg
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.pos_idx, self.neg_idx = side_indices(shards, cfg)
@@ -298,7 +298,7 @@ def make_eval_fn(model: mlm.MotionLM, cfg: cfg_lib.AlignConfig):
         s_pos = losses.sequence_score(lp_pos, pv, score)
         s_neg = losses.sequence_score(lp_neg, nv, score)
         kl, kl_n = losses.token_kl(logits, ref_logits, exp_valid)
-        nll = lambda lp, v: (-jnp.where(v, lp, 0.0).sum(), v.sum())  # noqa: E731
+        nll = lambda lp, v: (-jnp.where(v, lp, 0.0).sum(), v.sum())
         return {
             "pref_accuracy": ((s_pos > s_neg).sum(), s_pos.size),
             "nll_preferred": nll(lp_pos, pv),
@@ -318,7 +318,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> in
     model, ref = pretrain.load_params(config, workdir)
     shards = curate.load_shards(workdir)
     n = shards["tokens"].shape[0]
-    n_held = max(1, int(round(n * cfg.heldout_fraction))) if n > 1 else 0
+    n_held = max(1, round(n * cfg.heldout_fraction)) if n > 1 else 0
     train_rows, held_rows = np.arange(n - n_held), np.arange(n - n_held, n)
     if len(train_rows) == 0:
         raise ValueError(f"align: {n} curated scenes leave none for training after holding out {n_held}")
@@ -336,6 +336,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> in
         folder_name(cfg.method), eval_fn=make_eval_fn(model, cfg), eval_batches_fn=lambda: iter(eval_batches),
         frozen=ref, initial_params=ref,
         summary_extra=lambda s: {"config_fingerprint": fingerprint, "method": cfg.method,
-                                 "train_scenes": int(len(train_rows)), "heldout_scenes": int(n_held),
+                                 "train_scenes": len(train_rows), "heldout_scenes": int(n_held),
                                  "seconds": time.time() - t0})
     return result.exit_code

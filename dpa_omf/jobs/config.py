@@ -34,7 +34,6 @@ import ml_collections
 import numpy as np
 
 from configs import post_training
-
 from dpa_omf.io import pipeline as pipe
 from dpa_omf.io import reader as reader_lib
 from dpa_omf.metrics import wosac

@@ -52,14 +52,14 @@ from dpa_omf.train import sharding
 from dpa_omf.viz import scene as plot
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
+import matplotlib.pyplot as plt
 
 STAGE = "curate"
 
 
 def ranking_jobs(num_scenes: int, rankings_per_example: float) -> list[tuple[int, int]]:
     """(scene index, repeat) of every ranking: a prefix of the scenes for < 1, repeats for > 1."""
-    total = max(1, int(round(num_scenes * rankings_per_example)))
+    total = max(1, round(num_scenes * rankings_per_example))
     return [(i % num_scenes, i // num_scenes) for i in range(total)]
 
 
@@ -134,7 +134,8 @@ class _Ranker:
             res = jax.device_get(curation.rank_scene(self.model, self.params, scenario, key, self.cfg))
             if not np.isfinite(res["ot_distance"]).all():
                 raise FloatingPointError(f"curate: non-finite OT distance for scene {source}")
-            rows.append(dict(file_index=self.file_index[source.file], record_index=source.record, scenario_id=np.asarray(scenario.scenario_id),
+            rows.append(dict(file_index=self.file_index[source.file], record_index=source.record,
+                             scenario_id=np.asarray(scenario.scenario_id),
                              repeat=rep, **{n: res[n] for n in ("tokens", "ot_distance", "ade_distance",
                                                                  "preferred", "unpreferred")}))
             if pictures is not None and j == 0:

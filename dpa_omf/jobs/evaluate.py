@@ -31,10 +31,9 @@ from absl import logging
 from dpa_omf import atomic
 from dpa_omf import datatypes as dt
 from dpa_omf.io import reader
-from dpa_omf.jobs import align, report
+from dpa_omf.jobs import align, pretrain, report
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import data as data_job
-from dpa_omf.jobs import pretrain
 from dpa_omf.jobs import workdir as wd
 from dpa_omf.metrics import wosac as realism
 from dpa_omf.model import motion_lm as mlm
@@ -144,7 +143,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> di
         "seconds": time.time() - start,
         "config_fingerprint": fingerprint,
     }
-    summary.update({name: r for name, r in results.items()})  # the contract: per model name at the top level too
+    summary.update(dict(results.items()))  # the contract: per model name at the top level too
     report.write_report(out, [wd.stage_dir(workdir, f) for n, f in models(workdir).items() if n != "reference"],
                         summary)
     wd.write_summary(workdir, STAGE, summary)

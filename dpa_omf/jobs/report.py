@@ -20,7 +20,7 @@ from dpa_omf import atomic
 from dpa_omf.train import logging as stage_logging
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
+import matplotlib.pyplot as plt
 
 COLUMNS = ("composite", "kinematic", "interactive", "map", "min_ade", "collision_rate", "offroad_rate")
 NLL_KEYS = (("eval_nll_preferred", "preferred"), ("eval_nll_unpreferred", "unpreferred"),

@@ -35,7 +35,7 @@ def scene_pose_features(agents: dt.Agents) -> jax.Array:
     world frame), so the decoder can relate agents to one another.
     """
     cur = dt.CURRENT_INDEX
-    f = lambda v: jnp.asarray(v, jnp.float32)[:, cur]  # noqa: E731
+    f = lambda v: jnp.asarray(v, jnp.float32)[:, cur]
     sim = jnp.asarray(agents.sim_mask, bool)
     n = jnp.maximum(sim.sum(), 1)
     x, y = f(agents.x), f(agents.y)

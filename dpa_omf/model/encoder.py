@@ -95,7 +95,7 @@ def last_position(agents: dt.Agents) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Position at the last valid history step ``[A]`` each, and whether any is valid."""
     v = agents.valid[:, : dt.NUM_HISTORY]
     last = jnp.argmax(jnp.where(v, jnp.arange(dt.NUM_HISTORY), -1), -1)
-    take = lambda f: jnp.take_along_axis(f[:, : dt.NUM_HISTORY], last[:, None], -1)[:, 0]  # noqa: E731
+    take = lambda f: jnp.take_along_axis(f[:, : dt.NUM_HISTORY], last[:, None], -1)[:, 0]
     return take(agents.x), take(agents.y), v.any(-1)
 
 
@@ -117,7 +117,7 @@ def local_context(scenario: dt.Scenario, cfg: EncoderConfig) -> dict[str, jax.Ar
     cur = dt.CURRENT_INDEX
     ox, oy, h = ag.x[:, cur], ag.y[:, cur], ag.heading[:, cur]
     c, s = jnp.cos(h), jnp.sin(h)
-    frame = lambda v: v[:, None]  # noqa: E731  [A] -> [A, 1] to broadcast over elements
+    frame = lambda v: v[:, None]
 
     # Own history and every agent's history in every agent's frame: [A_ego, A_other, F].
     own = jax.vmap(lambda *f: agent_history_features(ag, *f))(ox, oy, c, s)  # [A, A, F]
@@ -179,7 +179,7 @@ class SceneEncoder(nn.Module):
     @nn.compact
     def __call__(self, ctx: dict[str, jax.Array]):
         d, dtp = self.d_model, self.dtype
-        mlp = lambda name: layers.Mlp(d, d, dtp, name=name)  # noqa: E731
+        mlp = lambda name: layers.Mlp(d, d, dtp, name=name)
         self_tok = mlp("self_mlp")(ctx["self"].astype(dtp))[:, None]
         groups = [
             (self_tok, jnp.ones(self_tok.shape[:2], bool)),

@@ -52,7 +52,7 @@ class Attention(nn.Module):
 
     def setup(self):
         dh = self.d_model // self.num_heads
-        proj = lambda name: nn.DenseGeneral((self.num_heads, dh), dtype=self.dtype, name=name)  # noqa: E731
+        proj = lambda name: nn.DenseGeneral((self.num_heads, dh), dtype=self.dtype, name=name)
         self.q_proj, self.k_proj, self.v_proj = proj("query"), proj("key"), proj("value")
         self.out_proj = nn.DenseGeneral(self.d_model, axis=(-2, -1), dtype=self.dtype, name="out")
 

@@ -155,7 +155,7 @@ class MotionLM:
         """Zero KV cache of one scene: per layer (k, v) ``[A, S, H, Dh]`` in the compute dtype."""
         c = self.config
         shape = (num_agents, c.num_steps, c.num_heads, c.d_model // c.num_heads)
-        z = lambda: jnp.zeros(shape, c.dtype)  # noqa: E731
+        z = lambda: jnp.zeros(shape, c.dtype)
         return tuple((z(), z()) for _ in range(c.dec_layers))
 
     @_jit_method

@@ -168,7 +168,7 @@ class KinematicState:
 
 def state_at(agents: dt.Agents, t: int | jax.Array) -> KinematicState:
     """The logged state at 10 Hz index ``t``: fields ``[..., A]``."""
-    take = lambda v: jnp.take(jnp.asarray(v, jnp.float32), t, axis=-1)  # noqa: E731
+    take = lambda v: jnp.take(jnp.asarray(v, jnp.float32), t, axis=-1)
     return KinematicState(take(agents.x), take(agents.y), take(agents.heading),
                           take(agents.vel_x), take(agents.vel_y))
 
@@ -267,7 +267,7 @@ def tokenize(agents: dt.Agents, cfg: TokenizerConfig) -> tuple[jax.Array, jax.Ar
       recon: the reconstructed 10 Hz future states, fields ``[..., A, 80]`` (re-anchored after
         gaps, so it equals ``integrate`` of the tokens for agents without gaps).
     """
-    f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
+    f32 = lambda v: jnp.asarray(v, jnp.float32)
     valid = jnp.asarray(agents.valid, bool)
     sim = valid[..., dt.CURRENT_INDEX]
     targets = (_interval(f32(agents.x), cfg), _interval(f32(agents.y), cfg),
@@ -300,7 +300,7 @@ def tokenize(agents: dt.Agents, cfg: TokenizerConfig) -> tuple[jax.Array, jax.Ar
 
 def future_ade(recon: KinematicState, agents: dt.Agents) -> jax.Array:
     """Mean position error ``[..., A]`` over the valid future steps (m); 0 where none."""
-    fut = lambda v: jnp.asarray(v, jnp.float32)[..., dt.CURRENT_INDEX + 1:]  # noqa: E731
+    fut = lambda v: jnp.asarray(v, jnp.float32)[..., dt.CURRENT_INDEX + 1:]
     m = jnp.asarray(agents.valid, bool)[..., dt.CURRENT_INDEX + 1:]
     err = jnp.hypot(recon.x - fut(agents.x), recon.y - fut(agents.y))
     return jnp.sum(jnp.where(m, err, 0.0), -1) / jnp.maximum(jnp.sum(m, -1), 1)

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -183,7 +182,7 @@ def _ott_plans(x, y, vx, vy, config: OTConfig, default: bool):
 def _exact(c, vx, vy, config: OTConfig, with_plans: bool):
     """Exact costs ``[P]`` (and plans ``[P, T, T]``): auction where the valid
     counts match, successive shortest paths where they differ (ragged)."""
-    num, t, _ = c.shape
+    _num, t, _ = c.shape
     nx, ny = jnp.sum(vx, -1), jnp.sum(vy, -1)
     ragged = nx != ny
     # Ragged problems get a trivial equal-count stand-in for the auction and

@@ -47,7 +47,7 @@ def summarize_record(s: dt.Scenario, info: reader.RecordInfo) -> dict:
         "sim_agents_by_type": dict(sorted(types.items())),
         "num_roadgraph_points": int(info.num_roadgraph_points),
         "num_roadgraph_slots": int(s.roadgraph.valid.shape[0]),
-        "num_polylines": int(len(np.unique(s.roadgraph.id[s.roadgraph.valid]))),
+        "num_polylines": len(np.unique(s.roadgraph.id[s.roadgraph.valid])),
         "num_traffic_light_slots": int(tl.valid.shape[-1]),
         "num_traffic_lights_current": int(tl.valid[dt.CURRENT_INDEX].sum()),
         "num_traffic_lights_any": int(tl.valid.any(0).sum()),
@@ -93,7 +93,7 @@ def _print_text(summary: dict) -> None:
     heads = ("rec", "scenario", "agents", "sim(t=10)", "eval", "rg points", "lights(t=10)", "dropped")
     print("  ".join(f"{h:>12}" for h in heads))
     for r in summary["records"]:
-        print("  ".join(f"{str(r[c]):>12}" for c in cols))
+        print("  ".join(f"{r[c]!s:>12}" for c in cols))
     for r in summary["records"][:1]:
         print(f"  record {r['record']}: sdc id {r['sdc_id']}, eval ids {r['eval_agent_ids']}, "
               f"sim agents by type {r['sim_agents_by_type']}, {r['num_polylines']} polylines, "

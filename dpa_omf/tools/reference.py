@@ -42,7 +42,9 @@ from dpa_omf.train import checkpointing
 from dpa_omf.train import logging as stage_logging
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
+import itertools
+
+import matplotlib.pyplot as plt
 
 COMMAND = "python -m dpa_omf.launch --config=configs/pretrain.py:long --workdir=RUN"
 REALISM_KEYS = ("composite", "kinematic", "interactive", "map", "min_ade", "collision_rate", "offroad_rate")
@@ -95,7 +97,7 @@ def curve(run: pathlib.Path, steps: list[int], out: pathlib.Path) -> list[dict]:
         row = {"step": step, **held.get(step, {}), **realism_at(run, step)}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    for prev, row in zip(rows, rows[1:]):
+    for prev, row in itertools.pairwise(rows):
         if prev.get("heldout_nll") and row.get("heldout_nll"):
             doublings = math.log2(row["step"] / prev["step"])
             row["nll_gain_per_doubling"] = (prev["heldout_nll"] - row["heldout_nll"]) / prev["heldout_nll"] / doublings

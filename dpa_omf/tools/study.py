@@ -86,7 +86,7 @@ def _stats(values: list[float]) -> dict:
 
 
 def aggregate(per_seed: dict[int, dict], accuracy: dict[int, dict], methods: list[str]) -> dict:
-    names = ["reference", *[m for m in methods]]
+    names = ["reference", *list(methods)]
     seeds = sorted(per_seed)
     out = {"seeds": seeds, "models": {}}
     for n in names:

@@ -39,7 +39,7 @@ def device_memory_limit(memory_gb: float = 0.0) -> tuple[int, str]:
         return int(memory_gb * GIB), "config aot.device_memory_gb"
     try:
         stats = jax.local_devices()[0].memory_stats()
-    except Exception:  # noqa: BLE001 - backends without memory stats raise or return None
+    except Exception:
         stats = None
     if stats and stats.get("bytes_limit"):
         return int(stats["bytes_limit"]), "device memory_stats()['bytes_limit']"

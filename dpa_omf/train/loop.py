@@ -61,10 +61,8 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from dpa_omf.train import checkpointing
+from dpa_omf.train import checkpointing, optim, sharding
 from dpa_omf.train import logging as stage_logging
-from dpa_omf.train import optim
-from dpa_omf.train import sharding
 
 PyTree = Any
 LossFn = Callable[[PyTree, PyTree, jax.Array, PyTree], tuple[jax.Array, Mapping[str, Any]]]

@@ -27,7 +27,8 @@ import numpy as np
 import optax
 from flax import linen as nn
 from flax.core import meta as flax_meta
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 PyTree = Any
 

@@ -65,7 +65,7 @@ def test_fixed_shapes_and_padding(shards):
 
 
 def test_epoch_covers_every_record_once_and_shards_are_disjoint(shards):
-    folder, scenes = shards
+    folder, _scenes = shards
     seen = []
     for pi in range(2):
         p = pipeline.ScenarioPipeline(config(folder, batch_size=1, num_epochs=1), pi, 2)
@@ -79,7 +79,7 @@ def test_epoch_covers_every_record_once_and_shards_are_disjoint(shards):
 
 def test_deterministic_order_and_new_order_per_epoch(shards):
     folder, _ = shards
-    order = lambda **kw: [ids(b) for b in take(pipeline.ScenarioPipeline(config(folder, **kw), 0, 1), 6)]  # noqa
+    order = lambda **kw: [ids(b) for b in take(pipeline.ScenarioPipeline(config(folder, **kw), 0, 1), 6)]
     first = order()
     assert first == order()
     assert first != order(seed=8)

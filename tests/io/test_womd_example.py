@@ -74,7 +74,7 @@ def test_real_example_fewer_agent_slots_keeps_required(shared_dir):
     assert info.num_dropped_agents == 128 - 80
     assert set(s.agents.id[s.agents.sim_mask]) == set(full.agents.id[full.agents.sim_mask])
     assert set(s.agents.id[s.agents.eval_mask]) == set(full.agents.id[full.agents.eval_mask])
-    with pytest.raises(DataError, match="73 agents must be kept.*max_agents"):
+    with pytest.raises(DataError, match=r"73 agents must be kept.*max_agents"):
         next(reader.read_scenes(shared_dir / EXAMPLE_FILE, reader.ReaderConfig(max_agents=50)))
 
 @pytest.mark.shared

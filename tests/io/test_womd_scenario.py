@@ -42,7 +42,7 @@ def test_facts_counts(scene_637, facts):
     assert np.flatnonzero(a.is_sdc).tolist() == [facts["sdc_track_index"]]
     assert int(a.id[facts["sdc_track_index"]]) == facts["sdc_id"]
     assert (a.id[n:] == -1).all() and not a.valid[n:].any()
-    ttp = [i for i in facts["tracks_to_predict_track_index"]]
+    ttp = list(facts["tracks_to_predict_track_index"])
     assert a.eval_mask[ttp].all()
     by_type = {TYPE_NAMES[t]: int((a.type[:n] == t).sum()) for t in TYPE_NAMES if (a.type[:n] == t).any()}
     assert by_type == facts["tracks_by_type"]

@@ -42,7 +42,7 @@ def test_variants():
 def test_sections_mirror_the_dataclasses_field_by_field():
     """A field added to a dataclass must get a config entry (and the reverse), or this fails."""
     c = pretrain_config.get_config()
-    names = lambda cls: {f.name for f in dataclasses.fields(cls)}  # noqa: E731
+    names = lambda cls: {f.name for f in dataclasses.fields(cls)}
     assert set(c.tokenizer.keys()) == names(tok.TokenizerConfig)
     assert set(c.model.keys()) == names(mlm.ModelConfig) - {"tokenizer"}
     assert set(c.model.encoder.keys()) == names(enc.EncoderConfig)
@@ -156,7 +156,7 @@ def test_impossible_combination_is_refused_by_the_launcher(tmp_path):
 
 def test_stage_fingerprint_follows_results_not_cosmetics(tmp_path):
     base = pretrain_config.get_config()
-    fp = lambda c: stages.fingerprint("pretrain", c, tmp_path)  # noqa: E731
+    fp = lambda c: stages.fingerprint("pretrain", c, tmp_path)
     cosmetic = pretrain_config.get_config()
     cosmetic.pretrain.progress_bar = False
     cosmetic.pretrain.log_every = 1
@@ -170,7 +170,7 @@ def test_stage_fingerprint_follows_results_not_cosmetics(tmp_path):
 
 
 def test_align_fingerprint_ignores_run_only_keys_but_not_seeds(tmp_path):
-    fp = lambda c: stages.fingerprint("align", c, tmp_path)  # noqa: E731
+    fp = lambda c: stages.fingerprint("align", c, tmp_path)
     base = align_config.get_config()
     cosmetic = align_config.get_config()
     cosmetic.job = "align"  # the study runs alignments without the final table

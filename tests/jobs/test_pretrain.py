@@ -88,7 +88,7 @@ def test_launcher_smoke_run_writes_the_stage(tmp_path):
     assert list((wd / "pretrain").glob("events.out.tfevents*"))
     assert (wd / "pretrain" / "checkpoints" / "6").is_dir()
     # The checkpoint holds the reference model a later stage loads.
-    model, params = pretrain.load_params(config, str(wd), mesh=_one_device_mesh())
+    _model, params = pretrain.load_params(config, str(wd), mesh=_one_device_mesh())
     assert mlm.param_count(params) == summary["param_count"]
 
 

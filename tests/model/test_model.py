@@ -29,14 +29,14 @@ def toy_scenario(seed: int, num_agents: int = 6, num_points: int = 64, num_sim: 
     s = dt.empty_scenario(a, num_points)
     h = rng.uniform(-np.pi, np.pi, a)
     v = rng.uniform(0.0, 12.0, a)
-    f = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    f = lambda x: jnp.asarray(x, jnp.float32)
     s0 = tk.KinematicState(f(rng.uniform(-30, 30, a)), f(rng.uniform(-30, 30, a)), f(h),
                            f(v * np.cos(h)), f(v * np.sin(h)))
     fut = tk.integrate(s0, jnp.asarray(rng.integers(0, 169, (a, 16))), tk.TokenizerConfig())
     t_hist = np.arange(-dt.NUM_PAST, 1) * dt.DT
-    hist = lambda p, vel: np.asarray(p)[:, None] + np.asarray(vel)[:, None] * t_hist  # noqa: E731
-    cat = lambda h_, fu: np.concatenate([h_, np.asarray(fu)], 1).astype(np.float32)  # noqa: E731
-    rep = lambda x: np.repeat(np.asarray(x)[:, None], dt.NUM_HISTORY, 1)  # noqa: E731
+    hist = lambda p, vel: np.asarray(p)[:, None] + np.asarray(vel)[:, None] * t_hist
+    cat = lambda h_, fu: np.concatenate([h_, np.asarray(fu)], 1).astype(np.float32)
+    rep = lambda x: np.repeat(np.asarray(x)[:, None], dt.NUM_HISTORY, 1)
     valid = np.ones((a, dt.NUM_STEPS), bool)
     valid[num_sim:, dt.CURRENT_INDEX:] = False  # context-only agents, seen in the past
     ones = np.ones((a, dt.NUM_STEPS), np.float32)

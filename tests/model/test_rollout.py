@@ -7,8 +7,8 @@ import pytest
 from test_model import TINY, perturbed_params, toy_scenario
 
 from dpa_omf import datatypes as dt
-from dpa_omf.model import sampling as ro
 from dpa_omf.model import motion_lm as ml
+from dpa_omf.model import sampling as ro
 from dpa_omf.model import tokenizer as tk
 
 CFG = ro.RolloutConfig(num_rollouts=4, rollout_chunk=2, temperature=0.8, top_p=0.95)

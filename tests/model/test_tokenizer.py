@@ -16,8 +16,8 @@ CFG = tk.TokenizerConfig()
 def _agents_from_states(states: tk.KinematicState, s0: tk.KinematicState) -> dt.Agents:
     """Agents ``[A, 91]`` whose future is ``states`` (``[A, 80]``) and whose history is s0 held."""
     a = s0.x.shape[0]
-    hist = lambda v: np.repeat(np.asarray(v)[:, None], dt.NUM_HISTORY, 1)  # noqa: E731
-    full = lambda f: np.concatenate([hist(getattr(s0, f)), np.asarray(getattr(states, f))], 1)  # noqa: E731
+    hist = lambda v: np.repeat(np.asarray(v)[:, None], dt.NUM_HISTORY, 1)
+    full = lambda f: np.concatenate([hist(getattr(s0, f)), np.asarray(getattr(states, f))], 1)
     ones = np.ones((a, dt.NUM_STEPS), np.float32)
     return dt.Agents(x=full("x"), y=full("y"), z=0 * ones, heading=full("heading"),
                      vel_x=full("vel_x"), vel_y=full("vel_y"), length=4.5 * ones, width=2 * ones,
@@ -29,7 +29,7 @@ def _agents_from_states(states: tk.KinematicState, s0: tk.KinematicState) -> dt.
 def _random_start(rng, a, speed=(8.0, 20.0)) -> tk.KinematicState:
     h = rng.uniform(-np.pi, np.pi, a)
     v = rng.uniform(*speed, a)
-    f = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    f = lambda x: jnp.asarray(x, jnp.float32)
     return tk.KinematicState(f(rng.uniform(-50, 50, a)), f(rng.uniform(-50, 50, a)), f(h),
                              f(v * np.cos(h)), f(v * np.sin(h)))
 
@@ -73,8 +73,8 @@ def test_zero_token_keeps_velocity_and_heading(rng):
 
 
 def test_heading_follows_velocity_above_threshold_and_is_held_below():
-    f = lambda v: jnp.asarray([v], jnp.float32)  # noqa: E731
-    lon, lat = tk.bin_centers(CFG)
+    f = lambda v: jnp.asarray([v], jnp.float32)
+    lon, _lat = tk.bin_centers(CFG)
     left = tk.token_from_bins(6, 12)  # pure lateral acceleration to the left
     fast = tk.KinematicState(f(0.0), f(0.0), f(0.0), f(10.0), f(0.0))
     end, _ = tk.step_token(fast, jnp.asarray([left]), CFG)
@@ -89,7 +89,7 @@ def test_heading_follows_velocity_above_threshold_and_is_held_below():
 
 
 def test_stop_clamp_brakes_to_rest_without_reversing():
-    f = lambda v: jnp.asarray([v], jnp.float32)  # noqa: E731
+    f = lambda v: jnp.asarray([v], jnp.float32)
     s = tk.KinematicState(f(0.0), f(0.0), f(0.0), f(1.0), f(0.0))
     hard_brake = tk.token_from_bins(0, 6)
     end, subs = tk.step_token(s, jnp.asarray([hard_brake]), CFG)
@@ -125,11 +125,11 @@ def test_round_trip_default_config_reproduces_trajectory(rng):
     tokens = jnp.asarray(rng.integers(0, 169, (32, 16)), jnp.int32)
     truth = tk.integrate(s0, tokens, CFG)
     agents = _agents_from_states(truth, s0)
-    got, _, recon = tk.tokenize(agents, CFG)
+    got, _, _recon = tk.tokenize(agents, CFG)
     again = tk.integrate(s0, got, CFG)
     np.testing.assert_allclose(again.x, truth.x, atol=2e-3)
     np.testing.assert_allclose(again.y, truth.y, atol=2e-3)
-    effort = lambda t: np.sum(tk.token_accelerations(CFG)[np.asarray(t)] ** 2)  # noqa: E731
+    effort = lambda t: np.sum(tk.token_accelerations(CFG)[np.asarray(t)] ** 2)
     assert effort(got) <= effort(tokens) + 1e-6
 
 
@@ -152,7 +152,7 @@ def test_greedy_does_not_accumulate_error(rng):
     v0 = np.asarray(s0.speed)[:, None]
     dist = v0 * t - 0.5 * 1.7 * t**2
     c, s = np.cos(np.asarray(s0.heading))[:, None], np.sin(np.asarray(s0.heading))[:, None]
-    f = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    f = lambda x: jnp.asarray(x, jnp.float32)
     speed = v0 - 1.7 * t
     fut = tk.KinematicState(f(s0.x[:, None] + c * dist), f(s0.y[:, None] + s * dist),
                             f(np.broadcast_to(np.asarray(s0.heading)[:, None], (a, 80))),

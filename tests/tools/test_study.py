@@ -4,12 +4,12 @@ import math
 
 import pytest
 
-from dpa_omf.tools import study
 from dpa_omf.jobs import report
+from dpa_omf.tools import study
 
 
 def _models(ref: float, ours: float) -> dict:
-    base = {c: 0.5 for c in report.COLUMNS}
+    base = dict.fromkeys(report.COLUMNS, 0.5)
     return {"reference": base | {"composite": ref}, "dpa_omf": base | {"composite": ours},
             "afd": base | {"composite": ref - 0.01}}
 

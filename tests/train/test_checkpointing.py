@@ -12,11 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_trainer import batch_factory, eval_batches, init_params, loss_curve, mse_loss, params_leaves, toy_config
 
 from dpa_omf.train import checkpointing, loop, sharding
 from dpa_omf.train import logging as stage_logging
-from test_trainer import (batch_factory, eval_batches, init_params, loss_curve, mse_loss,
-                          params_leaves, toy_config)
 
 NUM_STEPS = 12
 
@@ -65,14 +64,14 @@ def test_sigterm_saves_exits_and_resumes_to_identical_params(tmp_path, uninterru
 def test_crash_resumes_from_last_checkpoint_keep_n(tmp_path, uninterrupted):
     """A hard failure at step 8 (no save) resumes from step 6; metrics past 6 are dropped."""
 
-    class Crash(Exception):
+    class CrashError(Exception):
         pass
 
     def crash_at_8(step, state):
         if step == 8:
-            raise Crash
+            raise CrashError
 
-    with pytest.raises(Crash):
+    with pytest.raises(CrashError):
         loop.train(mse_loss, init_params, batch_factory(), _config(), tmp_path, "toy", hooks=[crash_at_8])
     ckpt_dir = tmp_path / "toy" / "checkpoints"
     assert checkpointing.Checkpointer(ckpt_dir).all_steps() == [3, 6]

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dpa_omf.train import loop, optim, sharding
 from dpa_omf.train import logging as stage_logging
+from dpa_omf.train import loop, optim, sharding
 
 NUM_EXAMPLES = 64
 BATCH = 16  # divisible by the 8 fake devices
