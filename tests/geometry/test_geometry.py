@@ -145,11 +145,3 @@ def test_grouped_pruned_search_matches_exhaustive(rng):
     rseg = geo.polyline_segments(jnp.asarray(ring), jnp.zeros(256, jnp.int32), jnp.ones(256, bool))
     _, ex_c = geo.nearest_segment_3d_grouped(jnp.zeros((1, 1, 3)), rseg, 3.0, 16, 4)
     assert not bool(ex_c.any())
-
-
-def test_project_onto_polyline_segments():
-    seg = geo.polyline_segments(*flat_polyline([[0, 0], [10, 0], [10, 10]]))
-    j, t, d = geo.project_onto_polyline_segments(jnp.asarray([[4.0, 1.0], [11.0, 7.0]]), seg)
-    np.testing.assert_array_equal(j, [0, 1])
-    np.testing.assert_allclose(t, [0.4, 0.7], atol=1e-6)
-    np.testing.assert_allclose(d, [1.0, 1.0], atol=1e-6)
