@@ -18,6 +18,7 @@ from absl import logging
 
 from dpa_omf.jobs import stages
 from dpa_omf.synthetic import dataset as synthetic
+from dpa_omf.synthetic import statistics as synthetic_statistics
 from dpa_omf.train import logging as stage_logging
 
 SPLITS = ("train", "valid")
@@ -100,7 +101,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "num_train": s.num_train,
         "num_valid": s.num_valid,
         "seconds": seconds,
-        "valid_statistics": synthetic.scene_statistics(sample),
+        "valid_statistics": synthetic_statistics.scene_statistics(sample),
         "config_fingerprint": fp,
     }
     stage_logging.atomic_write_json(out / stages.SUMMARY, summary)

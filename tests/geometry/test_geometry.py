@@ -30,7 +30,10 @@ def test_sharp_box_distance_known_gap_any_orientation(heading):
     # Two 4 x 2 boxes front to back with a 1.5 m gap, the pair rotated rigidly.
     d = geo.rounded_box_signed_distance(box(0, 0, 4, 2), box(5.5, 0, 4, 2), rounding=0.0)
     np.testing.assert_allclose(d, 1.5, atol=1e-6)
-    rot = lambda x, y: (x * math.cos(heading) - y * math.sin(heading), x * math.sin(heading) + y * math.cos(heading))  # noqa: E731
+
+    def rot(x, y):
+        return x * math.cos(heading) - y * math.sin(heading), x * math.sin(heading) + y * math.cos(heading)
+
     a, b = rot(10.0, -3.0), rot(15.5, -3.0)
     d = geo.rounded_box_signed_distance(box(*a, 4, 2, heading), box(*b, 4, 2, heading), rounding=0.0)
     np.testing.assert_allclose(d, 1.5, atol=1e-5)

@@ -139,8 +139,9 @@ def test_golden_features_match_where_valid(shared_dir, case):
                 # past it are clipped by the estimator, and far-out ones come
                 # from garbage positions (log replay) where float32 cancels.
                 fc = rc.get_metrics_config("2025").component(name)
-                clip = lambda v: np.clip(v, fc.min_val - 1, fc.max_val + 1)  # noqa: E731
-                np.testing.assert_allclose(clip(ours[m]), clip(theirs[m]), atol=tol, rtol=0, err_msg=f"{src} {name}")
+                lo, hi = fc.min_val - 1, fc.max_val + 1
+                np.testing.assert_allclose(np.clip(ours[m], lo, hi), np.clip(theirs[m], lo, hi), atol=tol, rtol=0,
+                                           err_msg=f"{src} {name}")
         ade = np.asarray(feat.average_displacement_error)[:, order]
         np.testing.assert_allclose(ade, ref[f"{src}_average_displacement_error"], atol=1e-4)
 

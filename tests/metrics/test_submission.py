@@ -1,6 +1,5 @@
 """WOSAC submission protos: official file round trip, sharded writer, checks."""
 
-import pathlib
 import tarfile
 
 import numpy as np
