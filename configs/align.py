@@ -14,9 +14,9 @@ a re-run, and prints the table. Variants (comma-separated):
   dpo           DPO with the frozen reference on the OT pairs
 """
 
-from configs import common
+from configs import common, post_training
 
-METHOD_VARIANTS = ("dpa_adef", "sft_best_oa", "sft_best_ade", "afd", "dpo")
+METHOD_VARIANTS = tuple(m for m in post_training.ALIGN_METHODS if m != "dpa_omf")
 
 
 def get_config(arg: str | None = None):
@@ -25,8 +25,7 @@ def get_config(arg: str | None = None):
     if len(methods) > 1:
         raise ValueError(f"choose at most one alignment method variant, got {sorted(methods)}")
     c = common.base_config(variants - set(METHOD_VARIANTS))
-    c.job = "align"
+    c.job = "main"  # the stage graph up to evaluate (align alone: --config.job=align)
     c.align.method = methods.pop() if methods else "dpa_omf"
     # Every method shares the optimizer settings (the comparison in BUILD_NOTES gives no method its own tuning).
-    c.align.then_evaluate = True
     return c

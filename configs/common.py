@@ -1,12 +1,12 @@
-"""Shared defaults of every dpa_omf job, and the config checks run at start.
+"""Shared defaults of every dpa_omf job (every default lives here and in post_training.py and optim.py).
 
 Every job file (`configs/<job>.py`) builds on `base_config()`, so the main job
 (`configs/align.py`) and the stages it runs share one config: a stage reads
 only its own sections. Variants are comma-separated names after the colon:
 `--config=configs/align.py:smoke` or `:womd`. Every default lives here.
 
-Sections and the frozen dataclasses they become at the job boundary
-(`dpa_omf.train.pretrain.{tokenizer,model,optim,mesh,train}_config`):
+Sections (each becomes frozen dataclasses at the one config boundary, `dpa_omf/jobs/config.py`, which
+also checks every rule before any compute):
 
   data       the input (synthetic world or WOMD patterns), read by the data job and the pipeline
   tokenizer  dpa_omf.model.tokenizer.TokenizerConfig, field by field
@@ -25,7 +25,7 @@ from configs import optim as optim_config
 from configs import post_training
 
 VARIANTS = ("smoke", "womd", "long")
-NUM_FUTURE_STEPS = 80  # 10 Hz steps of the 8 s future (datatypes.NUM_FUTURE; no JAX import here)
+
 
 
 def parse_variants(arg: str | None, allowed: tuple[str, ...]) -> set[str]:
@@ -45,8 +45,7 @@ def base_config(variants: set[str]) -> ml_collections.ConfigDict:
     c.model = _model(variants)
     c.pretrain = _pretrain(variants)
     c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1  # data-parallel axis; -1 = every device left after `model`
-    c.mesh.model = 1  # model-parallel (tensor) axis
+    c.mesh.data = -1  # the data-parallel mesh axis; -1 = every device (the ~1M-parameter model is replicated)
     c.aot = ml_collections.ConfigDict()
     # Memory per device for the --dry_run check, GiB. 0 = ask the device (memory_stats), or on CPU
     # (no stats) the physical RAM divided among this process's devices.
@@ -140,6 +139,9 @@ def _pretrain(variants: set[str]) -> ml_collections.ConfigDict:
     # other jobs at load ~8-12): 2.9-3.5 s of CPU time per train step (9-15 s wall under that load),
     # i.e. ~2-2.5 s wall on the idle 2 cores; 120 steps ~5 min + ~1 min compile and evaluation.
     # 960 scenes: about one pass over the 1,000 synthetic training scenes.
+    # Install the reference shipped with the package (dpa_omf/assets/reference) when its manifest matches the
+    # data slots, tokenizer and model of this config; False (or a mismatch) trains from scratch.
+    p.packaged = True
     p.batch_size = 8  # global scenes per step (split over processes, then over the data axis)
     p.num_steps = 120
     p.eval_batches = 4  # held-out batches of batch_size from WORKDIR/data/valid, the same each time
@@ -162,9 +164,10 @@ def _pretrain(variants: set[str]) -> ml_collections.ConfigDict:
         p.progress_bar = False
         p.optim.warmup_steps = 2
     if "long" in variants:
+        p.packaged = False  # this run makes the packaged reference
         # Learning curve (BUILD_NOTES: "Reference learning curve"): every 125-step checkpoint is kept so
         # each point of the curve can be evaluated afterwards; cosine decay over the whole run.
-        p.num_steps = 3000
+        p.num_steps = 1200
         p.eval_every = 125
         p.eval_batches = 8
         p.checkpoint_every = 125
@@ -181,99 +184,3 @@ def _pretrain(variants: set[str]) -> ml_collections.ConfigDict:
         p.optim.learning_rate = 5e-4
         p.optim.warmup_steps = 2_000
     return p
-
-
-def check_config(c: ml_collections.ConfigDict, num_devices: int | None = None,
-                 process_count: int = 1) -> None:
-    """Refuses impossible combinations before any compute (unknown keys are
-    already refused by the locked config).
-
-    Args:
-      c: the whole config.
-      num_devices, process_count: when given (inside a job, once JAX knows its
-        devices), also checks the mesh against the devices and the batch
-        against the processes.
-    Raises:
-      ValueError listing every problem found.
-    """
-    errors = _check_data(c) + _check_tokenizer_model(c) + _check_pretrain_mesh(c) + post_training.check(c)
-    if num_devices is not None:
-        errors += _check_devices(c, num_devices, process_count)
-    if errors:
-        raise ValueError("invalid config:\n  " + "\n  ".join(errors))
-
-
-def _check_data(c) -> list[str]:
-    errors = []
-    if c.data.source not in ("synthetic", "womd"):
-        errors.append(f"data.source={c.data.source!r} must be 'synthetic' or 'womd'")
-    if c.data.source == "womd" and not c.data.womd.train_pattern:
-        errors.append("data.source='womd' needs data.womd.train_pattern")
-    if c.data.num_agents < 1 or c.data.num_agents > 128:
-        errors.append(f"data.num_agents={c.data.num_agents} must be in [1, 128]")
-    if c.data.num_roadgraph_points < 1:
-        errors.append("data.num_roadgraph_points must be positive")
-    s = c.data.synthetic
-    if s.num_train < 1 or s.num_valid < 1 or s.num_shards < 1 or s.num_workers < 1:
-        errors.append("data.synthetic.{num_train,num_valid,num_shards,num_workers} must be positive")
-    if not 0 <= c.seed < 500_000:
-        errors.append(f"seed={c.seed} must be in [0, 500000) (synthetic dataset seeds are 2 * seed + split)")
-    return errors
-
-
-def _check_tokenizer_model(c) -> list[str]:
-    errors = []
-    t, m = c.tokenizer, c.model
-    if t.token_hz < 1 or 10 % t.token_hz:
-        errors.append(f"tokenizer.token_hz={t.token_hz} must divide 10 (each token holds 10/token_hz "
-                      f"of the {NUM_FUTURE_STEPS} future 0.1 s steps)")
-    if not (t.lon_min < 0 < t.lon_max and t.lat_max > 0):
-        errors.append("tokenizer needs lon_min < 0 < lon_max and lat_max > 0")
-    if m.d_model < 1 or m.num_heads < 1 or m.d_model % m.num_heads:
-        errors.append(f"model.d_model={m.d_model} must be a positive multiple of model.num_heads={m.num_heads}")
-    if m.compute_dtype not in ("float32", "bfloat16"):
-        errors.append(f"model.compute_dtype={m.compute_dtype!r} must be 'float32' or 'bfloat16'")
-    if min(m.mlp_ratio, m.enc_layers, m.dec_layers, m.encoder.k_agents, m.encoder.k_roadgraph,
-           m.encoder.roadgraph_stride) < 1:
-        errors.append("model.{mlp_ratio,enc_layers,dec_layers} and model.encoder.{k_agents,k_roadgraph,"
-                      "roadgraph_stride} must be >= 1")
-    return errors
-
-
-def _check_pretrain_mesh(c) -> list[str]:
-    errors = []
-    p, mesh = c.pretrain, c.mesh
-    for name in ("batch_size", "num_steps", "eval_batches", "checkpoint_every", "keep_checkpoints",
-                 "log_every"):
-        if p[name] < 1:
-            errors.append(f"pretrain.{name}={p[name]} must be >= 1")
-    if p.eval_every < 0:
-        errors.append(f"pretrain.eval_every={p.eval_every} must be >= 0")
-    if mesh.model < 1 or (mesh.data < 1 and mesh.data != -1):
-        errors.append(f"mesh.data={mesh.data} must be >= 1 or -1 (all devices), mesh.model={mesh.model} >= 1")
-    elif mesh.data > 0 and p.batch_size % mesh.data:
-        errors.append(f"pretrain.batch_size={p.batch_size} is not divisible by mesh.data={mesh.data}")
-    if not 0 < c.aot.headroom <= 1 or c.aot.device_memory_gb < 0:
-        errors.append("aot.headroom must be in (0, 1] and aot.device_memory_gb >= 0")
-    return errors
-
-
-def _check_devices(c, num_devices: int, process_count: int) -> list[str]:
-    errors = []
-    data, model = c.mesh.data, c.mesh.model
-    if model > num_devices or num_devices % max(model, 1):
-        errors.append(f"mesh.model={model} does not divide the {num_devices} devices")
-        return errors
-    data = num_devices // model if data == -1 else data
-    if data * model > num_devices:
-        errors.append(f"mesh {data} x {model} needs {data * model} devices, only {num_devices} exist")
-    elif data * model != num_devices:
-        errors.append(f"mesh {data} x {model} does not use all {num_devices} devices "
-                      "(set mesh.data=-1 or a size that multiplies to the device count)")
-    if c.pretrain.batch_size % data:
-        errors.append(f"pretrain.batch_size={c.pretrain.batch_size} is not divisible by the mesh data "
-                      f"axis ({data})")
-    if c.pretrain.batch_size % process_count:
-        errors.append(f"pretrain.batch_size={c.pretrain.batch_size} is not divisible by the "
-                      f"{process_count} processes")
-    return errors

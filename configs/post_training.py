@@ -6,6 +6,7 @@ import ml_collections
 
 from configs import optim as optim_config
 
+# The alignment methods (align.method; variants of configs/align.py); each maps to its loss in dpa_omf/jobs/align.py.
 ALIGN_METHODS = ("dpa_omf", "dpa_adef", "sft_best_oa", "sft_best_ade", "afd", "dpo")
 
 
@@ -58,7 +59,6 @@ def align(variants: set[str]) -> ml_collections.ConfigDict:
     c.checkpoint_every = 100
     c.keep_checkpoints = 2
     c.progress_bar = True
-    c.then_evaluate = False  # configs/align.py sets it: the main job ends with the realism table
     # lr tuned on the main job: 1e-5 / 1e-4 barely move the policy (BUILD_NOTES: alignment tuning)
     c.optim = optim_config.optim(learning_rate=1e-3, end_lr_ratio=0.1, weight_decay=0.0)
     if "smoke" in variants:
@@ -88,33 +88,3 @@ def evaluate(variants: set[str]) -> ml_collections.ConfigDict:
         c.rollout_chunk = 4
         c.num_scenes = 2
     return c
-
-
-def check(c: ml_collections.ConfigDict) -> list[str]:
-    errors = []
-    cu, al, ev = c.curate, c.align, c.evaluate
-    if cu.num_rollouts < 2 * cu.num_pairs:
-        errors.append(f"curate.num_rollouts={cu.num_rollouts} must be >= 2 * curate.num_pairs={cu.num_pairs}")
-    if cu.num_rollouts % min(cu.rollout_chunk, cu.num_rollouts):
-        errors.append("curate.num_rollouts must be a multiple of curate.rollout_chunk")
-    if cu.solver not in ("exact_host", "exact", "sinkhorn", "ott", "ott_default"):
-        errors.append(f"curate.solver={cu.solver!r} is not 'exact_host', 'exact', 'sinkhorn', 'ott' or 'ott_default'")
-    if len(cu.feature_weights) != 5:
-        errors.append("curate.feature_weights needs 5 weights")
-    if not 0 < cu.rankings_per_example <= 16:
-        errors.append("curate.rankings_per_example must be in (0, 16]")
-    if al.method not in ALIGN_METHODS:
-        errors.append(f"align.method={al.method!r} is not one of {ALIGN_METHODS}")
-    if not 0 < al.conservative_lambda <= 1:
-        errors.append("align.conservative_lambda must be in (0, 1]")
-    if al.normalize not in ("agents", "tokens", "sum"):
-        errors.append("align.normalize must be 'agents', 'tokens' or 'sum'")
-    if al.method in ("sft_best_oa", "sft_best_ade") and al.sft_top_k > cu.num_rollouts:
-        errors.append(f"align.sft_top_k={al.sft_top_k} exceeds curate.num_rollouts={cu.num_rollouts}")
-    if not 0 <= al.heldout_fraction < 1:
-        errors.append("align.heldout_fraction must be in [0, 1)")
-    if ev.challenge not in ("2024", "2025"):
-        errors.append(f"evaluate.challenge={ev.challenge!r} must be '2024' or '2025'")
-    if ev.num_rollouts % min(ev.rollout_chunk, ev.num_rollouts):
-        errors.append("evaluate.num_rollouts must be a multiple of evaluate.rollout_chunk")
-    return errors

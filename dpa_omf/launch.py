@@ -3,16 +3,20 @@ r"""The one entry point of every dpa_omf job.
   python -m dpa_omf.launch --config=configs/align.py[:variant] [--workdir=DIR] \
       [--config.train.num_steps=100 ...] [--multihost=auto|yes|no] [--dry_run]
 
-It parses flags, applies process-wide JAX settings, starts JAX's distributed
-runtime when (and only when) the process is part of a multi-host job, checks
-the config before any compute, and dispatches on ``config.job`` to a
-``run(config, workdir)`` function. All logic lives in those functions; this
-file stays thin.
+It parses flags, routes library logs to a file, applies process-wide JAX
+settings, starts JAX's distributed runtime when (and only when) the process is
+part of a multi-host job, checks the config before any compute, and runs the
+stage graph up to ``config.job`` (``dpa_omf/jobs/stages.py``; the main job,
+``configs/align.py``, runs it up to evaluate and prints the realism table).
+
+The terminal shows one line per stage (running or reused, and why), progress
+bars, warnings and the final table; everything else (orbax, absl, JAX INFO
+lines) goes to the log file in ``WORKDIR/logs/`` (or ``--log_dir``). See it
+all on the terminal with ``--alsologtostderr`` or ``--verbosity=1``.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 
@@ -31,16 +35,6 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
 _DRY_RUN = flags.DEFINE_bool(
     "dry_run", False, "Compile the sharded train step ahead of time, report memory per device, run nothing.")
-
-# job name -> "module:function"; imported lazily so that the data job never imports the model.
-JOBS = {
-    "data": "dpa_omf.jobs.data:run",
-    "pretrain": "dpa_omf.jobs.pretrain:run",
-    "curate": "dpa_omf.jobs.curate:run",
-    "align": "dpa_omf.jobs.align:run",
-    "evaluate": "dpa_omf.jobs.evaluate:run",
-}
-
 
 def multihost_from_env(env: dict[str, str] | None = None) -> bool:
     """Whether the environment says this process is one of several of a job."""
@@ -77,11 +71,15 @@ def init_distributed(mode: str, coordinator: str | None, num_processes: int | No
     return True
 
 
-def resolve_job(job: str):
-    if job not in JOBS:
-        raise ValueError(f"config.job={job!r} is not one of {sorted(JOBS)}")
-    module, fn = JOBS[job].split(":")
-    return getattr(importlib.import_module(module), fn)
+def route_logs(workdir: str) -> None:
+    """Library chatter to the log file; the terminal keeps warnings and errors (unless asked for more)."""
+    f = flags.FLAGS
+    if f.logtostderr or f.alsologtostderr or f.verbosity >= 1:
+        return
+    log_dir = f.log_dir or os.path.join(workdir, "logs")
+    os.makedirs(log_dir, exist_ok=True)
+    logging.get_absl_handler().use_absl_log_file("dpa_omf", log_dir)
+    f.stderrthreshold = "warning"
 
 
 def main(argv):
@@ -90,24 +88,25 @@ def main(argv):
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config is required, e.g. --config=configs/align.py")
-    from configs import common
-
-    common.check_config(config)  # unknown keys are refused by the locked config; combinations here.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    route_logs(_WORKDIR.value)
     import jax
 
     jax.config.update("jax_threefry_partitionable", True)  # rng values independent of sharding
     init_distributed(_MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    if _DRY_RUN.value:
-        from dpa_omf.train import aot
+    # Imported after jax.distributed.initialize, which must come before any JAX computation.
+    from dpa_omf.jobs import config as cfg_lib
+    from dpa_omf.jobs import stages
 
-        aot.run(config, _WORKDIR.value)
+    cfg_lib.check(config)  # unknown keys are refused by the locked config; combinations here.
+    if _DRY_RUN.value:
+        from dpa_omf.jobs import dry_run
+
+        dry_run.run(config, _WORKDIR.value)
         return
-    run = resolve_job(config.job)
     logging.info("job %s -> %s", config.job, _WORKDIR.value)
-    result = run(config, _WORKDIR.value)
-    if isinstance(result, int) and result != 0:
-        sys.exit(result)
+    code = stages.run_job(config, _WORKDIR.value)
+    if code:
+        sys.exit(code)
 
 
 def _parse_flags(argv):
@@ -123,6 +122,9 @@ def _parse_flags(argv):
 
 
 def entry_point():
+    # TensorFlow only reads records here: keep its C++ start-up lines (oneDNN notice, INFO) off the terminal.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     # Make `configs` importable when the package is run from the repository root or installed.
     repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if repo_root not in sys.path:

@@ -13,9 +13,9 @@ just k, which ``get_state`` / ``set_state`` save and restore, and a resumed run
 sees exactly the batches it would have seen.
 
 Records of both formats (WOMD tf.Example and Scenario protos, detected per
-file) are read with CRC checks and fitted to ``max_agents`` x
-``max_roadgraph_points`` (see ``womd.fit_scenario``). A background thread
-prefetches a few batches so that parsing overlaps the training step.
+file) are read by ``reader.SceneReader`` (the one reader every stage uses: CRC
+checked, fitted to ``max_agents`` x ``max_roadgraph_points``). A background
+thread prefetches a few batches so that parsing overlaps the training step.
 """
 
 from __future__ import annotations
@@ -27,10 +27,12 @@ import queue
 import threading
 from collections.abc import Iterator, Sequence
 
+import jax
 import numpy as np
 
 from dpa_omf import datatypes as dt
-from dpa_omf.io import tfrecord, womd_example as womd
+from dpa_omf.io import reader as scene_reader
+from dpa_omf.io.reader import ReaderConfig, Source
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +82,7 @@ def expand_patterns(patterns: Sequence[str]) -> list[str]:
     files = []
     for pattern in patterns:
         if "://" in pattern:
-            import tensorflow as tf
+            import tensorflow as tf  # lazy: only remote patterns need TensorFlow
 
             matched = tf.io.gfile.glob(pattern)
         else:
@@ -107,18 +109,19 @@ class ScenarioPipeline:
     def __init__(self, config: PipelineConfig, process_index: int | None = None,
                  process_count: int | None = None):
         if process_index is None or process_count is None:
-            import jax
-
             process_index = jax.process_index() if process_index is None else process_index
             process_count = jax.process_count() if process_count is None else process_count
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index {process_index} not in [0, {process_count})")
         self.config, self.process_index, self.process_count = config, process_index, process_count
         self.files = expand_patterns(config.file_patterns)
-        offsets = [tfrecord.index_records(f) for f in self.files]
-        self._file_of = np.concatenate([np.full(len(o), i, np.int32) for i, o in enumerate(offsets)])
-        self._offset_of = np.concatenate(offsets)
-        self.num_records = len(self._offset_of)
+        self._scenes = scene_reader.SceneReader(
+            self.files, ReaderConfig(max_agents=config.max_agents, max_roadgraph_points=config.max_roadgraph_points),
+            config.fmt)
+        counts = self._scenes.num_records
+        self._file_of = np.repeat(np.arange(len(self.files), dtype=np.int32), counts)
+        self._first_of_file = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        self.num_records = int(counts.sum())
         self.records_per_process = self.num_records // process_count
         if self.records_per_process == 0:
             raise ValueError(f"{self.num_records} records in {len(self.files)} files cannot feed "
@@ -126,10 +129,6 @@ class ScenarioPipeline:
         if self.records_per_process < config.batch_size and config.drop_remainder and config.num_epochs:
             raise ValueError(f"{self.records_per_process} records per process, fewer than batch_size "
                              f"{config.batch_size}: no complete batch")
-        self._reader_config = womd.ReaderConfig(max_agents=config.max_agents,
-                                                max_roadgraph_points=config.max_roadgraph_points)
-        self._readers: dict[int, tfrecord.RecordReader] = {}
-        self._formats: dict[int, str] = {}
         self._epoch_cache: tuple[int, np.ndarray] | None = None
         self._next_batch = 0  # batches consumed by the caller
         self._worker: _Prefetcher | None = None
@@ -164,17 +163,14 @@ class ScenarioPipeline:
         return np.array([self.epoch_order(int(p // per))[p % per] for p in positions], np.int64)
 
     # ------------------------------------------------------------ reading
+    def source(self, r: int) -> Source:
+        """The file and record index of global record ``r``."""
+        f = int(self._file_of[r])
+        return Source(self.files[f], int(r - self._first_of_file[f]))
+
     def read_record(self, r: int) -> dt.Scenario:
         """Reads and fits global record ``r``."""
-        f = int(self._file_of[r])
-        if f not in self._readers:
-            self._readers[f] = tfrecord.RecordReader(self.files[f])
-            self._formats[f] = womd.file_format(self.files[f], self.config.fmt)
-        record_in_file = int(r - np.searchsorted(self._file_of, f))
-        data, _ = self._readers[f].read(int(self._offset_of[r]), record_in_file)
-        scenario, _ = womd.parse_record(data, f"{self.files[f]}: record {record_in_file}", self._formats[f],
-                                        self._reader_config)
-        return scenario
+        return self._scenes.read(self.source(r))
 
     def make_batch(self, k: int) -> dt.Scenario | None:
         """Batch ``k`` of this process, or None past the end."""
@@ -225,9 +221,7 @@ class ScenarioPipeline:
 
     def close(self) -> None:
         self._stop_worker()
-        for r in self._readers.values():
-            r.close()
-        self._readers.clear()
+        self._scenes.close()
 
     def _stop_worker(self) -> None:
         if self._worker is not None:
@@ -237,7 +231,7 @@ class ScenarioPipeline:
     def __del__(self):
         try:
             self._stop_worker()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
+        except Exception:  # interpreter shutdown: nothing left to stop
             pass
 
 
@@ -257,7 +251,7 @@ class _Prefetcher:
         while not self._stop.is_set():
             try:
                 item = pipeline.make_batch(k)
-            except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            except BaseException as e:  # re-raised in the consumer
                 item = e
             if not self._put(item) or item is None or isinstance(item, BaseException):
                 return

@@ -1,4 +1,4 @@
-"""The WOMD ``Scenario`` protobuf messages, defined here without protoc or the waymo package.
+"""The WOMD ``Scenario`` and TensorFlow ``Example`` protobuf messages, defined without protoc, waymo or TF.
 
 The schema is the public one of the Waymo Open Dataset
 (``waymo_open_dataset/protos/scenario.proto`` and ``map.proto``, package
@@ -8,11 +8,16 @@ into message classes with ``message_factory``. Fields this project never reads
 (lidar, camera tokens) are left out: protobuf keeps them as unknown fields, so
 parsing real files is unaffected.
 
+``Example`` (``tensorflow/core/example/{example,feature}.proto``, package
+``tensorflow``) is transcribed the same way, so that tf.Example records are
+parsed by the protobuf library without importing TensorFlow.
+
 Usage::
 
     from dpa_omf.io import protos
     msg = protos.Scenario.FromString(data)
     msg.tracks[0].states[10].center_x
+    protos.Example.FromString(record).features.feature["state/id"].float_list.value
 """
 
 from __future__ import annotations
@@ -166,3 +171,47 @@ Crosswalk = message_class("Crosswalk")
 SpeedBump = message_class("SpeedBump")
 Driveway = message_class("Driveway")
 Map = message_class("Map")
+
+
+# ---- tensorflow/core/example/{example,feature}.proto
+def example_file_descriptor() -> descriptor_pb2.FileDescriptorProto:
+    """``Example``, ``Features`` (a ``map<string, Feature>``), ``Feature`` and the three value lists."""
+    fd = descriptor_pb2.FileDescriptorProto(name="dpa_omf/tf_example.proto", package="tensorflow",
+                                            syntax="proto3")
+
+    def add(msg, name, number, ftype, label=_F.LABEL_OPTIONAL, type_name=None, oneof=None):
+        f = msg.field.add(name=name, number=number, type=ftype, label=label)
+        if type_name:
+            f.type_name = f".tensorflow.{type_name}"
+        if oneof is not None:
+            f.oneof_index = oneof
+        return f
+
+    for name, ftype in (("BytesList", _F.TYPE_BYTES), ("FloatList", _F.TYPE_FLOAT), ("Int64List", _F.TYPE_INT64)):
+        f = add(fd.message_type.add(name=name), "value", 1, ftype, _F.LABEL_REPEATED)
+        if ftype != _F.TYPE_BYTES:
+            f.options.packed = True
+    feature = fd.message_type.add(name="Feature")
+    feature.oneof_decl.add(name="kind")
+    for number, name in enumerate(("bytes_list", "float_list", "int64_list"), start=1):
+        add(feature, name, number, _F.TYPE_MESSAGE, type_name=name.title().replace("_", ""), oneof=0)
+    features = fd.message_type.add(name="Features")
+    entry = features.nested_type.add(name="FeatureEntry")
+    entry.options.map_entry = True
+    add(entry, "key", 1, _F.TYPE_STRING)
+    add(entry, "value", 2, _F.TYPE_MESSAGE, type_name="Feature")
+    add(features, "feature", 1, _F.TYPE_MESSAGE, _F.LABEL_REPEATED, type_name="Features.FeatureEntry")
+    add(fd.message_type.add(name="Example"), "features", 1, _F.TYPE_MESSAGE, type_name="Features")
+    return fd
+
+
+def _example_classes():
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(example_file_descriptor())
+    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"tensorflow.{name}"))
+            for name in ("Example", "Features", "Feature", "BytesList", "FloatList", "Int64List")}
+
+
+_EXAMPLE_CLASSES = _example_classes()
+Example = _EXAMPLE_CLASSES["Example"]
+Feature = _EXAMPLE_CLASSES["Feature"]

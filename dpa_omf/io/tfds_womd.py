@@ -4,8 +4,8 @@ Put the WOMD files (tf.Example or Scenario-proto TFRecords, any mix) in the
 manual dir; files whose name contains ``training`` / ``validation`` /
 ``testing`` go to the ``train`` / ``validation`` / ``test`` splits (the WOMD
 shard naming), and when no name matches every ``*tfrecord*`` file goes to
-``train``. Records are read with the project's readers
-(``womd.read_tfrecord_with_info``: CRC-checked, validated) and fitted to the
+``train``. Records are read with the project's reader
+(``reader.read_scenes``: CRC-checked, validated) and fitted to the
 config's ``max_agents`` x ``max_roadgraph_points``, so the features are exactly
 the fields of ``datatypes.Scenario``, named by their path (``agents/x``,
 ``roadgraph/xyz``, ``traffic_lights/state``, ``scenario_id``...).
@@ -27,7 +27,7 @@ from etils import epath
 from tensorflow_datasets.core import utils as tfds_utils
 
 from dpa_omf import datatypes as dt
-from dpa_omf.io import womd_example as womd
+from dpa_omf.io import reader
 
 _SPLIT_KEYWORDS = {"train": ("training",), "validation": ("validation",), "test": ("testing",)}
 
@@ -59,7 +59,7 @@ def features_to_scenario(d: dict) -> dt.Scenario:
 
 @dataclasses.dataclass
 class WomdConfig(tfds.core.BuilderConfig):
-    """Sizes of the stored scenes (see ``womd.ReaderConfig``)."""
+    """Sizes of the stored scenes (see ``reader.ReaderConfig``)."""
 
     max_agents: int = 128
     max_roadgraph_points: int = 30_000
@@ -108,8 +108,8 @@ class Womd(tfds.core.GeneratorBasedBuilder):
         return {name: self._generate_examples(fs) for name, fs in splits.items()}
 
     def _generate_examples(self, files):
-        config = womd.ReaderConfig(max_agents=self.builder_config.max_agents,
-                                   max_roadgraph_points=self.builder_config.max_roadgraph_points)
+        config = reader.ReaderConfig(max_agents=self.builder_config.max_agents,
+                                     max_roadgraph_points=self.builder_config.max_roadgraph_points)
         for path in files:
-            for k, (s, _) in enumerate(womd.read_tfrecord_with_info(path, config=config)):
+            for k, s in enumerate(reader.read_scenes(path, config)):
                 yield f"{os.path.basename(path)}:{k}", scenario_to_features(s)

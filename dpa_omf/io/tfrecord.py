@@ -12,20 +12,46 @@ file, the record index and what is wrong. ``index_records`` scans only the
 input pipeline can shuffle and shard individual records and resume at any
 position without reading the payloads.
 
-TensorFlow is imported lazily: only this input edge needs it.
+A record is addressed by a ``Source`` ``(file, record index)``; errors carry
+both. TensorFlow is imported lazily, inside the few functions that need it
+(remote files, the fallback reader without a native CRC, writing): reading
+local files never does, and importing it costs seconds in every worker.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-import tempfile
 from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 import numpy as np
 
+from dpa_omf import atomic
+
+try:
+    import google_crc32c
+except ImportError:  # optional at import time: records are then read by TensorFlow (see native_crc32c)
+    google_crc32c = None
+
 _HEADER = 12  # uint64 length + uint32 length crc
 _FOOTER = 4  # uint32 data crc
+
+
+class Source(NamedTuple):
+    """Where a record comes from: a file and the record's index in it.
+
+    Attributes:
+      file: the TFRecord file (a path or URL).
+      record: the record's index in the file (0-based), or None for bytes that
+        do not come from a file record.
+    """
+
+    file: str
+    record: int | None = None
+
+    def __str__(self) -> str:
+        return self.file if self.record is None else f"{self.file}: record {self.record}"
 
 
 class DataError(ValueError):
@@ -45,6 +71,15 @@ class DataError(ValueError):
         if field is not None:
             where += f": field '{field}'"
         super().__init__(f"{where}: {msg}")
+
+    @classmethod
+    def at(cls, source: Source, field: str | None, msg: str) -> "DataError":
+        """The error for ``field`` of the record at ``source``."""
+        return cls(source.file, source.record, field, msg)
+
+    @property
+    def source(self) -> Source:
+        return Source(self.path, self.record)
 
 
 # ---------------------------------------------------------------- crc32c
@@ -128,20 +163,15 @@ def native_crc32c():
         return _native_crc
     _native_crc_resolved = True
     candidates = []
-    try:
-        import google_crc32c  # type: ignore
-
-        if google_crc32c.implementation == "c":
-            candidates.append(lambda b: google_crc32c.value(bytes(b)))
-    except ImportError:
-        pass
+    if google_crc32c is not None and google_crc32c.implementation == "c":
+        candidates.append(lambda b: google_crc32c.value(bytes(b)))
     probe = bytes(range(256)) * 5 + b"123456789"
     for fn in candidates:
         try:
             if fn(b"123456789") == 0xE3069283 and fn(probe) == crc32c(probe) and fn(b"") == 0:
                 _native_crc = fn
                 break
-        except Exception:  # noqa: BLE001 - any failure means: do not use it
+        except Exception:  # any failure means: do not use it
             continue
     return _native_crc
 
@@ -167,14 +197,15 @@ class RecordReader:
         self._crc = native_crc32c()
         if self._crc is not None:
             if remote:
-                import tensorflow as tf
+                import tensorflow as tf  # lazy: only remote files need TensorFlow here
 
                 self._file = tf.io.gfile.GFile(self.path, "rb")
             else:
-                self._file = open(self.path, "rb")  # noqa: SIM115 - closed by close()
+                self._file = open(self.path, "rb")  # closed by close()
             self._tf_reader = None
         else:
-            from tensorflow.python.lib.io import _pywrap_record_io  # C++ reader, checks CRCs
+            # Lazy: TensorFlow's C++ reader (checks CRCs) is only the fallback without a native CRC.
+            from tensorflow.python.lib.io import _pywrap_record_io
 
             self._file = None
             self._tf_reader = _pywrap_record_io.RandomRecordReader(self.path)
@@ -192,7 +223,7 @@ class RecordReader:
         """
         if self._file is not None:
             return self._read_python(int(offset), record)
-        from tensorflow.python.framework import errors_impl
+        from tensorflow.python.framework import errors_impl  # lazy: the fallback reader's errors
 
         try:
             return self._tf_reader.read(int(offset))
@@ -259,29 +290,19 @@ def read_first_record(path: str) -> bytes | None:
 
 # ---------------------------------------------------------------- writing
 def write_records(path: str, records: Iterable[bytes]) -> int:
-    """Writes records to a TFRecord file atomically (temp file + rename).
+    """Writes records to a TFRecord file atomically (``atomic.writing``).
 
     Nothing is left at ``path`` if writing fails half way.
 
     Returns:
       the number of records written.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: see the module docstring
 
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=folder)
-    os.close(fd)
     n = 0
-    try:
+    with atomic.writing(os.fspath(path)) as tmp:
         with tf.io.TFRecordWriter(tmp) as writer:
             for data in records:
                 writer.write(data)
                 n += 1
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return n

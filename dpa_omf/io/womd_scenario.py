@@ -5,7 +5,7 @@ What becomes what:
 * ``tracks`` -> agents, in proto order (so track index i is slot i when the
   scene fits in ``max_agents``); ``agents.id`` = ``Track.id``. A scene with more
   tracks than slots keeps every track valid at the current step and every
-  track to evaluate, then the tracks nearest the SDC (``womd.select_agents``);
+  track to evaluate, then the tracks nearest the SDC (``fit.select_agents``);
   the number dropped is logged and returned in ``RecordInfo``.
 * ``sdc_track_index`` -> ``is_sdc``; ``tracks_to_predict`` -> ``eval_mask``
   (together with the SDC, as WOSAC evaluates them).
@@ -28,14 +28,15 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from dpa_omf import datatypes as dt
-from dpa_omf.io import protos, womd_example as womd
-from dpa_omf.io.tfrecord import DataError
-from dpa_omf.io.womd_example import RecordInfo, ReaderConfig
+from dpa_omf.io import fit, protos
+from dpa_omf.io.fit import DEFAULT_CONFIG, ReaderConfig, RecordInfo
+from dpa_omf.io.tfrecord import DataError, Source
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_AGENTS = 128
 DEFAULT_MAX_ROADGRAPH_POINTS = 30_000
+_NO_SOURCE = Source("<scenario>")  # for bytes that do not come from a file
 
 # ObjectState field -> Agents field.
 _STATE_FIELDS = {
@@ -46,12 +47,13 @@ _LANE_OFFSET, _ROAD_LINE_OFFSET, _ROAD_EDGE_OFFSET = 0, 5, 14
 _POLYGON_TYPES = {"crosswalk": dt.RG_CROSSWALK, "speed_bump": dt.RG_SPEED_BUMP, "driveway": dt.RG_DRIVEWAY}
 
 
-def parse_scenario(data: bytes, source: str = "<scenario>", config: ReaderConfig = ReaderConfig()) -> dt.Scenario:
+def parse_scenario(data: bytes, source: Source = _NO_SOURCE,
+                   config: ReaderConfig = DEFAULT_CONFIG) -> dt.Scenario:
     """Parses one serialized WOMD ``Scenario`` proto.
 
     Args:
       data: the serialized proto.
-      source: "file: record k", used in error messages.
+      source: the record, named in error messages.
       config: ``max_agents`` (None: 128) and ``max_roadgraph_points`` (None: 30,000).
     Returns:
       a single ``Scenario``: agents ``[max_agents, 91]``, road graph
@@ -62,24 +64,22 @@ def parse_scenario(data: bytes, source: str = "<scenario>", config: ReaderConfig
     return parse_scenario_with_info(data, source, config)[0]
 
 
-def parse_scenario_with_info(data: bytes, source: str = "<scenario>",
-                             config: ReaderConfig = ReaderConfig()) -> tuple[dt.Scenario, RecordInfo]:
+def parse_scenario_with_info(data: bytes, source: Source = _NO_SOURCE,
+                             config: ReaderConfig = DEFAULT_CONFIG) -> tuple[dt.Scenario, RecordInfo]:
     """``parse_scenario`` that also returns a ``RecordInfo`` (dropped agents, points, lights)."""
-    path, record = womd._split_source(source)
     try:
         msg = protos.Scenario.FromString(data)
     except DecodeError as e:
-        raise DataError(path, record, None, f"not a valid Scenario proto ({e})") from None
+        raise DataError.at(source, None, f"not a valid Scenario proto ({e})") from None
     return scenario_from_proto(msg, source, config)
 
 
-def scenario_from_proto(msg, source: str = "<scenario>",
-                        config: ReaderConfig = ReaderConfig()) -> tuple[dt.Scenario, RecordInfo]:
+def scenario_from_proto(msg, source: Source = _NO_SOURCE,
+                        config: ReaderConfig = DEFAULT_CONFIG) -> tuple[dt.Scenario, RecordInfo]:
     """Converts a parsed ``protos.Scenario`` message (see ``parse_scenario``)."""
-    path, record = womd._split_source(source)
 
     def fail(field: str, text: str) -> DataError:
-        return DataError(path, record, field, text)
+        return DataError.at(source, field, text)
 
     if len(msg.timestamps_seconds) not in (0, dt.NUM_STEPS):
         raise fail("timestamps_seconds", f"has {len(msg.timestamps_seconds)} steps, expected {dt.NUM_STEPS}")
@@ -98,12 +98,12 @@ def scenario_from_proto(msg, source: str = "<scenario>",
                       num_roadgraph_points=int(roadgraph.valid.sum()), num_dropped_lights=dropped_lights)
     max_agents = config.max_agents or DEFAULT_MAX_AGENTS
     max_points = config.max_roadgraph_points or DEFAULT_MAX_ROADGRAPH_POINTS
-    scenario, info = womd.fit_scenario(scenario, source, max_agents, max_points, info)
-    womd._check_scenario(scenario, source)
+    scenario, info = fit.fit_scenario(scenario, max_agents, max_points, info)
+    fit.check_scenario(scenario, source, f"tracks[*].states[{dt.CURRENT_INDEX}].valid")
     return scenario, info
 
 
-def _agents(msg, fail, check_finite: bool, source: str) -> dt.Agents:
+def _agents(msg, fail, check_finite: bool, source: Source) -> dt.Agents:
     n = len(msg.tracks)
     for i, track in enumerate(msg.tracks):
         if len(track.states) != dt.NUM_STEPS:
@@ -134,7 +134,7 @@ def _agents(msg, fail, check_finite: bool, source: str) -> dt.Agents:
             raise fail(f"tracks_to_predict[{k}].track_index", f"{req.track_index} is not a track index (0..{n - 1})")
         ttp[req.track_index] = True
     sim = valid[:, dt.CURRENT_INDEX]
-    eval_mask = womd._eval_mask(is_sdc, ttp, sim, source)
+    eval_mask = fit.eval_mask(is_sdc, ttp, sim, source)
     return dt.Agents(**fields, valid=valid, type=np.array([t.object_type for t in msg.tracks], np.int32),
                      id=np.array([t.id for t in msg.tracks], np.int32), is_sdc=is_sdc, eval_mask=eval_mask,
                      sim_mask=sim)
@@ -175,11 +175,11 @@ def _roadgraph(msg, fail, check_finite: bool) -> dt.RoadGraph:
     if not xyz:
         return dt.empty_scenario(1, 0).roadgraph
     xyz_all, ids_all = np.concatenate(xyz), np.concatenate(ids)
-    return dt.RoadGraph(xyz=xyz_all.astype(np.float32), dir=womd.polyline_directions(xyz_all, ids_all),
+    return dt.RoadGraph(xyz=xyz_all.astype(np.float32), dir=fit.polyline_directions(xyz_all, ids_all),
                         type=np.concatenate(types), id=ids_all, valid=np.ones([len(ids_all)], bool))
 
 
-def _traffic_lights(msg, fail, check_finite: bool, source: str) -> tuple[dt.TrafficLights, int]:
+def _traffic_lights(msg, fail, check_finite: bool, source: Source) -> tuple[dt.TrafficLights, int]:
     out = dt.empty_scenario(1, 1).traffic_lights
     states = msg.dynamic_map_states
     if len(states) == 0:

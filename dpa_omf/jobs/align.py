@@ -40,47 +40,35 @@ import numpy as np
 from absl import logging
 
 from dpa_omf import datatypes as dt
-from dpa_omf.jobs import stages
-from dpa_omf.io import tfrecord, womd_example as womd
+from dpa_omf.io import reader
+from dpa_omf.jobs import config as cfg_lib
+from dpa_omf.jobs import curate, pretrain
+from dpa_omf.jobs import workdir as wd
 from dpa_omf.model import decoder as dec
 from dpa_omf.model import motion_lm as mlm
-from dpa_omf.jobs import curate
-from dpa_omf.train import loop, losses, optim
+from dpa_omf.train import loop, losses
 
-METHODS = ("dpa_omf", "dpa_adef", "sft_best_oa", "sft_best_ade", "afd", "dpo")
 PAIR_METHODS = ("dpa_omf", "dpa_adef", "dpo")
-SFT_METHODS = ("sft_best_oa", "sft_best_ade")
+SFT_METHODS = cfg_lib.SFT_METHODS
 
 
-def stage_name(method: str) -> str:
+def folder_name(method: str) -> str:
+    """The workdir folder of an alignment method's stage: ``align`` (DPA-OMF) or ``align_<method>``."""
     return "align" if method == "dpa_omf" else f"align_{method}"
 
 
-@dataclasses.dataclass(frozen=True)
-class AlignConfig:
-    method: str = "dpa_omf"
-    cpl: losses.CPLConfig = losses.CPLConfig()
-    dpo_beta: float = 0.1
-    pairs_per_scene: int = 4
-    sft_top_k: int = 32
-    heldout_fraction: float = 0.1
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"align.method={self.method!r} is not one of {METHODS}")
-
-
-def align_config(c: ml_collections.ConfigDict) -> AlignConfig:
-    a = c.align
-    score = losses.ScoreConfig(alpha=a.alpha, gamma=a.gamma, normalize=a.normalize)
-    return AlignConfig(method=a.method, cpl=losses.CPLConfig(score=score, conservative_lambda=a.conservative_lambda,
-                                                             bc_weight=a.bc_weight),
-                       dpo_beta=a.dpo_beta, pairs_per_scene=a.pairs_per_scene, sft_top_k=a.sft_top_k,
-                       heldout_fraction=a.heldout_fraction)
+def finished_folders(workdir: str) -> dict[str, str]:
+    """Every finished alignment stage in the workdir: method -> folder."""
+    out = {}
+    for method in cfg_lib.ALIGN_METHODS:
+        folder = folder_name(method)
+        if (wd.stage_dir(workdir, folder) / wd.SUMMARY).exists():
+            out[method] = folder
+    return out
 
 
 # ----------------------------------------------------------------------------- examples
-def side_indices(shards: dict, cfg: AlignConfig) -> tuple[np.ndarray, np.ndarray]:
+def side_indices(shards: dict, cfg: cfg_lib.AlignConfig) -> tuple[np.ndarray, np.ndarray]:
     """Rollout indices of the two sides of every ranking, ``[N, K]`` each.
 
     Pair methods: (preferred, unpreferred) by OT (stored) or by ADE (re-ranked).
@@ -102,24 +90,6 @@ def side_indices(shards: dict, cfg: AlignConfig) -> tuple[np.ndarray, np.ndarray
     return every, every
 
 
-class SceneStore:
-    """Random access to the curated scenes by (file index, record index)."""
-
-    def __init__(self, files, reader_config: womd.ReaderConfig):
-        self.files = [str(f) for f in files]
-        self.config = reader_config
-        self._offsets = [tfrecord.index_records(f) for f in self.files]
-        self._readers: dict[int, tfrecord.RecordReader] = {}
-
-    def get(self, fi: int, ri: int) -> dt.Scenario:
-        reader = self._readers.get(fi)
-        if reader is None:
-            reader = self._readers[fi] = tfrecord.RecordReader(self.files[fi])
-        data, _ = reader.read(self._offsets[fi][ri], ri)
-        scenario, _ = womd.parse_record(data, f"{self.files[fi]} record {ri}", "auto", self.config)
-        return scenario
-
-
 class PairBatches:
     """Deterministic batches of ranked scenes: batch k is a pure function of k.
 
@@ -127,7 +97,7 @@ class PairBatches:
     int32 token sequences ``[B, P, A, S]`` and their validity ``[B, P, A, S]``.
     """
 
-    def __init__(self, shards: dict, rows: np.ndarray, store: SceneStore, cfg: AlignConfig, batch_size: int,
+    def __init__(self, shards: dict, rows: np.ndarray, store: reader.SceneReader, cfg: cfg_lib.AlignConfig, batch_size: int,
                  seed: int, shuffle: bool = True):
         self.shards, self.rows, self.store, self.cfg = shards, rows, store, cfg
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
@@ -147,7 +117,7 @@ class PairBatches:
         p = self.cfg.pairs_per_scene
         for row in rows:
             fi, ri = int(self.shards["file_index"][row]), int(self.shards["record_index"][row])
-            scenes.append(self.store.get(fi, ri))
+            scenes.append(self.store.read(reader.Source(self.store.files[fi], ri)))
             kp, kn = self.pos_idx[row], self.neg_idx[row]
             j = rng.choice(len(kp), size=p, replace=len(kp) < p)
             # Pair methods keep the (k-th best, k-th worst) pairing; AFD draws its own negatives.
@@ -198,7 +168,7 @@ def _expert(model: mlm.MotionLM, scenario: dt.Scenario) -> tuple[jax.Array, jax.
     return tokens[:, None], valid[:, None]
 
 
-def make_loss_fn(model: mlm.MotionLM, cfg: AlignConfig) -> loop.LossFn:
+def make_loss_fn(model: mlm.MotionLM, cfg: cfg_lib.AlignConfig) -> loop.LossFn:
     flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731 - [B, P, ...] -> [B * P, ...]
 
     def loss_fn(params, batch, rng, frozen):
@@ -239,7 +209,7 @@ def _pairs(m: dict) -> dict:
     return out
 
 
-def make_eval_fn(model: mlm.MotionLM, cfg: AlignConfig):
+def make_eval_fn(model: mlm.MotionLM, cfg: cfg_lib.AlignConfig):
     """Held-out metrics: preference accuracy on OT pairs, NLLs, and KL to the reference."""
     score = cfg.cpl.score
 
@@ -268,74 +238,31 @@ def make_eval_fn(model: mlm.MotionLM, cfg: AlignConfig):
 
 
 # ----------------------------------------------------------------------------- job
-def align_seed(c: ml_collections.ConfigDict) -> int:
-    """The alignment stage's seed: the global seed (which fixes the data, the
-    reference and the curation) combined with ``align.seed`` (repeated runs)."""
-    return stages.derived_seed(c.seed, c.align.seed)
-
-
-def train_config(c: ml_collections.ConfigDict) -> loop.TrainConfig:
-    from dpa_omf.jobs import pretrain
-
-    a = c.align
-    return loop.TrainConfig(
-        num_steps=a.num_steps, seed=align_seed(c), optim=optim.OptimConfig(**a.optim.to_dict()),
-        mesh=pretrain.mesh_config(c), log_every=a.log_every, eval_every=a.eval_every,
-        checkpoint_every=a.checkpoint_every, keep_checkpoints=a.keep_checkpoints,
-        async_checkpointing=True, progress_bar=a.progress_bar)
-
-
-def run(config: ml_collections.ConfigDict, workdir: str) -> int:
-    """Aligns into ``WORKDIR/align[_<method>]``; for the main job, then runs what follows.
-
-    With ``align.then_evaluate`` (the default of configs/align.py) the job is
-    the project's main job: it runs every missing earlier stage first
-    (data -> pretrain -> curate), aligns, and ends with the evaluate stage's
-    before/after table.
-    """
-    from dpa_omf.jobs import evaluate as evaluate_job
-    from dpa_omf.jobs import pretrain
-
+def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> int:
+    """Aligns into ``WORKDIR/align[_<method>]``; returns 0 when done, 75 when preempted (saved; rerun)."""
     t0 = time.time()
-    cfg = align_config(config)
-    stage = stage_name(cfg.method)
-    if stages.is_done(workdir, stage, config, stages.DEPENDS_ON["align"]):
-        logging.info("align: %s finished earlier", stage)
-    else:
-        stages.ensure("curate", config, workdir, curate.run)
-        model, ref = pretrain.load_params(config, workdir)
-        shards = curate.load_shards(workdir)
-        n = shards["tokens"].shape[0]
-        n_held = max(1, int(round(n * cfg.heldout_fraction))) if n > 1 else 0
-        train_rows, held_rows = np.arange(n - n_held), np.arange(n - n_held, n)
-        if len(train_rows) == 0:
-            raise ValueError(f"align: {n} curated scenes leave none for training after holding out {n_held}")
-        store = SceneStore(shards["files"], womd.ReaderConfig(max_agents=config.data.num_agents,
-                                                              max_roadgraph_points=config.data.num_roadgraph_points))
-        b = config.align.batch_size // jax.process_count()
-        train_b = PairBatches(shards, train_rows, store, cfg, b, align_seed(config))
-        # Held-out evaluation always uses the OT pairs: the preference the paper's accuracy measures.
-        eval_cfg = dataclasses.replace(cfg, method="dpa_omf")
-        held = PairBatches(shards, held_rows if len(held_rows) else train_rows, store, eval_cfg, b,
-                           config.seed, shuffle=False)
-        n_eval = max(1, min(config.align.eval_batches, -(-len(held.rows) // b)))
-        eval_batches = [held.batch(k) for k in range(n_eval)]
-        fingerprint = stages.fingerprint(config, stages.DEPENDS_ON["align"])
-        result = loop.train(
-            make_loss_fn(model, cfg), lambda rng: ref, train_b.from_step, train_config(config), workdir, stage,
-            eval_fn=make_eval_fn(model, cfg), eval_batches_fn=lambda: iter(eval_batches), frozen=ref,
-            initial_params=ref,
-            summary_extra=lambda s: {"config_fingerprint": fingerprint, "method": cfg.method,
-                                     "train_scenes": int(len(train_rows)), "heldout_scenes": int(n_held),
-                                     "seconds": time.time() - t0})
-        if result.exit_code != 0:
-            return result.exit_code
-    if config.align.then_evaluate:
-        if stages.is_done(workdir, "evaluate", config):  # finished earlier: show its table again
-            from dpa_omf.jobs import report
-
-            print(report.table(stages.read_summary(workdir, "evaluate")["models"]))
-        else:
-            evaluate_job.run(config, workdir)  # prints the table
-    return 0
-
+    cfg = cfg_lib.align(config)
+    model, ref = pretrain.load_params(config, workdir)
+    shards = curate.load_shards(workdir)
+    n = shards["tokens"].shape[0]
+    n_held = max(1, int(round(n * cfg.heldout_fraction))) if n > 1 else 0
+    train_rows, held_rows = np.arange(n - n_held), np.arange(n - n_held, n)
+    if len(train_rows) == 0:
+        raise ValueError(f"align: {n} curated scenes leave none for training after holding out {n_held}")
+    store = reader.SceneReader([str(f) for f in shards["files"]], cfg_lib.reader(config))
+    b = config.align.batch_size // jax.process_count()
+    train_b = PairBatches(shards, train_rows, store, cfg, b, cfg_lib.align_seed(config))
+    # Held-out evaluation always uses the OT pairs: the preference the paper's accuracy measures.
+    eval_cfg = dataclasses.replace(cfg, method="dpa_omf")
+    held = PairBatches(shards, held_rows if len(held_rows) else train_rows, store, eval_cfg, b,
+                       config.seed, shuffle=False)
+    n_eval = max(1, min(config.align.eval_batches, -(-len(held.rows) // b)))
+    eval_batches = [held.batch(k) for k in range(n_eval)]
+    result = loop.train(
+        make_loss_fn(model, cfg), lambda rng: ref, train_b.from_step, cfg_lib.align_train(config), workdir,
+        folder_name(cfg.method), eval_fn=make_eval_fn(model, cfg), eval_batches_fn=lambda: iter(eval_batches),
+        frozen=ref, initial_params=ref,
+        summary_extra=lambda s: {"config_fingerprint": fingerprint, "method": cfg.method,
+                                 "train_scenes": int(len(train_rows)), "heldout_scenes": int(n_held),
+                                 "seconds": time.time() - t0})
+    return result.exit_code

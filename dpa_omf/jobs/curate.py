@@ -25,9 +25,6 @@ Shard arrays (N rankings of one shard, R rollouts, A agent slots, S token steps)
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import io
 import math
 import os
 import pathlib
@@ -35,76 +32,29 @@ import time
 
 import jax
 import jax.numpy as jnp
+import matplotlib
 import ml_collections
 import numpy as np
 from absl import logging
 
+from dpa_omf import atomic
 from dpa_omf import datatypes as dt
-from dpa_omf.model import sampling as ro
-from dpa_omf.jobs import stages
+from dpa_omf.io import reader
+from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import data as data_job
-from dpa_omf.io import womd_example as womd
-from dpa_omf.model import motion_lm as mlm
+from dpa_omf.jobs import pretrain
+from dpa_omf.jobs import workdir as wd
+from dpa_omf.preference import curation
 from dpa_omf.preference import distance as dist
 from dpa_omf.preference import features as feat
 from dpa_omf.train import logging as stage_logging
+from dpa_omf.train import sharding
+from dpa_omf.viz import scene as plot
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
 
 STAGE = "curate"
-
-
-@dataclasses.dataclass(frozen=True)
-class CurateConfig:
-    """Curation knobs (from the config's ``curate`` section)."""
-
-    rollout: ro.RolloutConfig = ro.RolloutConfig()
-    ot: dist.OTConfig = dist.OTConfig()
-    features: feat.FeatureConfig = feat.FeatureConfig()
-    num_pairs: int = 16
-    rankings_per_example: float = 1.0
-    scenes_per_shard: int = 32
-    pictures: bool = True
-
-    def __post_init__(self):
-        if self.rollout.num_rollouts < 2 * self.num_pairs:
-            raise ValueError(f"curate: num_rollouts={self.rollout.num_rollouts} < 2 * num_pairs={self.num_pairs}")
-        if not 0 < self.rankings_per_example <= 16:
-            raise ValueError(f"curate.rankings_per_example={self.rankings_per_example} must be in (0, 16]")
-
-
-def curate_config(c: ml_collections.ConfigDict) -> CurateConfig:
-    cc = c.curate
-    return CurateConfig(
-        rollout=ro.RolloutConfig(num_rollouts=cc.num_rollouts, rollout_chunk=cc.rollout_chunk,
-                                 temperature=cc.temperature, top_p=cc.top_p),
-        ot=dist.OTConfig(solver=cc.solver, feature_weights=tuple(cc.feature_weights),
-                         rescore_window=cc.rescore_window, num_pairs=cc.num_pairs),
-        features=feat.FeatureConfig(clearance_cap=cc.clearance_cap, road_distance_clip=cc.road_distance_clip),
-        num_pairs=cc.num_pairs, rankings_per_example=cc.rankings_per_example,
-        scenes_per_shard=cc.scenes_per_shard, pictures=cc.pictures)
-
-
-@functools.partial(jax.jit, static_argnames=("model", "cfg"))
-def rank_scene(model: mlm.MotionLM, params, scenario: dt.Scenario, key: jax.Array, cfg: CurateConfig) -> dict:
-    """Samples, scores and ranks the rollouts of ONE scene (on device; the
-    default exact OT solver runs on the host CPU through a callback).
-
-    Returns a dict of ``tokens [R, A, S]``, ``ot_distance [R]``,
-    ``ade_distance [R]``, ``preferred [K]``, ``unpreferred [K]``,
-    ``per_agent [R, A]`` (OT cost per agent) and the rollouts' states
-    ``x, y, heading, vel_x, vel_y [R, A, 80]`` (for pictures).
-    """
-    r = ro.sample(model, params, scenario, key, cfg.rollout)
-    phi_r, valid_r = feat.rollout_features(scenario, r.x, r.y, r.heading, r.vel_x, r.vel_y, cfg.features)
-    phi_e, valid_e = feat.expert_features(scenario, cfg.features)
-    agents = scenario.agents.sim_mask
-    scene_d, per_agent = dist.ot_distance(phi_r, valid_r, phi_e, valid_e, agents, cfg.ot)
-    fut = slice(dt.NUM_HISTORY, dt.NUM_STEPS)
-    expert_xy = jnp.stack([scenario.agents.x[:, fut], scenario.agents.y[:, fut]], -1)
-    ade_valid = valid_e & agents[:, None]
-    ade, _ = dist.ade_distance(jnp.stack([r.x, r.y], -1), expert_xy, ade_valid)
-    pref, unpref = dist.rank_and_pair(scene_d, cfg.num_pairs)
-    return dict(tokens=r.tokens, ot_distance=scene_d, ade_distance=ade, preferred=pref, unpreferred=unpref,
-                per_agent=per_agent, x=r.x, y=r.y, heading=r.heading, vel_x=r.vel_x, vel_y=r.vel_y)
 
 
 def ranking_jobs(num_scenes: int, rankings_per_example: float) -> list[tuple[int, int]]:
@@ -118,90 +68,81 @@ def shard_name(k: int, n: int) -> str:
 
 
 def shard_files(workdir: str) -> list[pathlib.Path]:
-    files = sorted(stages.stage_dir(workdir, STAGE).glob("shard-*-of-*.npz"))
+    files = sorted(wd.stage_dir(workdir, STAGE).glob("shard-*-of-*.npz"))
     if not files:
-        raise FileNotFoundError(f"no preference shards in {stages.stage_dir(workdir, STAGE)}")
+        raise FileNotFoundError(f"no preference shards in {wd.stage_dir(workdir, STAGE)}")
     return files
 
 
-def _atomic_npz(path: pathlib.Path, **arrays) -> None:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(path)
+def local_reference(config: ml_collections.ConfigDict, workdir: str):
+    """The reference model and its params on this process's devices (curation runs per process)."""
+    return pretrain.load_params(config, workdir, mesh=sharding.make_mesh(devices=jax.local_devices()))
 
 
-def _scene_index(files: list[str]) -> list[tuple[int, int]]:
-    """(file index, record index) of every scene of the training split, in file order."""
-    from dpa_omf.io import tfrecord
-
-    out = []
-    for fi, path in enumerate(files):
-        out.extend((fi, ri) for ri in range(len(tfrecord.index_records(path))))
-    return out
-
-
-def _read_scene(files: list[str], fi: int, ri: int, cache: dict) -> dt.Scenario:
-    if fi not in cache:
-        cache.clear()
-        cache[fi] = list(womd.read_tfrecord(files[fi]))
-    return cache[fi][ri]
-
-
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    from dpa_omf.jobs import pretrain
-
-    stages.ensure("pretrain", config, workdir, pretrain.run)
-    cfg = curate_config(config)
-    out = stages.stage_dir(workdir, STAGE)
+def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> dict:
+    """Ranks every job's scene into ``WORKDIR/curate`` shards (resumable shard by shard); writes the summary."""
+    cfg = cfg_lib.curation_config(config)
+    out = wd.stage_dir(workdir, STAGE)
     out.mkdir(parents=True, exist_ok=True)
-    model, params = pretrain.load_params(config, workdir)
+    model, params = local_reference(config, workdir)
     files = data_job.split_files(config, workdir, "train")
-    scenes = _scene_index(files)
-    jobs = ranking_jobs(len(scenes), cfg.rankings_per_example)
-    num_shards = math.ceil(len(jobs) / cfg.scenes_per_shard)
-    base_key = jax.random.key(config.seed)
+    scenes = reader.SceneReader(files, cfg_lib.reader(config))  # every scene fitted to the configured slots
+    jobs = ranking_jobs(len(scenes.sources()), config.curate.rankings_per_example)
+    per_shard = config.curate.scenes_per_shard
+    num_shards = math.ceil(len(jobs) / per_shard)
     logger = stage_logging.StageLogger(out, total_steps=len(jobs), initial_step=0)
-    start = time.time()
-    cache: dict = {}
-    done_rankings = 0
+    start, done = time.time(), 0
+    ranker = _Ranker(model, params, cfg, scenes, jax.random.key(config.seed))
     for k in range(num_shards):
         path = out / shard_name(k, num_shards)
-        chunk = jobs[k * cfg.scenes_per_shard:(k + 1) * cfg.scenes_per_shard]
+        chunk = jobs[k * per_shard:(k + 1) * per_shard]
         if path.exists():
             logger.advance(len(chunk))
             continue
-        rows = []
-        for j, (si, rep) in enumerate(chunk):
-            fi, ri = scenes[si]
-            scenario = _read_scene(files, fi, ri, cache)
-            key = jax.random.fold_in(jax.random.fold_in(base_key, si), rep)
-            res = jax.device_get(rank_scene(model, params, scenario, key, cfg))
-            if not np.isfinite(res["ot_distance"]).all():
-                raise FloatingPointError(f"curate: non-finite OT distance for scene {files[fi]} record {ri}")
-            rows.append(dict(file_index=fi, record_index=ri, scenario_id=np.asarray(scenario.scenario_id),
-                             repeat=rep, **{n: res[n] for n in ("tokens", "ot_distance", "ade_distance",
-                                                                 "preferred", "unpreferred")}))
-            if cfg.pictures and k == 0 and j == 0:
-                draw_pictures(out, scenario, res, model, params, cfg)
-            logger.advance(1)
-            done_rankings += 1
-        stack = {n: np.stack([r[n] for r in rows]) for n in rows[0]}
-        stack["tokens"] = stack["tokens"].astype(np.int16)
-        _atomic_npz(path, files=np.asarray([portable_path(f, workdir) for f in files]), **stack)
+        pictures = out if config.curate.pictures and k == 0 else None
+        stack = ranker.rank_shard(chunk, logger, pictures)
+        atomic.write_npz(path, files=np.asarray([portable_path(f, workdir) for f in files]), **stack)
         d = stack["ot_distance"]
-        pref = np.take_along_axis(d, stack["preferred"], 1).mean()
-        unpref = np.take_along_axis(d, stack["unpreferred"], 1).mean()
-        logger.log(k + 1, {"preferred_distance": float(pref), "unpreferred_distance": float(unpref),
-                           "rankings": len(rows)}, prefix="shard")
+        logger.log(k + 1, {"preferred_distance": float(np.take_along_axis(d, stack["preferred"], 1).mean()),
+                           "unpreferred_distance": float(np.take_along_axis(d, stack["unpreferred"], 1).mean()),
+                           "rankings": len(chunk)}, prefix="shard")
+        done += len(chunk)
     summary = summarize(workdir, cfg)
-    summary.update(seconds=time.time() - start, rankings_this_run=done_rankings,
-                   config_fingerprint=stages.fingerprint(config, stages.DEPENDS_ON[STAGE]))
+    summary.update(seconds=time.time() - start, rankings_this_run=done, config_fingerprint=fingerprint)
     logger.write_summary(summary)
     logger.close()
+    scenes.close()
     logging.info("curate: %s", summary)
     return summary
+
+
+class _Ranker:
+    """Ranks the scenes of one shard: rollout keys from the global scene index and the repeat only."""
+
+    def __init__(self, model, params, cfg: curation.CurationConfig, scenes: reader.SceneReader,
+                 base_key: jax.Array):
+        self.model, self.params, self.cfg, self.scenes, self.base_key = model, params, cfg, scenes, base_key
+        self.sources = scenes.sources()
+        self.file_index = {f: i for i, f in enumerate(scenes.files)}
+
+    def rank_shard(self, chunk: list[tuple[int, int]], logger, pictures: pathlib.Path | None) -> dict:
+        rows = []
+        for j, (si, rep) in enumerate(chunk):
+            source = self.sources[si]
+            scenario = self.scenes.read(source)
+            key = jax.random.fold_in(jax.random.fold_in(self.base_key, si), rep)
+            res = jax.device_get(curation.rank_scene(self.model, self.params, scenario, key, self.cfg))
+            if not np.isfinite(res["ot_distance"]).all():
+                raise FloatingPointError(f"curate: non-finite OT distance for scene {source}")
+            rows.append(dict(file_index=self.file_index[source.file], record_index=source.record, scenario_id=np.asarray(scenario.scenario_id),
+                             repeat=rep, **{n: res[n] for n in ("tokens", "ot_distance", "ade_distance",
+                                                                 "preferred", "unpreferred")}))
+            if pictures is not None and j == 0:
+                draw_pictures(pictures, scenario, res, self.cfg)
+            logger.advance(1)
+        stack = {n: np.stack([r[n] for r in rows]) for n in rows[0]}
+        stack["tokens"] = stack["tokens"].astype(np.int16)
+        return stack
 
 
 def portable_path(path: str | pathlib.Path, workdir: str | pathlib.Path) -> str:
@@ -223,13 +164,13 @@ def load_shards(workdir: str) -> dict[str, np.ndarray]:
     files = [pathlib.Path(workdir) / f for f in parts[0]["files"].tolist()]  # absolute paths stay absolute
     missing = [str(f) for f in files if not f.exists()]
     if missing:
-        raise FileNotFoundError(f"curate shards in {stages.stage_dir(workdir, STAGE)} name data files that do not "
+        raise FileNotFoundError(f"curate shards in {wd.stage_dir(workdir, STAGE)} name data files that do not "
                                 f"exist: {missing[:3]} ({len(missing)} in all); re-run the curate stage")
     out["files"] = np.asarray([str(f) for f in files])
     return out
 
 
-def summarize(workdir: str, cfg: CurateConfig) -> dict:
+def summarize(workdir: str, cfg: curation.CurationConfig) -> dict:
     s = load_shards(workdir)
     d = s["ot_distance"]
     pref = np.take_along_axis(d, s["preferred"], 1)
@@ -253,15 +194,8 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def draw_pictures(out: pathlib.Path, scenario: dt.Scenario, res: dict, model, params, cfg: CurateConfig) -> None:
+def draw_pictures(out: pathlib.Path, scenario: dt.Scenario, res: dict, cfg: curation.CurationConfig) -> None:
     """The paper's Figure 2 for one scene: expert, best and worst rollouts, one agent's coupling."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from dpa_omf.viz import scene as plot
-
     order = np.argsort(res["ot_distance"], kind="stable")
     best, worst = int(order[0]), int(order[-1])
     sim = np.asarray(scenario.agents.sim_mask)

@@ -1,22 +1,25 @@
-"""The evaluate job: WOSAC realism of every model on held-out scenes.
+"""The evaluate job: WOSAC realism of every model on held-out scenes, cached per model.
 
-Models: ``reference`` (the pretrained checkpoint) and every aligned model
-found in the workdir (``WORKDIR/align/`` is DPA-OMF, ``WORKDIR/align_<name>/``
+Models: ``reference`` (the pretrained checkpoint) and every finished alignment
+stage in the workdir (``WORKDIR/align/`` is DPA-OMF, ``WORKDIR/align_<method>/``
 the baselines). For each, ``evaluate.num_rollouts`` (32) joint rollouts per
 held-out scene are sampled on device and scored with the realism metric
 (``dpa_omf.metrics.wosac``, the ``evaluate.challenge`` configuration, 2024
 by default as in the paper's table). Scene metrics are averaged over scenes as
-the challenge does.
+the challenge does. The same rollout keys serve every model (a paired comparison).
 
-Writes ``WORKDIR/evaluate/summary.json`` (per model: ``composite``,
-``kinematic``, ``interactive``, ``map``, ``min_ade``, ``ade``,
-``collision_rate``, ``offroad_rate``, ``traffic_light_violation_rate`` and
-every official likelihood), ``report.md`` and PNG plots.
+Per model, ``WORKDIR/evaluate/models/<name>.json`` caches its results under the
+fingerprint of (the evaluation's config sections, the model's checkpoint: its
+stage's fingerprint and step): adding ``align_afd`` evaluates only that model.
+``WORKDIR/evaluate/summary.json`` names exactly the models (and checkpoint
+fingerprints) it covers; per model: ``composite``, ``kinematic``,
+``interactive``, ``map``, ``min_ade``, ``ade``, ``collision_rate``,
+``offroad_rate``, ``traffic_light_violation_rate`` and every official
+likelihood. Also ``report.md`` and PNG plots.
 """
 
 from __future__ import annotations
 
-import pathlib
 import time
 
 import jax
@@ -25,15 +28,18 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from dpa_omf import atomic
 from dpa_omf import datatypes as dt
-from dpa_omf.model import sampling as ro
-from dpa_omf.jobs import stages
+from dpa_omf.io import reader
+from dpa_omf.jobs import align, report
+from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import data as data_job
-from dpa_omf.io import womd_example as womd
+from dpa_omf.jobs import pretrain
+from dpa_omf.jobs import workdir as wd
 from dpa_omf.metrics import wosac as realism
-from dpa_omf.jobs import report
 from dpa_omf.model import motion_lm as mlm
-from dpa_omf.train import logging as stage_logging
+from dpa_omf.model import sampling as ro
+from dpa_omf.train import checkpointing
 
 STAGE = "evaluate"
 # Our summary names -> the official field names.
@@ -50,16 +56,24 @@ FIELDS = {
 }
 
 
-def model_dirs(workdir: str) -> dict[str, pathlib.Path]:
-    """Checkpoint folders of every model to evaluate, by name (reference first)."""
-    root = pathlib.Path(workdir)
-    out = {"reference": root / "pretrain" / "checkpoints"}
-    if (root / "align" / "checkpoints").is_dir():
-        out["dpa_omf"] = root / "align" / "checkpoints"
-    for d in sorted(root.glob("align_*")):
-        if (d / "checkpoints").is_dir() and (d / stages.SUMMARY).exists():
-            out[d.name[len("align_"):]] = d / "checkpoints"
-    return out
+EVAL_SECTIONS = ("data", "tokenizer", "model", "evaluate")
+
+
+def models(workdir: str) -> dict[str, str]:
+    """Every model to evaluate: name -> its stage folder (reference first, then finished alignments)."""
+    return {"reference": pretrain.STAGE, **align.finished_folders(workdir)}
+
+
+def checkpoint_id(workdir: str, folder: str) -> dict:
+    """What identifies a model's checkpoint: its stage's fingerprint and its latest step."""
+    summary = wd.read_summary(workdir, folder) or {}
+    steps = wd.checkpoint_steps(wd.stage_dir(workdir, folder) / "checkpoints")
+    return {"folder": folder, "fingerprint": summary.get("config_fingerprint"), "step": steps[-1] if steps else None}
+
+
+def models_fingerprint(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """The models the evaluation covers (the stage graph fingerprints them with the config)."""
+    return {name: checkpoint_id(workdir, folder) for name, folder in models(workdir).items()}
 
 
 def sim_xyzh(scenario: dt.Scenario, r: ro.Rollouts) -> jax.Array:
@@ -71,63 +85,74 @@ def sim_xyzh(scenario: dt.Scenario, r: ro.Rollouts) -> jax.Array:
 def held_out_scenes(config: ml_collections.ConfigDict, workdir: str) -> list[dt.Scenario]:
     scenes = []
     for path in data_job.split_files(config, workdir, "valid"):
-        for s in womd.read_tfrecord(path):
+        for s in reader.read_scenes(path, cfg_lib.reader(config)):
             scenes.append(s)
             if len(scenes) >= config.evaluate.num_scenes:
                 return scenes
     return scenes
 
 
-def evaluate_model(model: mlm.MotionLM, params, scenes: list[dt.Scenario], config: ml_collections.ConfigDict,
-                   seed: int) -> dict[str, float]:
+def evaluate_model(model: mlm.MotionLM, params, scenes: list[dt.Scenario], cfg: cfg_lib.EvaluateConfig
+                   ) -> dict[str, float]:
     """Mean over scenes of the official per-scene metrics of one model."""
-    rcfg = ro.RolloutConfig(num_rollouts=config.evaluate.num_rollouts,
-                            rollout_chunk=min(config.evaluate.rollout_chunk, config.evaluate.num_rollouts),
-                            temperature=config.evaluate.temperature, top_p=config.evaluate.top_p)
-    mcfg = realism.RealismConfig(challenge=config.evaluate.challenge)
-    key = jax.random.key(seed)
+    key = jax.random.key(cfg.seed)
     rows = []
     for i, s in enumerate(scenes):
-        r = ro.sample(model, params, s, jax.random.fold_in(key, i), rcfg)
-        rows.append(realism.evaluate_scene(s, np.asarray(sim_xyzh(s, r)), mcfg))
+        r = ro.sample(model, params, s, jax.random.fold_in(key, i), cfg.rollout)
+        rows.append(realism.evaluate_scene(s, np.asarray(sim_xyzh(s, r)), cfg.realism))
     return {k: float(np.mean([row[k] for row in rows])) for k in rows[0]}
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    from dpa_omf.train import checkpointing
-    from dpa_omf.jobs import pretrain
-
-    out = stages.stage_dir(workdir, STAGE)
-    out.mkdir(parents=True, exist_ok=True)
+def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> dict:
+    """Evaluates the models not cached yet; writes the summary and report over every model."""
+    out = wd.stage_dir(workdir, STAGE)
     start = time.time()
-    model = mlm.MotionLM(pretrain.model_config(config))
-    abstract = pretrain.abstract_params(config)
-    scenes = held_out_scenes(config, workdir)
-    if not scenes:
-        raise ValueError("evaluate: no held-out scene")
-    results = {}
-    # The same rollout keys for every model (paired comparison), varied by evaluate.seed.
-    # evaluate.seed 0 keeps the original key (seed + 1) so earlier recorded evaluations stay reproducible.
-    eval_seed = config.seed + 1 if config.evaluate.seed == 0 else stages.derived_seed(config.seed, config.evaluate.seed)
-    for name, ckpt in model_dirs(workdir).items():
-        params = checkpointing.restore_params(ckpt, abstract)
+    cfg = cfg_lib.evaluate(config)
+    eval_fp = wd.fingerprint(config, EVAL_SECTIONS)
+    model = mlm.MotionLM(cfg_lib.model(config))
+    target = None
+    scenes: list[dt.Scenario] = []
+    results, num_scenes = {}, 0
+    for name, folder in models(workdir).items():
+        ckpt = checkpoint_id(workdir, folder)
+        cache = out / "models" / f"{name}.json"
+        cached = wd.read_json(cache)
+        if cached and cached.get("eval_fingerprint") == eval_fp and cached.get("checkpoint") == ckpt:
+            results[name], num_scenes = cached["metrics"], cached["num_scenes"]
+            continue
+        if target is None:  # first model not cached: read the scenes once
+            target = pretrain.abstract_params(config)
+            scenes = held_out_scenes(config, workdir)
+            if not scenes:
+                raise ValueError("evaluate: no held-out scene")
+        params = checkpointing.restore_params(wd.stage_dir(workdir, folder) / "checkpoints", target)
         t0 = time.time()
-        m = evaluate_model(model, params, scenes, config, eval_seed)
+        m = evaluate_model(model, params, scenes, cfg)
         results[name] = {ours: m[official] for ours, official in FIELDS.items()}
         results[name]["likelihoods"] = {k: v for k, v in m.items() if k.endswith("_likelihood")}
         results[name]["seconds"] = time.time() - t0
+        num_scenes = len(scenes)
+        atomic.write_json(cache, {"eval_fingerprint": eval_fp, "checkpoint": ckpt, "num_scenes": num_scenes,
+                                  "metrics": results[name]})
         logging.info("evaluate %s: %s", name, results[name])
     summary = {
         "models": results,
-        "num_scenes": len(scenes),
+        "checkpoints": models_fingerprint(config, workdir),
+        "num_scenes": num_scenes,
         "num_rollouts": config.evaluate.num_rollouts,
         "challenge": config.evaluate.challenge,
         "seconds": time.time() - start,
-        "config_fingerprint": stages.fingerprint(config, stages.DEPENDS_ON[STAGE]),
+        "config_fingerprint": fingerprint,
     }
-    # The contract: per model name at the top level too.
-    summary.update({name: r for name, r in results.items()})
-    table = report.write_report(out, workdir, summary)
-    stage_logging.atomic_write_json(out / stages.SUMMARY, summary)
-    print(table)
+    summary.update({name: r for name, r in results.items()})  # the contract: per model name at the top level too
+    report.write_report(out, [wd.stage_dir(workdir, f) for n, f in models(workdir).items() if n != "reference"],
+                        summary)
+    wd.write_summary(workdir, STAGE, summary)
     return summary
+
+
+def print_table(workdir: str) -> None:
+    """The before/after table of the finished evaluation (process 0 prints)."""
+    summary = wd.read_summary(workdir, STAGE)
+    if summary is not None and wd.is_writer():
+        print(report.table(summary["models"]), flush=True)

@@ -1,13 +1,20 @@
 """The pretraining job: next-token prediction of the reference MotionLM.
 
-  python -m dpa_omf.launch --config=configs/pretrain.py[:smoke|:womd] --workdir=DIR
+  python -m dpa_omf.launch --config=configs/pretrain.py[:smoke|:womd|:long] --workdir=DIR
 
 Reads top to bottom as :func:`run`: config checks against the devices, the
-data stage (generated once into ``WORKDIR/data`` for the synthetic source),
-the model, the per-process input pipelines (train: shuffled, repeating,
+model, the per-process input pipelines (train: shuffled, repeating,
 restartable at any batch index; valid: the same first batches every time),
 then the shared sharded loop (:func:`dpa_omf.train.loop.train`), which owns
-mesh, state, checkpoints, resume, preemption and logging.
+mesh, state, checkpoints, resume, preemption and logging. The data stage runs
+first (the stage graph, ``jobs/stages.py``).
+
+The packaged reference: ``dpa_omf/assets/reference/`` ships converged
+parameters for the embedded default (``manifest.json``: how they were made,
+held-out NLL, realism; ``checkpoints/``: the params-only orbax checkpoint). With
+``pretrain.packaged`` (the default) and a config whose data slots, tokenizer and
+model match the manifest, the stage installs that checkpoint instead of
+training; any mismatch trains from scratch and says why in one line.
 
 Outputs in ``WORKDIR/pretrain/``: ``checkpoints/`` (orbax: ``params`` and
 ``train`` items), ``metrics.jsonl``, TensorBoard events, and ``summary.json``
@@ -15,22 +22,15 @@ Outputs in ``WORKDIR/pretrain/``: ``checkpoints/`` (orbax: ``params`` and
 ``eval_loss``, ``eval_nll`` (= ``eval_nll_per_token``, nats per valid
 agent-token), ``eval_accuracy``, ``steps``, ``seconds``, ``param_count``,
 ``config_fingerprint``.
-
-The ConfigDict -> frozen dataclass conversions of the shared sections
-(``tokenizer_config``, ``model_config``, ``optim_config``, ``mesh_config``,
-``train_config``, ``pipeline_config``) live here and are reused by the later
-stages, so every stage builds the same model from the same config.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import logging
 import math
 import pathlib
-import resource
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -39,66 +39,18 @@ import jax
 import ml_collections
 import numpy as np
 
-from configs import common
 from dpa_omf import datatypes as dt
-from dpa_omf.jobs import stages
-from dpa_omf.jobs import data as data_job
 from dpa_omf.io import pipeline as pipe
-from dpa_omf.model import encoder as enc
+from dpa_omf.jobs import config as cfg_lib
+from dpa_omf.jobs import data as data_job
+from dpa_omf.jobs import workdir as wd
 from dpa_omf.model import motion_lm as mlm
-from dpa_omf.model import tokenizer as tok
-from dpa_omf.train import checkpointing, loop, optim, sharding
+from dpa_omf.train import checkpointing, loop, sharding
 
 log = logging.getLogger(__name__)
 
 STAGE = "pretrain"
-
-
-# ----------------------------------------------------------------------------- config boundary
-
-
-def tokenizer_config(c: ml_collections.ConfigDict) -> tok.TokenizerConfig:
-    return tok.TokenizerConfig(**c.tokenizer.to_dict())
-
-
-def model_config(c: ml_collections.ConfigDict) -> mlm.ModelConfig:
-    m = c.model.to_dict()
-    encoder = enc.EncoderConfig(**m.pop("encoder"))
-    return mlm.ModelConfig(**m, encoder=encoder, tokenizer=tokenizer_config(c))
-
-
-def optim_config(c: ml_collections.ConfigDict) -> optim.OptimConfig:
-    return optim.OptimConfig(**c.pretrain.optim.to_dict())
-
-
-def mesh_config(c: ml_collections.ConfigDict) -> sharding.MeshConfig:
-    return sharding.MeshConfig(data=c.mesh.data, model=c.mesh.model)
-
-
-def train_config(c: ml_collections.ConfigDict) -> loop.TrainConfig:
-    p = c.pretrain
-    return loop.TrainConfig(
-        num_steps=p.num_steps, seed=c.seed, optim=optim_config(c), mesh=mesh_config(c),
-        log_every=p.log_every, eval_every=p.eval_every, checkpoint_every=p.checkpoint_every,
-        keep_checkpoints=p.keep_checkpoints, async_checkpointing=p.async_checkpointing,
-        progress_bar=p.progress_bar,
-    )
-
-
-def pipeline_config(c: ml_collections.ConfigDict, workdir: str, split: str,
-                    process_count: int) -> pipe.PipelineConfig:
-    """This process's pipeline of a split: ``batch_size`` = global batch / process count."""
-    train = split == "train"
-    return pipe.PipelineConfig(
-        file_patterns=(data_job.split_pattern(c, workdir, split),),
-        batch_size=c.pretrain.batch_size // process_count,
-        max_agents=c.data.num_agents,
-        max_roadgraph_points=c.data.num_roadgraph_points,
-        shuffle=train and c.pretrain.shuffle,
-        seed=c.seed,
-        num_epochs=None,  # repeat; evaluation takes a fixed number of batches
-        prefetch=c.pretrain.prefetch if train else 0,
-    )
+PACKAGED = pathlib.Path(__file__).resolve().parents[1] / "assets" / "reference"
 
 
 # ----------------------------------------------------------------------------- model pieces
@@ -143,39 +95,27 @@ def make_init_fn(model: mlm.MotionLM, c: ml_collections.ConfigDict) -> Callable[
 
 def abstract_params(c: ml_collections.ConfigDict) -> Any:
     """The model's parameter shapes (``ShapeDtypeStruct`` tree), without allocating them."""
-    model = mlm.MotionLM(model_config(c))
+    model = mlm.MotionLM(cfg_lib.model(c))
     return jax.eval_shape(make_init_fn(model, c), jax.random.key(c.seed))
 
 
 def load_params(c: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh | None = None,
                 step: int | None = None) -> tuple[mlm.MotionLM, Any]:
     """The pretrained (reference) model and its params, replicated on ``mesh`` (default: all devices)."""
-    model = mlm.MotionLM(model_config(c))
-    mesh = mesh if mesh is not None else sharding.mesh_from_config(mesh_config(c))
+    model = mlm.MotionLM(cfg_lib.model(c))
+    mesh = mesh if mesh is not None else sharding.mesh_from_config(cfg_lib.mesh(c))
     shapes = abstract_params(c)
-    target = sharding.with_shardings(shapes, sharding.param_shardings(shapes, mesh, mesh_config(c).rules))
-    params = checkpointing.restore_params(stages.stage_dir(workdir, STAGE) / "checkpoints", target, step)
+    target = sharding.with_shardings(shapes, sharding.param_shardings(shapes, mesh, cfg_lib.mesh(c).rules))
+    params = checkpointing.restore_params(wd.stage_dir(workdir, STAGE) / "checkpoints", target, step)
     return model, params
 
 
 # ----------------------------------------------------------------------------- data
 
 
-def ensure_data(c: ml_collections.ConfigDict, workdir: str) -> None:
-    """Runs the data stage on process 0 if it is missing; every process then checks it sees it.
-
-    A multi-host job needs a workdir every process can read (a shared file
-    system or a bucket); the other processes wait at a barrier meanwhile.
-    """
-    if jax.process_index() == 0:
-        stages.ensure("data", c, workdir, data_job.run)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("dpa_omf:data_stage")
-        if not stages.is_done(workdir, "data", c):
-            raise RuntimeError(f"process {jax.process_index()} does not see the data stage in "
-                               f"{stages.stage_dir(workdir, 'data')}: the workdir must be shared")
+def _pipeline_config(c: ml_collections.ConfigDict, workdir: str, split: str) -> pipe.PipelineConfig:
+    return cfg_lib.pipeline(c, (data_job.split_pattern(c, workdir, split),), split == "train",
+                            jax.process_count())
 
 
 def train_batches(c: ml_collections.ConfigDict, workdir: str) -> Callable[[int], pipe.ScenarioPipeline]:
@@ -185,7 +125,7 @@ def train_batches(c: ml_collections.ConfigDict, workdir: str) -> Callable[[int],
     n local batches of step k together hold exactly the records of the
     one-process global batch k: the loss curve does not depend on the process count.
     """
-    config = pipeline_config(c, workdir, "train", jax.process_count())
+    config = _pipeline_config(c, workdir, "train")
 
     def factory(start: int) -> pipe.ScenarioPipeline:
         pipeline = pipe.ScenarioPipeline(config)
@@ -202,7 +142,7 @@ def eval_batches(c: ml_collections.ConfigDict, workdir: str) -> Callable[[], Ite
     the files are indexed once here and the batches re-read at each evaluation
     (WOMD-sized held-out sets do not fit in host memory).
     """
-    pipeline = pipe.ScenarioPipeline(pipeline_config(c, workdir, "valid", jax.process_count()))
+    pipeline = pipe.ScenarioPipeline(_pipeline_config(c, workdir, "valid"))
     n = c.pretrain.eval_batches
     if n * pipeline.config.batch_size > pipeline.records_per_process:
         log.warning("pretrain: %d eval batches of %d need more than the %d held-out records per process; "
@@ -211,35 +151,97 @@ def eval_batches(c: ml_collections.ConfigDict, workdir: str) -> Callable[[], Ite
     return lambda: (pipeline.make_batch(k) for k in range(n))
 
 
+# ----------------------------------------------------------------------------- the packaged reference
+
+
+def compatibility(c: ml_collections.ConfigDict) -> dict:
+    """What a reference's parameters depend on beyond training: the world, the slots, tokenizer and model."""
+    d = c.to_dict()
+    return {"data": {k: d["data"][k] for k in ("source", "num_agents", "num_roadgraph_points")},
+            "tokenizer": d["tokenizer"], "model": d["model"]}
+
+
+def packaged_manifest() -> dict | None:
+    return wd.read_json(PACKAGED / "manifest.json")
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differences(x, y, f"{prefix}{k}.")
+        elif x != y:
+            out.append(f"{prefix}{k}={y!r} (packaged: {x!r})")
+    return out
+
+
+def packaged_mismatch(c: ml_collections.ConfigDict) -> str | None:
+    """Why the packaged reference does not serve this config, or None when it does."""
+    if not c.pretrain.packaged:
+        return "pretrain.packaged=False"
+    manifest = packaged_manifest()
+    if manifest is None:
+        return f"no packaged reference in {PACKAGED}"
+    diff = _differences(manifest["compatibility"], compatibility(c))
+    return None if not diff else "this config differs from it: " + ", ".join(diff[:4]) + (
+        f" (+{len(diff) - 4} more)" if len(diff) > 4 else "")
+
+
+def packaged_id(c: ml_collections.ConfigDict, workdir: str) -> dict | None:
+    """The packaged reference's identity when it serves this config (the stage graph fingerprints it)."""
+    del workdir
+    if packaged_mismatch(c) is not None:
+        return None
+    m = packaged_manifest()
+    return {"packaged": m["compatibility_fingerprint"], "steps": m["steps"]}
+
+
+def install_packaged(workdir: str, fingerprint: str) -> int:
+    """Copies the packaged params-only checkpoint into ``WORKDIR/pretrain`` and writes the summary."""
+    m = packaged_manifest()
+    out = wd.stage_dir(workdir, STAGE)
+    if wd.is_writer():
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        shutil.copytree(PACKAGED / "checkpoints", out / "checkpoints")
+    wd.barrier("packaged_reference")
+    wd.say(f"[pretrain] packaged reference: {m['steps']} steps, held-out NLL {m['heldout_nll']:.3f}, composite "
+           f"{m['realism']['composite']:.4f} (dpa_omf/assets/reference; --config.pretrain.packaged=False trains "
+           "from scratch)")
+    wd.write_summary(workdir, STAGE, {
+        "source": "packaged", "steps": m["steps"], "eval_nll": m["heldout_nll"], "eval_nll_per_token": m["heldout_nll"],
+        "eval_accuracy": m.get("heldout_accuracy"), "manifest": m, "config_fingerprint": fingerprint})
+    return 0
+
+
 # ----------------------------------------------------------------------------- job
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, *, hooks: Sequence[loop.Hook] = ()) -> int:
+def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str, *,
+        hooks: Sequence[loop.Hook] = ()) -> int:
     """Pretrains into ``WORKDIR/pretrain``; returns 0 when done, 75 when preempted (saved; rerun)."""
     t0 = time.time()
     # -- checks: the config against the devices and processes, before any compute
-    common.check_config(config, jax.device_count(), jax.process_count())
-    if stages.is_done(workdir, STAGE, config):
-        log.info("pretrain: finished earlier in %s", stages.stage_dir(workdir, STAGE))
-        return 0
-
-    # -- data
-    ensure_data(config, workdir)
+    cfg_lib.check(config, jax.device_count(), jax.process_count())
+    why_not = packaged_mismatch(config)
+    if why_not is None:
+        return install_packaged(workdir, fingerprint)
+    if config.pretrain.packaged:
+        wd.say(f"[pretrain] training from scratch: the packaged reference does not serve this config ({why_not})")
 
     # -- model
-    model = mlm.MotionLM(model_config(config))
+    model = mlm.MotionLM(cfg_lib.model(config))
     init_fn = make_init_fn(model, config)
     num_params = mlm.param_count(jax.eval_shape(init_fn, jax.random.key(config.seed)))
     log.info("pretrain: MotionLM with %d parameters, %d agents, %s compute", num_params,
              config.data.num_agents, config.model.compute_dtype)
-    fingerprint = stages.fingerprint(config, stages.DEPENDS_ON[STAGE])
 
     def summary_extra(summary: dict) -> dict:
         nll = summary.get("eval_nll")
         return {
             "config_fingerprint": fingerprint,
             "param_count": num_params,
-            "seconds": time.time() - t0,  # the whole job, data stage and compilation included
+            "seconds": time.time() - t0,  # the whole job, compilation included
             "batch_size": config.pretrain.batch_size,
             "num_agents": config.data.num_agents,
             "eval_nll_per_token": nll,
@@ -248,95 +250,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, hooks: Sequence[loop
 
     # -- train (mesh, sharded state, resume, preemption, logs: the shared loop)
     result = loop.train(
-        make_loss_fn(model), init_fn, train_batches(config, workdir), train_config(config), workdir, STAGE,
-        eval_batches_fn=eval_batches(config, workdir), hooks=hooks, summary_extra=summary_extra,
+        make_loss_fn(model), init_fn, train_batches(config, workdir), cfg_lib.pretrain_train(config), workdir,
+        STAGE, eval_batches_fn=eval_batches(config, workdir), hooks=hooks, summary_extra=summary_extra,
     )
     if result.summary:
         log.info("pretrain: %s", json.dumps(result.summary, default=str))
     return result.exit_code
-
-
-# ----------------------------------------------------------------------------- benchmark
-
-
-def _bench_batch(config: ml_collections.ConfigDict, batch: int) -> dt.Scenario:
-    """``batch`` synthetic scenes of the configured size (the data job's world, made in memory)."""
-    from dpa_omf.synthetic import dataset as synthetic
-
-    syn = data_job.synthetic_config(config)
-    return dt.stack_scenarios([synthetic.generate_scenario(i, syn) for i in range(batch)])
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def bench_one(config: ml_collections.ConfigDict, num_agents: int, batch: int, repeats: int,
-              steps_per_repeat: int) -> dict:
-    """Times the pretraining step (the loop's compiled step) on synthetic scenes of ``num_agents``."""
-    c = ml_collections.ConfigDict(config.to_dict())
-    c.data.num_agents = num_agents
-    c.pretrain.batch_size = batch
-    c.mesh.data = -1
-    model = mlm.MotionLM(model_config(c))
-    trainer = loop.Trainer(make_loss_fn(model), make_init_fn(model, c),
-                           dataclasses.replace(train_config(c), progress_bar=False))
-    scenes = _bench_batch(c, batch)
-    state = trainer.init()
-    t = time.perf_counter()
-    state, metrics = trainer.step(state, scenes)
-    jax.block_until_ready(metrics)
-    compile_s = time.perf_counter() - t
-    valid_tokens = float(jax.device_get(metrics["valid_tokens"][0]))
-    times, cpu_times = [], []
-    for _ in range(repeats):
-        t, cpu = time.perf_counter(), _cpu_seconds()
-        for _ in range(steps_per_repeat):
-            state, metrics = trainer.step(state, scenes)
-        jax.block_until_ready(metrics)
-        times.append((time.perf_counter() - t) / steps_per_repeat)
-        cpu_times.append((_cpu_seconds() - cpu) / steps_per_repeat)
-    step_s = float(np.median(times))
-    return {
-        "num_agents": num_agents, "batch": batch, "devices": trainer.mesh.size,
-        "param_count": mlm.param_count(state.params), "compile_and_first_step_s": compile_s,
-        "step_s_median": step_s, "step_s_all": times, "scenes_per_s": batch / step_s,
-        # CPU seconds of all threads per step: what a busy shared machine distorts least.
-        "cpu_s_per_step_median": float(np.median(cpu_times)),
-        "valid_tokens_per_step": valid_tokens, "tokens_per_s": valid_tokens / step_s,
-        "token_slots_per_s": batch * num_agents * model.config.num_steps / step_s,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "device": jax.devices()[0].device_kind,
-    }
-
-
-def bench_train(argv: Sequence[str] | None = None) -> list[dict]:
-    """``python -m dpa_omf.tools.bench train``: scenes/s and tokens/s of the default pretraining step.
-
-    Flags: ``--agents=32,128``, ``--batch=32:8,128:2`` (agents:batch, or one
-    number for all), ``--repeats=3`` timed runs after compilation (median
-    reported), ``--steps=1`` steps per timed run, ``--out=FILE`` (JSON).
-    Peak memory is the process's maxrss so far (it grows with the larger case).
-    """
-    ap = argparse.ArgumentParser(prog="dpa_omf.tools.bench train")
-    ap.add_argument("--agents", default="32,128")
-    ap.add_argument("--batch", default="32:8,128:2")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=1)
-    ap.add_argument("--config", default="", help="variant of configs/pretrain.py (default model)")
-    ap.add_argument("--out", default="")
-    args = ap.parse_args(list(argv or []))
-    from configs import pretrain as pretrain_config
-
-    config = pretrain_config.get_config(args.config)
-    batches = dict(kv.split(":") for kv in args.batch.split(",")) if ":" in args.batch else {}
-    results = []
-    for a in (int(x) for x in args.agents.split(",")):
-        batch = int(batches.get(str(a), args.batch if not batches else 8))
-        r = bench_one(config, a, batch, max(args.repeats, 3), args.steps)
-        print(json.dumps(r), flush=True)
-        results.append(r)
-    if args.out:
-        pathlib.Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    return results

@@ -11,10 +11,16 @@
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Sequence
 
+import matplotlib
 import numpy as np
 
+from dpa_omf import atomic
 from dpa_omf.train import logging as stage_logging
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
 
 COLUMNS = ("composite", "kinematic", "interactive", "map", "min_ade", "collision_rate", "offroad_rate")
 NLL_KEYS = (("eval_nll_preferred", "preferred"), ("eval_nll_unpreferred", "unpreferred"),
@@ -29,7 +35,11 @@ def table(models: dict[str, dict]) -> str:
     return "\n".join([head, sep, *rows])
 
 
-def write_report(out: pathlib.Path, workdir: str, summary: dict) -> str:
+def write_report(out: pathlib.Path, align_dirs: Sequence[pathlib.Path], summary: dict) -> str:
+    """Writes ``report.md`` and the figures into ``out``; returns the markdown table.
+
+    ``align_dirs``: the alignment stages' folders (their ``metrics.jsonl`` give the NLL curves).
+    """
     models = summary["models"]
     text = table(models)
     lines = [
@@ -44,23 +54,13 @@ def write_report(out: pathlib.Path, workdir: str, summary: dict) -> str:
         "![buckets](realism_buckets.png)",
     ]
     _bucket_plot(out / "realism_buckets.png", models)
-    if _nll_plot(out / "alignment_nll.png", workdir):
+    if _nll_plot(out / "alignment_nll.png", align_dirs):
         lines += ["", "![alignment NLL](alignment_nll.png)"]
-    stage_logging.atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    atomic.write_text(out / "report.md", "\n".join(lines) + "\n")
     return text
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _bucket_plot(path: pathlib.Path, models: dict[str, dict]) -> None:
-    plt = _plt()
     buckets = ("composite", "kinematic", "interactive", "map")
     names = list(models)
     width = 0.8 / max(1, len(names))
@@ -77,15 +77,14 @@ def _bucket_plot(path: pathlib.Path, models: dict[str, dict]) -> None:
     plt.close(fig)
 
 
-def _nll_plot(path: pathlib.Path, workdir: str) -> bool:
+def _nll_plot(path: pathlib.Path, align_dirs: Sequence[pathlib.Path]) -> bool:
     runs = []
-    for d in sorted(pathlib.Path(workdir).glob("align*")):
+    for d in align_dirs:
         recs = [r for r in stage_logging.read_metrics(d / stage_logging.METRICS_FILE) if NLL_KEYS[0][0] in r]
         if recs:
             runs.append((d.name, recs))
     if not runs:
         return False
-    plt = _plt()
     fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 4), squeeze=False)
     for ax, (name, recs) in zip(axes[0], runs):
         steps = [r["step"] for r in recs]

@@ -1,105 +1,128 @@
-"""The pipeline's stages on disk: where each writes, when it is finished, and the
-prerequisites a job runs first.
+"""The pipeline as a stage graph, owned here:
 
-A stage is finished when ``WORKDIR/<stage>/summary.json`` exists (written
-atomically as the stage's last act) and records the same fingerprint of the
-config sections the stage depends on. A re-run reuses finished stages; a
-stage whose inputs changed is refused rather than silently mixed (delete the
-folder or use another workdir).
+  data -> pretrain -> curate -> align[_<method>] -> evaluate
+
+Each :class:`Stage` declares the stages it needs, the config sections its
+output depends on (fingerprinted, see ``workdir.py``), the folder it writes and
+whether every process runs it. :func:`ensure` runs what is missing, in order,
+the same way for every stage, and prints one line per stage (running or
+reused, and why). Every job of the launcher is "ensure the graph up to X":
+``configs/data.py`` up to data, ..., and the main job (``configs/align.py``)
+up to evaluate (:func:`run_job`).
+
+Adding a stage: write ``jobs/<name>.py`` with ``run(config, workdir, fingerprint)``
+returning 0 when done (75 when preempted), whose last act is to write
+``summary.json`` with ``config_fingerprint=fingerprint`` (``workdir.write_summary``),
+then add it to :data:`GRAPH` with its prerequisites and config sections.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import dataclasses
 import pathlib
-from typing import Any, Callable, Sequence
+from collections.abc import Callable
+from typing import Any
 
 import ml_collections
-import numpy as np
-from absl import logging
 
-SUMMARY = "summary.json"
+from dpa_omf.jobs import align, curate, data, evaluate, pretrain, workdir
 
-# Config sections each stage's output depends on (beyond `seed`).
-DEPENDS_ON = {
-    "data": ("data",),
-    "pretrain": ("data", "tokenizer", "model", "pretrain"),
-    "curate": ("data", "tokenizer", "model", "pretrain", "curate"),
-    "align": ("data", "tokenizer", "model", "pretrain", "curate", "align"),
-    "evaluate": ("data", "tokenizer", "model", "pretrain", "curate", "align", "evaluate"),
+RunFn = Callable[[ml_collections.ConfigDict, str, str], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One node of the graph.
+
+    Attributes:
+      name: the stage's name (``config.job`` values and the graph's keys).
+      needs: stages that must be finished first.
+      sections: config sections its output depends on (with the seed).
+      run: ``run(config, workdir, fingerprint)``; returns 0 when done, 75 when preempted (saved; run again)
+        (any other return value counts as done).
+      all_processes: every process runs it (sharded training); otherwise process 0 runs it and the others
+        wait at a barrier (the stages that do not split their work yet).
+      folder: the folder under the workdir, from the config (align: one per method).
+      extra: more fingerprinted inputs than config sections (evaluate: the models it covers).
+      reuse_other: a finished folder with another fingerprint is redone rather than refused (only for
+        stages whose outputs nothing else reads, with per-item caches: evaluate).
+    """
+
+    name: str
+    needs: tuple[str, ...]
+    sections: tuple[str, ...]
+    run: RunFn
+    all_processes: bool
+    folder: Callable[[ml_collections.ConfigDict], str] = None  # type: ignore[assignment]
+    extra: Callable[[ml_collections.ConfigDict, str], Any] | None = None
+    reuse_other: bool = False
+
+    def folder_of(self, config: ml_collections.ConfigDict) -> str:
+        return self.folder(config) if self.folder is not None else self.name
+
+
+_BASE = ("data", "tokenizer", "model", "pretrain")
+GRAPH: dict[str, Stage] = {
+    "data": Stage("data", (), ("data",), data.run, all_processes=False),
+    "pretrain": Stage("pretrain", ("data",), _BASE, pretrain.run, all_processes=True, extra=pretrain.packaged_id),
+    "curate": Stage("curate", ("pretrain",), _BASE + ("curate",), curate.run, all_processes=False),
+    "align": Stage("align", ("curate",), _BASE + ("curate", "align"), align.run, all_processes=True,
+                   folder=lambda c: align.folder_name(c.align.method)),
+    "evaluate": Stage("evaluate", ("pretrain", "align"), _BASE + ("evaluate",), evaluate.run, all_processes=False,
+                      extra=evaluate.models_fingerprint, reuse_other=True),
 }
+JOBS = tuple(GRAPH) + ("main",)
 
 
-# Keys that change how a stage runs but not what it produces (logging, checkpoint cadence,
-# parallelism): left out of the fingerprint, so e.g. turning the progress bar off does not make a
-# finished stage look stale.
-NOT_FINGERPRINTED = (
-    "data.synthetic.num_workers",
-    "pretrain.log_every", "pretrain.progress_bar", "pretrain.prefetch", "pretrain.checkpoint_every",
-    "pretrain.keep_checkpoints", "pretrain.async_checkpointing",
-    "align.log_every", "align.progress_bar", "align.checkpoint_every", "align.keep_checkpoints",
-    "align.then_evaluate",
-)
+def fingerprint(stage: str, config: ml_collections.ConfigDict, root: str | pathlib.Path) -> str:
+    """The fingerprint a finished ``stage`` records in its summary's ``config_fingerprint``."""
+    s = GRAPH[stage]
+    return workdir.fingerprint(config, s.sections, s.extra(config, str(root)) if s.extra else None)
 
 
-def derived_seed(*parts: int) -> int:
-    """A seed in [0, 2**31) derived from several integers (e.g. the global seed and a
-    stage's repeat seed), independent for different tuples."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] % (2**31))
+def ensure(target: str, config: ml_collections.ConfigDict, root: str | pathlib.Path,
+           _seen: set[str] | None = None) -> int:
+    """Runs the missing stages up to ``target``, prerequisites first; returns 0, or 75 when one was preempted."""
+    seen = set() if _seen is None else _seen
+    stage = GRAPH[target]
+    for need in stage.needs:
+        if need not in seen:
+            code = ensure(need, config, root, seen)
+            if code:
+                return code
+    seen.add(target)
+    folder = stage.folder_of(config)
+    fp = fingerprint(target, config, root)
+    if workdir.finished(root, folder, fp, refuse_other=not stage.reuse_other):
+        workdir.say(f"[{folder}] reused: finished earlier with this config ({workdir.stage_dir(root, folder)})")
+        return 0
+    partial = workdir.stage_dir(root, folder).exists()
+    workdir.say(f"[{folder}] running: " + ("resuming an unfinished run" if partial else "not run yet in this workdir"))
+    code = _run(stage, config, str(root), fp)
+    if code == 0 and not workdir.finished(root, folder, fp, refuse_other=False):
+        raise RuntimeError(f"stage {folder} ended without writing its summary with fingerprint {fp} "
+                           f"({workdir.stage_dir(root, folder) / workdir.SUMMARY})")
+    return code
 
 
-def stage_dir(workdir: str | pathlib.Path, stage: str) -> pathlib.Path:
-    return pathlib.Path(workdir) / stage
+def _run(stage: Stage, config: ml_collections.ConfigDict, root: str, fp: str) -> int:
+    if stage.all_processes:
+        return _exit_code(stage.run(config, root, fp))
+    code = _exit_code(stage.run(config, root, fp)) if workdir.is_writer() else 0
+    workdir.barrier(f"stage_{stage.name}")
+    return code
 
 
-def fingerprint(config: ml_collections.ConfigDict, sections: Sequence[str]) -> str:
-    """A short hash of the named config sections (and the seed)."""
-    d = config.to_dict()
-    for path in NOT_FINGERPRINTED:
-        *parents, leaf = path.split(".")
-        node = d
-        for p in parents:
-            node = node.get(p) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    sub = {k: d.get(k) for k in sorted(sections)}
-    sub["seed"] = d.get("seed")
-    blob = json.dumps(sub, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+def _exit_code(result: Any) -> int:
+    return result if isinstance(result, int) else 0
 
 
-def read_summary(workdir: str | pathlib.Path, stage: str) -> dict[str, Any] | None:
-    path = stage_dir(workdir, stage) / SUMMARY
-    if not path.exists():
-        return None
-    return json.loads(path.read_text())
-
-
-def is_done(workdir: str | pathlib.Path, stage: str, config: ml_collections.ConfigDict,
-            sections: Sequence[str] | None = None) -> bool:
-    """True if the stage finished with the same config; raises if it finished with another."""
-    summary = read_summary(workdir, stage)
-    if summary is None:
-        return False
-    want = fingerprint(config, sections or DEPENDS_ON[stage.split("/")[0]])
-    got = summary.get("config_fingerprint")
-    if got != want:
-        raise RuntimeError(
-            f"{stage_dir(workdir, stage)} holds a finished '{stage}' stage made with another config "
-            f"(fingerprint {got} != {want}); use another --workdir or delete that folder.")
-    return True
-
-
-def ensure(stage: str, config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-           run: Callable[[ml_collections.ConfigDict, str], Any]) -> dict[str, Any]:
-    """Runs ``run(config, workdir)`` unless the stage is already finished; returns its summary."""
-    if is_done(workdir, stage, config):
-        logging.info("stage %s: finished earlier, reusing %s", stage, stage_dir(workdir, stage))
-    else:
-        logging.info("stage %s: running", stage)
-        run(config, str(workdir))
-    summary = read_summary(workdir, stage)
-    if summary is None:
-        raise RuntimeError(f"stage {stage} ended without writing {stage_dir(workdir, stage) / SUMMARY}")
-    return summary
+def run_job(config: ml_collections.ConfigDict, root: str, job: str | None = None) -> int:
+    """The launcher's job ``config.job``: the graph up to that stage ('main': up to evaluate, then the table)."""
+    job = job or config.job
+    if job not in JOBS:
+        raise ValueError(f"config.job={job!r} is not one of {JOBS}")
+    code = ensure("evaluate" if job == "main" else job, config, root)
+    if code == 0 and job in ("main", "evaluate"):
+        evaluate.print_table(root)
+    return code

@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
 from dpa_omf import datatypes as dt
@@ -122,7 +120,10 @@ def _finish(outs, valid: jax.Array) -> Rollouts:
     tokens = jnp.where(valid[:, None], jnp.swapaxes(tokens, -1, -2), tok.ZERO_TOKEN)
     lps = jnp.where(valid[:, None], jnp.swapaxes(lps, -1, -2), 0.0)
     # [R, S, A, H] -> [R, A, S * H]
-    flat = lambda v: jnp.moveaxis(v, 1, 2).reshape(v.shape[0], v.shape[2], -1)  # noqa: E731
+
+    def flat(v):
+        return jnp.moveaxis(v, 1, 2).reshape(v.shape[0], v.shape[2], -1)
+
     return Rollouts(x=flat(subs.x), y=flat(subs.y), heading=flat(subs.heading),
                     vel_x=flat(subs.vel_x), vel_y=flat(subs.vel_y), tokens=tokens,
                     log_probs=lps, valid=valid)
@@ -206,75 +207,3 @@ def sample_uncached(model: ml.MotionLM, params, scenario: dt.Scenario, key: jax.
         return jax.tree.map(lambda v: jnp.moveaxis(v, 0, 1), outs)
 
     return _finish(_chunked(run_chunk, cfg), valid)
-
-
-# ------------------------------------------------------------------ benchmark
-def bench_scenario(num_agents: int, num_points: int = 4000, seed: int = 0) -> dt.Scenario:
-    """A simple numpy scene for timing: agents on parallel lanes at 5-15 m/s, all valid.
-
-    Only shapes and plausible magnitudes matter for timing (cost does not depend on values).
-    """
-    rng = np.random.default_rng(seed)
-    s = dt.empty_scenario(num_agents, num_points)
-    t = (np.arange(dt.NUM_STEPS) - dt.CURRENT_INDEX) * dt.DT
-    lane = rng.integers(0, 8, num_agents)
-    speed = rng.uniform(5.0, 15.0, num_agents)
-    x0 = rng.uniform(-100.0, 100.0, num_agents)
-    f32 = lambda v: np.asarray(v, np.float32)  # noqa: E731
-    full = lambda v: f32(np.broadcast_to(v[:, None], (num_agents, dt.NUM_STEPS)))  # noqa: E731
-    agents = s.agents.replace(
-        x=f32(x0[:, None] + speed[:, None] * t), y=full(lane * 3.5), vel_x=full(speed),
-        length=np.full((num_agents, dt.NUM_STEPS), 4.5, np.float32),
-        width=np.full((num_agents, dt.NUM_STEPS), 2.0, np.float32),
-        valid=np.ones((num_agents, dt.NUM_STEPS), bool), type=np.ones(num_agents, np.int32),
-        id=np.arange(num_agents, dtype=np.int32), sim_mask=np.ones(num_agents, bool))
-    px = rng.uniform(-200.0, 200.0, num_points)
-    py = rng.integers(0, 9, num_points) * 3.5 - 1.75
-    rg = s.roadgraph.replace(xyz=f32(np.stack([px, py, np.zeros_like(px)], -1)),
-                             dir=f32(np.tile([1.0, 0.0, 0.0], (num_points, 1))),
-                             type=np.full(num_points, dt.RG_LANE_SURFACE_STREET, np.int32),
-                             valid=np.ones(num_points, bool))
-    return s.replace(agents=agents, roadgraph=rg)
-
-
-def _time_compiled(jitted, static: tuple, args: tuple, repeats: int) -> tuple[float, float]:
-    """(compile seconds, median run seconds over ``repeats``) of ``jitted(*static, *args)``.
-
-    Compiles ahead of time, so no untimed warm-up run is needed (the uncached sampler at
-    128 agents takes minutes per run on a CPU).
-    """
-    model, cfg = static
-    t0 = time.perf_counter()
-    compiled = jitted.lower(model, *args, cfg).compile()
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args).x)
-        times.append(time.perf_counter() - t0)
-    return compile_s, float(np.median(times))
-
-
-def bench_rollout(model_config: ml.ModelConfig | None = None, num_rollouts: int = 64,
-                  agent_counts: tuple[int, ...] = (32, 128), rollout_chunk: int = 16,
-                  repeats: int = 3, seed: int = 0) -> dict:
-    """Seconds per scene of cached vs uncached sampling (median of ``repeats`` after compiling).
-
-    The scene has ``num_points`` = 20,000 road samples (the older WOMD size).
-    Returns ``{f"{R}x{A}": {"cached_s", "uncached_s", "speedup", "cached_compile_s",
-    "uncached_compile_s"}}``.
-    """
-    model = ml.MotionLM(model_config or ml.ModelConfig())
-    cfg = RolloutConfig(num_rollouts=num_rollouts, rollout_chunk=rollout_chunk)
-    key = jax.random.key(seed)
-    results = {}
-    for a in agent_counts:
-        scene = bench_scenario(a, num_points=20000, seed=seed)
-        params = model.init(jax.random.key(seed), dt.stack_scenarios([scene]))
-        args = (params, scene, key)
-        c_compile, cached = _time_compiled(sample, (model, cfg), args, repeats)
-        u_compile, uncached = _time_compiled(sample_uncached, (model, cfg), args, repeats)
-        results[f"{num_rollouts}x{a}"] = dict(
-            cached_s=cached, uncached_s=uncached, speedup=uncached / cached,
-            cached_compile_s=c_compile, uncached_compile_s=u_compile)
-    return results

@@ -1,4 +1,4 @@
-"""Preference distances: OT between occupancy measures (DPA-OMF) and ADE (DPA-ADEF).
+"""The preference distance of DPA-OMF: OT between occupancy measures.
 
 For every rollout r and agent a, the rollout's occupancy measure is uniform over
 the agent's valid 10 Hz steps in feature space (phi: [collision, distance to road
@@ -30,6 +30,9 @@ iterations, annealed epsilon) and ``ott_default`` (ott-jax defaults, for the
 benchmark). ``rescore_window > 0`` re-scores the rollouts ranked near the top /
 bottom ``num_pairs`` boundaries with ``rescore_solver`` (near-ties swap under
 approximate OT).
+
+Ranking rollouts by these distances into preference pairs, and the ADE
+distance of the DPA-ADEF baseline, live in :mod:`dpa_omf.preference.ranking`.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dpa_omf.preference import features as feat
-from dpa_omf.preference import ot_host, ot_device as ot_kernels
+from dpa_omf.preference import ot_device, ot_host
 
 SOLVERS = ("exact_host", "exact", "sinkhorn", "ott", "ott_default")
 EXACT_SOLVERS = ("exact_host", "exact")
@@ -138,13 +141,16 @@ def _plan_cost(plan: jax.Array, c: jax.Array) -> jax.Array:
 
 
 def _sinkhorn_plans(c, vx, vy, config: OTConfig):
-    fn = lambda c, vx, vy: ot_kernels.sinkhorn_log(  # noqa: E731
-        c, vx, vy, config.sinkhorn_iterations, config.sinkhorn_eps_final,
-        config.sinkhorn_eps_init, config.sinkhorn_anneal_fraction)
-    return jax.vmap(fn)(c, vx, vy)
+    def one(c, vx, vy):
+        return ot_device.sinkhorn_log(c, vx, vy, config.sinkhorn_iterations, config.sinkhorn_eps_final,
+                                      config.sinkhorn_eps_init, config.sinkhorn_anneal_fraction)
+
+    return jax.vmap(one)(c, vx, vy)
 
 
 def _ott_plans(x, y, vx, vy, config: OTConfig, default: bool):
+    # Lazy: ott-jax serves only the comparison solvers ("ott", "ott_default") and
+    # takes ~3 s to import, which every curation run would otherwise pay.
     from ott.geometry import costs, epsilon_scheduler, pointcloud
     from ott.problems.linear import linear_problem
     from ott.solvers.linear import sinkhorn
@@ -169,7 +175,7 @@ def _ott_plans(x, y, vx, vy, config: OTConfig, default: bool):
                                        max_iterations=config.sinkhorn_iterations, inner_iterations=1)
         out = solver(linear_problem.LinearProblem(geom, a=a.astype(jnp.float32), b=b.astype(jnp.float32)))
         plan = out.matrix
-        return ot_kernels.round_to_marginals(jnp.where(vx[:, None] & vy[None, :], plan, 0.0), a, b)
+        return ot_device.round_to_marginals(jnp.where(vx[:, None] & vy[None, :], plan, 0.0), a, b)
 
     return jax.vmap(one)(x, y, vx, vy)
 
@@ -184,10 +190,10 @@ def _exact(c, vx, vy, config: OTConfig, with_plans: bool):
     # are overwritten below.
     vx_eq = jnp.where(ragged[:, None], vy, vx)
     mask = vx_eq[:, :, None] & vy[:, None, :]
-    q, _ = jax.vmap(lambda c, m: ot_kernels.quantize_costs(c, m, config.auction_levels))(c, mask)
+    q, _ = jax.vmap(lambda c, m: ot_device.quantize_costs(c, m, config.auction_levels))(c, mask)
     q = jnp.where(ragged[:, None, None], 0, q)
-    sched = ot_kernels.auction_eps_schedule(config.auction_levels, t, config.auction_eps_factor)
-    cols = jax.vmap(lambda q, a, b: ot_kernels.auction_assignment(q, a, b, sched))(q, vx_eq, vy)
+    sched = ot_device.auction_eps_schedule(config.auction_levels, t, config.auction_eps_factor)
+    cols = jax.vmap(lambda q, a, b: ot_device.auction_assignment(q, a, b, sched))(q, vx_eq, vy)
     n_eq = jnp.maximum(nx, 1).astype(jnp.float32)
     matched = jnp.take_along_axis(c, jnp.maximum(cols, 0)[..., None], axis=-1)[..., 0]
     cost = jnp.sum(jnp.where(cols >= 0, matched, 0.0), -1) / n_eq
@@ -206,7 +212,7 @@ def _solve_ragged(cost, plans, c, vx, vy, ragged, chunk: int):
     """
     num = ragged.shape[0]
     chunk = min(chunk, num)
-    solve = jax.vmap(ot_kernels.ssp_transport)
+    solve = jax.vmap(ot_device.ssp_transport)
     one = jnp.zeros_like(vx[0]).at[0].set(True)
 
     def body(state):
@@ -313,7 +319,9 @@ def _per_agent(rollout_phi, rollout_valid, expert_phi, expert_valid, agent_mask,
                            vxs.reshape(k * a, t), vys.reshape(k * a, t), config)
         return cost.reshape(k, a)
 
-    split = lambda z: z.reshape((r // chunk, chunk) + z.shape[1:])  # noqa: E731
+    def split(z):  # [R, ...] -> [R / chunk, chunk, ...]
+        return z.reshape((r // chunk, chunk) + z.shape[1:])
+
     cost = jax.lax.map(run, (split(x), split(vx), split(vy))).reshape(r, a)
     return jnp.where(counted, cost, 0.0), counted
 
@@ -408,52 +416,8 @@ def _rescore_boundaries(scene, per_agent, rollout_phi, rollout_valid, expert_phi
     return scene, per_agent
 
 
-# ----------------------------------------------------------------- ranking
+# ----------------------------------------------------------------- order
 def stable_argsort(d: jax.Array) -> jax.Array:
     """Ascending order of ``[R]`` distances; ties by index, NaN last."""
     key = jnp.where(jnp.isnan(d), jnp.inf, d)
     return jnp.argsort(key, stable=True)
-
-
-def rank_and_pair(scene_distances: jax.Array, num_pairs: int = 16) -> tuple[jax.Array, jax.Array]:
-    """Preference pairs from a ranking of R rollouts.
-
-    Args:
-      scene_distances: float ``[R]`` (lower = closer to the expert); NaN
-        ranks last. R >= 2 * num_pairs.
-      num_pairs: K.
-    Returns:
-      ``(preferred [K], unpreferred [K])`` int32 rollout indices: preferred[k]
-      is the k-th closest, unpreferred[k] the k-th farthest, so pair k matches
-      the k-th best with the k-th worst. Ties break by rollout index (lower
-      index counts as closer), so the result is deterministic.
-    """
-    r = scene_distances.shape[0]
-    if r < 2 * num_pairs:
-        raise ValueError(f"need >= {2 * num_pairs} rollouts for {num_pairs} pairs, got {r}")
-    order = stable_argsort(jnp.asarray(scene_distances))
-    return order[:num_pairs].astype(jnp.int32), order[::-1][:num_pairs].astype(jnp.int32)
-
-
-# ----------------------------------------------------------------- ADE
-@jax.jit
-def ade_distance(rollout_xy: jax.Array, expert_xy: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Average displacement error of rollouts to the expert (DPA-ADEF baseline).
-
-    Args:
-      rollout_xy: ``[R, A, T, 2]`` positions, metres.
-      expert_xy: ``[A, T, 2]`` logged positions, metres.
-      valid: bool ``[A, T]`` (or ``[R, A, T]``) steps where both are valid.
-    Returns:
-      ``(scene [R], per_agent [R, A])``: per-agent mean L2 error over valid
-      steps (0 for agents with none), scene = mean over agents with >= 1
-      valid step (NaN if none). Metres.
-    """
-    valid = jnp.broadcast_to(valid, rollout_xy.shape[:-1])
-    err = jnp.linalg.norm(rollout_xy - expert_xy[None], axis=-1)
-    n = jnp.sum(valid, -1)
-    per_agent = jnp.sum(jnp.where(valid, err, 0.0), -1) / jnp.maximum(n, 1)
-    counted = n > 0
-    m = jnp.sum(counted, -1)
-    scene = jnp.where(m > 0, jnp.sum(jnp.where(counted, per_agent, 0.0), -1) / jnp.maximum(m, 1), jnp.nan)
-    return scene, per_agent

@@ -124,6 +124,9 @@ def auction_assignment(
 
 
 # ----------------------------------------------------------------- transportation (SSP)
+# Kept whole (~100 lines): one JAX kernel of nested while loops (augment ->
+# Dijkstra -> path walk / push) whose bodies close over the same cost matrix,
+# masks and index ranges; it already reads as named inner functions, one per phase.
 def ssp_transport(c: jax.Array, row_valid: jax.Array, col_valid: jax.Array) -> jax.Array:
     """Exact uniform-to-uniform transport plan by successive shortest paths.
 

@@ -85,6 +85,10 @@ def _push(flow, crow, ccnt, j, i, amount):
                 break
 
 
+# Kept whole (~160 lines): a numba kernel whose phases (reduction, Dijkstra
+# over the residual graph, augmentation, potential update) share a dozen
+# scratch arrays and loop indices; split into functions, every call would pass
+# them all and the inner loops would cross call boundaries numba may not inline.
 @numba.njit(cache=True, nogil=True)
 def _transport_sap(c, n, m, flow):
     """Exact transportation between n rows with supply m/g and m columns with
@@ -95,7 +99,9 @@ def _transport_sap(c, n, m, flow):
     Invariants: reduced costs ``c - u - v >= 0`` everywhere and ``== 0`` where
     flow > 0. Start: column reduction (``v_j = min_i c_ij``) and greedy flow on
     the tight edges. (Jonker-Volgenant's augmenting row reduction was tried
-    and removed: on these problems it made the solver ~1.8x slower.) Fills the integer ``flow`` (indexed [column, row], so a column's rows are contiguous); returns sum(flow * c) / mass.
+    and removed: on these problems it made the solver ~1.8x slower.) Fills
+    the integer ``flow`` (indexed [column, row], so a column's rows are
+    contiguous); returns sum(flow * c) / mass.
     """
     g = math.gcd(n, m)
     supply = np.full(n, m // g, np.int64)

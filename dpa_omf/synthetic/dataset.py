@@ -15,7 +15,7 @@
    an SDC, agents to evaluate, road-graph samples fitted to ``num_points``,
    traffic-light slots, WOMD reader conventions (zeros at invalid entries).
 
-``generate_dataset`` writes TFRecord shards through ``dpa_omf.io.womd_example``.
+``generate_dataset`` writes TFRecord shards through ``dpa_omf.io.example_writer``.
 Neither imports JAX; ``synthetic.statistics`` (JAX) measures interactivity,
 collisions and off-road steps of generated scenes.
 """
@@ -32,7 +32,7 @@ import numpy as np
 
 from dpa_omf import atomic
 from dpa_omf import datatypes as dt
-from dpa_omf.io import womd_example as womd
+from dpa_omf.io import example_writer
 from dpa_omf.synthetic import expert, traffic
 from dpa_omf.synthetic import maps as smap
 from dpa_omf.synthetic.config import SyntheticConfig
@@ -244,7 +244,7 @@ def _shard_ranges(num_scenes: int, num_shards: int) -> list[tuple[int, int]]:
 def _write_shard(job: tuple) -> tuple[str, int]:
     """Worker: generates scenes ``[lo, hi)`` and writes one shard (spawn-safe, top level)."""
     path, seed, lo, hi, config = job
-    n = womd.write_tfrecord(path, (generate_scenario(scene_seed(seed, i), config) for i in range(lo, hi)))
+    n = example_writer.write_tfrecord(path, (generate_scenario(scene_seed(seed, i), config) for i in range(lo, hi)))
     return path, n
 
 

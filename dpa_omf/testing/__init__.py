@@ -1,1 +1,1 @@
-"""dpa_omf.testing: fake scenes shared by tests and benchmarks (production packages do not import it)."""
+"""Fake scenes and records shared by the tests and the benchmarks (never imported by production code)."""

@@ -1,20 +1,39 @@
 """Benchmarks against the baselines users would pick, in one run.
 
-    python -m dpa_omf.tools.bench ot --json OUT [--scenes 20] [--steps 80] [--skip_ott_default]
+    python -m dpa_omf.bench {ot,train,rollout,realism} --json OUT [flags]
 
-Subcommands live in ``BENCHMARKS`` (name -> function(argv list) -> dict); add
-one by writing ``def bench_x(args) -> dict`` plus its ``_add_x_args(parser)``
-and registering both in ``BENCHMARKS``.
+Subcommands live in ``BENCHMARKS`` (name -> (add_arguments, run)); add one by
+writing ``def bench_x(args) -> dict`` plus its ``_add_x_args(parser)`` and
+registering both in ``BENCHMARKS``. The result goes to ``--json`` (atomically).
 
 ``ot``: one scene = 64 rollouts x 128 agents x T steps of 5 features (T = 80 at
-10 Hz, 16 at 2 Hz), ~60% valid agents, some experts with ragged validity. Times
-our OT kernels (``dpa_omf.preference.distance``) against a scipy
-``linear_sum_assignment`` loop, a POT ``ot.emd`` loop and a default-configured
-ott-jax Sinkhorn, and measures how often each method's top-16 / bottom-16
-rollout sets equal those of our exact host solver (``exact_host``, itself
-cross-checked against the scipy / POT costs on the loop scenes). The on-device
-exact solver (``ours_exact``: auction + SSP in JAX) is timed on
-``--device_exact_scenes`` scenes only: on a CPU it takes minutes per scene.
+10 Hz, 16 at 2 Hz; ``dpa_omf.testing.bench_scenes.ot_scene``), ~60% valid
+agents, some experts with ragged validity. Times our OT solvers (the public
+entry point ``dpa_omf.preference.distance.ot_distance``, compiled ahead of
+time) against a scipy ``linear_sum_assignment`` loop and a POT ``ot.emd``
+loop, and measures how often each method's top-16 / bottom-16 rollout sets
+equal those of our exact host solver (``ours_exact_host``, the reference,
+itself cross-checked against the scipy / POT costs on the loop scenes).
+
+The default runs the fast methods only -- ``ours_exact_host`` on ``--scenes``
+(20) scenes and the scipy / POT loops on ``--loop_scenes`` (5) -- about a
+minute on an idle 2-core CPU (0.5 s, 0.8 s and 1.3 s per 80-step scene). The
+slow methods run only when asked for:
+
+  --methods NAME ...  add some of our other solvers: ``ours_sinkhorn`` (100
+                      iterations; ~30 s per 80-step scene on a CPU),
+                      ``ours_sinkhorn50``, ``ours_sinkhorn50_rescore``,
+                      ``ott_fast`` (ott-jax with our schedule) and ``ours_exact``
+                      (on-device JAX auction + SSP: minutes per 80-step scene on
+                      a CPU, so it runs on ``--device_exact_scenes`` scenes only).
+  --all_methods       all of the above.
+  --ott_default       also ott-jax's default Sinkhorn, on one scene (~8 s at 16
+                      steps; far longer at 80).
+
+``train``: scenes/s and tokens/s of the pretraining step (the loop's compiled
+step) on synthetic scenes, per agent count. ``rollout``: cached (KV) vs
+recompute-the-prefix sampling. ``realism``: the WOSAC metric on one scene and
+on a vmapped batch.
 """
 
 from __future__ import annotations
@@ -27,102 +46,44 @@ import resource
 import statistics
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
-os.environ.setdefault("POT_BACKEND_DISABLE_TENSORFLOW", "1")  # POT imports TF otherwise (slow)
+import jax
+import ml_collections
+import numba
+import numpy as np
+from scipy import optimize
+from scipy.spatial import distance as spatial_distance
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+from configs import pretrain as pretrain_config
+from dpa_omf import atomic
+from dpa_omf import datatypes as dt
+from dpa_omf.io import reader
+from dpa_omf.jobs import config as cfg_lib
+from dpa_omf.jobs import pretrain
+from dpa_omf.metrics import wosac as realism
+from dpa_omf.model import motion_lm as mlm
+from dpa_omf.model import sampling
+from dpa_omf.preference import distance, ranking
+from dpa_omf.synthetic import dataset as synthetic
+from dpa_omf.testing import bench_scenes
+from dpa_omf.testing import scenes as fake_scenes
+from dpa_omf.train import loop
 
-from dpa_omf import datatypes as dt  # noqa: E402
-from dpa_omf.metrics import wosac as realism  # noqa: E402
-from dpa_omf.testing import scenes  # noqa: E402
+os.environ.setdefault("POT_BACKEND_DISABLE_TENSORFLOW", "1")  # POT (imported later) would import TF otherwise
 
-NUM_FEATURES = 5
-
-
-# ----------------------------------------------------------------- synthetic scenes
-def _smooth(rng: np.random.Generator, shape, steps: int, corr: float) -> np.ndarray:
-    """AR(1) noise ``[*shape, steps]`` with unit marginal variance."""
-    e = rng.normal(size=tuple(shape) + (steps,))
-    out = np.empty_like(e)
-    out[..., 0] = e[..., 0]
-    s = np.sqrt(1.0 - corr**2)
-    for t in range(1, steps):
-        out[..., t] = corr * out[..., t - 1] + s * e[..., t]
-    return out
-
-
-def _collision_runs(rng, shape, steps: int, rate: float) -> np.ndarray:
-    """Mostly 0 with rare runs of 1 (``rate`` = probability of a run per track)."""
-    out = np.zeros(tuple(shape) + (steps,), np.float32)
-    has = rng.random(shape) < rate
-    start = rng.integers(0, steps, size=shape)
-    length = rng.integers(max(steps // 16, 1), max(steps // 4, 2), size=shape)
-    t = np.arange(steps)
-    run = (t >= start[..., None]) & (t < (start + length)[..., None])
-    out[has[..., None] & run] = 1.0
-    return out
+TOP_BOTTOM_K = 16
 
 
-def _clip_features(phi: np.ndarray) -> np.ndarray:
-    lo = np.array([0.0, -3.0, 0.0, 0.0, 0.0], np.float32)
-    hi = np.array([1.0, 6.0, 30.0, 3.0, 20.0], np.float32)
-    return np.clip(phi, lo, hi)
+# ----------------------------------------------------------------- ot: baselines (host loops)
+def _import_pot():
+    """POT (``ot``): imported here, not at the top, because it is a test extra
+    that only the ``ot`` benchmark's baselines need."""
+    import ot
+
+    return ot
 
 
-def make_ot_scene(rng: np.random.Generator, num_rollouts: int = 64, num_agents: int = 128,
-                  steps: int = 80, valid_fraction: float = 0.6, ragged_fraction: float = 0.15) -> dict:
-    """A synthetic preference-distance scene with realistic feature values.
-
-    Features per step: collision (0 with rare runs of 1), signed distance to
-    the road boundary ~N(1.5, 1) clipped to [-3, 6] m, clearance 0-30 m,
-    control effort 0-3 m/s^2, speed 0-20 m/s (temporally correlated). Each
-    rollout perturbs the expert with its own magnitude (log-uniform over
-    [0.03, 1.5] of each feature's spread), so rollouts are ranked by that
-    magnitude with noise and near-ties. Rollouts are valid on every step of
-    the valid agents (the sampler simulates them over the whole horizon);
-    ``ragged_fraction`` of the valid agents have a logged (expert) track that
-    starts late or ends early.
-
-    Returns:
-      dict of numpy arrays: rollout_phi ``[R, A, T, 5]``, rollout_valid
-      ``[R, A, T]``, expert_phi ``[A, T, 5]``, expert_valid ``[A, T]``,
-      agent_mask ``[A]``, magnitude ``[R]``.
-    """
-    a, t, r = num_agents, steps, num_rollouts
-    corr = 0.9 ** (80 / steps)  # same correlation time at 10 Hz and 2 Hz
-    expert = np.stack([
-        _collision_runs(rng, (a,), t, 0.05),
-        1.5 + _smooth(rng, (a,), t, corr),
-        rng.uniform(2, 25, (a, 1)) + 3 * _smooth(rng, (a,), t, corr),
-        np.abs(0.8 * _smooth(rng, (a,), t, corr)),
-        rng.uniform(0, 15, (a, 1)) + 2 * _smooth(rng, (a,), t, corr),
-    ], -1).astype(np.float32)
-    expert = _clip_features(expert)
-    magnitude = np.exp(rng.uniform(np.log(0.03), np.log(1.5), r)).astype(np.float32)
-    spread = np.array([0.0, 1.0, 5.0, 0.8, 3.0], np.float32)
-    noise = np.stack([_smooth(rng, (r, a), t, corr) for _ in range(NUM_FEATURES)], -1).astype(np.float32)
-    rollouts = expert[None] + magnitude[:, None, None, None] * spread * noise
-    flips = _collision_runs(rng, (r, a), t, 1.0) * (rng.random((r, a, 1)) < 0.1 * magnitude[:, None, None])
-    rollouts[..., 0] = np.maximum(rollouts[..., 0], flips)
-    rollouts = _clip_features(rollouts)
-
-    agent_mask = rng.random(a) < valid_fraction
-    expert_valid = np.repeat(agent_mask[:, None], t, 1)
-    ragged = agent_mask & (rng.random(a) < ragged_fraction)
-    for i in np.flatnonzero(ragged):
-        k = rng.integers(1, t)
-        if rng.random() < 0.5:
-            expert_valid[i, k:] = False  # leaves the sensor range
-        else:
-            expert_valid[i, :k] = False  # appears late
-    rollout_valid = np.broadcast_to(agent_mask[None, :, None], (r, a, t)).copy()
-    return dict(rollout_phi=rollouts, rollout_valid=rollout_valid, expert_phi=expert,
-                expert_valid=expert_valid, agent_mask=agent_mask, magnitude=magnitude)
-
-
-# ----------------------------------------------------------------- baselines (host loops)
 def _problem_list(scene: dict, weights: np.ndarray):
     """Yields (rollout, agent, x [n, F], y [m, F]) float64 scaled features."""
     rp, rv = scene["rollout_phi"], scene["rollout_valid"]
@@ -132,12 +93,6 @@ def _problem_list(scene: dict, weights: np.ndarray):
         for r in range(rp.shape[0]):
             if rv[r, a].any():
                 yield r, a, rp[r, a][rv[r, a]].astype(np.float64) * weights, y
-
-
-def _cdist(x, y):
-    from scipy.spatial.distance import cdist
-
-    return cdist(x, y)
 
 
 def _scene_mean(costs: dict, num_rollouts: int) -> np.ndarray:
@@ -151,14 +106,12 @@ def _scene_mean(costs: dict, num_rollouts: int) -> np.ndarray:
 
 def scipy_lsa_scene(scene: dict, weights: np.ndarray) -> np.ndarray:
     """scipy assignment loop; ragged problems (no assignment form) use POT emd2."""
-    import ot
-    from scipy.optimize import linear_sum_assignment
-
+    ot = _import_pot()
     costs = {}
     for r, a, x, y in _problem_list(scene, weights):
-        c = _cdist(x, y)
+        c = spatial_distance.cdist(x, y)
         if len(x) == len(y):
-            i, j = linear_sum_assignment(c)
+            i, j = optimize.linear_sum_assignment(c)
             costs[r, a] = c[i, j].mean()
         else:
             costs[r, a] = ot.emd2(np.full(len(x), 1 / len(x)), np.full(len(y), 1 / len(y)), c)
@@ -167,22 +120,26 @@ def scipy_lsa_scene(scene: dict, weights: np.ndarray) -> np.ndarray:
 
 def pot_emd_scene(scene: dict, weights: np.ndarray) -> np.ndarray:
     """POT network-simplex loop (``ot.emd``) over all problems."""
-    import ot
-
+    ot = _import_pot()
     costs = {}
     for r, a, x, y in _problem_list(scene, weights):
-        c = _cdist(x, y)
+        c = spatial_distance.cdist(x, y)
         plan = ot.emd(np.full(len(x), 1 / len(x)), np.full(len(y), 1 / len(y)), c)
         costs[r, a] = float((plan * c).sum())
     return _scene_mean(costs, scene["rollout_phi"].shape[0])
 
 
-# ----------------------------------------------------------------- ot benchmark
-def _topbottom_equal(d: np.ndarray, ref: np.ndarray, k: int) -> bool:
-    from dpa_omf.preference import distance as D
+LOOPS: dict[str, Callable] = {"scipy_lsa": scipy_lsa_scene, "pot_emd": pot_emd_scene}
 
-    p, u = (set(np.asarray(z).tolist()) for z in D.rank_and_pair(d, k))
-    pr, ur = (set(np.asarray(z).tolist()) for z in D.rank_and_pair(ref, k))
+
+# ----------------------------------------------------------------- ot: benchmark
+# Our solvers beyond the reference; ``ours_exact_host`` always runs.
+SLOW_METHODS = ("ours_exact", "ours_sinkhorn", "ours_sinkhorn50", "ours_sinkhorn50_rescore", "ott_fast")
+
+
+def _topbottom_equal(d: np.ndarray, ref: np.ndarray, k: int) -> bool:
+    p, u = (set(np.asarray(z).tolist()) for z in ranking.rank_and_pair(d, k))
+    pr, ur = (set(np.asarray(z).tolist()) for z in ranking.rank_and_pair(ref, k))
     return p == pr and u == ur
 
 
@@ -190,11 +147,13 @@ def _maxrss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _our_methods(steps: int) -> dict:
-    from dpa_omf.preference.distance import OTConfig
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
+
+def _our_methods(steps: int) -> dict[str, distance.OTConfig]:
     chunk = 8 if steps > 40 else 64
-    base = OTConfig(rollout_chunk=chunk)
+    base = distance.OTConfig(rollout_chunk=chunk)
     return {
         "ours_exact_host": dataclasses.replace(base, solver="exact_host"),
         "ours_exact": dataclasses.replace(base, solver="exact"),
@@ -206,112 +165,109 @@ def _our_methods(steps: int) -> dict:
     }
 
 
-def _run_ours(name, cfg, scenes, log) -> tuple[list[float], list[np.ndarray], float]:
-    import jax
+def _scene_args(s: dict) -> tuple:
+    return (s["rollout_phi"], s["rollout_valid"], s["expert_phi"], s["expert_valid"], s["agent_mask"])
 
-    from dpa_omf.preference import distance as D
 
-    def args(s):
-        rv, ev = D._broadcast_inputs(s["rollout_phi"], s["rollout_valid"], s["expert_phi"],
-                                     s["expert_valid"], s["agent_mask"])
-        return (s["rollout_phi"], rv, s["expert_phi"], ev, s["agent_mask"])
-
+def _run_ours(name: str, cfg: distance.OTConfig, scenes: list[dict]) -> tuple[list[float], list[np.ndarray], float]:
+    """(seconds per scene, scene distances per scene, compile seconds) of one of our solvers."""
     t0 = time.perf_counter()
-    compiled = D._ot_distance.lower(*args(scenes[0]), config=cfg).compile()  # ahead of time
+    jitted = jax.jit(distance.ot_distance, static_argnames="config")
+    compiled = jitted.lower(*_scene_args(scenes[0]), config=cfg).compile()  # ahead of time
     compile_s = time.perf_counter() - t0
-    call = lambda s: jax.block_until_ready(compiled(*args(s)))  # noqa: E731
     times, dists = [], []
     for s in scenes:
         t0 = time.perf_counter()
-        scene_d, _ = call(s)
+        scene_d, _ = jax.block_until_ready(compiled(*_scene_args(s)))
         times.append(time.perf_counter() - t0)
         dists.append(np.asarray(scene_d, np.float64))
-    log(f"{name}: compile {compile_s:.1f}s, median {statistics.median(times):.3f}s/scene")
+    _log(f"{name}: compile {compile_s:.1f}s, median {statistics.median(times):.3f}s/scene")
     return times, dists, compile_s
 
 
-def bench_ot(args: argparse.Namespace) -> dict:
-    """Runs the OT benchmark; returns the JSON-able result."""
-    import jax
+def _ot_setup(args: argparse.Namespace, scenes: list[dict]) -> dict:
+    ragged = [(s["agent_mask"] & ~s["expert_valid"].all(-1)).sum() / max(s["agent_mask"].sum(), 1) for s in scenes]
+    return dict(rollouts=args.rollouts, agents=args.agents, steps=args.steps, scenes=args.scenes,
+                loop_scenes=args.loop_scenes,
+                problems_per_scene=int(np.mean([s["agent_mask"].sum() * args.rollouts for s in scenes])),
+                ragged_agent_fraction=float(np.mean(ragged)), jax_backend=jax.default_backend(),
+                cpu_count=os.cpu_count(), load_before=os.getloadavg(), numba_threads=numba.get_num_threads())
 
-    from dpa_omf.preference.distance import OTConfig
 
-    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    rng = np.random.default_rng(args.seed)
-    scenes = [make_ot_scene(rng, args.rollouts, args.agents, args.steps) for _ in range(args.scenes)]
-    weights = np.asarray(OTConfig().feature_weights, np.float64)
-    k = 16
-    result = dict(
-        setup=dict(rollouts=args.rollouts, agents=args.agents, steps=args.steps, scenes=args.scenes,
-                   loop_scenes=args.loop_scenes, problems_per_scene=int(np.mean(
-                       [s["agent_mask"].sum() * args.rollouts for s in scenes])),
-                   ragged_agent_fraction=float(np.mean([
-                       (s["agent_mask"] & ~s["expert_valid"].all(-1)).sum() / max(s["agent_mask"].sum(), 1)
-                       for s in scenes])),
-                   jax_backend=jax.default_backend(), cpu_count=os.cpu_count(),
-                   load_before=os.getloadavg()),
-        seconds_per_scene={}, topbottom_agreement={}, agreement_scenes={}, compile_seconds={},
-        maxrss_mib_after={}, cost_error_vs_exact={},
-    )
-    import numba
+def _selected_methods(args: argparse.Namespace) -> list[str]:
+    extra = SLOW_METHODS if args.all_methods else (args.methods or ())
+    unknown = sorted(set(extra) - set(SLOW_METHODS))
+    if unknown:
+        raise ValueError(f"bench ot: unknown methods {unknown}; choose from {SLOW_METHODS}")
+    return ["ours_exact_host"] + [m for m in SLOW_METHODS if m in extra]
 
-    result["setup"]["numba_threads"] = numba.get_num_threads()
+
+def _time_methods(args: argparse.Namespace, scenes: list[dict], result: dict) -> dict[str, list[np.ndarray]]:
+    """Runs the selected methods; fills seconds / compile / memory figures; returns their distances."""
     dists = {}
-    for name, cfg in _our_methods(args.steps).items():
-        if args.methods and name not in args.methods and name != "ours_exact_host":
-            continue
+    configs = _our_methods(args.steps)
+    for name in _selected_methods(args):
         run_scenes = scenes[: args.device_exact_scenes] if name == "ours_exact" else scenes
         if not run_scenes:
             continue
-        times, d, comp = _run_ours(name, cfg, run_scenes, log)
-        dists[name] = d
+        times, dists[name], result["compile_seconds"][name] = _run_ours(name, configs[name], run_scenes)
         result["seconds_per_scene"][name] = statistics.median(times)
-        result["compile_seconds"][name] = comp
         result["maxrss_mib_after"][name] = _maxrss_mib()
-    exact = dists["ours_exact_host"]  # the reference for agreement (cross-checked below)
 
-    loops: dict[str, Callable] = {"scipy_lsa": scipy_lsa_scene, "pot_emd": pot_emd_scene}
-    for name, fn in loops.items():
-        times, d = [], []
+    weights = np.asarray(distance.OTConfig().feature_weights, np.float64)
+    for name, fn in LOOPS.items():
+        times, dists[name] = [], []
         for s in scenes[: args.loop_scenes]:
             t0 = time.perf_counter()
-            d.append(fn(s, weights))
+            dists[name].append(fn(s, weights))
             times.append(time.perf_counter() - t0)
-        dists[name] = d
         result["seconds_per_scene"][name] = statistics.median(times)
         result["maxrss_mib_after"][name] = _maxrss_mib()
-        log(f"{name}: median {statistics.median(times):.3f}s/scene")
+        _log(f"{name}: median {statistics.median(times):.3f}s/scene")
 
-    if not args.skip_ott_default:
-        cfg = dataclasses.replace(OTConfig(), solver="ott_default", rollout_chunk=args.rollouts)
-        times, d, comp = _run_ours("ott_default", cfg, scenes[:1], log)
-        dists["ott_default"] = d
+    if args.ott_default:
+        cfg = dataclasses.replace(distance.OTConfig(), solver="ott_default", rollout_chunk=args.rollouts)
+        times, dists["ott_default"], _ = _run_ours("ott_default", cfg, scenes[:1])
         result["seconds_per_scene"]["ott_default"] = times[0]
         result["maxrss_mib_after"]["ott_default"] = _maxrss_mib()
+    return dists
 
+
+def _compare(dists: dict[str, list[np.ndarray]], result: dict) -> None:
+    """Agreement and cost error of every method against the reference; checks the reference."""
+    exact = dists["ours_exact_host"]
     for name, d in dists.items():
         n = len(d)
-        result["topbottom_agreement"][name] = float(np.mean([_topbottom_equal(d[i], exact[i], k)
+        result["topbottom_agreement"][name] = float(np.mean([_topbottom_equal(d[i], exact[i], TOP_BOTTOM_K)
                                                             for i in range(n)]))
         result["agreement_scenes"][name] = n
         err = np.abs(np.stack(d) - np.stack(exact[:n])) / np.stack(exact[:n])
         result["cost_error_vs_exact"][name] = dict(scene_rel_mean=float(err.mean()), scene_rel_max=float(err.max()))
-
     # The reference itself: its costs against the scipy / POT exact loops.
-    ref_err = max(result["cost_error_vs_exact"][m]["scene_rel_max"] for m in loops)
+    ref_err = max(result["cost_error_vs_exact"][m]["scene_rel_max"] for m in LOOPS)
     result["exact_host_vs_loops_scene_rel_max"] = ref_err
     if ref_err > 1e-4:
         raise RuntimeError(f"exact_host disagrees with scipy / POT by {ref_err:.2e} (relative)")
     ours = [m for m in dists if (m.startswith("ours") or m == "ott_fast")
             and result["topbottom_agreement"][m] >= 0.99]
     result["fastest_exact_equal"] = min(ours, key=lambda m: result["seconds_per_scene"][m]) if ours else None
+
+
+def bench_ot(args: argparse.Namespace) -> dict:
+    """Runs the OT benchmark; returns the JSON-able result."""
+    rng = np.random.default_rng(args.seed)
+    scenes = [bench_scenes.ot_scene(rng, args.rollouts, args.agents, args.steps) for _ in range(args.scenes)]
+    result = dict(setup=_ot_setup(args, scenes), seconds_per_scene={}, topbottom_agreement={},
+                  agreement_scenes={}, compile_seconds={}, maxrss_mib_after={}, cost_error_vs_exact={})
+    dists = _time_methods(args, scenes, result)
+    _compare(dists, result)
     result["setup"]["load_after"] = os.getloadavg()
     result["maxrss_mib"] = _maxrss_mib()
     return result
 
 
 def _add_ot_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scenes", type=int, default=20, help="scenes for our kernels and agreement")
+    p.add_argument("--scenes", type=int, default=20, help="scenes for our solvers and agreement")
     p.add_argument("--loop_scenes", type=int, default=5, help="scenes for the scipy / POT loops")
     p.add_argument("--device_exact_scenes", type=int, default=1,
                    help="scenes for the on-device JAX exact solver (minutes per scene on a CPU)")
@@ -319,31 +275,128 @@ def _add_ot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rollouts", type=int, default=64)
     p.add_argument("--agents", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--methods", nargs="*", default=None, help="subset of our methods (ours_exact_host, the reference, always runs)")
-    p.add_argument("--skip_ott_default", action="store_true", help="skip ott-jax defaults (~90 s a scene)")
+    p.add_argument("--methods", nargs="*", default=None,
+                   help=f"slow methods to add to the default set: any of {', '.join(SLOW_METHODS)}")
+    p.add_argument("--all_methods", action="store_true", help="add every slow method")
+    p.add_argument("--ott_default", action="store_true", help="add ott-jax's default Sinkhorn (one scene)")
+
+
+# ----------------------------------------------------------------- train
+def _synthetic_scenes(config: ml_collections.ConfigDict, batch: int) -> dt.Scenario:
+    """``batch`` synthetic scenes of the configured size (the data job's world, made in memory)."""
+    syn = cfg_lib.synthetic_world(config)
+    return dt.stack_scenarios([synthetic.generate_scenario(i, syn) for i in range(batch)])
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def time_train_step(config: ml_collections.ConfigDict, num_agents: int, batch: int, repeats: int,
+                    steps_per_repeat: int) -> dict:
+    """Times the pretraining step (the loop's compiled step) on synthetic scenes of ``num_agents``."""
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.data.num_agents = num_agents
+    c.pretrain.batch_size = batch
+    c.mesh.data = -1
+    model = mlm.MotionLM(cfg_lib.model(c))
+    trainer = loop.Trainer(pretrain.make_loss_fn(model), pretrain.make_init_fn(model, c),
+                           dataclasses.replace(cfg_lib.pretrain_train(c), progress_bar=False))
+    scenes = _synthetic_scenes(c, batch)
+    state = trainer.init()
+    t = time.perf_counter()
+    state, metrics = trainer.step(state, scenes)
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - t
+    valid_tokens = float(jax.device_get(metrics["valid_tokens"][0]))
+    times, cpu_times = [], []
+    for _ in range(repeats):
+        t, cpu = time.perf_counter(), _cpu_seconds()
+        for _ in range(steps_per_repeat):
+            state, metrics = trainer.step(state, scenes)
+        jax.block_until_ready(metrics)
+        times.append((time.perf_counter() - t) / steps_per_repeat)
+        cpu_times.append((_cpu_seconds() - cpu) / steps_per_repeat)
+    step_s = float(np.median(times))
+    return {
+        "num_agents": num_agents, "batch": batch, "devices": trainer.mesh.size,
+        "param_count": mlm.param_count(state.params), "compile_and_first_step_s": compile_s,
+        "step_s_median": step_s, "step_s_all": times, "scenes_per_s": batch / step_s,
+        # CPU seconds of all threads per step: what a busy shared machine distorts least.
+        "cpu_s_per_step_median": float(np.median(cpu_times)),
+        "valid_tokens_per_step": valid_tokens, "tokens_per_s": valid_tokens / step_s,
+        "token_slots_per_s": batch * num_agents * model.config.num_steps / step_s,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "device": jax.devices()[0].device_kind,
+    }
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agents", default="32,128", help="comma-separated agent counts")
     p.add_argument("--batch", default="32:8,128:2", help="agents:batch pairs (or one batch for all)")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="timed runs after compilation (>= 3; median reported)")
     p.add_argument("--steps", type=int, default=1, help="train steps per timed run")
     p.add_argument("--config", default="", help="variant of configs/pretrain.py")
 
 
 def bench_train(args: argparse.Namespace) -> dict:
-    """Scenes/s and tokens/s of the pretraining step (median of >= 3 runs after compilation)."""
-    from configs import pretrain as pretrain_config
-    from dpa_omf.jobs import pretrain
+    """Scenes/s and tokens/s of the pretraining step (median of >= 3 runs after compilation).
 
+    Peak memory is the process's maxrss so far (it grows with the larger case).
+    """
     config = pretrain_config.get_config(args.config or None)
     per = dict(kv.split(":") for kv in args.batch.split(",")) if ":" in args.batch else {}
     results = []
     for a in (int(x) for x in args.agents.split(",")):
         batch = int(per.get(str(a), 8)) if per else int(args.batch)
-        results.append(pretrain.bench_one(config, a, batch, max(args.repeats, 3), args.steps))
+        results.append(time_train_step(config, a, batch, max(args.repeats, 3), args.steps))
         print(json.dumps(results[-1]), flush=True)
     return {"results": results, "devices": [str(d) for d in jax.devices()]}
+
+
+# ----------------------------------------------------------------- rollout
+def _time_compiled(jitted, static: tuple, args: tuple, repeats: int) -> tuple[float, float]:
+    """(compile seconds, median run seconds over ``repeats``) of ``jitted(*static, *args)``.
+
+    Compiles ahead of time, so no untimed warm-up run is needed (the uncached sampler at
+    128 agents takes minutes per run on a CPU).
+    """
+    model, cfg = static
+    t0 = time.perf_counter()
+    compiled = jitted.lower(model, *args, cfg).compile()
+    compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(*args).x)
+        times.append(time.perf_counter() - t0)
+    return compile_s, float(np.median(times))
+
+
+def time_rollouts(model_config: mlm.ModelConfig | None = None, num_rollouts: int = 64,
+                  agent_counts: tuple[int, ...] = (32, 128), rollout_chunk: int = 16,
+                  repeats: int = 3, seed: int = 0) -> dict:
+    """Seconds per scene of cached vs uncached sampling (median of ``repeats`` after compiling).
+
+    The scene has ``num_points`` = 20,000 road samples (the older WOMD size).
+    Returns ``{f"{R}x{A}": {"cached_s", "uncached_s", "speedup", "cached_compile_s",
+    "uncached_compile_s"}}``.
+    """
+    model = mlm.MotionLM(model_config or mlm.ModelConfig())
+    cfg = sampling.RolloutConfig(num_rollouts=num_rollouts, rollout_chunk=rollout_chunk)
+    key = jax.random.key(seed)
+    results = {}
+    for a in agent_counts:
+        scene = bench_scenes.lane_scene(a, num_points=20000, seed=seed)
+        params = model.init(jax.random.key(seed), dt.stack_scenarios([scene]))
+        args = (params, scene, key)
+        c_compile, cached = _time_compiled(sampling.sample, (model, cfg), args, repeats)
+        u_compile, uncached = _time_compiled(sampling.sample_uncached, (model, cfg), args, repeats)
+        results[f"{num_rollouts}x{a}"] = dict(
+            cached_s=cached, uncached_s=uncached, speedup=uncached / cached,
+            cached_compile_s=c_compile, uncached_compile_s=u_compile)
+    return results
 
 
 def _add_rollout_args(p: argparse.ArgumentParser) -> None:
@@ -355,13 +408,12 @@ def _add_rollout_args(p: argparse.ArgumentParser) -> None:
 
 def bench_rollout(args: argparse.Namespace) -> dict:
     """Cached (KV) vs recompute-the-prefix sampling of R rollouts x A agents over 8 s."""
-    from dpa_omf.model import sampling as rollout
-
-    res = rollout.bench_rollout(num_rollouts=args.rollouts, agent_counts=tuple(int(a) for a in args.agents.split(",")),
-                                rollout_chunk=args.chunk, repeats=args.repeats)
+    res = time_rollouts(num_rollouts=args.rollouts, agent_counts=tuple(int(a) for a in args.agents.split(",")),
+                        rollout_chunk=args.chunk, repeats=args.repeats)
     return {"results": res, "devices": [str(d) for d in jax.devices()]}
 
 
+# ----------------------------------------------------------------- realism
 def _add_realism_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=16, help="scenes in the vmapped measurement")
     p.add_argument("--repeats", type=int, default=5)
@@ -390,7 +442,7 @@ def realism_timings(batch: int = 16, repeats: int = 5, config: realism.RealismCo
       dict with seconds per call (``single_s``, ``batch_s``), per scene, and
       the compile times.
     """
-    scenario, sim = scene if scene is not None else scenes.synthetic_scene()
+    scenario, sim = scene if scene is not None else fake_scenes.synthetic_scene()
     config = config.fitted(scenario)
     single = realism.jitted_metrics(config)
     t0 = time.perf_counter()
@@ -417,16 +469,15 @@ def bench_realism(args: argparse.Namespace) -> dict:
     """The WOSAC metric on one scene (50 sim agents x 32 rollouts x 80 steps) and on a batch."""
     scene = None
     if args.shared:
-        from dpa_omf.io import womd_example as womd
-
         root = os.path.join(args.shared, "golden", "wosac", "submission")
-        s = next(womd.read_tfrecord(os.path.join(args.shared, "womd", "motion_data_one_scenario.tfrecord")))
+        s = next(reader.read_scenes(os.path.join(args.shared, "womd", "motion_data_one_scenario.tfrecord")))
         r = np.load(os.path.join(root, "rollouts.npz"))
         scene = (s, realism.align_rollouts(s, r["object_id"], r["x"], r["y"], r["z"], r["heading"]))
     res = realism_timings(batch=args.batch, repeats=args.repeats, scene=scene)
     return {"results": res, "devices": [str(d) for d in jax.devices()]}
 
 
+# ----------------------------------------------------------------- command line
 # name -> (add_arguments, run)
 BENCHMARKS: dict[str, tuple[Callable, Callable]] = {
     "ot": (_add_ot_args, bench_ot),
@@ -437,7 +488,7 @@ BENCHMARKS: dict[str, tuple[Callable, Callable]] = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m dpa_omf.tools.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m dpa_omf.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="bench", required=True)
     for name, (add_args, _) in BENCHMARKS.items():
@@ -447,10 +498,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     result = BENCHMARKS[args.bench][1](args)
     result["benchmark"] = args.bench
-    tmp = args.json + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, args.json)  # never leave a half-written file
+    atomic.write_json(args.json, result)  # never leave a half-written file
     print(json.dumps({k: result[k] for k in ("seconds_per_scene", "topbottom_agreement")
                       if k in result}, indent=2))
 

@@ -7,10 +7,12 @@ i.e. slots with a valid step, of a tf.Example), agents valid at the current
 step (to simulate), agents to evaluate (SDC + tracks_to_predict), valid
 road-graph samples and traffic-light slots. ``--json`` prints one JSON object
 ``{"file", "format", "num_records", "records": [...]}``; ``--png`` renders
-record K (default 0) with ``plot.plot_scenario``.
+record K (default 0) with ``viz.scene.plot_scenario``.
 
-Every agent of a Scenario proto is kept here (no ``max_agents`` limit), so the
-counts and the picture cover the whole record.
+Records are parsed by the project's reader (``io.reader.parse_record``), with
+one difference: every agent of a Scenario proto is kept here (as many agent
+slots as the record has tracks, no ``max_agents`` limit), so the counts and the
+picture cover the whole record.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ import sys
 import numpy as np
 
 from dpa_omf import datatypes as dt
-from dpa_omf.io import protos, womd_scenario as scenario_proto, tfrecord, womd_example as womd
+from dpa_omf.io import protos, reader, tfrecord, womd_scenario
+from dpa_omf.viz import scene as viz_scene
 
 
-def summarize_record(s: dt.Scenario, info: womd.RecordInfo) -> dict:
+def summarize_record(s: dt.Scenario, info: reader.RecordInfo) -> dict:
     """The JSON summary of one parsed record (single scenario)."""
     a, tl = s.agents, s.traffic_lights
     sim, ev = a.sim_mask.astype(bool), a.eval_mask.astype(bool)
@@ -53,13 +56,13 @@ def summarize_record(s: dt.Scenario, info: womd.RecordInfo) -> dict:
     }
 
 
-def _parse_all_agents(data: bytes, source: str, fmt: str) -> tuple[dt.Scenario, womd.RecordInfo]:
+def _parse_all_agents(data: bytes, source: reader.Source, fmt: str) -> tuple[dt.Scenario, reader.RecordInfo]:
     if fmt == "scenario":  # keep every track: as many slots as the record has tracks
         msg = protos.Scenario.FromString(data)
-        cfg = womd.ReaderConfig(max_agents=max(1, len(msg.tracks)),
-                                max_roadgraph_points=scenario_proto.DEFAULT_MAX_ROADGRAPH_POINTS)
-        return scenario_proto.scenario_from_proto(msg, source, cfg)
-    return womd.parse_record(data, source, fmt)
+        cfg = reader.ReaderConfig(max_agents=max(1, len(msg.tracks)),
+                                  max_roadgraph_points=womd_scenario.DEFAULT_MAX_ROADGRAPH_POINTS)
+        return womd_scenario.scenario_from_proto(msg, source, cfg)
+    return reader.parse_record(data, source, fmt)
 
 
 def inspect_file(path: str, limit: int | None = None, render: int | None = None):
@@ -68,12 +71,12 @@ def inspect_file(path: str, limit: int | None = None, render: int | None = None)
     Returns:
       ``(summary dict, Scenario or None)``.
     """
-    fmt = womd.file_format(path)
+    fmt = reader.file_format(path)
     records, scene = [], None
     for k, data in tfrecord.iter_records(path):
         if limit is not None and k >= limit and (render is None or k > render):
             break
-        s, info = _parse_all_agents(data, f"{path}: record {k}", fmt)
+        s, info = _parse_all_agents(data, reader.Source(path, k), fmt)
         if limit is None or k < limit:
             records.append({"record": k, **summarize_record(s, info)})
         if render == k:
@@ -111,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.png:
-        from dpa_omf.viz import scene as plot
-
-        plot.render_png(scene, args.png)
+        viz_scene.render_png(scene, args.png)
     if args.json:
         print(json.dumps(summary))
     else:

@@ -18,7 +18,7 @@ import sys
 import numpy as np
 
 from dpa_omf import datatypes as dt
-from dpa_omf.io import womd_example as womd
+from dpa_omf.io import reader
 from dpa_omf.metrics import wosac as realism
 from dpa_omf.metrics import wosac_config as rc
 
@@ -26,7 +26,7 @@ from dpa_omf.metrics import wosac_config as rc
 def read_scenario(path: str, scenario_id: str | None) -> dt.Scenario:
     """The scenario ``scenario_id`` (None: the first) of a Scenario-proto TFRecord file."""
     found = []
-    for s in womd.read_tfrecord(path, fmt="scenario"):
+    for s in reader.read_scenes(path, fmt="scenario"):
         sid = dt.scenario_id_str(s.scenario_id)
         found.append(sid)
         if scenario_id is None or sid == scenario_id:

@@ -9,8 +9,9 @@ set (the main job's stages ``data``, ``pretrain`` and ``curate``, global seed
 fixed) are shared by every run; a seed ``s`` sets ``align.seed`` (the order of
 the preference pairs) and ``evaluate.seed`` (the rollout keys of the
 evaluation, the same for every model of that seed, so the comparison is
-paired). Per seed the study aligns each method into ``DIR/seed_<s>/align*``,
-evaluates the reference and every aligned model there, and finally writes
+paired). Per seed the study runs the main job once per method (each aligns into
+``DIR/seed_<s>/align*`` and evaluates only the models not evaluated yet: the
+evaluate stage caches per model), and finally writes
 ``DIR/study.json`` and ``DIR/report.md``: per model the mean, the sample
 standard deviation and the per-seed values of the realism columns, the
 per-seed difference to the reference, and each aligned model's held-out
@@ -26,15 +27,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
-import shutil
 import statistics
 import subprocess
 import sys
 import time
 
-from dpa_omf.jobs import report
+from dpa_omf import atomic
+from dpa_omf.jobs import align, report
 
 SHARED_STAGES = ("data", "pretrain", "curate")
 DEFAULT_METHODS = ("dpa_omf", "sft_best_oa", "dpa_adef", "afd")
@@ -68,25 +68,16 @@ def _summary(path: pathlib.Path) -> dict:
         return json.load(f)
 
 
-def _align_dir(seed_dir: pathlib.Path, method: str) -> pathlib.Path:
-    # The evaluate job names the model in 'align' dpa_omf and the one in 'align_<m>' <m>: model name == method.
-    return seed_dir / ("align" if method == "dpa_omf" else f"align_{method}")
-
-
 def run_seed(seed: int, seed_dir: pathlib.Path, methods: list[str], config: str, extra: list[str]) -> dict:
-    """Aligns every method for one seed and evaluates them; returns the evaluate summary."""
+    """Aligns and evaluates every method for one seed; returns the evaluate summary (every model)."""
     for m in methods:
         variant = "" if m == "dpa_omf" else f":{m}"
-        if not (_align_dir(seed_dir, m) / "summary.json").exists():
-            _launch(config + variant, seed_dir, seed, ["--config.align.then_evaluate=False", *extra])
-    ev = seed_dir / "evaluate"
-    if ev.exists():
-        models = _summary(ev / "summary.json")["models"] if (ev / "summary.json").exists() else {}
-        if not all(m in models for m in methods):
-            shutil.rmtree(ev)  # re-evaluate with every model of this seed
-    if not (ev / "summary.json").exists():
-        _launch("configs/evaluate.py", seed_dir, seed, extra)
-    return _summary(ev / "summary.json")
+        _launch(config + variant, seed_dir, seed, extra)  # finished stages and cached evaluations are reused
+    summary = _summary(seed_dir / "evaluate" / "summary.json")
+    missing = [m for m in ["reference", *methods] if m not in summary["models"]]
+    if missing:
+        raise RuntimeError(f"study: {seed_dir / 'evaluate'} does not cover {missing}")
+    return summary
 
 
 def _stats(values: list[float]) -> dict:
@@ -161,16 +152,14 @@ def main(argv: list[str] | None = None) -> int:
         per_seed[s] = run_seed(s, seed_dir, methods, args.config, extra)
         accuracy[s] = {}
         for m in methods:
-            summ = _summary(_align_dir(seed_dir, m) / "summary.json")
+            summ = _summary(seed_dir / align.folder_name(m) / "summary.json")
             accuracy[s][m] = summ.get("eval_pref_accuracy")
     first = per_seed[seeds[0]]
     setup = {k: first[k] for k in ("challenge", "num_scenes", "num_rollouts")}
     result = aggregate(per_seed, accuracy, methods) | {"setup": setup, "methods": methods}
-    tmp = root / "study.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, root / "study.json")
+    atomic.write_json(root / "study.json", result)
     text = markdown(result, setup)
-    (root / "report.md").write_text(text)
+    atomic.write_text(root / "report.md", text)
     print(text)
     return 0
 

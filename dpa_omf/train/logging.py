@@ -18,15 +18,15 @@ file once.
 from __future__ import annotations
 
 import json
-import math
-import os
 import pathlib
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import tqdm
+from tensorboardX import SummaryWriter
+
+from dpa_omf import atomic
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -35,41 +35,6 @@ SUMMARY_FILE = "summary.json"
 def is_chief() -> bool:
     """True on the process that writes logs and summaries (process 0)."""
     return jax.process_index() == 0
-
-
-def atomic_write_text(path: str | pathlib.Path, text: str) -> None:
-    """Writes ``text`` to ``path`` via a temporary file in the same folder + rename."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _jsonable(v: Any) -> Any:
-    """Floats as floats, non-finite as None (JSON has no NaN), arrays via ``tolist``."""
-    if isinstance(v, Mapping):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if hasattr(v, "tolist"):
-        v = v.tolist()
-        if isinstance(v, list):
-            return _jsonable(v)
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
-
-
-def atomic_write_json(path: str | pathlib.Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
 
 
 def read_metrics(path: str | pathlib.Path) -> list[dict[str, Any]]:
@@ -121,8 +86,6 @@ class StageLogger:
             return
         self.stage_dir.mkdir(parents=True, exist_ok=True)
         self._truncate_after(initial_step)
-        from tensorboardX import SummaryWriter  # lazy: only process 0 pays the import
-
         self._tb = SummaryWriter(logdir=str(self.stage_dir), flush_secs=30)
         self._bar = tqdm.tqdm(
             total=total_steps,
@@ -139,11 +102,11 @@ class StageLogger:
         self.records = [r for r in read_metrics(self.metrics_path) if r.get("step", 0) <= step]
         text = "".join(json.dumps(r) + "\n" for r in self.records)
         if text != raw:
-            atomic_write_text(self.metrics_path, text)
+            atomic.write_text(self.metrics_path, text)
 
     def log(self, step: int, metrics: Mapping[str, float], prefix: str = "train") -> None:
         """Appends one record ``{"step": step, **metrics}`` and its TensorBoard scalars."""
-        record = {"step": int(step), **_jsonable(dict(metrics))}
+        record = {"step": int(step), **atomic.jsonable(dict(metrics))}
         self.records.append(record)  # also off process 0: the caller's in-memory summary
         if not self.enabled:
             return
@@ -165,7 +128,7 @@ class StageLogger:
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         if self.enabled:
-            atomic_write_json(self.stage_dir / SUMMARY_FILE, summary)
+            atomic.write_json(self.stage_dir / SUMMARY_FILE, summary)
 
     def close(self) -> None:
         if self._tb is not None:

@@ -50,7 +50,7 @@ import functools
 import logging
 import pathlib
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import flax
@@ -375,10 +375,6 @@ class Trainer:
         batch = sharding.with_shardings(global_batch_shapes, batch_shardings)
         return self._train_step.lower(self.abstract_state, batch, self.frozen)
 
-    def train_step_cache_size(self) -> int:
-        """Number of compiled versions of the train step (1 after any number of steps)."""
-        return self._train_step._cache_size()
-
 
 def _place_frozen(frozen: PyTree, mesh: Mesh, rules) -> tuple[PyTree, PyTree]:
     """Puts the frozen pytree on the mesh once; keeps a NamedSharding already on this mesh."""
@@ -447,6 +443,99 @@ def _stop_requested(flag: checkpointing.PreemptionFlag, ckpt, step: int, config:
     return stop or ckpt.reached_preemption(step)
 
 
+def _restore_or_init(trainer: Trainer, ckpt: checkpointing.Checkpointer, stage_name: str) -> tuple[TrainState, int]:
+    """The latest checkpointed state and its step, else a fresh state at step 0 (both sharded)."""
+    start = ckpt.latest_step()
+    if start is None:
+        return trainer.init(), 0
+    state = trainer.restore(ckpt, start)
+    log.info("%s: resumed from step %d", stage_name, start)
+    return state, start
+
+
+def _run_steps(trainer: Trainer, ckpt: checkpointing.Checkpointer, logger: stage_logging.StageLogger,
+               state: TrainState, start: int, batches: Iterator[PyTree], flag: checkpointing.PreemptionFlag,
+               hooks: Sequence[Hook], evaluate: Callable[[PyTree], dict[str, float]] | None,
+               stage_name: str, data_start: int) -> tuple[TrainState, int, str, dict[str, float]]:
+    """The loop of :func:`train`: steps from ``start``, each followed by its log, hooks, evaluation, checkpoint.
+
+    Returns ``(state, step, status, eval_metrics)``: the last state, its step,
+    ``COMPLETED`` or ``PREEMPTED``, and the last evaluation's metrics (``{}``: none).
+    """
+    config = trainer.config
+    watch = _LossWatch(stage_name)
+    eval_metrics: dict[str, float] = {}
+    step = start
+    t_log, step_log = time.perf_counter(), step
+    while step < config.num_steps:
+        # -- one step
+        try:
+            local_batch = next(batches)
+        except StopIteration:
+            raise RuntimeError(
+                f"{stage_name}: batch iterator ended at step {step} (started at batch {data_start})"
+            ) from None
+        state, metrics = trainer.step(state, local_batch)
+        step += 1
+        watch.add(step, metrics["loss"])
+        logger.advance()
+        last = step == config.num_steps
+
+        # -- log (syncs with the device: only every log_every steps)
+        if step % config.log_every == 0 or last or step == start + 1:
+            watch.check()
+            values = reduce_pairs(metrics)
+            now = time.perf_counter()
+            values["lr"] = float(trainer.schedule(step - 1))
+            # Host wall time over the interval (the first one includes compilation).
+            values["steps_per_s"] = (step - step_log) / max(now - t_log, 1e-9)
+            t_log, step_log = now, step
+            logger.log(step, values)
+
+        for hook in hooks:
+            hook(step, state)
+        stop = _stop_requested(flag, ckpt, step, config)
+
+        # -- evaluate
+        eval_due = last or (config.eval_every and step % config.eval_every == 0)
+        if evaluate is not None and not stop and eval_due:
+            eval_metrics = {f"eval_{k}": v for k, v in evaluate(state.params).items()}
+            logger.log(step, eval_metrics, prefix="eval")
+            if step_log == step:
+                t_log = time.perf_counter()  # keep evaluation out of the step rate
+
+        # -- checkpoint
+        if stop or last or step % config.checkpoint_every == 0:
+            watch.check()  # never checkpoint a NaN state
+            ckpt.save(step, state.to_items())
+        if stop:
+            log.warning("%s: preempted; saved step %d, exit code %d", stage_name, step,
+                        checkpointing.EXIT_PREEMPTED)
+            return state, step, PREEMPTED, eval_metrics
+    return state, step, COMPLETED, eval_metrics
+
+
+def _summary(stage_name: str, step: int, start: int, eval_metrics: Mapping[str, float],
+             records: Sequence[Mapping[str, Any]], seconds: float, mesh: Mesh, summary_extra) -> dict[str, Any]:
+    """The figures of a completed run (summary.json), the stage's own ``summary_extra`` added."""
+    losses = [r["loss"] for r in records if "loss" in r]
+    summary = {
+        "stage": stage_name,
+        "steps": step,
+        "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
+        **eval_metrics,
+        "resumed_from_step": start,
+        "wall_time_s": seconds,
+        "num_devices": mesh.size,
+        "mesh": dict(mesh.shape),
+        "process_count": jax.process_count(),
+    }
+    if summary_extra is not None:
+        summary.update(summary_extra(dict(summary)) if callable(summary_extra) else summary_extra)
+    return summary
+
+
 def train(
     loss_fn: LossFn,
     init_params_fn: Callable[[jax.Array], PyTree],
@@ -488,86 +577,25 @@ def train(
     stage_dir = pathlib.Path(workdir) / stage_name
 
     # -- mesh, model, shardings, compiled steps
-    trainer = Trainer(
-        loss_fn, init_params_fn, config,
-        mesh=mesh, eval_fn=eval_fn, frozen=frozen, initial_params=initial_params,
-    )
+    trainer = Trainer(loss_fn, init_params_fn, config,
+                      mesh=mesh, eval_fn=eval_fn, frozen=frozen, initial_params=initial_params)
 
     # -- state: restore if a checkpoint exists, else build it sharded
-    ckpt = checkpointing.Checkpointer(
-        stage_dir / "checkpoints", keep=config.keep_checkpoints, async_save=config.async_checkpointing
-    )
-    start = ckpt.latest_step()
-    if start is None:
-        state, start = trainer.init(), 0
-    else:
-        state = trainer.restore(ckpt, start)
-        log.info("%s: resumed from step %d", stage_name, start)
+    ckpt = checkpointing.Checkpointer(stage_dir / "checkpoints", keep=config.keep_checkpoints,
+                                      async_save=config.async_checkpointing)
+    state, start = _restore_or_init(trainer, ckpt, stage_name)
     data_start = int(jax.device_get(state.data_index))
 
-    logger = stage_logging.StageLogger(
-        stage_dir, total_steps=config.num_steps, initial_step=start, progress_bar=config.progress_bar
-    )
-    watch = _LossWatch(stage_name)
+    # -- the steps, each followed by its log, hooks, evaluation and checkpoint
+    logger = stage_logging.StageLogger(stage_dir, total_steps=config.num_steps, initial_step=start,
+                                       progress_bar=config.progress_bar)
     evaluate = (lambda p: trainer.evaluate(p, eval_batches_fn())) if eval_batches_fn is not None else None
-    eval_metrics: dict[str, float] = {}
-    status = COMPLETED
-    step = start
     batches = None
-
-    def save(s: TrainState, at: int) -> None:
-        watch.check()  # never checkpoint a NaN state
-        ckpt.save(at, s.to_items())
-
     try:
         with checkpointing.PreemptionFlag() as flag:
             batches = iter(batch_iterator_factory(data_start))
-            t_log, step_log = time.perf_counter(), step
-            while step < config.num_steps:
-                # -- one step
-                try:
-                    local_batch = next(batches)
-                except StopIteration:
-                    raise RuntimeError(
-                        f"{stage_name}: batch iterator ended at step {step} (started at batch {data_start})"
-                    ) from None
-                state, metrics = trainer.step(state, local_batch)
-                step += 1
-                watch.add(step, metrics["loss"])
-                logger.advance()
-                last = step == config.num_steps
-
-                # -- log (syncs with the device: only every log_every steps)
-                if step % config.log_every == 0 or last or step == start + 1:
-                    watch.check()
-                    values = reduce_pairs(metrics)
-                    now = time.perf_counter()
-                    values["lr"] = float(trainer.schedule(step - 1))
-                    # Host wall time over the interval (the first one includes compilation).
-                    values["steps_per_s"] = (step - step_log) / max(now - t_log, 1e-9)
-                    t_log, step_log = now, step
-                    logger.log(step, values)
-
-                for hook in hooks:
-                    hook(step, state)
-                stop = _stop_requested(flag, ckpt, step, config)
-
-                # -- evaluate
-                eval_due = last or (config.eval_every and step % config.eval_every == 0)
-                if evaluate is not None and not stop and eval_due:
-                    eval_metrics = {f"eval_{k}": v for k, v in evaluate(state.params).items()}
-                    logger.log(step, eval_metrics, prefix="eval")
-                    if step_log == step:
-                        t_log = time.perf_counter()  # keep evaluation out of the step rate
-
-                # -- checkpoint
-                if stop or last or step % config.checkpoint_every == 0:
-                    save(state, step)
-                if stop:
-                    status = PREEMPTED
-                    log.warning("%s: preempted; saved step %d, exit code %d", stage_name, step,
-                                checkpointing.EXIT_PREEMPTED)
-                    break
+            state, step, status, eval_metrics = _run_steps(trainer, ckpt, logger, state, start, batches, flag,
+                                                           hooks, evaluate, stage_name, data_start)
         ckpt.wait()
     finally:
         ckpt.close()
@@ -575,25 +603,13 @@ def train(
         if hasattr(batches, "close"):
             batches.close()  # stop a prefetching pipeline's worker thread
 
+    # -- summary.json, only when completed (its presence means "stage done")
     summary: dict[str, Any] = {}
     if status == COMPLETED:
         if evaluate is not None and not eval_metrics:
             # Nothing left to train (resumed at the end): evaluate the final params.
             eval_metrics = {f"eval_{k}": v for k, v in evaluate(state.params).items()}
-        losses = [r["loss"] for r in logger.records if "loss" in r]
-        summary = {
-            "stage": stage_name,
-            "steps": step,
-            "first_loss": losses[0] if losses else None,
-            "final_loss": losses[-1] if losses else None,
-            **eval_metrics,
-            "resumed_from_step": start,
-            "wall_time_s": time.perf_counter() - t_start,
-            "num_devices": trainer.mesh.size,
-            "mesh": dict(trainer.mesh.shape),
-            "process_count": jax.process_count(),
-        }
-        if summary_extra is not None:
-            summary.update(summary_extra(dict(summary)) if callable(summary_extra) else summary_extra)
+        summary = _summary(stage_name, step, start, eval_metrics, logger.records, time.perf_counter() - t_start,
+                           trainer.mesh, summary_extra)
         logger.write_summary(summary)
     return TrainResult(state=state, status=status, summary=summary)

@@ -122,8 +122,13 @@ def afd_loss(lp_expert: jax.Array, valid_expert: jax.Array, lp_gen: jax.Array, v
       lp_gen, valid_gen: ``[P, K, A, S]`` K generated samples of the same scene.
     """
     k = lp_gen.shape[1]
-    rep = lambda x: jnp.repeat(x[:, None], k, axis=1).reshape((-1,) + x.shape[1:])  # noqa: E731
-    flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
+
+    def rep(x):  # [P, ...] -> [P * K, ...], each example's expert once per sample
+        return jnp.repeat(x[:, None], k, axis=1).reshape((-1,) + x.shape[1:])
+
+    def flat(x):  # [P, K, ...] -> [P * K, ...]
+        return x.reshape((-1,) + x.shape[2:])
+
     return cpl_loss(rep(lp_expert), rep(valid_expert), flat(lp_gen), flat(valid_gen), cfg)
 
 
@@ -148,15 +153,6 @@ def dpo_loss(lp_pos: jax.Array, valid_pos: jax.Array, lp_neg: jax.Array, valid_n
         "nll_unpreferred_sum": nll_neg, "tokens_unpreferred": n_neg,
     }
     return per_pair.mean(), metrics
-
-
-def kl_estimate(lp_policy: jax.Array, lp_ref: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Monte-Carlo estimate of KL(policy || reference) from tokens sampled by the policy.
-
-    Returns the masked sum over tokens of log pi - log pi_ref and the number of
-    valid tokens (the sequence-level KL per token is their ratio).
-    """
-    return jnp.where(valid, lp_policy - lp_ref, 0.0).sum(), valid.sum()
 
 
 def token_kl(logits_policy: jax.Array, logits_ref: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -2,16 +2,18 @@
 
 Layout (the modern ``jax.jit`` with shardings, no pmap / pjit):
 
-* A 2-D :class:`jax.sharding.Mesh` with axes ``('data', 'model')``.
-* Batches: the leading (batch) dimension of every leaf is split over ``'data'``
-  and replicated over ``'model'``. In a multi-process job every process
-  passes its own rows and :func:`global_batch` assembles the global array
-  with ``jax.make_array_from_process_local_data``.
-* Parameters: replicated, unless the model annotates them with flax logical
+* A 1-D :class:`jax.sharding.Mesh` with the one axis ``'data'`` (data
+  parallelism: the model is small, so there is no model / tensor axis).
+* Batches: the leading (batch) dimension of every leaf is split over
+  ``'data'``. In a multi-process job every process passes its own rows and
+  :func:`global_batch` assembles the global array with
+  ``jax.make_array_from_process_local_data``.
+* Parameters: replicated, unless a module annotates them with flax logical
   axis names (``nn.with_logical_partitioning`` -> ``nn.LogicallyPartitioned``
-  boxes); then :class:`MeshConfig.rules` maps logical names onto mesh axes.
-  Optimizer state follows the parameter it belongs to (``optax.tree_map_params``);
-  its scalars (counts) are replicated.
+  boxes) that :class:`MeshConfig.rules` maps onto ``'data'`` (parameters
+  sharded over the data axis, FSDP-style; the MotionLM names no axes, so its
+  parameters are replicated). Optimizer state follows the parameter it belongs
+  to (``optax.tree_map_params``); its scalars (counts) are replicated.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import linen as nn
@@ -31,77 +32,53 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 PyTree = Any
 
 DATA_AXIS = "data"
-MODEL_AXIS = "model"
 
-# Logical axis name -> mesh axis (None = replicated). Model code names its
-# axes with these; names not listed are replicated. With model=1 (the default)
-# every rule is a no-op, so they cost nothing until the model axis is used.
-DEFAULT_RULES: tuple[tuple[str, str | None], ...] = (
-    ("batch", DATA_AXIS),
-    ("embed", None),
-    ("mlp", MODEL_AXIS),
-    ("heads", MODEL_AXIS),
-    ("kv", None),
-    ("vocab", MODEL_AXIS),
-    ("agents", None),
-    ("time", None),
-)
+# Logical axis name -> mesh axis (None = replicated). Logical names not listed
+# are replicated, so a parameter is sharded only where a rule says so.
+DEFAULT_RULES: tuple[tuple[str, str | None], ...] = (("batch", DATA_AXIS),)
 
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    """Mesh shape and logical-axis rules.
+    """Mesh size and logical-axis rules.
 
     Attributes:
-      data: size of the data-parallel axis; ``-1`` takes every device left
-        after ``model``.
-      model: size of the model-parallel (tensor) axis.
-      rules: logical axis name -> mesh axis name or ``None``.
+      data: size of the data-parallel axis; ``-1`` takes every device.
+      rules: logical axis name -> mesh axis name (``'data'``) or ``None``.
     """
 
     data: int = -1
-    model: int = 1
     rules: tuple[tuple[str, str | None], ...] = DEFAULT_RULES
 
 
-def make_mesh(
-    data: int = -1, model: int = 1, devices: Sequence[jax.Device] | None = None
-) -> Mesh:
-    """A ``('data', 'model')`` mesh over ``devices`` (default: all devices).
+def make_mesh(data: int = -1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D ``('data',)`` mesh over ``devices`` (default: all devices).
 
     Args:
-      data: data-parallel size, ``-1`` for "all remaining devices".
-      model: model-parallel size.
+      data: data-parallel size, ``-1`` for "all the devices".
       devices: the devices to use (e.g. ``jax.devices()[:1]`` for a
         one-device run on a many-device host). In a multi-process job this must
         be the global device list.
 
     Raises:
-      ValueError: if the sizes do not multiply to the number of devices.
+      ValueError: if ``data`` is not the number of devices.
     """
     devices = list(jax.devices() if devices is None else devices)
     n = len(devices)
-    if model < 1 or n % model:
-        raise ValueError(f"mesh: model={model} does not divide the {n} devices")
     if data == -1:
-        data = n // model
-    if data * model != n:
-        raise ValueError(f"mesh: data={data} x model={model} != {n} devices")
+        data = n
+    if data != n:
+        raise ValueError(f"mesh: data={data} != {n} devices")
     # Auto axes: GSPMD propagates shardings (jax.make_mesh defaults to Explicit
     # axes in this JAX, which would put shardings into every op's type).
-    axis_types = (AxisType.Auto, AxisType.Auto)
+    axis_types = (AxisType.Auto,)
     if len(devices) == len(jax.devices()):
-        # make_mesh picks a physical layout that keeps 'model' neighbours close.
-        return jax.make_mesh(
-            (data, model), (DATA_AXIS, MODEL_AXIS), axis_types=axis_types, devices=devices
-        )
-    return Mesh(
-        np.asarray(devices).reshape(data, model), (DATA_AXIS, MODEL_AXIS), axis_types=axis_types
-    )
+        return jax.make_mesh((data,), (DATA_AXIS,), axis_types=axis_types, devices=devices)
+    return Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=axis_types)
 
 
 def mesh_from_config(config: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    return make_mesh(config.data, config.model, devices)
+    return make_mesh(config.data, devices)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -213,8 +190,3 @@ def global_batch(local_batch: PyTree, mesh: Mesh) -> PyTree:
 
     return jax.tree.map(put, local_batch)
 
-
-def put_replicated(tree: PyTree, mesh: Mesh) -> PyTree:
-    """Places a pytree of (host or device) arrays replicated on the mesh."""
-    sharding = replicated(mesh)
-    return jax.tree.map(lambda x: jax.device_put(jnp.asarray(x), sharding), tree)

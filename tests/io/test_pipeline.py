@@ -1,4 +1,4 @@
-"""Input pipeline (sharding, shuffling, resumable state, padding) and the TFDS ``womd`` builder."""
+"""Input pipeline: sharding, shuffling, resumable state, padding, mixed formats."""
 
 
 import jax
@@ -6,14 +6,11 @@ import numpy as np
 import pytest
 
 from dpa_omf import datatypes as dt
-from dpa_omf.io import pipeline, tfrecord, womd_example as womd
+from dpa_omf.io import example_writer, pipeline, tfrecord
 from dpa_omf.io.tfrecord import DataError
+from dpa_omf.testing.womd import random_scenario, tree_equal
 
 NUM_FILES, PER_FILE = 3, 5
-
-
-def tree_equal(a, b) -> bool:
-    return all(jax.tree.leaves(jax.tree.map(lambda x, y: np.array_equal(np.asarray(x), np.asarray(y)), a, b)))
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +23,10 @@ def shards(tmp_path_factory):
         batch = []
         for i in range(PER_FILE):
             sid = f"f{f}-r{i}"
-            s = womd.random_scenario(rng, int(rng.integers(10, 21)), int(rng.integers(150, 301)), sid)
+            s = random_scenario(rng, int(rng.integers(10, 21)), int(rng.integers(150, 301)), sid)
             scenes[sid] = s
             batch.append(s)
-        womd.write_tfrecord(folder / f"part-{f}.tfrecord", batch)
+        example_writer.write_tfrecord(folder / f"part-{f}.tfrecord", batch)
     return folder, scenes
 
 
@@ -103,7 +100,7 @@ def test_resume_from_state_gives_the_same_batches(shards):
         expected = take(p, 5)  # crosses epoch boundaries (7 records per process per epoch)
         q = pipeline.ScenarioPipeline(cfg, 1, 2)
         q.set_state(state)
-        assert all(tree_equal(a, b) for a, b in zip(take(q, 5), expected))
+        assert all(tree_equal(a, b) for a, b in zip(take(q, 5), expected, strict=True))
         r = pipeline.ScenarioPipeline(cfg, 1, 2)
         r.skip(3)
         assert tree_equal(next(r), expected[0])
@@ -166,36 +163,3 @@ def test_mixed_formats(shared_dir):
     assert ids(batch) == ["a3bb37c25ce56418", "637f20cafde22ff8", "ee519cf571686d19"]
     assert batch.roadgraph.valid.sum(-1).tolist() == [20_000, 19_643, 9_267]
     batch.validate()
-
-
-# ---------------------------------------------------------------- TFDS
-def test_tfds_builder_from_manual_dir(tmp_path, rng):
-    import tensorflow_datasets as tfds
-
-    from dpa_omf.io import tfds_womd
-
-    manual = tmp_path / "manual"
-    scenes = {}
-    for split, name in (("train", "training"), ("validation", "validation")):
-        batch = [womd.random_scenario(rng, 12, 200, f"{split}-{i}") for i in range(3)]
-        scenes.update({f"{split}-{i}": s for i, s in enumerate(batch)})
-        womd.write_tfrecord(manual / f"womd_{name}.tfrecord-00000-of-00001", batch)
-    builder = tfds_womd.Womd(config=tfds_womd.WomdConfig(name="tiny", max_agents=16, max_roadgraph_points=256),
-                             data_dir=str(tmp_path / "data"))
-    assert builder.name == "womd"
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=str(manual), compute_stats=tfds.download.ComputeStatsMode.SKIP))
-    assert builder.info.splits["train"].num_examples == 3
-    assert builder.info.splits["validation"].num_examples == 3
-    got = {}
-    for ex in tfds.as_numpy(builder.as_dataset(split="validation", batch_size=3)):
-        batch = tfds_womd.features_to_scenario(ex)
-        for k in range(batch.agents.valid.shape[0]):
-            s = jax.tree.map(lambda x, k=k: x[k], batch)
-            got[dt.scenario_id_str(s.scenario_id)] = s
-    assert sorted(got) == ["validation-0", "validation-1", "validation-2"]
-    cfg = womd.ReaderConfig(max_agents=16, max_roadgraph_points=256)
-    for sid, s in got.items():
-        ref, _ = womd.fit_scenario(scenes[sid], sid, 16, 256, womd.RecordInfo(sid, "example", 12))
-        assert tree_equal(s, ref), sid
-        assert tree_equal(s, womd.parse_example(womd.scenario_to_example(scenes[sid]), sid, cfg))

@@ -9,9 +9,19 @@ import sys
 import numpy as np
 import pytest
 
+from configs import align as align_config
 from dpa_omf.jobs import align
+from dpa_omf.jobs import config as cfg_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _align_cfg(method: str, **overrides) -> cfg_lib.AlignConfig:
+    c = align_config.get_config()
+    c.align.method = method
+    for k, v in overrides.items():
+        c.align[k] = v
+    return cfg_lib.align(c)
 
 
 def test_side_indices_per_method():
@@ -21,14 +31,14 @@ def test_side_indices_per_method():
     order = np.argsort(ot, 1)
     shards = {"ot_distance": ot, "ade_distance": ade, "preferred": order[:, :2], "unpreferred": order[:, ::-1][:, :2],
               "tokens": np.zeros((3, 8, 4, 16), np.int16)}
-    pos, neg = align.side_indices(shards, align.AlignConfig(method="dpa_omf"))
+    pos, neg = align.side_indices(shards, _align_cfg("dpa_omf"))
     np.testing.assert_array_equal(pos, order[:, :2])
-    pos, neg = align.side_indices(shards, align.AlignConfig(method="dpa_adef"))
+    pos, neg = align.side_indices(shards, _align_cfg("dpa_adef"))
     np.testing.assert_array_equal(pos, np.argsort(ade, 1)[:, :2])
     np.testing.assert_array_equal(neg, np.argsort(ade, 1)[:, ::-1][:, :2])
-    pos, _ = align.side_indices(shards, align.AlignConfig(method="sft_best_oa", sft_top_k=3))
+    pos, _ = align.side_indices(shards, _align_cfg("sft_best_oa", sft_top_k=3))
     np.testing.assert_array_equal(pos, order[:, :3])
-    _, neg = align.side_indices(shards, align.AlignConfig(method="afd"))
+    _, neg = align.side_indices(shards, _align_cfg("afd"))
     assert neg.shape == (3, 8)
 
 
@@ -55,7 +65,20 @@ def test_main_job_smoke_end_to_end(tmp_path):
                             f"--workdir={wd}"], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "| dpa_omf |" in again.stdout
-    assert "finished earlier" in again.stderr
+    for stage in ("data", "pretrain", "curate", "align", "evaluate"):
+        assert f"[{stage}] reused" in again.stderr, again.stderr[-3000:]
+    assert "INFO" not in again.stderr  # library chatter goes to the log file
+    assert list((wd / "logs").iterdir())
+    # Another method in the same workdir: only its alignment runs, and only its model is evaluated.
+    afd = subprocess.run([sys.executable, "-m", "dpa_omf.launch", "--config=configs/align.py:smoke,afd",
+                          f"--workdir={wd}"], cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    assert afd.returncode == 0, afd.stderr[-3000:]
+    assert "[curate] reused" in afd.stderr and "[align_afd] running" in afd.stderr
+    both = json.loads((wd / "evaluate" / "summary.json").read_text())
+    assert set(both["models"]) == {"reference", "dpa_omf", "afd"}
+    assert both["models"]["dpa_omf"] == summary["models"]["dpa_omf"]  # cached, not re-evaluated
+    assert set(both["checkpoints"]) == {"reference", "dpa_omf", "afd"}
+    assert "| afd |" in afd.stdout
 
 
 def test_curate_shards_name_data_files_relative_to_the_workdir(tmp_path, monkeypatch):

@@ -8,17 +8,19 @@ import signal
 import subprocess
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
 
 from configs import pretrain as pretrain_config
-from dpa_omf.jobs import stages
-from dpa_omf.jobs import data as data_job
 from dpa_omf.io import pipeline as pipe
+from dpa_omf.jobs import config as cfg_lib
+from dpa_omf.jobs import data as data_job
+from dpa_omf.jobs import pretrain, stages
+from dpa_omf.jobs import workdir as wdir
 from dpa_omf.model import motion_lm as mlm
 from dpa_omf.train import checkpointing, loop, sharding
-from dpa_omf.jobs import pretrain
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -35,7 +37,7 @@ def _smoke(**overrides):
 def data_workdir(tmp_path_factory):
     """A workdir with the smoke synthetic data stage (16 train / 8 valid scenes, 16 agents)."""
     wd = tmp_path_factory.mktemp("pretrain_data")
-    data_job.run(_smoke(), str(wd))
+    assert stages.ensure("data", _smoke(), wd) == 0
     return wd
 
 
@@ -45,14 +47,21 @@ def _with_data(tmp_path, data_workdir, name="wd") -> pathlib.Path:
     return wd
 
 
+def _train_pipeline(c, workdir, process_count: int) -> pipe.PipelineConfig:
+    return cfg_lib.pipeline(c, (data_job.split_pattern(c, str(workdir), "train"),), True, process_count)
+
+
 def _one_device_mesh():
     return sharding.make_mesh(devices=jax.devices()[:1])
 
 
 def _trainer(config, mesh):
-    model = mlm.MotionLM(pretrain.model_config(config))
-    tc = pretrain.train_config(config)
-    return loop.Trainer(pretrain.make_loss_fn(model), pretrain.make_init_fn(model, config), tc, mesh=mesh)
+    """The pretraining Trainer; its loss fails when traced twice (the compiled step must never be retraced)."""
+    model = mlm.MotionLM(cfg_lib.model(config))
+    tc = cfg_lib.pretrain_train(config)
+    chex.clear_trace_counter()
+    loss_fn = chex.assert_max_traces(pretrain.make_loss_fn(model), n=1)
+    return loop.Trainer(loss_fn, pretrain.make_init_fn(model, config), tc, mesh=mesh)
 
 
 def test_launcher_smoke_run_writes_the_stage(tmp_path):
@@ -70,8 +79,9 @@ def test_launcher_smoke_run_writes_the_stage(tmp_path):
     assert 0 < summary["eval_nll_per_token"] < np.log(169) + 0.5  # at most ~uniform over the 169 tokens
     assert 0 <= summary["eval_accuracy"] <= 1
     config = _smoke()
-    assert summary["config_fingerprint"] == stages.fingerprint(config, stages.DEPENDS_ON["pretrain"])
-    assert stages.is_done(wd, "pretrain", config) and stages.is_done(wd, "data", config)
+    assert summary["config_fingerprint"] == stages.fingerprint("pretrain", config, wd)
+    for stage in ("data", "pretrain"):
+        assert wdir.finished(wd, stage, stages.fingerprint(stage, config, wd))
     lines = [json.loads(x) for x in (wd / "pretrain" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if "loss" in r] == [1, 2, 3, 4, 5, 6]
     assert any("eval_loss" in r for r in lines)
@@ -85,8 +95,8 @@ def test_launcher_smoke_run_writes_the_stage(tmp_path):
 def test_process_shares_partition_the_global_batch(data_workdir):
     """Process i of n reads every n-th record: the n local batches are the one-process global batch."""
     c = _smoke()
-    one = pipe.ScenarioPipeline(pretrain.pipeline_config(c, str(data_workdir), "train", 1), 0, 1)
-    shares = [pipe.ScenarioPipeline(pretrain.pipeline_config(c, str(data_workdir), "train", 2), i, 2)
+    one = pipe.ScenarioPipeline(_train_pipeline(c, data_workdir, 1), 0, 1)
+    shares = [pipe.ScenarioPipeline(_train_pipeline(c, data_workdir, 2), i, 2)
               for i in range(2)]
     assert shares[0].config.batch_size == c.pretrain.batch_size // 2
     for k in range(5):  # crosses epoch boundaries (16 records, 8 per global batch)
@@ -103,7 +113,7 @@ def test_overfitting_a_few_scenes_drives_the_loss_down(data_workdir):
     c.pretrain.optim.weight_decay = 0.0
     c.pretrain.batch_size = 2
     trainer = _trainer(c, _one_device_mesh())
-    batch = next(iter(pipe.ScenarioPipeline(pretrain.pipeline_config(c, str(data_workdir), "train", 1), 0, 1)))
+    batch = next(iter(pipe.ScenarioPipeline(_train_pipeline(c, data_workdir, 1), 0, 1)))
     state = trainer.init()
     losses = []
     for _ in range(60):
@@ -111,8 +121,7 @@ def test_overfitting_a_few_scenes_drives_the_loss_down(data_workdir):
         losses.append(float(m["loss"][0]))
     assert losses[0] > 4.0  # ~log(169) at init
     # Measured: 5.13 -> ~1.5 after 60 steps (ratio ~0.3); the token marginal alone gives ~2.3.
-    assert losses[-1] < 0.4 * losses[0], losses[::10]
-    assert trainer.train_step_cache_size() == 1
+    assert losses[-1] < 0.4 * losses[0], losses[::10]  # 60 steps, one trace (_trainer)
 
 
 @pytest.mark.slow
@@ -129,8 +138,7 @@ def test_eight_devices_match_one_device_without_retracing(data_workdir):
         losses = []
         for b in local:
             state, m = trainer.step(state, b)
-            losses.append(float(m["loss"][0]))
-        assert trainer.train_step_cache_size() == 1, "the compiled step was retraced"
+            losses.append(float(m["loss"][0]))  # a retrace would fail in the step (_trainer)
         curves.append(losses)
         finals.append(jax.device_get(state.params))
     np.testing.assert_allclose(curves[1], curves[0], rtol=1e-5)
@@ -143,16 +151,17 @@ def test_sigterm_and_restart_give_the_uninterrupted_params(tmp_path, data_workdi
     c = _smoke(pretrain__num_steps=8)
     c.pretrain.checkpoint_every = 100  # only the preemption save and the final one
     whole = _with_data(tmp_path, data_workdir, "whole")
-    assert pretrain.run(c, str(whole)) == 0
+    assert stages.ensure("pretrain", c, whole) == 0
 
     def sigterm_at_3(step, state):
         if step == 3:
             os.kill(os.getpid(), signal.SIGTERM)
 
     cut = _with_data(tmp_path, data_workdir, "cut")
-    assert pretrain.run(c, str(cut), hooks=[sigterm_at_3]) == checkpointing.EXIT_PREEMPTED
+    fp = stages.fingerprint("pretrain", c, cut)
+    assert pretrain.run(c, str(cut), fp, hooks=[sigterm_at_3]) == checkpointing.EXIT_PREEMPTED
     assert not (cut / "pretrain" / "summary.json").exists()
-    assert pretrain.run(c, str(cut)) == 0
+    assert stages.ensure("pretrain", c, cut) == 0
     summary = json.loads((cut / "pretrain" / "summary.json").read_text())
     assert summary["resumed_from_step"] == 3 and summary["steps"] == 8
 
@@ -162,4 +171,6 @@ def test_sigterm_and_restart_give_the_uninterrupted_params(tmp_path, data_workdi
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(p_whole), jax.device_get(p_cut))
     ref = json.loads((whole / "pretrain" / "summary.json").read_text())
     assert summary["final_loss"] == ref["final_loss"] and summary["eval_loss"] == ref["eval_loss"]
-    assert pretrain.run(c, str(cut)) == 0  # a finished stage is reused, not retrained
+    mtime = (cut / "pretrain" / "summary.json").stat().st_mtime_ns
+    assert stages.ensure("pretrain", c, cut) == 0  # a finished stage is reused, not retrained
+    assert (cut / "pretrain" / "summary.json").stat().st_mtime_ns == mtime

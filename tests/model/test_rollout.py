@@ -103,14 +103,3 @@ def test_config_validation():
     with pytest.raises(ValueError):
         ro.RolloutConfig(top_p=0.0)
     assert ro.RolloutConfig(num_rollouts=8, rollout_chunk=64).chunk == 8
-
-
-@pytest.mark.slow  # two extra compiles (~20 s on an idle 2-core CPU)
-def test_bench_rollout_reports_both_samplers():
-    tiny = TINY.__class__(d_model=16, num_heads=2, mlp_ratio=1, enc_layers=1, dec_layers=1,
-                          encoder=TINY.encoder)
-    out = ro.bench_rollout(tiny, num_rollouts=2, agent_counts=(3,), rollout_chunk=2, repeats=1)
-    r = out["2x3"]
-    assert set(r) >= {"cached_s", "uncached_s", "speedup"}
-    assert r["cached_s"] > 0 and r["uncached_s"] > 0
-    assert r["speedup"] == pytest.approx(r["uncached_s"] / r["cached_s"])

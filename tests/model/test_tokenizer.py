@@ -203,9 +203,9 @@ def test_batched_shapes_match_single(rng):
 # ------------------------------------------------------------------ real WOMD scene
 @pytest.mark.shared
 def test_real_scene_reconstruction_error(shared_dir):
-    from dpa_omf.io import womd_example as womd
+    from dpa_omf.io import reader
 
-    scene = next(iter(womd.read_tfrecord(str(shared_dir / "womd" / "motion_data_one_example.tfrecord"))))
+    scene = next(iter(reader.read_scenes(str(shared_dir / "womd" / "motion_data_one_example.tfrecord"))))
     tokens, valid, recon = tk.tokenize(scene.agents, CFG)
     ade = np.asarray(tk.future_ade(recon, scene.agents))
     full = scene.agents.valid.all(-1)

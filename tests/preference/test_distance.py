@@ -1,4 +1,4 @@
-"""Tests of the preference distances: exact OT vs scipy / POT, Sinkhorn ranking, pairs, ADE."""
+"""Tests of the preference distance: exact OT vs scipy / POT, Sinkhorn ranking, boundary re-scoring."""
 
 import os
 
@@ -13,6 +13,7 @@ from scipy.optimize import linear_sum_assignment
 
 from dpa_omf.preference import distance as D
 from dpa_omf.preference import ot_device as ot_kernels
+from dpa_omf.preference import ranking
 
 ot = pytest.importorskip("ot")
 
@@ -149,8 +150,8 @@ def test_sinkhorn_ranking_matches_exact_sets(rng):
     rollouts, rv, expert, ev, mask, _ = _synthetic_scene(rng)
     exact, _ = D.ot_distance(rollouts, rv, expert, ev, mask, D.OTConfig(solver="exact"))
     sink, _ = D.ot_distance(rollouts, rv, expert, ev, mask, D.OTConfig(solver="sinkhorn"))
-    pe, ue = D.rank_and_pair(exact)
-    ps, us = D.rank_and_pair(sink)
+    pe, ue = ranking.rank_and_pair(exact)
+    ps, us = ranking.rank_and_pair(sink)
     assert set(np.asarray(pe).tolist()) == set(np.asarray(ps).tolist())
     assert set(np.asarray(ue).tolist()) == set(np.asarray(us).tolist())
     # Sinkhorn's rounded plan is feasible, so its cost is an upper bound.
@@ -221,41 +222,6 @@ def test_coupling_of_one_agent(rng, solver):
         D.ot_coupling(x, np.zeros(10, bool), y, vy)
 
 
-def test_rank_and_pair_invariants(rng):
-    d = rng.normal(size=64).astype(np.float32)
-    d[[3, 7, 40]] = d[10]  # ties
-    d[5] = np.nan  # ranks last
-    pref, unpref = map(np.asarray, D.rank_and_pair(d, 16))
-    assert pref.shape == unpref.shape == (16,)
-    assert len(set(pref) | set(unpref)) == 32  # disjoint, no repeats
-    key = np.where(np.isnan(d), np.inf, d)
-    assert key[pref].max() <= key[unpref].min()
-    assert np.all(np.diff(key[pref]) >= 0) and np.all(np.diff(key[unpref]) <= 0)
-    assert unpref[0] == 5
-    np.testing.assert_array_equal(pref, np.argsort(key, kind="stable")[:16])
-    # Permuting the rollouts permutes the result (ties aside): deterministic.
-    again = np.asarray(D.rank_and_pair(d, 16)[0])
-    np.testing.assert_array_equal(pref, again)
-    with pytest.raises(ValueError):
-        D.rank_and_pair(d[:20], 16)
-
-
-def test_ade_against_numpy(rng):
-    r, a, t = 3, 4, 9
-    rxy = rng.normal(size=(r, a, t, 2)).astype(np.float32)
-    exy = rng.normal(size=(a, t, 2)).astype(np.float32)
-    valid = rng.random((a, t)) < 0.6
-    valid[2] = False
-    scene, per_agent = D.ade_distance(rxy, exy, valid)
-    ref = np.zeros((r, a))
-    for i in range(r):
-        for j in range(a):
-            if valid[j].any():
-                ref[i, j] = np.linalg.norm(rxy[i, j] - exy[j], axis=-1)[valid[j]].mean()
-    np.testing.assert_allclose(np.asarray(per_agent), ref, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(scene), ref[:, [0, 1, 3]].mean(-1), rtol=1e-5)
-
-
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError):
         D.OTConfig(solver="hungarian")
@@ -265,25 +231,3 @@ def test_config_rejects_bad_values():
         D.OTConfig(rescore_solver="sinkhorn")
     with pytest.raises(ValueError):
         D.OTConfig(auction_levels=2**20)
-
-
-def test_bench_ot_runs_and_reports_the_contract(tmp_path):
-    """A tiny `python -m dpa_omf.tools.bench ot`: the JSON keys the issue names, and
-    the exact methods agree with each other (the bench itself cross-checks
-    exact_host against the scipy / POT loops and raises otherwise)."""
-    import json
-
-    from dpa_omf.tools import bench
-
-    out = tmp_path / "ot.json"
-    bench.main(["ot", "--json", str(out), "--scenes", "2", "--loop_scenes", "1", "--device_exact_scenes", "1",
-                "--steps", "8", "--rollouts", "32", "--agents", "6", "--skip_ott_default",
-                "--methods", "ours_exact", "ours_sinkhorn"])
-    r = json.loads(out.read_text())
-    for name in ("scipy_lsa", "pot_emd", "ours_exact_host", "ours_exact", "ours_sinkhorn"):
-        assert r["seconds_per_scene"][name] > 0
-        assert 0 <= r["topbottom_agreement"][name] <= 1
-    for name in ("scipy_lsa", "pot_emd", "ours_exact"):
-        assert r["topbottom_agreement"][name] == 1.0
-    assert r["exact_host_vs_loops_scene_rel_max"] < 1e-4
-    assert r["fastest_exact_equal"] in r["seconds_per_scene"]

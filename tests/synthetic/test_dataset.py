@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dpa_omf import datatypes as dt
-from dpa_omf.io import womd_example as womd
+from dpa_omf.io import reader
 from dpa_omf.synthetic import dataset as syn
 from dpa_omf.synthetic import maps as smap
 from dpa_omf.synthetic.config import SyntheticConfig
@@ -122,7 +122,7 @@ def test_dataset_roundtrip_is_exact(tmp_path):
     paths = syn.generate_dataset(str(tmp_path), num_scenes=5, num_shards=2, seed=3, config=CFG, num_workers=1)
     assert [p.split("/")[-1] for p in paths] == ["synthetic.tfrecord-00000-of-00002",
                                                  "synthetic.tfrecord-00001-of-00002"]
-    back = [s for p in paths for s in womd.read_tfrecord(p)]
+    back = [s for p in paths for s in reader.read_scenes(p)]
     assert len(back) == 5
     for i, s in enumerate(back):
         assert _leaves_equal(s, syn.generate_scenario(syn.scene_seed(3, i), CFG)), i

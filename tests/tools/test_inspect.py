@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from dpa_omf import datatypes as dt
+from dpa_omf.io import example_writer
+from dpa_omf.testing.womd import random_scenario
 from dpa_omf.tools import inspect as inspect_cli
 from dpa_omf.viz import scene as plot
-from dpa_omf.io import womd_example as womd
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -65,12 +66,12 @@ def test_example_file_cli_subprocess(shared_dir, tmp_path):
 
 
 def test_synthetic_file_counts_and_text(tmp_path, rng, capsys):
-    scenes = [womd.random_scenario(rng, 20, 300, f"scene-{i}", num_used_agents=5 + i) for i in range(3)]
+    scenes = [random_scenario(rng, 20, 300, f"scene-{i}", num_used_agents=5 + i) for i in range(3)]
     path = tmp_path / "s.tfrecord"
-    womd.write_tfrecord(path, scenes)
+    example_writer.write_tfrecord(path, scenes)
     summary = run_json(capsys, path)
     assert summary["num_records"] == 3
-    for r, s in zip(summary["records"], scenes):
+    for r, s in zip(summary["records"], scenes, strict=True):
         assert r["scenario_id"] == dt.scenario_id_str(s.scenario_id)
         assert r["num_agents"] == int(s.agents.valid.any(-1).sum())
         assert r["num_sim_agents"] == int(s.agents.sim_mask.sum())
@@ -83,7 +84,7 @@ def test_synthetic_file_counts_and_text(tmp_path, rng, capsys):
 
 def test_errors_are_reported(tmp_path, capsys):
     path = tmp_path / "t.tfrecord"
-    womd.write_tfrecord(path, [womd.random_scenario(np.random.default_rng(0), 8, 50)])
+    example_writer.write_tfrecord(path, [random_scenario(np.random.default_rng(0), 8, 50)])
     path.write_bytes(path.read_bytes()[:-10])
     assert inspect_cli.main([str(path)]) == 1
     assert "record 0: truncated file" in capsys.readouterr().err
@@ -93,7 +94,7 @@ def test_plot_with_rollouts(tmp_path, rng):
     """plot_scenario draws a scene with rollouts overlaid (the curation stage's use)."""
     from matplotlib.figure import Figure
 
-    s = womd.random_scenario(rng, 10, 200)
+    s = random_scenario(rng, 10, 200)
     rollouts = s.agents.xy[None, :, dt.CURRENT_INDEX:] + rng.normal(0, 1, (4, 10, 81, 2))
     fig = Figure(figsize=(4, 4))
     ax = fig.add_subplot(1, 1, 1)

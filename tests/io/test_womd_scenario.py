@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from dpa_omf import datatypes as dt
-from dpa_omf.io import protos, womd_scenario as scenario_proto, tfrecord, womd_example as womd
-from dpa_omf.io.tfrecord import DataError
+from dpa_omf.io import protos, reader, tfrecord
+from dpa_omf.io import womd_scenario as scenario_proto
+from dpa_omf.io.tfrecord import DataError, Source
 
 SCENARIO_FILE = "womd/motion_data_one_scenario.tfrecord"
 BIG_FILE = "womd/womd_scenario_input.tfrecord"
@@ -21,7 +22,7 @@ def facts(shared_dir):
 
 @pytest.fixture
 def scene_637(shared_dir):
-    (s, info), = list(womd.read_tfrecord_with_info(shared_dir / SCENARIO_FILE))
+    (s, info), = list(reader.read_scenes_with_info(shared_dir / SCENARIO_FILE))
     return s, info
 
 
@@ -68,7 +69,7 @@ def test_matches_golden_arrays(scene_637, shared_dir, facts):
         assert int(mask.sum()) == int(g[f"{key}_lengths"].sum())
         # Same points, polyline by polyline, in order.
         for fid, start, length in zip(g[f"{key}_ids"], np.cumsum(g[f"{key}_lengths"]) - g[f"{key}_lengths"],
-                                      g[f"{key}_lengths"]):
+                                      g[f"{key}_lengths"], strict=True):
             np.testing.assert_allclose(rg.xyz[rg.id == fid], g[f"{key}_points"][start:start + length], atol=1e-3)
     tl = s.traffic_lights
     lanes = g["signal_lane_ids"]
@@ -85,7 +86,7 @@ def test_map_features(scene_637, facts):
     s, _ = scene_637
     rg = s.roadgraph
     ids, types = rg.id[rg.valid], rg.type[rg.valid]
-    per_feature = {int(i): int(t) for i, t in zip(ids, types)}
+    per_feature = {int(i): int(t) for i, t in zip(ids, types, strict=True)}
     assert len(per_feature) == facts["n_map_features"] == 301
     kinds = {"lane": (1, 2, 3), "road_line": tuple(range(5, 14)), "road_edge": (14, 15, 16), "stop_sign": (17,),
              "crosswalk": (18,), "speed_bump": (19,)}
@@ -108,8 +109,8 @@ def test_more_tracks_than_slots(shared_dir):
     """257 tracks into 128 slots: every required agent kept, the nearest others fill up, order kept."""
     path = shared_dir / BIG_FILE
     msg = protos.Scenario.FromString(tfrecord.read_first_record(path))
-    full, _ = scenario_proto.scenario_from_proto(msg, "full", womd.ReaderConfig(max_agents=257))
-    (s, info), = list(womd.read_tfrecord_with_info(path))
+    full, _ = scenario_proto.scenario_from_proto(msg, Source("full"), reader.ReaderConfig(max_agents=257))
+    (s, info), = list(reader.read_scenes_with_info(path))
     assert info.num_agents == len(msg.tracks) == 257
     assert info.num_dropped_agents == 129 and len(info.dropped_agent_ids) == 129
     a, fa = s.agents, full.agents
@@ -136,14 +137,14 @@ def test_more_tracks_than_slots(shared_dir):
 def test_too_many_required_agents(shared_dir):
     with pytest.raises(DataError, match=r"womd_scenario_input\.tfrecord: record 0: field 'tracks': 84 agents "
                                         r"must be kept .* 64 agent slots"):
-        next(womd.read_tfrecord(shared_dir / BIG_FILE, max_agents=64))
+        next(reader.read_scenes(shared_dir / BIG_FILE, reader.ReaderConfig(max_agents=64)))
 
 
 @pytest.mark.shared
 def test_auto_detection(shared_dir):
-    assert womd.file_format(str(shared_dir / SCENARIO_FILE)) == "scenario"
-    assert womd.file_format(str(shared_dir / BIG_FILE)) == "scenario"
-    assert womd.file_format(str(shared_dir / "womd/motion_data_one_example.tfrecord")) == "example"
+    assert reader.file_format(str(shared_dir / SCENARIO_FILE)) == "scenario"
+    assert reader.file_format(str(shared_dir / BIG_FILE)) == "scenario"
+    assert reader.file_format(str(shared_dir / "womd/motion_data_one_example.tfrecord")) == "example"
 
 
 # ---------------------------------------------------------------- synthetic protos, errors
@@ -176,8 +177,8 @@ def _proto(num_tracks=3, valid_now=True) -> "protos.Scenario":
 
 
 def test_synthetic_proto_conversion():
-    s = scenario_proto.parse_scenario(_proto().SerializeToString(), "mem",
-                                      womd.ReaderConfig(max_agents=8, max_roadgraph_points=64))
+    s = scenario_proto.parse_scenario(_proto().SerializeToString(), Source("mem"),
+                                      reader.ReaderConfig(max_agents=8, max_roadgraph_points=64))
     a, rg, tl = s.agents, s.roadgraph, s.traffic_lights
     assert a.id[:3].tolist() == [100, 101, 102] and a.type[:3].tolist() == [1, 2, 3]
     assert a.is_sdc.tolist()[:3] == [True, False, False] and a.eval_mask[:3].tolist() == [True, False, True]
@@ -201,22 +202,22 @@ def test_proto_errors_name_field(tmp_path):
     bad = _proto()
     bad.tracks[1].states[42].center_x = float("nan")
     with pytest.raises(DataError, match=r"p\.tfrecord: record 1: field 'tracks\[1\]\.states\[42\]\.center_x'"):
-        list(womd.read_tfrecord(write(bad)))
+        list(reader.read_scenes(write(bad)))
     with pytest.raises(DataError, match=r"record 1: field 'tracks\[\*\]\.states\[10\]\.valid': scene has no agent"):
-        list(womd.read_tfrecord(write(_proto(valid_now=False))))
+        list(reader.read_scenes(write(_proto(valid_now=False))))
     bad = _proto()
     del bad.tracks[2].states[-1]
     with pytest.raises(DataError, match=r"record 1: field 'tracks\[2\]\.states': has 90 states, expected 91"):
-        list(womd.read_tfrecord(write(bad)))
+        list(reader.read_scenes(write(bad)))
     bad = _proto()
     bad.sdc_track_index = 7
     with pytest.raises(DataError, match=r"field 'sdc_track_index'"):
-        list(womd.read_tfrecord(write(bad)))
+        list(reader.read_scenes(write(bad)))
     bad = _proto()
     bad.map_features[1].crosswalk.polygon[2].y = float("inf")
     with pytest.raises(DataError, match=r"field 'map_features\[1\]\.crosswalk': non-finite"):
-        list(womd.read_tfrecord(write(bad)))
+        list(reader.read_scenes(write(bad)))
     with pytest.raises(DataError, match=r"record 1: not a valid Scenario proto"):
         path = tmp_path / "g.tfrecord"
         tfrecord.write_records(path, [_proto().SerializeToString(), b"\x12\xff\xff garbage"])
-        list(womd.read_tfrecord(path, fmt="scenario"))
+        list(reader.read_scenes(path, fmt="scenario"))

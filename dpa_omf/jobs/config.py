@@ -1,0 +1,324 @@
+"""The one config boundary: ``ml_collections.ConfigDict`` in, frozen dataclasses out.
+
+Every default lives in ``configs/`` (a test fails when a dataclass default
+disagrees with the default config). Below this module no code sees a
+ConfigDict: jitted code gets the hashable dataclasses built here.
+
+Each rule about a value lives once, next to the code that relies on it: in the
+dataclass's ``__post_init__`` (``TokenizerConfig.token_hz`` divides 10,
+``ModelConfig.d_model`` a multiple of ``num_heads``, ``OTConfig.solver``,
+``AlignConfig.method``, ``CPLConfig.conservative_lambda``, ...). :func:`check`
+builds every dataclass of the config, collects every refusal, adds the rules
+that only make sense across sections or against the devices (mesh vs device
+count, batch vs processes, ``align.sft_top_k`` vs ``curate.num_rollouts``),
+and raises one ``ValueError`` listing them all, before any compute.
+
+Sections -> dataclasses:
+
+  data                        io.reader.ReaderConfig (``reader``), io.pipeline.PipelineConfig (``pipeline``),
+                              synthetic.dataset.SyntheticConfig (``synthetic``)
+  tokenizer, model            model.tokenizer.TokenizerConfig, model.motion_lm.ModelConfig (``model``)
+  pretrain, mesh              train.loop.TrainConfig (``pretrain_train``), train.sharding.MeshConfig (``mesh``)
+  curate                      preference.curation.CurationConfig (``curation``)
+  align                       AlignConfig (here), train.loop.TrainConfig (``align_train``)
+  evaluate                    EvaluateConfig (here)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from configs import post_training
+
+from dpa_omf.io import pipeline as pipe
+from dpa_omf.io import reader as reader_lib
+from dpa_omf.metrics import wosac
+from dpa_omf.model import encoder as enc
+from dpa_omf.model import motion_lm as mlm
+from dpa_omf.model import sampling
+from dpa_omf.model import tokenizer as tok
+from dpa_omf.preference import curation
+from dpa_omf.preference import distance as dist
+from dpa_omf.preference import features as feat
+from dpa_omf.synthetic import dataset as synthetic
+from dpa_omf.train import loop, losses, optim, sharding
+
+ALIGN_METHODS = post_training.ALIGN_METHODS  # the one list of alignment methods (configs/post_training.py)
+SFT_METHODS = ("sft_best_oa", "sft_best_ade")
+
+
+# ----------------------------------------------------------------------------- stage-level dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class AlignConfig:
+    """What the align stage optimizes (the ``align`` section, less the loop's cadence).
+
+    Attributes:
+      method: one of ``ALIGN_METHODS``.
+      cpl: the contrastive preference loss (score alpha / gamma / normalization, lambda, BC weight).
+      dpo_beta: DPO's inverse temperature.
+      pairs_per_scene: pairs (or sequences) drawn per scene per step.
+      sft_top_k: SFT baselines: the k closest rollouts are the targets.
+      heldout_fraction: the last share of the curated scenes, never trained on (held-out accuracy).
+    """
+
+    method: str
+    cpl: losses.CPLConfig
+    dpo_beta: float
+    pairs_per_scene: int
+    sft_top_k: int
+    heldout_fraction: float
+
+    def __post_init__(self):
+        if self.method not in ALIGN_METHODS:
+            raise ValueError(f"align.method={self.method!r} is not one of {ALIGN_METHODS}")
+        if not 0 <= self.heldout_fraction < 1:
+            raise ValueError(f"align.heldout_fraction={self.heldout_fraction} must be in [0, 1)")
+        if self.pairs_per_scene < 1 or self.sft_top_k < 1:
+            raise ValueError("align.pairs_per_scene and align.sft_top_k must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """The evaluate stage: ``rollout.num_rollouts`` joint rollouts of ``num_scenes`` held-out scenes.
+
+    Attributes:
+      rollout: sampling (rollouts per scene, chunk, temperature, top-p).
+      realism: the WOSAC metric configuration (``challenge`` '2024' or '2025').
+      num_scenes: held-out scenes, the first of the valid split.
+      seed: the rollout keys' seed (the same for every model: a paired comparison).
+    """
+
+    rollout: sampling.RolloutConfig
+    realism: wosac.RealismConfig
+    num_scenes: int
+    seed: int
+
+    def __post_init__(self):
+        if self.num_scenes < 1:
+            raise ValueError(f"evaluate.num_scenes={self.num_scenes} must be >= 1")
+
+
+# ----------------------------------------------------------------------------- builders
+
+
+def derived_seed(*parts: int) -> int:
+    """A seed in [0, 2**31) derived from several integers (e.g. the global seed and a
+    stage's repeat seed), independent for different tuples."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] % (2**31))
+
+
+def reader(c: ml_collections.ConfigDict) -> reader_lib.ReaderConfig:
+    """Every scene of every stage is fitted to the configured slots."""
+    return reader_lib.ReaderConfig(max_agents=c.data.num_agents, max_roadgraph_points=c.data.num_roadgraph_points)
+
+
+def synthetic_world(c: ml_collections.ConfigDict) -> synthetic.SyntheticConfig:
+    """The embedded world for ``data.num_agents`` slots.
+
+    Up to the default simulated pool (48) the world's defaults hold; more slots
+    (up to WOMD's 128) get a pool of that size and proportionally more initial
+    vehicles and pedestrians, so the extra slots hold traffic, not padding.
+    """
+    base = synthetic.SyntheticConfig()
+    a, p = c.data.num_agents, c.data.num_roadgraph_points
+    if a <= base.pool_size:
+        return synthetic.SyntheticConfig(num_agents=a, num_points=p)
+    scale = a / base.num_agents
+
+    def grow(lo_hi: tuple[int, int]) -> tuple[int, int]:
+        return tuple(int(v * scale) for v in lo_hi)
+
+    return synthetic.SyntheticConfig(num_agents=a, num_points=p, pool_size=a,
+                                     initial_vehicles=grow(base.initial_vehicles),
+                                     initial_pedestrians=grow(base.initial_pedestrians))
+
+
+def tokenizer(c: ml_collections.ConfigDict) -> tok.TokenizerConfig:
+    return tok.TokenizerConfig(**c.tokenizer.to_dict())
+
+
+def model(c: ml_collections.ConfigDict) -> mlm.ModelConfig:
+    m = c.model.to_dict()
+    encoder = enc.EncoderConfig(**m.pop("encoder"))
+    return mlm.ModelConfig(**m, encoder=encoder, tokenizer=tokenizer(c))
+
+
+def mesh(c: ml_collections.ConfigDict) -> sharding.MeshConfig:
+    return sharding.MeshConfig(data=c.mesh.data)
+
+
+def _train(c: ml_collections.ConfigDict, section: ml_collections.ConfigDict, seed: int,
+           async_checkpointing: bool) -> loop.TrainConfig:
+    return loop.TrainConfig(
+        num_steps=section.num_steps, seed=seed, optim=optim.OptimConfig(**section.optim.to_dict()), mesh=mesh(c),
+        log_every=section.log_every, eval_every=section.eval_every, checkpoint_every=section.checkpoint_every,
+        keep_checkpoints=section.keep_checkpoints, async_checkpointing=async_checkpointing,
+        progress_bar=section.progress_bar)
+
+
+def pretrain_train(c: ml_collections.ConfigDict) -> loop.TrainConfig:
+    return _train(c, c.pretrain, c.seed, c.pretrain.async_checkpointing)
+
+
+def align_seed(c: ml_collections.ConfigDict) -> int:
+    """The alignment stage's seed: the global seed (which fixes the data, the
+    reference and the curation) combined with ``align.seed`` (repeated runs)."""
+    return derived_seed(c.seed, c.align.seed)
+
+
+def align_train(c: ml_collections.ConfigDict) -> loop.TrainConfig:
+    return _train(c, c.align, align_seed(c), True)
+
+
+def pipeline(c: ml_collections.ConfigDict, patterns: tuple[str, ...], train: bool,
+             process_count: int) -> pipe.PipelineConfig:
+    """This process's pipeline of a split: ``batch_size`` = global batch / process count.
+
+    Training: shuffled, repeating, prefetched. Held-out: the file order, no prefetch.
+    """
+    return pipe.PipelineConfig(
+        file_patterns=tuple(patterns), batch_size=c.pretrain.batch_size // process_count,
+        max_agents=c.data.num_agents, max_roadgraph_points=c.data.num_roadgraph_points,
+        shuffle=train and c.pretrain.shuffle, seed=c.seed,
+        num_epochs=None,  # repeat; evaluation takes a fixed number of batches
+        prefetch=c.pretrain.prefetch if train else 0)
+
+
+def curation_config(c: ml_collections.ConfigDict) -> curation.CurationConfig:
+    cc = c.curate
+    return curation.CurationConfig(
+        rollout=sampling.RolloutConfig(num_rollouts=cc.num_rollouts, rollout_chunk=cc.rollout_chunk,
+                                       temperature=cc.temperature, top_p=cc.top_p),
+        ot=dist.OTConfig(solver=cc.solver, feature_weights=tuple(cc.feature_weights),
+                         rescore_window=cc.rescore_window, num_pairs=cc.num_pairs),
+        features=feat.FeatureConfig(clearance_cap=cc.clearance_cap, road_distance_clip=cc.road_distance_clip),
+        num_pairs=cc.num_pairs)
+
+
+def align(c: ml_collections.ConfigDict) -> AlignConfig:
+    a = c.align
+    score = losses.ScoreConfig(alpha=a.alpha, gamma=a.gamma, normalize=a.normalize)
+    cpl = losses.CPLConfig(score=score, conservative_lambda=a.conservative_lambda, bc_weight=a.bc_weight)
+    return AlignConfig(method=a.method, cpl=cpl, dpo_beta=a.dpo_beta, pairs_per_scene=a.pairs_per_scene,
+                       sft_top_k=a.sft_top_k, heldout_fraction=a.heldout_fraction)
+
+
+def evaluate_seed(c: ml_collections.ConfigDict) -> int:
+    """The evaluation rollouts' seed; ``evaluate.seed`` 0 is the global seed + 1 (every recorded
+    evaluation used it), others are derived from (seed, evaluate.seed)."""
+    return c.seed + 1 if c.evaluate.seed == 0 else derived_seed(c.seed, c.evaluate.seed)
+
+
+def evaluate(c: ml_collections.ConfigDict) -> EvaluateConfig:
+    e = c.evaluate
+    rollout = sampling.RolloutConfig(num_rollouts=e.num_rollouts, rollout_chunk=min(e.rollout_chunk, e.num_rollouts),
+                                     temperature=e.temperature, top_p=e.top_p)
+    return EvaluateConfig(rollout=rollout, realism=wosac.RealismConfig(challenge=e.challenge),
+                          num_scenes=e.num_scenes, seed=evaluate_seed(c))
+
+
+# ----------------------------------------------------------------------------- checks
+
+# section name -> builder: every dataclass the jobs build from the config (their rules run here first).
+BUILDERS: dict[str, Callable[[ml_collections.ConfigDict], Any]] = {
+    "data": reader,
+    "data.synthetic": synthetic_world,
+    "tokenizer": tokenizer,
+    "model": model,
+    "mesh": mesh,
+    "pretrain": pretrain_train,
+    "curate": curation_config,
+    "align": align,
+    "align.optim": align_train,
+    "evaluate": evaluate,
+}
+
+
+def check(c: ml_collections.ConfigDict, num_devices: int | None = None, process_count: int = 1) -> None:
+    """Refuses impossible configs before any compute, listing every problem found.
+
+    Unknown keys are refused earlier by the locked config. ``num_devices`` and
+    ``process_count`` (inside a job, once JAX knows them) add the checks of the
+    mesh against the devices and of the batches against the processes.
+    """
+    errors = []
+    for section, build in BUILDERS.items():
+        try:
+            build(c)
+        except (ValueError, TypeError) as e:
+            errors.append(f"{section}: {e}")
+    errors += _check_data(c) + _check_model(c) + _check_stages(c)
+    if num_devices is not None:
+        errors += _check_devices(c, num_devices, process_count)
+    if errors:
+        raise ValueError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def _check_data(c) -> list[str]:
+    errors = []
+    if c.data.source not in ("synthetic", "womd"):
+        errors.append(f"data.source={c.data.source!r} must be 'synthetic' or 'womd'")
+    if c.data.source == "womd" and not c.data.womd.train_pattern:
+        errors.append("data.source='womd' needs data.womd.train_pattern")
+    if not 1 <= c.data.num_agents <= 128:
+        errors.append(f"data.num_agents={c.data.num_agents} must be in [1, 128]")
+    s = c.data.synthetic
+    if min(s.num_train, s.num_valid, s.num_shards, s.num_workers) < 1:
+        errors.append("data.synthetic.{num_train,num_valid,num_shards,num_workers} must be positive")
+    if not 0 <= c.seed < 500_000:
+        errors.append(f"seed={c.seed} must be in [0, 500000) (synthetic dataset seeds are 2 * seed + split)")
+    return errors
+
+
+def _check_model(c) -> list[str]:
+    m = c.model
+    if min(m.mlp_ratio, m.enc_layers, m.dec_layers, m.encoder.k_agents, m.encoder.k_roadgraph,
+           m.encoder.roadgraph_stride) < 1:
+        return ["model.{mlp_ratio,enc_layers,dec_layers} and model.encoder.{k_agents,k_roadgraph,"
+                "roadgraph_stride} must be >= 1"]
+    return []
+
+
+def _check_stages(c) -> list[str]:
+    errors = []
+    p = c.pretrain
+    for name in ("batch_size", "eval_batches"):
+        if p[name] < 1:
+            errors.append(f"pretrain.{name}={p[name]} must be >= 1")
+    if c.align.method in SFT_METHODS and c.align.sft_top_k > c.curate.num_rollouts:
+        errors.append(f"align.sft_top_k={c.align.sft_top_k} exceeds curate.num_rollouts={c.curate.num_rollouts}")
+    if not 0 < c.curate.rankings_per_example <= 16:
+        errors.append(f"curate.rankings_per_example={c.curate.rankings_per_example} must be in (0, 16]")
+    if c.curate.scenes_per_shard < 1:
+        errors.append("curate.scenes_per_shard must be >= 1")
+    if c.mesh.data < 1 and c.mesh.data != -1:
+        errors.append(f"mesh.data={c.mesh.data} must be >= 1 or -1 (all devices)")
+    if not 0 < c.aot.headroom <= 1 or c.aot.device_memory_gb < 0:
+        errors.append("aot.headroom must be in (0, 1] and aot.device_memory_gb >= 0")
+    for section in ("pretrain", "align"):
+        if c.mesh.data > 0 and c[section].batch_size % c.mesh.data:
+            errors.append(f"{section}.batch_size={c[section].batch_size} is not divisible by mesh.data={c.mesh.data}")
+    return errors
+
+
+def _check_devices(c, num_devices: int, process_count: int) -> list[str]:
+    data = num_devices if c.mesh.data == -1 else c.mesh.data
+    errors = []
+    if data > num_devices:
+        errors.append(f"mesh.data={data} needs {data} devices, only {num_devices} exist")
+    elif data != num_devices:
+        errors.append(f"mesh.data={data} does not use all {num_devices} devices (set mesh.data=-1)")
+    for section in ("pretrain", "align"):
+        b = c[section].batch_size
+        if b % data:
+            errors.append(f"{section}.batch_size={b} is not divisible by the mesh data axis ({data})")
+        if b % process_count:
+            errors.append(f"{section}.batch_size={b} is not divisible by the {process_count} processes")
+    return errors

@@ -1,0 +1,89 @@
+"""The structure rules that import-linter and ruff do not check (issue 11): no private name used
+across modules, no module over ~600 lines, no function over ~80 lines unless it is a compiled
+kernel whose comment says why it stays whole, no import hidden inside a function without a reason."""
+
+import ast
+import pathlib
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "dpa_omf"
+MAX_MODULE_LINES = 600
+MAX_FUNCTION_LINES = 80
+KERNEL_MARK = "stays whole"  # a long numba / JAX kernel says why in a comment holding these words
+
+
+def _modules():
+    return sorted(p for p in PACKAGE.rglob("*.py"))
+
+
+def _name(path: pathlib.Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+def _tree(path):
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def _imported_modules(tree: ast.Module, here: str) -> dict[str, str]:
+    """Local alias -> dotted dpa_omf module, for `import dpa_omf.x as y` and `from dpa_omf.x import y`."""
+    known = {_name(p) for p in _modules()}
+    out = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("dpa_omf"):
+                    out[a.asname or a.name.split(".")[0]] = a.name
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dpa_omf"):
+            for a in node.names:
+                full = f"{node.module}.{a.name}"
+                if full in known:
+                    out[a.asname or a.name] = full
+    return out
+
+
+@pytest.mark.parametrize("path", _modules(), ids=_name)
+def test_no_private_name_is_used_from_another_module(path):
+    tree = _tree(path)
+    here = _name(path)
+    aliases = _imported_modules(tree, here)
+    bad = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dpa_omf"):
+            bad += [f"from {node.module} import {a.name}" for a in node.names
+                    if a.name.startswith("_") and node.module != here]
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                and node.attr.startswith("_") and not node.attr.startswith("__") and aliases[node.value.id] != here):
+            bad.append(f"{node.value.id}.{node.attr} (line {node.lineno})")
+    assert not bad, f"{here} uses private names of other modules: {bad}"
+
+
+@pytest.mark.parametrize("path", _modules(), ids=_name)
+def test_modules_and_functions_stay_small(path):
+    text = path.read_text()
+    assert len(text.splitlines()) <= MAX_MODULE_LINES, f"{_name(path)}: {len(text.splitlines())} lines"
+    long = []
+    for node in ast.walk(_tree(path)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            n = node.end_lineno - node.lineno + 1
+            if n > MAX_FUNCTION_LINES and KERNEL_MARK not in ast.get_source_segment(text, node):
+                long.append(f"{node.name} ({n} lines)")
+    assert not long, f"{_name(path)}: functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+@pytest.mark.parametrize("path", _modules(), ids=_name)
+def test_imports_inside_functions_say_why(path):
+    """An import inside a function hides a dependency from import-linter's reader and from the reader of
+    the module's head: allowed only with a comment on the same line or the line above saying why."""
+    lines = path.read_text().splitlines()
+    bad = []
+    for node in ast.walk(_tree(path)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for inner in ast.walk(node):
+                if isinstance(inner, (ast.Import, ast.ImportFrom)):
+                    line, above = lines[inner.lineno - 1], lines[inner.lineno - 2].strip()
+                    if "#" not in line and not above.startswith("#"):
+                        bad.append(f"line {inner.lineno}: {line.strip()}")
+    assert not bad, f"{_name(path)}: imports inside functions without a reason: {bad}"

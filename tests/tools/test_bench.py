@@ -1,0 +1,65 @@
+"""The benchmarks' command line (dpa_omf.tools.bench) at tiny sizes: the JSON contract of each subcommand."""
+
+import json
+import os
+
+os.environ.setdefault("POT_BACKEND_DISABLE_TENSORFLOW", "1")  # POT would import TF otherwise
+
+import pytest
+
+from dpa_omf.model import encoder as enc
+from dpa_omf.model import motion_lm as mlm
+from dpa_omf.tools import bench
+
+TINY_OT = ["--scenes", "2", "--loop_scenes", "1", "--steps", "8", "--rollouts", "32", "--agents", "6"]
+
+
+def test_bench_ot_runs_and_reports_the_contract(tmp_path):
+    """A tiny `python -m dpa_omf.bench ot` with two slow methods added: the JSON keys the issue
+    names, and the exact methods agree with each other (the bench itself cross-checks
+    exact_host against the scipy / POT loops and raises otherwise)."""
+    pytest.importorskip("ot")
+    out = tmp_path / "ot.json"
+    bench.main(["ot", "--json", str(out), *TINY_OT, "--device_exact_scenes", "1",
+                "--methods", "ours_exact", "ours_sinkhorn"])
+    r = json.loads(out.read_text())
+    for name in ("scipy_lsa", "pot_emd", "ours_exact_host", "ours_exact", "ours_sinkhorn"):
+        assert r["seconds_per_scene"][name] > 0
+        assert 0 <= r["topbottom_agreement"][name] <= 1
+    for name in ("scipy_lsa", "pot_emd", "ours_exact"):
+        assert r["topbottom_agreement"][name] == 1.0
+    assert r["exact_host_vs_loops_scene_rel_max"] < 1e-4
+    assert r["fastest_exact_equal"] in r["seconds_per_scene"]
+
+
+def test_bench_ot_default_runs_only_the_fast_methods(tmp_path):
+    pytest.importorskip("ot")
+    out = tmp_path / "ot.json"
+    bench.main(["ot", "--json", str(out), *TINY_OT])
+    r = json.loads(out.read_text())
+    assert set(r["seconds_per_scene"]) == {"ours_exact_host", "scipy_lsa", "pot_emd"}
+    assert r["agreement_scenes"] == {"ours_exact_host": 2, "scipy_lsa": 1, "pot_emd": 1}
+    assert r["fastest_exact_equal"] == "ours_exact_host"
+    with pytest.raises(ValueError, match="unknown methods"):
+        bench.main(["ot", "--json", str(out), *TINY_OT, "--methods", "hungarian"])
+
+
+@pytest.mark.slow  # two extra compiles (~20 s on an idle 2-core CPU)
+def test_time_rollouts_reports_both_samplers():
+    tiny = mlm.ModelConfig(d_model=16, num_heads=2, mlp_ratio=1, enc_layers=1, dec_layers=1,
+                           encoder=enc.EncoderConfig(k_agents=4, k_roadgraph=8, roadgraph_stride=1))
+    out = bench.time_rollouts(tiny, num_rollouts=2, agent_counts=(3,), rollout_chunk=2, repeats=1)
+    r = out["2x3"]
+    assert set(r) >= {"cached_s", "uncached_s", "speedup"}
+    assert r["cached_s"] > 0 and r["uncached_s"] > 0
+    assert r["speedup"] == pytest.approx(r["uncached_s"] / r["cached_s"])
+
+
+@pytest.mark.slow  # one compile of the smoke-sized pretraining step
+def test_bench_train_times_the_pretraining_step(tmp_path):
+    out = tmp_path / "train.json"
+    bench.main(["train", "--json", str(out), "--config", "smoke", "--agents", "8", "--batch", "8"])
+    r = json.loads(out.read_text())
+    (one,) = r["results"]
+    assert one["num_agents"] == 8 and one["batch"] == 8 and len(one["step_s_all"]) == 3
+    assert one["step_s_median"] > 0 and one["tokens_per_s"] > 0 and one["param_count"] > 10_000
