@@ -1,1 +1,1 @@
-"""dpa_omf.geometry: basic shapes (shapes.py) and the scene distances shared by the metric and the preference features (scene.py)."""
+"""dpa_omf.geometry: basic shapes (shapes.py); scene distances shared by metric and preference features (scene.py)."""

@@ -101,7 +101,7 @@ def box_bottom_corners_3d(
     """``[..., 4, 3]`` bottom corners of upright 3D boxes (z = centre z - height / 2)."""
     xy = box_corners(x, y, length, width, heading)
     zc = (-(height * 0.5)) + z
-    return jnp.concatenate([xy, jnp.broadcast_to(zc[..., None, None], xy.shape[:-1] + (1,))], axis=-1)
+    return jnp.concatenate([xy, jnp.broadcast_to(zc[..., None, None], (*xy.shape[:-1], 1))], axis=-1)
 
 
 def _seg_dist2(vx: Array, vy: Array, ex: Array, ey: Array, inv_ee: Array) -> Array:
@@ -137,7 +137,7 @@ def convex_polygon_signed_distance(poly_a: Array, poly_b: Array) -> Array:
         k = len(px)
         ex = [px[(i + 1) % k] - px[i] for i in range(k)]
         ey = [py[(i + 1) % k] - py[i] for i in range(k)]
-        ee = [x * x + y * y for x, y in zip(ex, ey)]
+        ee = [x * x + y * y for x, y in zip(ex, ey, strict=False)]
         inv_ee = [jnp.where(e > 0, 1.0 / jnp.where(e > 0, e, 1.0), 0.0) for e in ee]
         inv_len = [jnp.where(e > 0, jax.lax.rsqrt(jnp.where(e > 0, e, 1.0)), 0.0) for e in ee]
         return ex, ey, inv_ee, inv_len
@@ -403,7 +403,7 @@ def pruned_argmin(points: Array, lo: Array, hi: Array, dist2_fn, block: int, k: 
 def pad_blocks(a: Array, block: int, value) -> Array:
     """Pads the leading axis of ``a`` with ``value`` up to a multiple of ``block``."""
     pad = -a.shape[0] % block
-    return jnp.concatenate([a, jnp.full((pad,) + a.shape[1:], value, a.dtype)]) if pad else a
+    return jnp.concatenate([a, jnp.full((pad, *a.shape[1:]), value, a.dtype)]) if pad else a
 
 
 def nearest_segment_3d_grouped(

@@ -19,7 +19,7 @@ import dataclasses
 import os
 import pathlib
 import tarfile
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 

@@ -103,7 +103,7 @@ class RealismConfig:
     def metrics_config(self) -> rc.MetricsConfig:
         return rc.get_metrics_config(self.challenge)
 
-    def fitted(self, scenarios: dt.Scenario, quantum: int = 1024) -> "RealismConfig":
+    def fitted(self, scenarios: dt.Scenario, quantum: int = 1024) -> RealismConfig:
         """A copy whose static sizes fit concrete scenes (one or a batch).
 
         Sets ``max_eval_agents`` to the largest number of evaluated agents and
@@ -170,15 +170,15 @@ def _rollout_features(tr: dict, log_xyz: Array, log_valid: Array, eval_index: Ar
     xy = jnp.stack([ev["x"][:, c:], ev["y"][:, c:]], axis=-1)
     tl, lane_exact = wf.red_light_violation(xy, ev["valid"][:, c:], md, sig, config.lane_block,
                                          config.lane_blocks_searched)
-    return dict(
-        average_displacement_error=ade,
-        linear_speed=speed[:, fut], linear_acceleration=accel[:, fut],
-        angular_speed=ang_speed[:, fut], angular_acceleration=ang_accel[:, fut],
-        distance_to_nearest_object=dist, collision_per_step=dist < scene.COLLISION_DISTANCE_THRESHOLD,
-        time_to_collision=ttc, distance_to_road_edge=road,
-        offroad_per_step=road > scene.OFFROAD_DISTANCE_THRESHOLD, traffic_light_violation_per_step=tl,
-        map_search_inexact=jnp.any(ev_valid & ~road_exact) | jnp.any(~lane_exact),
-    )
+    return {
+        "average_displacement_error": ade,
+        "linear_speed": speed[:, fut], "linear_acceleration": accel[:, fut],
+        "angular_speed": ang_speed[:, fut], "angular_acceleration": ang_accel[:, fut],
+        "distance_to_nearest_object": dist, "collision_per_step": dist < scene.COLLISION_DISTANCE_THRESHOLD,
+        "time_to_collision": ttc, "distance_to_road_edge": road,
+        "offroad_per_step": road > scene.OFFROAD_DISTANCE_THRESHOLD, "traffic_light_violation_per_step": tl,
+        "map_search_inexact": jnp.any(ev_valid & ~road_exact) | jnp.any(~lane_exact),
+    }
 
 
 def _features_for(scenario: dt.Scenario, future_xyzh: Array, future_valid: Array,
@@ -228,8 +228,8 @@ def compute_features(scenario: dt.Scenario, sim_xyzh: Array, config: RealismConf
     sim_valid = jnp.ones(sim_xyzh.shape[:3], bool)
     sim, sim_inexact = _features_for(scenario, sim_xyzh.astype(jnp.float32), sim_valid, eval_index,
                                      eval_valid, md, sig, config, config.rollout_batch)
-    return log, sim, dict(eval_overflow=eval_over, map_overflow=md.overflow,
-                          map_search_inexact=log_inexact | sim_inexact)
+    return log, sim, {"eval_overflow": eval_over, "map_overflow": md.overflow,
+                      "map_search_inexact": log_inexact | sim_inexact}
 
 
 # ==================================================================== estimators
@@ -272,7 +272,7 @@ def histogram_log_likelihood(log_values: Array, sim_values: Array, fc: rc.Featur
     else:
         counts = jnp.sum(onehot, axis=0)  # [E, T, K]
     counts = counts + fc.pseudocount
-    picked = jnp.take_along_axis(jnp.broadcast_to(counts, log_bins.shape + (fc.num_bins,)),
+    picked = jnp.take_along_axis(jnp.broadcast_to(counts, (*log_bins.shape, fc.num_bins)),
                                  log_bins[..., None], axis=-1)[..., 0]
     return jnp.log(picked) - jnp.log(jnp.sum(counts, axis=-1))
 
@@ -362,7 +362,7 @@ def compute_metrics(scenario: dt.Scenario, sim_xyzh: Array, config: RealismConfi
     return {**out, **flags}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def jitted_metrics(config: RealismConfig, batched: bool = False):
     """``jax.jit`` of ``compute_metrics`` for one config (vmapped over scenes if batched)."""
     f = functools.partial(compute_metrics, config=config)
@@ -379,7 +379,7 @@ BUCKET_FIELDS = tuple(rc.BUCKETS)
 FLAGS = ("eval_overflow", "map_overflow", "map_search_inexact")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted_features(config: RealismConfig):
     return jax.jit(functools.partial(compute_features, config=config))
 
@@ -411,7 +411,7 @@ def evaluate_scene(scenario: dt.Scenario, sim_xyzh: np.ndarray, config: RealismC
     return metrics_to_official_dict({**m, **flags})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted_from_features(mc: rc.MetricsConfig):
     return jax.jit(functools.partial(metrics_from_features, mc=mc))
 
@@ -458,7 +458,7 @@ def align_rollouts(scenario: dt.Scenario, object_id: np.ndarray, x: np.ndarray, 
         raise ValueError(f"{source}: rollouts must cover exactly the {len(sim_ids)} agents valid at the "
                          f"current step; missing {missing}, not sim agents {extra}, "
                          f"duplicates {n - len(set(object_id.tolist()))}")
-    for name, v in zip(("x", "y", "z", "heading"), arrs):
+    for name, v in zip(("x", "y", "z", "heading"), arrs, strict=False):
         if not np.isfinite(v).all():
             i = tuple(int(k) for k in np.argwhere(~np.isfinite(v))[0])
             raise ValueError(f"{source}: non-finite {name} at [rollout, object, step] = {i}")

@@ -96,31 +96,31 @@ def trajectories(scenario: dt.Scenario, future_xyzh: Array, future_valid: Array)
     b = future_xyzh.shape[0]
 
     def cat(hist: Array, fut: Array) -> Array:
-        hist = jnp.broadcast_to(hist[None, :, :h], (b,) + hist[:, :h].shape)
+        hist = jnp.broadcast_to(hist[None, :, :h], (b, *hist[:, :h].shape))
         return jnp.concatenate([hist, fut], axis=-1)
 
     def size(v: Array) -> Array:
         cur = jnp.broadcast_to(v[:, dt.CURRENT_INDEX:h], v[:, h:].shape)
-        return cat(v, jnp.broadcast_to(cur[None], (b,) + cur.shape))
+        return cat(v, jnp.broadcast_to(cur[None], (b, *cur.shape)))
 
     sim = a.sim_mask[None, :, None]
-    return dict(
-        x=cat(a.x, future_xyzh[..., 0]), y=cat(a.y, future_xyzh[..., 1]),
-        z=cat(a.z, future_xyzh[..., 2]), heading=cat(a.heading, future_xyzh[..., 3]),
-        length=size(a.length), width=size(a.width), height=size(a.height),
-        valid=cat(a.valid, future_valid) & sim,
-    )
+    return {
+        "x": cat(a.x, future_xyzh[..., 0]), "y": cat(a.y, future_xyzh[..., 1]),
+        "z": cat(a.z, future_xyzh[..., 2]), "heading": cat(a.heading, future_xyzh[..., 3]),
+        "length": size(a.length), "width": size(a.width), "height": size(a.height),
+        "valid": cat(a.valid, future_valid) & sim,
+    }
 
 
 # ==================================================================== kinematics
 def _central_diff(t: Array) -> Array:
     """``(t[i+1] - t[i-1]) / 2`` along the last axis, NaN at both ends."""
-    pad = jnp.full(t.shape[:-1] + (1,), jnp.nan, t.dtype)
+    pad = jnp.full((*t.shape[:-1], 1), jnp.nan, t.dtype)
     return jnp.concatenate([pad, (t[..., 2:] - t[..., :-2]) / 2, pad], axis=-1)
 
 
 def _central_and(v: Array) -> Array:
-    pad = jnp.zeros(v.shape[:-1] + (1,), bool)
+    pad = jnp.zeros((*v.shape[:-1], 1), bool)
     return jnp.concatenate([pad, v[..., 2:] & v[..., :-2], pad], axis=-1)
 
 
@@ -285,7 +285,7 @@ def prepare_signals(tl: dt.TrafficLights, md: MapData) -> dict:
     lane = tl.lane_id[c:]
     s1, e1, t1 = _stop_segments(md, lane, stop_xy[c:])
     s0, e0, t0 = _stop_segments(md, lane, prev_xy[c - 1:])
-    return dict(stop=red[c:], lane_id=lane, s1=s1, e1=e1, t1=t1, s0=s0, e0=e0, t0=t0)
+    return {"stop": red[c:], "lane_id": lane, "s1": s1, "e1": e1, "t1": t1, "s0": s0, "e0": e0, "t0": t0}
 
 
 def nearest_lane_segment(xy: Array, valid: Array, md: MapData, block: int | None, k: int,

@@ -72,8 +72,8 @@ def _trajectories(scenario: dt.Scenario, x, y, heading, valid) -> dict:
     def size(v):
         return jnp.broadcast_to(v[:, cur], x.shape[:-1])[..., None] * jnp.ones_like(x)
 
-    return dict(x=x, y=y, z=size(a.z), length=size(a.length), width=size(a.width), height=size(a.height),
-                heading=heading, valid=valid)
+    return {"x": x, "y": y, "z": size(a.z), "length": size(a.length), "width": size(a.width), "height": size(a.height),
+            "heading": heading, "valid": valid}
 
 
 def _future_features(scenario: dt.Scenario, edges: geo.Segments, x, y, heading, vel_x, vel_y, valid, road,
@@ -152,7 +152,7 @@ def rollout_features(scenario: dt.Scenario, x: jax.Array, y: jax.Array, heading:
     valid = jnp.broadcast_to(scenario.agents.sim_mask[None, :, None], x.shape)
 
     def flat(v):
-        return v.reshape((-1,) + v.shape[2:])
+        return v.reshape((-1, *v.shape[2:]))
 
     # One road-edge search over every rollout's agents at once: [R * A, 80] queries.
     r, na = x.shape[:2]

@@ -41,7 +41,7 @@ class SyntheticConfig:
     dropout_prob: float = 0.05
     lookahead_points: int = 16
     min_roadgraph_spacing: float = 0.5
-    map: smap.MapConfig = smap.MapConfig()
+    map: smap.MapConfig = dataclasses.field(default_factory=smap.MapConfig)
 
     def __post_init__(self):
         if self.num_agents < 2:
@@ -54,3 +54,5 @@ class SyntheticConfig:
         if self.num_points < 512:
             raise ValueError(f"SyntheticConfig.num_points must be >= 512, got {self.num_points}")
 
+
+DEFAULT_CONFIG = SyntheticConfig()  # the project's default world (a hashable, frozen value)

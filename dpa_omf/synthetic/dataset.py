@@ -35,7 +35,7 @@ from dpa_omf import datatypes as dt
 from dpa_omf.io import example_writer
 from dpa_omf.synthetic import expert, traffic
 from dpa_omf.synthetic import maps as smap
-from dpa_omf.synthetic.config import SyntheticConfig
+from dpa_omf.synthetic.config import DEFAULT_CONFIG, SyntheticConfig
 
 
 # ============================================================== scenario assembly
@@ -122,9 +122,9 @@ def _agents(rng, pool: traffic.Pool, tr: expert.Track, ground, cfg: SyntheticCon
         return np.broadcast_to(x[keep][:, None], valid.shape)
 
     height = size(pool.height)
-    fields = dict(x=f(xy[..., 0]), y=f(xy[..., 1]), z=f(ground(xy[..., 0], xy[..., 1]) + height / 2),
-                  heading=f(heading), vel_x=f(vel[..., 0]), vel_y=f(vel[..., 1]),
-                  length=f(size(pool.length)), width=f(size(pool.width)), height=f(height))
+    fields = {"x": f(xy[..., 0]), "y": f(xy[..., 1]), "z": f(ground(xy[..., 0], xy[..., 1]) + height / 2),
+              "heading": f(heading), "vel_x": f(vel[..., 0]), "vel_y": f(vel[..., 1]),
+              "length": f(size(pool.length)), "width": f(size(pool.width)), "height": f(height)}
     for name, val in fields.items():
         getattr(out, name)[:n] = val
     out.valid[:n] = valid
@@ -191,7 +191,7 @@ def _lights(m: smap.SceneMap, sig: traffic.Signals | None, ground, cfg: Syntheti
     return tl
 
 
-def generate_scenario(seed: int, config: SyntheticConfig = SyntheticConfig()) -> dt.Scenario:
+def generate_scenario(seed: int, config: SyntheticConfig = DEFAULT_CONFIG) -> dt.Scenario:
     """One synthetic scene, a pure function of ``(seed, config)``.
 
     Returns a numpy ``Scenario`` with ``[num_agents, 91]`` tracks, ``[num_points]``
@@ -249,7 +249,7 @@ def _write_shard(job: tuple) -> tuple[str, int]:
 
 
 def generate_dataset(out_dir: str, num_scenes: int, num_shards: int, seed: int = 0,
-                     config: SyntheticConfig = SyntheticConfig(), num_workers: int | None = None) -> list[str]:
+                     config: SyntheticConfig = DEFAULT_CONFIG, num_workers: int | None = None) -> list[str]:
     """Generates ``num_scenes`` synthetic scenes into WOMD tf.Example TFRecord shards.
 
     Scene ``i`` is ``generate_scenario(scene_seed(seed, i), config)``; shard ``k``
@@ -278,9 +278,9 @@ def generate_dataset(out_dir: str, num_scenes: int, num_shards: int, seed: int =
     else:
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
             done = pool.map(_write_shard, jobs, chunksize=1)
-    info = dict(num_scenes=num_scenes, num_shards=num_shards, seed=seed,
-                shards=[os.path.basename(p) for p, _ in done], records=[n for _, n in done],
-                config=dataclasses.asdict(config))
+    info = {"num_scenes": num_scenes, "num_shards": num_shards, "seed": seed,
+            "shards": [os.path.basename(p) for p, _ in done], "records": [n for _, n in done],
+            "config": dataclasses.asdict(config)}
     atomic.write_text(os.path.join(out_dir, "dataset_info.json"), json.dumps(info, indent=1))
     return [p for p, _ in done]
 

@@ -135,7 +135,7 @@ def scene_statistics(scenarios) -> dict:
     """
     valid_now, inter, change, coll, coll_n, off, off_n, moving, moving_n = [], 0, 0, 0, 0, 0, 0, 0, 0
     entering, recorded, red_cross, all_cross = 0, 0, 0, 0
-    types = {name: 0 for name in dt.AGENT_TYPE_NAMES.values()}
+    types = dict.fromkeys(dt.AGENT_TYPE_NAMES.values(), 0)
     for s in scenarios:
         a = s.agents
         now = a.valid[:, dt.CURRENT_INDEX]
@@ -165,9 +165,9 @@ def scene_statistics(scenarios) -> dict:
         red_cross += r
         all_cross += c
     n = len(valid_now)
-    return dict(num_scenes=n, median_valid_agents=float(np.median(valid_now)) if n else 0.0,
-                mean_valid_agents=float(np.mean(valid_now)) if n else 0.0,
-                intersection_fraction=inter / max(n, 1), light_change_fraction=change / max(inter, 1),
-                collision_fraction=coll / max(coll_n, 1), offroad_fraction=off / max(off_n, 1),
-                moving_fraction=moving / max(moving_n, 1), entering_fraction=entering / max(recorded, 1),
-                stop_line_crossings=all_cross, red_light_crossings=red_cross, type_counts=types)
+    return {"num_scenes": n, "median_valid_agents": float(np.median(valid_now)) if n else 0.0,
+            "mean_valid_agents": float(np.mean(valid_now)) if n else 0.0,
+            "intersection_fraction": inter / max(n, 1), "light_change_fraction": change / max(inter, 1),
+            "collision_fraction": coll / max(coll_n, 1), "offroad_fraction": off / max(off_n, 1),
+            "moving_fraction": moving / max(moving_n, 1), "entering_fraction": entering / max(recorded, 1),
+            "stop_line_crossings": all_cross, "red_light_crossings": red_cross, "type_counts": types}

@@ -140,19 +140,19 @@ _MANEUVER_WEIGHT = {smap.STRAIGHT: 0.5, smap.LEFT: 0.25, smap.RIGHT: 0.25}
 def _driver_params(rng, kind: int, speed_limit: float) -> dict:
     if kind == KIND_VEH:
         big = rng.random() < 0.07
-        return dict(v0=speed_limit * rng.uniform(0.85, 1.15), headway=rng.uniform(1.0, 1.8),
-                    a_max=rng.uniform(1.0, 2.0) * (0.7 if big else 1.0), b_comf=rng.uniform(1.5, 2.5),
-                    b_max=8.0, s0=rng.uniform(1.5, 3.0),
-                    length=rng.uniform(6.5, 9.0) if big else np.clip(rng.normal(4.6, 0.35), 3.8, 5.6),
-                    width=rng.uniform(2.3, 2.5) if big else rng.uniform(1.8, 2.1),
-                    height=rng.uniform(2.8, 3.4) if big else rng.uniform(1.45, 1.9))
+        return {"v0": speed_limit * rng.uniform(0.85, 1.15), "headway": rng.uniform(1.0, 1.8),
+                "a_max": rng.uniform(1.0, 2.0) * (0.7 if big else 1.0), "b_comf": rng.uniform(1.5, 2.5),
+                "b_max": 8.0, "s0": rng.uniform(1.5, 3.0),
+                "length": rng.uniform(6.5, 9.0) if big else np.clip(rng.normal(4.6, 0.35), 3.8, 5.6),
+                "width": rng.uniform(2.3, 2.5) if big else rng.uniform(1.8, 2.1),
+                "height": rng.uniform(2.8, 3.4) if big else rng.uniform(1.45, 1.9)}
     if kind == KIND_PED:
         size = rng.uniform(0.5, 0.8)
-        return dict(v0=rng.uniform(1.0, 1.6), headway=0.6, a_max=0.8, b_comf=1.5, b_max=3.0,
-                    s0=0.5, length=size, width=size * rng.uniform(0.9, 1.1),
-                    height=rng.uniform(1.5, 1.9))
-    return dict(v0=rng.uniform(3.5, 6.0), headway=1.0, a_max=0.8, b_comf=1.5, b_max=5.0, s0=1.0,
-                length=rng.uniform(1.6, 1.9), width=rng.uniform(0.6, 0.8), height=rng.uniform(1.6, 1.8))
+        return {"v0": rng.uniform(1.0, 1.6), "headway": 0.6, "a_max": 0.8, "b_comf": 1.5, "b_max": 3.0,
+                "s0": 0.5, "length": size, "width": size * rng.uniform(0.9, 1.1),
+                "height": rng.uniform(1.5, 1.9)}
+    return {"v0": rng.uniform(3.5, 6.0), "headway": 1.0, "a_max": 0.8, "b_comf": 1.5, "b_max": 5.0, "s0": 1.0,
+            "length": rng.uniform(1.6, 1.9), "width": rng.uniform(0.6, 0.8), "height": rng.uniform(1.6, 1.8)}
 
 
 class _PoolBuilder:
@@ -170,11 +170,11 @@ class _PoolBuilder:
     def build(self, bike_offset: float) -> Pool:
         cols = {k: np.array([a[k] for a in self.agents]) for k in self.agents[0]}
         n = len(self.agents)
-        meta = dict(arm=np.full(n, -1), light=np.full(n, -1), maneuver=np.zeros(n, int),
-                    s_stop=np.full(n, np.inf), s_jout=np.full(n, np.inf),
-                    cw=np.tile(np.array([np.inf, np.inf, -1.0]), (n, 2, 1)),
-                    ped_wait=np.full(n, np.inf), ped_cross=np.full((n, 2), np.inf),
-                    ped_arm=np.full(n, -1))
+        meta = {"arm": np.full(n, -1), "light": np.full(n, -1), "maneuver": np.zeros(n, int),
+                "s_stop": np.full(n, np.inf), "s_jout": np.full(n, np.inf),
+                "cw": np.tile(np.array([np.inf, np.inf, -1.0]), (n, 2, 1)),
+                "ped_wait": np.full(n, np.inf), "ped_cross": np.full((n, 2), np.inf),
+                "ped_arm": np.full(n, -1)}
         for i, a in enumerate(self.agents):
             if a["kind"] == KIND_PED:
                 r = self.m.ped_routes[a["route"] - self.n_veh]
@@ -200,7 +200,7 @@ def build_pool(rng, m: smap.SceneMap, routes: Routes, cfg: SyntheticConfig, sig:
     n_ped = int(rng.integers(cfg.initial_pedestrians[0], cfg.initial_pedestrians[1] + 1))
     _place_pedestrians(rng, m, routes, pb, n_ped, n_veh_routes, sig)
     budget = cfg.pool_size - len(pb.agents)
-    n_enter = min(budget, max(int(round(cfg.pool_size * cfg.entering_share)), 0))
+    n_enter = min(budget, max(round(cfg.pool_size * cfg.entering_share), 0))
     for _ in range(max(n_enter, 0)):
         _add_entrant(rng, m, routes, pb, cfg, total_steps, speed_limit, n_veh_routes)
     return pb.build(bike_offset=lane_width / 2 - 0.55)

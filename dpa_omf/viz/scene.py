@@ -27,10 +27,10 @@ _WHITE_LINE = ("#8c8c8c", 0.8, 2)
 _YELLOW_LINE = ("#e0b000", 0.9, 2)
 _EDGE = ("#202020", 1.4, 3)
 _ROAD_STYLES = {
-    **{c: _LANE for c in (0, 1, 2, 3)},
-    **{c: _WHITE_LINE for c in (5, 6, 7, 8)},
-    **{c: _YELLOW_LINE for c in (9, 10, 11, 12, 13)},
-    **{c: _EDGE for c in (14, 15, 16)},
+    **dict.fromkeys((0, 1, 2, 3), _LANE),
+    **dict.fromkeys((5, 6, 7, 8), _WHITE_LINE),
+    **dict.fromkeys((9, 10, 11, 12, 13), _YELLOW_LINE),
+    **dict.fromkeys((14, 15, 16), _EDGE),
     dt.RG_CROSSWALK: ("#5a5a5a", 0.8, 2), dt.RG_SPEED_BUMP: ("#b5651d", 0.8, 2), dt.RG_DRIVEWAY: ("#a0a0a0", 0.5, 1),
 }
 _LIGHT_COLORS = {
@@ -56,7 +56,7 @@ def road_polylines(rg: dt.RoadGraph) -> tuple[list[np.ndarray], np.ndarray]:
     starts = np.flatnonzero(~np.concatenate([[False], link]))
     pieces = np.split(xyz[:, :2], starts[1:])
     keep = valid[starts]
-    return [p for p, k in zip(pieces, keep) if k], rtype[starts][keep]
+    return [p for p, k in zip(pieces, keep, strict=False) if k], rtype[starts][keep]
 
 
 def _trail_segments(xy: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -121,7 +121,7 @@ def _draw_road(ax, rg: dt.RoadGraph) -> None:
     lines, ltype = road_polylines(rg)
     for style in set(_ROAD_STYLES.values()):
         codes = [c for c, v in _ROAD_STYLES.items() if v == style]
-        chosen = [p for p, t in zip(lines, ltype) if t in codes and len(p) > 1]
+        chosen = [p for p, t in zip(lines, ltype, strict=False) if t in codes and len(p) > 1]
         if chosen:
             ax.add_collection(LineCollection(chosen, colors=style[0], linewidths=style[1], zorder=style[2],
                                              capstyle="round", joinstyle="round"))

@@ -1,4 +1,4 @@
-"""WOSAC realism metric (metrics.wosac, metrics.wosac_features): golden values of the official code, hand-built cases."""
+"""WOSAC realism metric (metrics.wosac, wosac_features): golden values of the official code, hand-built cases."""
 
 from __future__ import annotations
 
@@ -49,11 +49,12 @@ def scenario_from_golden_arrays(golden: pathlib.Path, num_agents: int = 128, num
         i += m
     tl, nl = s.traffic_lights, d["signal_lane_ids"].shape[0]
     tl.lane_id[:, :nl] = d["signal_lane_ids"][None]
-    tl.state[:, :nl], tl.stop_point[:, :nl], tl.valid[:, :nl] = d["signal_states"], d["signal_stop_points"], d["signal_present"]
+    tl.state[:, :nl], tl.stop_point[:, :nl] = d["signal_states"], d["signal_stop_points"]
+    tl.valid[:, :nl] = d["signal_present"]
     return s.replace(scenario_id=dt.scenario_id_to_bytes(facts["scenario_id"]))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def golden_results(shared: str) -> dict:
     """Features and metrics of both golden cases (computed once per session)."""
     golden = pathlib.Path(shared) / "golden" / "wosac"
@@ -64,7 +65,7 @@ def golden_results(shared: str) -> dict:
         r = np.load(golden / case / "rollouts.npz")
         sim = R.align_rollouts(scenario, r["object_id"], r["x"], r["y"], r["z"], r["heading"])
         log_f, sim_f, flags, config = R.features_checked(scenario, sim)
-        out[case] = dict(log=log_f, sim=sim_f, flags=flags, sim_xyzh=sim, config=config)
+        out[case] = {"log": log_f, "sim": sim_f, "flags": flags, "sim_xyzh": sim, "config": config}
         for c in CHALLENGES:
             out[case][c] = jax.device_get(metrics(log_f, sim_f, rc.get_metrics_config(c)))
     return out
@@ -211,13 +212,13 @@ def tiny_scene() -> dt.Scenario:
     return s
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tiny_features():
     return jax.jit(R.compute_features, static_argnums=2)
 
 
 def run_tiny(s: dt.Scenario, sim: np.ndarray):
-    log_f, sim_f, flags = jax.device_get(_tiny_features()(s, jnp.asarray(sim, jnp.float32), TINY))
+    log_f, sim_f, _flags = jax.device_get(_tiny_features()(s, jnp.asarray(sim, jnp.float32), TINY))
     return log_f, sim_f
 
 
@@ -296,7 +297,8 @@ def test_kinematics_constant_turn_rate():
     t = np.arange(91) * dt_s
     x, y = 10 * t, np.zeros_like(t)
     heading = 0.3 * t
-    sp, ac, w, dw = (np.asarray(v) for v in wf.kinematic_features(*(jnp.asarray(v, jnp.float32) for v in (x, y, y, heading))))
+    feats = wf.kinematic_features(*(jnp.asarray(v, jnp.float32) for v in (x, y, y, heading)))
+    sp, ac, w, dw = (np.asarray(v) for v in feats)
     assert np.isnan(sp[[0, -1]]).all() and np.isnan(ac[[0, 1, -2, -1]]).all()
     np.testing.assert_allclose(sp[1:-1], 10.0, atol=1e-4)
     np.testing.assert_allclose(ac[2:-2], 0.0, atol=1e-3)
@@ -329,7 +331,7 @@ def test_vmap_over_scenes_equals_single():
     sims[1][:, 0, :, 1] = -0.1 * np.arange(1, 81)  # scene 2: agent 0 leaves the road
     mc = TINY.metrics_config
     # Per scene: the already compiled features, metrics eagerly.
-    single = [R.metrics_from_features(*run_tiny(s, x), mc) for s, x in zip((s1, s2), sims)]
+    single = [R.metrics_from_features(*run_tiny(s, x), mc) for s, x in zip((s1, s2), sims, strict=False)]
     batched = jax.device_get(R.jitted_metrics(TINY, batched=True)(
         dt.stack_scenarios([s1, s2]), jnp.asarray(np.stack(sims))))
     assert single[0]["simulated_offroad_rate"] != single[1]["simulated_offroad_rate"]

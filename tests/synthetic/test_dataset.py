@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import pathlib
 
 import jax
 import numpy as np
@@ -19,7 +20,7 @@ CFG = SyntheticConfig()
 def _leaves_equal(a, b) -> bool:
     la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
     return len(la) == len(lb) and all(
-        x.shape == y.shape and x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(la, lb))
+        x.shape == y.shape and x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(la, lb, strict=False))
 
 
 def only(template: str) -> SyntheticConfig:
@@ -134,5 +135,5 @@ def test_dataset_roundtrip_is_exact(tmp_path):
 def test_dataset_is_independent_of_worker_count(tmp_path):
     one = syn.generate_dataset(str(tmp_path / "one"), 4, 2, seed=9, num_workers=1)
     two = syn.generate_dataset(str(tmp_path / "two"), 4, 2, seed=9, num_workers=2)
-    for p, q in zip(one, two):
-        assert open(p, "rb").read() == open(q, "rb").read()
+    for p, q in zip(one, two, strict=True):
+        assert pathlib.Path(p).read_bytes() == pathlib.Path(q).read_bytes()
