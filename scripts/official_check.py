@@ -15,7 +15,7 @@ it checks our outputs independently:
 scenario file. ``score`` prints one JSON object with the official metric fields,
 the buckets and the wall time of ``compute_scenario_metrics_for_bundle``
 (median over ``--repeats``); with ``--compare`` it exits 1 when any field of
-our JSON (``python -m dpa_omf.metrics.wosac ... --json``) differs by more
+our JSON (``python -m dpa_omf.tools.realism_cli ... --json``) differs by more
 than ``--tol`` (default 1e-4).
 """
 

@@ -68,6 +68,10 @@ def _safe_divide(num: Array, den: Array) -> Array:
 def box_corners(x: Array, y: Array, length: Array, width: Array, heading: Array) -> Array:
     """Corners of oriented 2D boxes.
 
+    Computed with numpy when every argument is a numpy array or a Python number
+    (the plots, ``dpa_omf.viz``, draw without tracing or dispatching JAX ops),
+    with ``jax.numpy`` otherwise (jit-able; the metric's float32 rounding).
+
     Args:
       x, y: ``[...]`` box centre, metres.
       length, width: ``[...]`` box size along / across the heading, metres.
@@ -76,15 +80,19 @@ def box_corners(x: Array, y: Array, length: Array, width: Array, heading: Array)
       ``[..., 4, 2]`` corners, counter-clockwise, starting front-left:
       (+l/2, +w/2), (-l/2, +w/2), (-l/2, -w/2), (+l/2, -w/2) in the box frame.
     """
-    c, s = jnp.cos(heading), jnp.sin(heading)
+    xp = jnp
+    if not any(isinstance(v, jax.Array) for v in (x, y, length, width, heading)):
+        xp = np
+        x, y, length, width, heading = (np.asarray(v) for v in (x, y, length, width, heading))
+    c, s = xp.cos(heading), xp.sin(heading)
     l2, w2 = length * 0.5, width * 0.5
-    sl = jnp.stack([l2, -l2, -l2, l2], axis=-1)
-    sw = jnp.stack([w2, w2, -w2, -w2], axis=-1)
+    sl = xp.stack([l2, -l2, -l2, l2], axis=-1)
+    sw = xp.stack([w2, w2, -w2, -w2], axis=-1)
     c, s = c[..., None], s[..., None]
     # Same association as the official rotation-matrix einsum, then translate.
     cx = (c * sl - s * sw) + x[..., None]
     cy = (s * sl + c * sw) + y[..., None]
-    return jnp.stack([cx, cy], axis=-1)
+    return xp.stack([cx, cy], axis=-1)
 
 
 def box_bottom_corners_3d(
@@ -93,7 +101,7 @@ def box_bottom_corners_3d(
     """``[..., 4, 3]`` bottom corners of upright 3D boxes (z = centre z - height / 2)."""
     xy = box_corners(x, y, length, width, heading)
     zc = (-(height * 0.5)) + z
-    return jnp.concatenate([xy, jnp.broadcast_to(zc[..., None, None], xy.shape[:-1] + (1,))], axis=-1)
+    return jnp.concatenate([xy, jnp.broadcast_to(zc[..., None, None], (*xy.shape[:-1], 1))], axis=-1)
 
 
 def _seg_dist2(vx: Array, vy: Array, ex: Array, ey: Array, inv_ee: Array) -> Array:
@@ -129,7 +137,7 @@ def convex_polygon_signed_distance(poly_a: Array, poly_b: Array) -> Array:
         k = len(px)
         ex = [px[(i + 1) % k] - px[i] for i in range(k)]
         ey = [py[(i + 1) % k] - py[i] for i in range(k)]
-        ee = [x * x + y * y for x, y in zip(ex, ey)]
+        ee = [x * x + y * y for x, y in zip(ex, ey, strict=False)]
         inv_ee = [jnp.where(e > 0, 1.0 / jnp.where(e > 0, e, 1.0), 0.0) for e in ee]
         inv_len = [jnp.where(e > 0, jax.lax.rsqrt(jnp.where(e > 0, e, 1.0)), 0.0) for e in ee]
         return ex, ey, inv_ee, inv_len
@@ -392,9 +400,10 @@ def pruned_argmin(points: Array, lo: Array, hi: Array, dist2_fn, block: int, k: 
     return idx.astype(jnp.int32), (best2 <= bound[:, None]) & pv
 
 
-def _pad_blocks(a: Array, block: int, value) -> Array:
+def pad_blocks(a: Array, block: int, value) -> Array:
+    """Pads the leading axis of ``a`` with ``value`` up to a multiple of ``block``."""
     pad = -a.shape[0] % block
-    return jnp.concatenate([a, jnp.full((pad,) + a.shape[1:], value, a.dtype)]) if pad else a
+    return jnp.concatenate([a, jnp.full((pad, *a.shape[1:]), value, a.dtype)]) if pad else a
 
 
 def nearest_segment_3d_grouped(
@@ -414,8 +423,8 @@ def nearest_segment_3d_grouped(
       (index int32 ``[G, n]``, exact bool ``[G, n]``: the index is the global
       nearest; when False it is the nearest among the searched blocks).
     """
-    start, end = _pad_blocks(seg.start, block, 0.0), _pad_blocks(seg.end, block, 0.0)
-    valid = _pad_blocks(seg.valid, block, False)
+    start, end = pad_blocks(seg.start, block, 0.0), pad_blocks(seg.end, block, 0.0)
+    valid = pad_blocks(seg.valid, block, False)
     nb = valid.shape[0] // block
     # The closest point of a segment lies in the box of its end points.
     lo = jnp.where(valid[:, None], jnp.minimum(start, end), jnp.inf).reshape(nb, block, 3).min(1)
@@ -476,21 +485,3 @@ def signed_distance_to_polylines(
     )
     return sign * dist_2d
 
-
-def project_onto_polyline_segments(points: Array, seg: Segments) -> tuple[Array, Array, Array]:
-    """Closest valid segment (2D) and the projection onto it.
-
-    Args:
-      points: ``[..., 2+]`` query points (x, y used).
-      seg: ``Segments`` with ``[S]`` arrays.
-    Returns:
-      (index int32 ``[...]``, rel_t ``[...]`` clipped to [0, 1], distance ``[...]``).
-    """
-    v = points[..., None, :2] - seg.start[:, :2]
-    e = seg.end[:, :2] - seg.start[:, :2]
-    t = jnp.clip(_safe_divide(dot_2d(v, e), dot_2d(e, e)), 0.0, 1.0)
-    off = v - e * t[..., None]
-    d = jnp.where(seg.valid, jnp.sqrt(dot_2d(off, off)), EXTREMELY_LARGE_DISTANCE)
-    j = jnp.argmin(d, axis=-1).astype(jnp.int32)
-    take = lambda a: jnp.take_along_axis(a, j[..., None], axis=-1)[..., 0]  # noqa: E731
-    return j, take(t), take(d)

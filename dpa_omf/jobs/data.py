@@ -20,6 +20,7 @@ from dpa_omf.io import reader
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import workdir as wd
 from dpa_omf.synthetic import dataset as synthetic
+from dpa_omf.synthetic import statistics as synthetic_statistics
 
 SPLITS = ("train", "valid")
 # Dataset seed of a split: 2 * config.seed + offset. Scene seeds are dataset_seed * 10^7 + index
@@ -81,7 +82,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> di
         "num_train": s.num_train,
         "num_valid": s.num_valid,
         "seconds": seconds,
-        "valid_statistics": synthetic.scene_statistics(sample),
+        "valid_statistics": synthetic_statistics.scene_statistics(sample),
         "config_fingerprint": fingerprint,
     }
     wd.write_summary(workdir, "data", summary)

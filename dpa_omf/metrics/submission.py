@@ -19,11 +19,11 @@ import dataclasses
 import os
 import pathlib
 import tarfile
-import tempfile
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from dpa_omf import atomic
 from dpa_omf import datatypes as dt
 from dpa_omf.io import protos
 
@@ -193,17 +193,6 @@ def validate_scenario_rollouts(msg, scenario: dt.Scenario) -> None:
 
 
 # ================================================================ files
-def _atomic_write(path: pathlib.Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _header(meta: SubmissionMetadata):
     sub = SimAgentsChallengeSubmission(submission_type=SUBMISSION_TYPE_SIM_AGENTS)
     for f in dataclasses.fields(meta):
@@ -241,7 +230,7 @@ def write_submission(out_dir: str | os.PathLike, rollouts: Iterable, meta: Submi
     paths = []
     for i, sub in enumerate(shards):
         path = out / SHARD_PATTERN.format(index=i, count=num_shards)
-        _atomic_write(path, sub.SerializeToString())
+        atomic.write_bytes(path, sub.SerializeToString())
         paths.append(path)
     return paths
 
@@ -249,16 +238,9 @@ def write_submission(out_dir: str | os.PathLike, rollouts: Iterable, meta: Submi
 def package_submission(paths: Sequence[os.PathLike], tar_path: str | os.PathLike) -> pathlib.Path:
     """Packs shards into the ``.tar.gz`` the challenge server takes (atomically)."""
     tar_path = pathlib.Path(tar_path)
-    fd, tmp = tempfile.mkstemp(dir=tar_path.parent, prefix=f".{tar_path.name}.")
-    os.close(fd)
-    try:
-        with tarfile.open(tmp, "w:gz") as tar:
-            for p in paths:
-                tar.add(p, arcname=pathlib.Path(p).name)
-        os.replace(tmp, tar_path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic.writing(tar_path) as tmp, tarfile.open(tmp, "w:gz") as tar:
+        for p in paths:
+            tar.add(p, arcname=pathlib.Path(p).name)
     return tar_path
 
 

@@ -3,10 +3,11 @@
 phi = [collision status, distance to road boundary, minimum clearance to other
 road users, control effort, speed] (DESIGN.md), for the 80 future steps of the
 agents valid at the current step. The geometry is the realism metric's own
-(``dpa_omf.metrics.wosac``: rounded-box distance to the nearest object with
-the official rounding, signed distance of the most off-road box corner to the
-road-edge polylines with the official sign rule), so the feedback that ranks
-rollouts and the metric that judges them measure the same things.
+(``dpa_omf.geometry.scene``, shared with ``dpa_omf.metrics.wosac``:
+rounded-box distance to the nearest object with the official rounding, signed
+distance of the most off-road box corner to the road-edge polylines with the
+official sign rule), so the feedback that ranks rollouts and the metric that
+judges them measure the same things.
 
 The same function serves the expert (logged future) and rollouts (simulated
 future); rollouts are vmapped. No Python loop over agents or rollouts.
@@ -20,7 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from dpa_omf import datatypes as dt
-from dpa_omf.metrics import wosac as realism
+from dpa_omf.geometry import scene
+from dpa_omf.geometry import shapes as geo
 
 NUM_FEATURES = 5
 FEATURE_NAMES = ("collision", "road_distance", "clearance", "effort", "speed")
@@ -38,7 +40,7 @@ class FeatureConfig:
     effort_cap: accelerations are clipped to this magnitude (m/s^2), so a
       single integration glitch cannot dominate a distance.
     max_road_edge_points: road-edge slots after compaction (None: every
-      road-graph slot); see ``RealismConfig``.
+      road-graph slot); see ``geometry.scene.road_edge_segments``.
     road_edge_block, road_edge_blocks_searched: the metric's exact block
       pruning of the nearest-road-edge search (None: exhaustive). When the
       pruning cannot certify every query of a scene, the scene is recomputed
@@ -52,35 +54,35 @@ class FeatureConfig:
     road_edge_block: int | None = 32
     road_edge_blocks_searched: int = 16
 
-    def realism_config(self) -> realism.RealismConfig:
-        return realism.RealismConfig(max_road_edge_points=self.max_road_edge_points)
 
-
-def _road_distance(tr: dict, md: realism.MapData, config: FeatureConfig) -> jax.Array:
+def _road_distance(tr: dict, edges: geo.Segments, config: FeatureConfig) -> jax.Array:
     """Signed road-edge distance of the most off-road box corner, ``[E, T]`` from ``[E, T]`` trajectories."""
     if config.road_edge_block is None:
-        return realism.distance_to_road_edge(tr, md.edges)[0]
-    d, exact = realism.distance_to_road_edge(tr, md.edges, block=config.road_edge_block,
-                                             k=config.road_edge_blocks_searched)
-    return jax.lax.cond(jnp.all(exact), lambda: d, lambda: realism.distance_to_road_edge(tr, md.edges)[0])
+        return scene.distance_to_road_edge(tr, edges)[0]
+    d, exact = scene.distance_to_road_edge(tr, edges, block=config.road_edge_block,
+                                           k=config.road_edge_blocks_searched)
+    return jax.lax.cond(jnp.all(exact), lambda: d, lambda: scene.distance_to_road_edge(tr, edges)[0])
 
 
 def _trajectories(scenario: dt.Scenario, x, y, heading, valid) -> dict:
     """Box trajectories (sizes and z held at the current step) of ``[..., A, 80]`` futures."""
     a = scenario.agents
     cur = dt.CURRENT_INDEX
-    size = lambda v: jnp.broadcast_to(v[:, cur], x.shape[:-1])[..., None] * jnp.ones_like(x)  # noqa: E731
-    return dict(x=x, y=y, z=size(a.z), length=size(a.length), width=size(a.width), height=size(a.height),
-                heading=heading, valid=valid)
+
+    def size(v):
+        return jnp.broadcast_to(v[:, cur], x.shape[:-1])[..., None] * jnp.ones_like(x)
+
+    return {"x": x, "y": y, "z": size(a.z), "length": size(a.length), "width": size(a.width), "height": size(a.height),
+            "heading": heading, "valid": valid}
 
 
-def _future_features(scenario: dt.Scenario, md: realism.MapData, x, y, heading, vel_x, vel_y, valid, road,
+def _future_features(scenario: dt.Scenario, edges: geo.Segments, x, y, heading, vel_x, vel_y, valid, road,
                      config: FeatureConfig) -> jax.Array:
     """Features of one joint future of all agents.
 
     Args:
       scenario: one scene (``[A, 91]`` agents).
-      md: the scene's prepared map (``realism.prepare_map``).
+      edges: the scene's road edges (``geometry.scene.road_edge_segments``).
       x, y, heading, vel_x, vel_y: ``[A, 80]`` future states.
       valid: bool ``[A, 80]``.
       road: ``[A, 80]`` signed road-edge distance (``_road_distance``).
@@ -89,13 +91,16 @@ def _future_features(scenario: dt.Scenario, md: realism.MapData, x, y, heading, 
     """
     a = scenario.agents
     cur = dt.CURRENT_INDEX
-    size = lambda v: jnp.broadcast_to(v[:, cur:cur + 1], x.shape)  # noqa: E731 - box size held at current
+
+    def size(v):  # box size held at the current step
+        return jnp.broadcast_to(v[:, cur:cur + 1], x.shape)
+
     length, width = size(a.length), size(a.width)
     boxes = jnp.stack([x, y, length, width, heading], axis=-1)  # [A, T, 5]
     idx = jnp.arange(x.shape[0])
-    clearance = realism.distance_to_nearest_object(boxes, boxes, idx, valid, valid)  # [A, T]
-    collision = (clearance < realism.COLLISION_DISTANCE_THRESHOLD).astype(jnp.float32)
-    has_edges = jnp.any(md.edges.valid)
+    clearance = scene.distance_to_nearest_object(boxes, boxes, idx, valid, valid)  # [A, T]
+    collision = (clearance < scene.COLLISION_DISTANCE_THRESHOLD).astype(jnp.float32)
+    has_edges = jnp.any(edges.valid)
     road = jnp.where(has_edges, jnp.clip(road, -config.road_distance_clip, config.road_distance_clip),
                      -config.road_distance_clip)
     # Effort from the velocity change over each 0.1 s step; the step before the
@@ -120,12 +125,13 @@ def expert_features(scenario: dt.Scenario, config: FeatureConfig = FeatureConfig
       the agent is simulated).
     """
     scenario = jax.tree.map(jnp.asarray, scenario)  # numpy in, traced indexing below
-    md = realism.prepare_map(scenario.roadgraph, config.realism_config())
+    edges, _ = scene.road_edge_segments(scenario.roadgraph, config.max_road_edge_points)
     a = scenario.agents
     fut = slice(dt.NUM_HISTORY, dt.NUM_STEPS)
     valid = a.valid[:, fut] & a.sim_mask[:, None]
-    road = _road_distance(_trajectories(scenario, a.x[:, fut], a.y[:, fut], a.heading[:, fut], valid), md, config)
-    phi = _future_features(scenario, md, a.x[:, fut], a.y[:, fut], a.heading[:, fut], a.vel_x[:, fut],
+    road = _road_distance(_trajectories(scenario, a.x[:, fut], a.y[:, fut], a.heading[:, fut], valid), edges,
+                          config)
+    phi = _future_features(scenario, edges, a.x[:, fut], a.y[:, fut], a.heading[:, fut], a.vel_x[:, fut],
                            a.vel_y[:, fut], valid, road, config)
     return phi, valid
 
@@ -142,12 +148,18 @@ def rollout_features(scenario: dt.Scenario, x: jax.Array, y: jax.Array, heading:
       (``[R, A, 80, 5]`` features, bool ``[R, A, 80]`` valid).
     """
     scenario = jax.tree.map(jnp.asarray, scenario)
-    md = realism.prepare_map(scenario.roadgraph, config.realism_config())
+    edges, _ = scene.road_edge_segments(scenario.roadgraph, config.max_road_edge_points)
     valid = jnp.broadcast_to(scenario.agents.sim_mask[None, :, None], x.shape)
+
+    def flat(v):
+        return v.reshape((-1, *v.shape[2:]))
+
     # One road-edge search over every rollout's agents at once: [R * A, 80] queries.
-    flat = lambda v: v.reshape((-1,) + v.shape[2:])  # noqa: E731
     r, na = x.shape[:2]
     tr = _trajectories(scenario, x, y, heading, valid)
-    road = _road_distance({k: flat(v) for k, v in tr.items()}, md, config).reshape(r, na, -1)
-    one = lambda *s: _future_features(scenario, md, *s, config)  # noqa: E731
+    road = _road_distance({k: flat(v) for k, v in tr.items()}, edges, config).reshape(r, na, -1)
+
+    def one(*s):
+        return _future_features(scenario, edges, *s, config)
+
     return jax.vmap(one)(x, y, heading, vel_x, vel_y, valid, road), valid

@@ -1,1 +1,1 @@
-"""dpa_omf.synthetic."""
+"""dpa_omf.synthetic: the embedded synthetic world (maps -> traffic -> expert -> dataset; statistics in JAX)."""

@@ -517,7 +517,10 @@ def build_map(rng: np.random.Generator, kind: str, cfg: MapConfig = MapConfig())
 def _transform(m: SceneMap, angle: float, shift: np.ndarray) -> SceneMap:
     c, s = np.cos(angle), np.sin(angle)
     rot = np.array([[c, -s], [s, c]])
-    f = lambda xy: xy @ rot.T + shift  # noqa: E731
+
+    def f(xy):
+        return xy @ rot.T + shift
+
     for p in m.polylines:
         p.xy = f(p.xy)
     for r in m.vehicle_routes:

@@ -67,6 +67,7 @@ from dpa_omf.model import sampling
 from dpa_omf.preference import distance, ranking
 from dpa_omf.synthetic import dataset as synthetic
 from dpa_omf.testing import bench_scenes
+from dpa_omf.testing import scenes as fake_scenes
 from dpa_omf.train import loop
 
 os.environ.setdefault("POT_BACKEND_DISABLE_TENSORFLOW", "1")  # POT (imported later) would import TF otherwise
@@ -419,6 +420,51 @@ def _add_realism_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shared", default="", help="../shared folder: time the real golden scene and rollouts")
 
 
+def _median_time(f, *args, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(*args))
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def realism_timings(batch: int = 16, repeats: int = 5, config: realism.RealismConfig = realism.RealismConfig(),
+                    scene: tuple[dt.Scenario, np.ndarray] | None = None) -> dict:
+    """Times the metric on one scene and on a vmapped batch (after compilation).
+
+    Args:
+      batch: scenes in the batched measurement.
+      repeats: timed runs; the median is reported.
+      config: ``RealismConfig`` (its static sizes are fitted to the scene).
+      scene: (scenario, sim_xyzh) to time; default ``dpa_omf.testing.scenes.synthetic_scene()``.
+    Returns:
+      dict with seconds per call (``single_s``, ``batch_s``), per scene, and
+      the compile times.
+    """
+    scenario, sim = scene if scene is not None else fake_scenes.synthetic_scene()
+    config = config.fitted(scenario)
+    single = realism.jitted_metrics(config)
+    t0 = time.perf_counter()
+    jax.block_until_ready(single(scenario, sim))
+    compile_single = time.perf_counter() - t0
+    t_single = _median_time(single, scenario, sim, repeats=repeats)
+    scen_b = dt.stack_scenarios([scenario] * batch)
+    sim_b = np.stack([sim] * batch)
+    batched = realism.jitted_metrics(config, batched=True)
+    t0 = time.perf_counter()
+    jax.block_until_ready(batched(scen_b, sim_b))
+    compile_batch = time.perf_counter() - t0
+    t_batch = _median_time(batched, scen_b, sim_b, repeats=max(1, repeats // 2))
+    return dict(
+        agents=int(np.asarray(scenario.agents.sim_mask).sum()), slots=int(scenario.num_agents),
+        rollouts=int(sim.shape[0]), road_graph_points=int(scenario.roadgraph.num_points),
+        single_s=t_single, batch=batch, batch_s=t_batch, batch_per_scene_s=t_batch / batch,
+        compile_single_s=compile_single, compile_batch_s=compile_batch,
+        device=str(jax.devices()[0]),
+    )
+
+
 def bench_realism(args: argparse.Namespace) -> dict:
     """The WOSAC metric on one scene (50 sim agents x 32 rollouts x 80 steps) and on a batch."""
     scene = None
@@ -427,7 +473,7 @@ def bench_realism(args: argparse.Namespace) -> dict:
         s = next(reader.read_scenes(os.path.join(args.shared, "womd", "motion_data_one_scenario.tfrecord")))
         r = np.load(os.path.join(root, "rollouts.npz"))
         scene = (s, realism.align_rollouts(s, r["object_id"], r["x"], r["y"], r["z"], r["heading"]))
-    res = realism.bench_realism(batch=args.batch, repeats=args.repeats, scene=scene)
+    res = realism_timings(batch=args.batch, repeats=args.repeats, scene=scene)
     return {"results": res, "devices": [str(d) for d in jax.devices()]}
 
 

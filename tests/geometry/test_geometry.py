@@ -30,7 +30,10 @@ def test_sharp_box_distance_known_gap_any_orientation(heading):
     # Two 4 x 2 boxes front to back with a 1.5 m gap, the pair rotated rigidly.
     d = geo.rounded_box_signed_distance(box(0, 0, 4, 2), box(5.5, 0, 4, 2), rounding=0.0)
     np.testing.assert_allclose(d, 1.5, atol=1e-6)
-    rot = lambda x, y: (x * math.cos(heading) - y * math.sin(heading), x * math.sin(heading) + y * math.cos(heading))  # noqa: E731
+
+    def rot(x, y):
+        return x * math.cos(heading) - y * math.sin(heading), x * math.sin(heading) + y * math.cos(heading)
+
     a, b = rot(10.0, -3.0), rot(15.5, -3.0)
     d = geo.rounded_box_signed_distance(box(*a, 4, 2, heading), box(*b, 4, 2, heading), rounding=0.0)
     np.testing.assert_allclose(d, 1.5, atol=1e-5)
@@ -145,11 +148,3 @@ def test_grouped_pruned_search_matches_exhaustive(rng):
     rseg = geo.polyline_segments(jnp.asarray(ring), jnp.zeros(256, jnp.int32), jnp.ones(256, bool))
     _, ex_c = geo.nearest_segment_3d_grouped(jnp.zeros((1, 1, 3)), rseg, 3.0, 16, 4)
     assert not bool(ex_c.any())
-
-
-def test_project_onto_polyline_segments():
-    seg = geo.polyline_segments(*flat_polyline([[0, 0], [10, 0], [10, 10]]))
-    j, t, d = geo.project_onto_polyline_segments(jnp.asarray([[4.0, 1.0], [11.0, 7.0]]), seg)
-    np.testing.assert_array_equal(j, [0, 1])
-    np.testing.assert_allclose(t, [0.4, 0.7], atol=1e-6)
-    np.testing.assert_allclose(d, [1.0, 1.0], atol=1e-6)

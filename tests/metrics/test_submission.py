@@ -1,14 +1,13 @@
 """WOSAC submission protos: official file round trip, sharded writer, checks."""
 
-import pathlib
 import tarfile
 
 import numpy as np
 import pytest
+from test_realism import scenario_from_golden_arrays
 
 from dpa_omf import datatypes as dt
 from dpa_omf.metrics import submission as S
-from test_realism import scenario_from_golden_arrays
 
 META = S.SubmissionMetadata(account_name="someone@example.com", unique_method_name="dpa_omf_test",
                             authors=("A", "B"), num_model_parameters="1M")
@@ -96,7 +95,7 @@ def test_bad_inputs_refused(tmp_path):
         S.SubmissionMetadata(account_name="a", unique_method_name="m", num_model_parameters="lots")
     p = tmp_path / "junk.binproto"
     p.write_bytes(b"\xff\xff\xff")
-    with pytest.raises(ValueError, match="junk.binproto"):
+    with pytest.raises(ValueError, match=r"junk\.binproto"):
         S.read_submission(p)
     msg = S.scenario_rollouts("s", [1], *(np.zeros((32, 1, 80)),) * 4)
     with pytest.raises(ValueError, match="given twice"):

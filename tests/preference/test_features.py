@@ -66,7 +66,10 @@ def test_rollout_features_match_expert_on_replayed_log():
     s = _scene(y1=3.0)
     fut = slice(dt.NUM_HISTORY, dt.NUM_STEPS)
     a = s.agents
-    stack = lambda v: jnp.stack([jnp.asarray(v[:, fut])] * 2)  # noqa: E731 - two identical rollouts
+
+    def stack(v):  # two identical rollouts
+        return jnp.stack([jnp.asarray(v[:, fut])] * 2)
+
     phi_r, valid_r = jax.jit(features.rollout_features)(s, stack(a.x), stack(a.y), stack(a.heading),
                                                         stack(a.vel_x), stack(a.vel_y))
     phi_e, _ = features.expert_features(s)

@@ -1,0 +1,136 @@
+"""Scene distances shared by the WOSAC metric and the preference features.
+
+The realism metric (``dpa_omf.metrics.wosac``) and the preference features
+(``dpa_omf.preference.features``) measure the same two things, with the
+official WOSAC definitions (``interaction_features.py``,
+``map_metric_features.py``), so that the feedback that ranks rollouts and the
+metric that judges them agree:
+
+* ``distance_to_nearest_object``: signed distance between boxes with rounded
+  corners (rounding 0.7); below ``COLLISION_DISTANCE_THRESHOLD`` is a collision.
+* ``distance_to_road_edge``: signed distance of a box's most off-road bottom
+  corner to the road-edge polylines (negative on the road); above
+  ``OFFROAD_DISTANCE_THRESHOLD`` is off-road. The road edges come from
+  ``road_edge_segments``, which reproduces the official padding artefact of
+  the sign rule (closed polylines wrap only at the longest road-edge length).
+
+Pure JAX on fixed shapes (jit- and vmap-able), built on ``geometry.shapes``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+
+from dpa_omf import datatypes as dt
+from dpa_omf.geometry import shapes as geo
+
+Array = Any
+
+# Official constants (interaction_features.py, map_metric_features.py).
+COLLISION_DISTANCE_THRESHOLD = 0.0
+OFFROAD_DISTANCE_THRESHOLD = 0.0
+CORNER_ROUNDING_FACTOR = 0.7
+Z_STRETCH = 3.0  # vertical scaling when choosing the closest road edge (over- and underpasses)
+
+
+# ==================================================================== road graph
+def compact_points(rg: dt.RoadGraph, keep: Array, size: int | None) -> tuple[Array, Array, Array, Array]:
+    """Moves the kept road-graph points first (stable order) and truncates to ``size`` slots.
+
+    Args:
+      rg: one scene's road graph, ``[P]`` points.
+      keep: bool ``[P]`` points of interest.
+      size: slots kept (None: all ``P``).
+    Returns:
+      (xyz ``[S, 3]``, id ``[S]``, keep bool ``[S]``, overflow: bool scalar,
+      some kept point did not fit).
+    """
+    p = keep.shape[0]
+    size = p if size is None else min(size, p)
+    order = jnp.argsort(~keep, stable=True)[:size]
+    overflow = jnp.sum(keep) > size
+    return rg.xyz[order], rg.id[order], keep[order], overflow
+
+
+def polyline_lengths(ids: Array, keep: Array) -> tuple[Array, Array, Array, Array, Array]:
+    """Polyline extent of each point of a flat ``[P]`` point list.
+
+    Returns:
+      (first, last point index ``[P]``, bool ``[P]`` continues to the next
+      point, point count of each point's polyline ``[P]`` (0 at dropped
+      points), the longest count (scalar)).
+    """
+    first, last, same_next = geo.polyline_bounds(ids, keep)
+    n = jnp.where(keep, last - first + 1, 0)
+    return first, last, same_next, n, jnp.max(n)
+
+
+def road_edge_segments(rg: dt.RoadGraph, max_points: int | None = None) -> tuple[geo.Segments, Array]:
+    """Road-edge segments of one scene, with the official wrap rule.
+
+    Args:
+      rg: one scene's road graph, ``[P]`` points.
+      max_points: road-edge slots after compaction (None: ``P``); the work of
+        the nearest-edge searches scales with it.
+    Returns:
+      (``geo.Segments`` with ``[S]`` arrays, bool overflow: road-edge points
+      were dropped).
+    """
+    is_edge = rg.valid & ((rg.type == dt.RG_ROAD_EDGE_BOUNDARY) | (rg.type == dt.RG_ROAD_EDGE_MEDIAN))
+    exyz, eid, ekeep, overflow = compact_points(rg, is_edge, max_points)
+    first, last, _, n, max_n = polyline_lengths(eid, ekeep)
+    p = ekeep.shape[0]
+    fc, lc = jnp.clip(first, 0, p - 1), jnp.clip(last, 0, p - 1)
+    # Official padding artefact: closed polylines wrap only at the maximum length.
+    wrap = geo.is_closed_polyline(exyz, fc, lc) & (n == max_n)
+    return geo.polyline_segments(exyz, eid, ekeep, wrap=wrap), overflow
+
+
+# ==================================================================== distances
+def distance_to_nearest_object(
+    eval_boxes: Array, all_boxes: Array, eval_index: Array, eval_ok: Array, all_valid: Array
+) -> Array:
+    """Signed distance from each evaluated box to the closest other valid box.
+
+    Args:
+      eval_boxes: ``[E, T, 5]``; all_boxes: ``[A, T, 5]`` boxes (x, y, l, w, yaw).
+      eval_index: int ``[E]`` slot of each evaluated agent in ``all_boxes``.
+      eval_ok: bool ``[E, T]`` evaluated agent valid; all_valid: bool ``[A, T]``.
+    Returns:
+      ``[E, T]`` metres (1e10 when nothing else is valid), rounded boxes with
+      the official rounding factor 0.7.
+    """
+    d = geo.rounded_box_signed_distance(eval_boxes[:, None], all_boxes[None], CORNER_ROUNDING_FACTOR)
+    other = jnp.arange(all_boxes.shape[0])[None, :, None] != eval_index[:, None, None]
+    ok = eval_ok[:, None] & all_valid[None] & other
+    return jnp.min(jnp.where(ok, d, geo.EXTREMELY_LARGE_DISTANCE), axis=1)
+
+
+def distance_to_road_edge(eval_tr: dict, edges: geo.Segments, block: int | None = None,
+                          k: int = 16, steps_per_group: int = 10) -> tuple[Array, Array]:
+    """Signed distance of the most off-road bottom corner.
+
+    Args:
+      eval_tr: dict of ``[E, T]`` trajectories (x, y, z, length, width,
+        height, heading, valid).
+      edges: road-edge ``Segments`` (``road_edge_segments``).
+      block, k: block pruning of the nearest-segment search (None: exhaustive);
+        queries are grouped by ``steps_per_group`` steps x 4 corners.
+    Returns:
+      (``[E, T]`` metres, bool exactness of the pruned search, all True when
+      exhaustive).
+    """
+    names = ("x", "y", "z", "length", "width", "height", "heading")
+    corners = geo.box_bottom_corners_3d(*(eval_tr[name] for name in names))
+    e, t = corners.shape[:2]
+    if block is None or t % steps_per_group:
+        d = geo.signed_distance_to_polylines(corners, edges, Z_STRETCH)  # [E, T, 4]
+        return jnp.max(d, axis=-1), jnp.ones((e, t), bool)
+    g = e * t // steps_per_group
+    grouped = corners.reshape(g, steps_per_group * 4, 3)
+    pv = jnp.broadcast_to(eval_tr["valid"][..., None], (e, t, 4)).reshape(g, steps_per_group * 4)
+    j, exact = geo.nearest_segment_3d_grouped(grouped, edges, Z_STRETCH, block, k, pv)
+    d = geo.signed_distance_to_polylines(corners, edges, Z_STRETCH, nearest=j.reshape(e, t, 4))
+    return jnp.max(d, axis=-1), exact.reshape(e, t, 4).all(-1) | ~eval_tr["valid"]
