@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
@@ -307,11 +309,7 @@ def validate_scenario(s: Scenario, source: str = "<scenario>") -> None:
 
 # ---------------------------------------------------------------- helpers
 def _np_or_jnp(x: Array):
-    if isinstance(x, np.ndarray):
-        return np
-    import jax.numpy as jnp
-
-    return jnp
+    return np if isinstance(x, np.ndarray) else jnp
 
 
 def _stack(*xs: Array) -> Array:
@@ -320,8 +318,6 @@ def _stack(*xs: Array) -> Array:
 
 def stack_scenarios(scenarios: list[Scenario]) -> Scenario:
     """Stacks single scenarios (numpy) into a batch along a new axis 0."""
-    import jax
-
     return jax.tree.map(lambda *xs: np.stack(xs), *scenarios)
 
 

@@ -54,7 +54,7 @@ def init_distributed(mode: str, coordinator: str | None, num_processes: int | No
     explicit = coordinator is not None or num_processes is not None
     if mode == "no" or (mode == "auto" and not explicit and not multihost_from_env()):
         return False
-    import jax
+    import jax  # here, not at the top: the launcher parses flags and routes logs before JAX loads
 
     kwargs = {}
     if coordinator is not None:
@@ -87,7 +87,7 @@ def main(argv):
     if config is None:
         raise app.UsageError("--config is required, e.g. --config=configs/align.py")
     route_logs(_WORKDIR.value)
-    import jax
+    import jax  # after the logs are routed (JAX logs at import)
 
     jax.config.update("jax_threefry_partitionable", True)  # rng values independent of sharding
     init_distributed(_MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -97,7 +97,7 @@ def main(argv):
 
     cfg_lib.check(config)  # unknown keys are refused by the locked config; combinations here.
     if _DRY_RUN.value:
-        from dpa_omf.jobs import dry_run
+        from dpa_omf.jobs import dry_run  # only --dry_run needs it
 
         dry_run.run(config, _WORKDIR.value)
         return

@@ -429,7 +429,7 @@ def _median_time(f, *args, repeats: int) -> float:
     return float(np.median(times))
 
 
-def realism_timings(batch: int = 16, repeats: int = 5, config: realism.RealismConfig = realism.RealismConfig(),
+def realism_timings(batch: int = 16, repeats: int = 5, config: realism.RealismConfig = realism.DEFAULT_CONFIG,
                     scene: tuple[dt.Scenario, np.ndarray] | None = None) -> dict:
     """Times the metric on one scene and on a vmapped batch (after compilation).
 

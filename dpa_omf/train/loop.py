@@ -31,16 +31,7 @@ Outputs in ``WORKDIR/<stage>/``: ``checkpoints/`` (orbax), ``metrics.jsonl``,
 TensorBoard events, ``summary.json`` (only when the run completes; its presence
 means "stage done").
 
-Example (a pretraining job)::
-
-    def loss_fn(params, batch, rng, frozen):
-        scenario, tokens, token_valid = batch
-        loss, m = model.loss_and_metrics(params, scenario, tokens, token_valid)
-        return loss, {"nll": (m["nll_sum"], m["count"]), "accuracy": (m["correct_sum"], m["count"])}
-
-    result = train(loss_fn, lambda rng: model.init(rng, example_scenario), batches_from,
-                   TrainConfig(num_steps=2000), workdir, "pretrain", eval_batches_fn=held_out)
-    sys.exit(result.exit_code)  # 0 done, 75 preempted (saved; run the same command again)
+A complete user: ``dpa_omf/jobs/pretrain.py:run`` (and ``jobs/align.py:run`` with a frozen reference).
 """
 
 from __future__ import annotations
