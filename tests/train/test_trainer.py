@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from dpa_omf.train import logging as stage_logging
-from dpa_omf.train import loop, optim, sharding
+from dpa_omf.train import loop, optim, sharding, step
 
 NUM_EXAMPLES = 64
 BATCH = 16  # divisible by the 8 fake devices
@@ -264,7 +264,7 @@ def test_logical_axis_params_follow_the_rules_on_the_data_mesh(tmp_path):
     assert mu.sharding.spec == kernel.sharding.spec
     for i in range(3):
         state, metrics = trainer.step(state, make_batch(i))
-    assert np.isfinite(loop.reduce_pairs(metrics)["loss"])
+    assert np.isfinite(step.reduce_pairs(metrics)["loss"])
     assert state.params["Dense_0"]["kernel"].sharding.spec == kernel.sharding.spec  # compiled once (count_traces)
     with pytest.raises(AssertionError, match="traced > 1"):  # the retrace check bites
         trainer.step(state, {k: v[:8] for k, v in make_batch(3).items()})
