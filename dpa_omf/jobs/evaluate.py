@@ -153,5 +153,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> di
 def print_table(workdir: str) -> None:
     """The before/after table of the finished evaluation (process 0 prints)."""
     summary = wd.read_summary(workdir, STAGE)
-    if summary is not None and wd.is_writer():
-        print(report.table(summary["models"]), flush=True)
+    if summary is None or not wd.is_writer():
+        return
+    ref = wd.read_summary(workdir, pretrain.STAGE) or {}
+    origin = ("the packaged reference (dpa_omf/assets/reference)" if ref.get("source") == "packaged"
+              else "pretrained in this workdir")
+    print(f"reference = {origin}, {ref.get('steps')} steps; WOSAC {summary['challenge']} on "
+          f"{summary['num_scenes']} held-out scenes x {summary['num_rollouts']} rollouts", flush=True)
+    print(report.table(summary["models"]), flush=True)
