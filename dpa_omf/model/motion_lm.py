@@ -98,8 +98,6 @@ class _Net(nn.Module):
         that ``encode`` makes for the cached rollouts."""
         tokens, ctx_mask, pooled = self.encoder(ctx)
         agent_emb = self.decoder.agent_embedding(pooled, pose)
-        if self.is_initializing():  # create the cross key/value parameters (encode's path)
-            self.decoder.cross_kv(tokens[:, :1])
         return self.decoder.forward(in_tokens, agent_emb, agent_mask, tokens, ctx_mask)
 
     def decode(self, e, agent_mask, in_tokens):
