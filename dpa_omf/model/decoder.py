@@ -92,15 +92,31 @@ class JointDecoder(nn.Module):
     def logits(self, x):
         return self.head(self.ln_out(x)).astype(jnp.float32)
 
+    @staticmethod
+    def self_mask(agent_mask, num_steps):
+        """Self-attention mask ``[A * S, A * S]`` (query, key) on the agent-major order."""
+        step = jnp.tile(jnp.arange(num_steps), agent_mask.shape[0])
+        key_ok = jnp.repeat(agent_mask, num_steps)
+        return (step[None, :] <= step[:, None]) & key_ok[None, :]
+
     def __call__(self, in_tokens, agent_emb, agent_mask, cross_kvs, ctx_mask):
         """Teacher-forced logits ``[A, S, 169]`` (float32) for inputs ``[A, S]``."""
-        a, s = in_tokens.shape
+        _a, s = in_tokens.shape
         x = self.embed(in_tokens, jnp.arange(s), agent_emb)
-        step = jnp.tile(jnp.arange(s), a)  # flattened agent-major order
-        key_ok = jnp.repeat(agent_mask, s)
-        mask = (step[None, :] <= step[:, None]) & key_ok[None, :]
+        mask = self.self_mask(agent_mask, s)
         for blk, (ck, cv) in zip(self.blocks, cross_kvs):
             x = blk(x, mask, ck, cv, ctx_mask)
+        return self.logits(x)
+
+    def forward(self, in_tokens, agent_emb, agent_mask, ctx, ctx_mask):
+        """``__call__`` from the context tokens ``[A, K, D]`` instead of their per-layer
+        keys/values: the training path (see ``DecoderBlock.forward``); same logits."""
+        _a, s = in_tokens.shape
+        x = self.embed(in_tokens, jnp.arange(s), agent_emb)
+        self_bias = layers.mask_bias(self.self_mask(agent_mask, s))  # once for all blocks
+        ctx_bias = layers.mask_bias(ctx_mask)[:, None, :]
+        for blk in self.blocks:
+            x = blk.forward(x, self_bias, ctx, ctx_bias)
         return self.logits(x)
 
     def step(self, in_tokens_t, t, agent_emb, agent_mask, cross_kvs, ctx_mask, cache):

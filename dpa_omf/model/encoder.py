@@ -194,7 +194,8 @@ class SceneEncoder(nn.Module):
         # Learned slot encodings: neighbours are sorted by distance, so the slot is a rank.
         slot = self.param("slot_embedding", nn.initializers.normal(0.02), (x.shape[1], d))
         x = x + slot.astype(dtp)
+        bias = layers.mask_bias(mask)  # once for all blocks
         for i in range(self.num_layers):
-            x = layers.EncoderBlock(self.num_heads, d, self.mlp_ratio, dtp, name=f"block{i}")(x, mask)
+            x = layers.EncoderBlock(self.num_heads, d, self.mlp_ratio, dtp, name=f"block{i}")(x, bias)
         x = nn.LayerNorm(dtype=dtp, name="ln_out")(x)
         return x, mask, x[:, 0]

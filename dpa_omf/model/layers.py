@@ -3,9 +3,17 @@
 All blocks work on unbatched tokens (``[N, D]`` queries); batching is done by ``jax.vmap`` in
 ``motion_lm``. Parameters are float32; ``dtype`` is the compute dtype (bfloat16 optional);
 softmax statistics are always float32.
+
+Speed on a CPU (measured on the default pretraining step, see ``attend``): attention is written
+heads-first with the mask as an additive bias shared by all layers, the softmax normalisation
+deferred to the output and a closed-form backward pass; the teacher-forced cross-attention
+folds its key/value projections into the queries (``Attention.cross_attend``). Parameters are
+exactly those of the former ``nn.DenseGeneral`` layers (``DenseParams``).
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -27,48 +35,175 @@ class Mlp(nn.Module):
         return nn.Dense(self.out, dtype=self.dtype, name="fc2")(nn.gelu(x))
 
 
+def mask_bias(mask: jax.Array) -> jax.Array:
+    """Additive float32 attention bias of a bool mask: 0 where True, ``NEG_INF`` where False."""
+    return jnp.where(mask, 0.0, NEG_INF).astype(jnp.float32)
+
+
+def _as_bias(mask: jax.Array) -> jax.Array:
+    return mask_bias(mask) if mask.dtype == jnp.bool_ else mask
+
+
+@jax.custom_vjp
+def _attend_hf(q, k, v, bias):
+    """Heads-first attention ``q [..., Q, d] k [..., K, d] v [..., K, e] -> [..., Q, e]``.
+
+    ``q`` is already scaled; ``bias`` (float32, broadcastable to ``[..., Q, K]``) is added to
+    the logits. The softmax normalisation is applied to the ``[..., Q, e]`` output instead of
+    the ``[..., Q, K]`` weights (fewer elements); the backward pass (below) uses the closed-form
+    softmax-attention gradient from the saved weights instead of differentiating each step.
+    """
+    return _attend_hf_fwd(q, k, v, bias)[0]
+
+
+def _attend_hf_fwd(q, k, v, bias):
+    logits = jnp.einsum("...qd,...kd->...qk", q, k).astype(jnp.float32) + bias
+    row_max = jnp.max(logits, -1, keepdims=True)
+    unnorm = jnp.exp(logits - row_max)
+    inv = 1.0 / jnp.sum(unnorm, -1, keepdims=True)
+    out = jnp.einsum("...qk,...kd->...qd", unnorm.astype(v.dtype), v) * inv.astype(v.dtype)
+    probs = (unnorm * inv).astype(v.dtype)
+    # A fully masked row has uniform weights that do not depend on q, k (as with jnp.where).
+    row_ok = (row_max > 0.5 * NEG_INF).astype(jnp.float32)
+    return out, (q, k, v, probs, out, bias, row_ok)
+
+
+def _attend_hf_bwd(res, g):
+    q, k, v, probs, out, bias, row_ok = res
+    g = g.astype(v.dtype)
+    dv = jnp.einsum("...qk,...qd->...kd", probs, g)
+    dp = jnp.einsum("...qd,...kd->...qk", g, v).astype(jnp.float32)
+    delta = jnp.sum(g.astype(jnp.float32) * out.astype(jnp.float32), -1, keepdims=True)
+    ds = (probs.astype(jnp.float32) * ((dp - delta) * row_ok)).astype(q.dtype)
+    dq = jnp.einsum("...qk,...kd->...qd", ds, k)
+    dk = jnp.einsum("...qk,...qd->...kd", ds, q)
+    return dq, dk.astype(k.dtype), dv.astype(v.dtype), jnp.zeros_like(bias)
+
+
+_attend_hf.defvjp(_attend_hf_fwd, _attend_hf_bwd)
+
+
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """Scaled dot-product attention.
 
     Args:
       q: ``[..., Q, H, Dh]``; k, v: ``[..., K, H, Dh]``; mask: bool broadcastable to
-        ``[..., H, Q, K]`` (True = may attend).
+        ``[..., H, Q, K]`` (True = may attend), or a float32 additive bias of that shape
+        (``mask_bias``; computed once and shared by the layers that use the same mask).
     Returns:
       ``[..., Q, H, Dh]`` in the dtype of ``v``.
+
+    Same function as ``softmax(where(mask, q.k * scale, NEG_INF)) @ v``, computed the cheaper
+    way on a CPU: heads-first batched matmuls (no ``[.., Q, H, K]`` transposes), the mask added
+    as a bias, the scale folded into ``q``, the normalisation applied to the output and a
+    closed-form backward pass.
     """
-    scale = q.shape[-1] ** -0.5
-    logits = jnp.einsum("...qhd,...khd->...hqk", q, k).astype(jnp.float32) * scale
-    logits = jnp.where(mask, logits, NEG_INF)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("...hqk,...khd->...qhd", probs, v)
+    qh = jnp.swapaxes(q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype), -2, -3)  # [..., H, Q, Dh]
+    kh, vh = jnp.swapaxes(k, -2, -3), jnp.swapaxes(v, -2, -3)
+    return jnp.swapaxes(_attend_hf(qh, kh, vh, _as_bias(mask)), -2, -3)
+
+
+def _dense_init(n_in: int, n_out: int, base):
+    """``nn.DenseGeneral``'s initialisation: ``base`` on the flattened ``(in, out)`` shape."""
+
+    def init(rng, shape, dtype=jnp.float32):
+        return jnp.reshape(base(rng, (n_in, n_out), dtype), shape)
+
+    return init
+
+
+class DenseParams(nn.Module):
+    """The parameters of ``nn.DenseGeneral(features, axis=<the last len(in_shape) axes>)``.
+
+    Same names (``kernel`` ``in_shape + features``, ``bias`` ``features``), dtype (float32)
+    and initialisation, so parameters and checkpoints are interchangeable with DenseGeneral;
+    the caller does the contraction, which lets attention fold projections (see
+    ``Attention.cross_attend``). Returns ``(kernel, bias)`` cast to ``dtype``.
+    """
+
+    in_shape: tuple[int, ...]
+    features: tuple[int, ...]
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self):
+        n_in, n_out = math.prod(self.in_shape), math.prod(self.features)
+        kernel = self.param("kernel", _dense_init(n_in, n_out, nn.initializers.lecun_normal()),
+                            self.in_shape + self.features, jnp.float32)
+        bias = self.param("bias", _dense_init(1, n_out, nn.initializers.zeros_init()),
+                          self.features, jnp.float32)
+        return kernel.astype(self.dtype), bias.astype(self.dtype)
+
+
+def _apply_dense(x, params, n_in: int):
+    """``x [..., *in] @ kernel [*in, *out] + bias`` (the contraction of nn.DenseGeneral)."""
+    kernel, bias = params
+    x = x.astype(kernel.dtype)
+    dims = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+    return jax.lax.dot_general(x, kernel, (dims, ((), ()))) + bias
 
 
 class Attention(nn.Module):
-    """Multi-head attention with separately callable projections (for KV caching)."""
+    """Multi-head attention with separately callable projections (for KV caching).
+
+    Parameters: ``query``, ``key``, ``value`` (kernel ``[D, H, Dh]``, bias ``[H, Dh]``) and
+    ``out`` (kernel ``[H, Dh, D]``, bias ``[D]``), exactly those of the DenseGeneral layers
+    this module used to hold.
+    """
 
     num_heads: int
     d_model: int
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):
-        dh = self.d_model // self.num_heads
-        proj = lambda name: nn.DenseGeneral((self.num_heads, dh), dtype=self.dtype, name=name)
+        hd = (self.num_heads, self.d_model // self.num_heads)
+        proj = lambda name: DenseParams((self.d_model,), hd, self.dtype, name=name)
         self.q_proj, self.k_proj, self.v_proj = proj("query"), proj("key"), proj("value")
-        self.out_proj = nn.DenseGeneral(self.d_model, axis=(-2, -1), dtype=self.dtype, name="out")
+        self.out_proj = DenseParams(hd, (self.d_model,), self.dtype, name="out")
 
     def kv(self, x):
         """``[..., K, D] -> (k, v)`` each ``[..., K, H, Dh]``."""
-        return self.k_proj(x), self.v_proj(x)
+        return _apply_dense(x, self.k_proj(), 1), _apply_dense(x, self.v_proj(), 1)
 
     def query(self, x):
-        return self.q_proj(x)
+        return _apply_dense(x, self.q_proj(), 1)
 
     def output(self, q, k, v, mask):
-        return self.out_proj(attend(q, k, v, mask))
+        return _apply_dense(attend(q, k, v, mask), self.out_proj(), 2)
 
     def __call__(self, x_q, x_kv, mask):
         k, v = self.kv(x_kv)
         return self.output(self.query(x_q), k, v, mask)
+
+    def cross_attend(self, x_q, ctx, bias):
+        """``__call__(x_q, ctx, bias)`` for few queries per context: the key and value
+        projections are folded into the queries and the attended context, so the context
+        ``[..., K, D]`` is never projected (``Q < K`` per context makes this cheaper).
+
+        ``logits = (q W_k^T) . ctx`` (the key bias adds a per-query constant, which the
+        softmax ignores), ``out = (sum_k p_k ctx_k) W_v + b_v`` (the weights sum to 1).
+
+        All heads share the keys (the context itself), so they are stacked as ``H * Q``
+        queries of one attention per context.
+
+        Args:
+          x_q: ``[..., Q, D]``; ctx: ``[..., K, D]``; bias: float32 broadcastable to
+            ``[..., H * Q, K]``, e.g. ``[..., 1, K]`` (``mask_bias`` of the key mask).
+        Returns:
+          ``[..., Q, D]``.
+        """
+        wk, _ = self.k_proj()
+        wv, bv = self.v_proj()
+        h, dh = self.num_heads, self.d_model // self.num_heads
+        q = self.query(x_q) * jnp.asarray(dh ** -0.5, self.dtype)  # [..., Q, H, Dh]
+        qk = jnp.einsum("...qhe,dhe->...hqd", q, wk)  # [..., H, Q, D]
+        nq = qk.shape[-2]
+        qk = qk.reshape(qk.shape[:-3] + (h * nq, qk.shape[-1]))
+        ctx = ctx.astype(self.dtype)
+        att = _attend_hf(qk, ctx, ctx, bias)  # [..., H * Q, D]
+        att = att.reshape(att.shape[:-2] + (h, nq, att.shape[-1]))
+        o = jnp.einsum("...hqd,dhe->...qhe", att, wv) + bv
+        return _apply_dense(o, self.out_proj(), 2)
 
 
 class EncoderBlock(nn.Module):
@@ -81,6 +216,7 @@ class EncoderBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, key_mask):
+        # key_mask: bool [..., N], or its mask_bias (computed once for all blocks).
         h = nn.LayerNorm(dtype=self.dtype, name="ln_attn")(x)
         x = x + Attention(self.num_heads, self.d_model, self.dtype, name="attn")(
             h, h, key_mask[..., None, None, :])
@@ -117,6 +253,24 @@ class DecoderBlock(nn.Module):
         h = self.ln_cross(x)
         x = x + self.cross_attn.output(self.cross_attn.query(h), cross_k, cross_v,
                                        ctx_mask[..., None, None, :])
+        return x + self.mlp(self.ln_mlp(x))
+
+    def forward(self, x, self_bias, ctx, ctx_bias):
+        """Teacher-forced pass from the context tokens themselves (the training path).
+
+        Same function as ``__call__(x, self_mask, *cross_kv(ctx), ctx_mask)``, cheaper: the
+        cross-attention folds its key/value projections into the few queries per agent
+        (``Attention.cross_attend``) instead of projecting every context token.
+
+        Args:
+          x: ``[A, S, D]``; self_bias: ``mask_bias`` of the self-attention mask,
+            ``[A * S, A * S]``; ctx: ``[A, K, D]``; ctx_bias: ``mask_bias`` of ``ctx_mask``,
+            ``[A, 1, K]``.
+        """
+        a, s, d = x.shape
+        h = self.ln_self(x).reshape(a * s, d)
+        x = x + self.self_attn(h, h, self_bias[None]).reshape(a, s, d)
+        x = x + self.cross_attn.cross_attend(self.ln_cross(x), ctx, ctx_bias)
         return x + self.mlp(self.ln_mlp(x))
 
     def __call__(self, x, self_mask, cross_k, cross_v, ctx_mask):

@@ -93,8 +93,12 @@ class _Net(nn.Module):
                     cross_kvs=self.decoder.cross_kv(tokens))
 
     def __call__(self, ctx, pose, agent_mask, in_tokens):
-        e = self.encode(ctx, pose)
-        return self.decoder(in_tokens, e["agent_emb"], agent_mask, e["cross_kvs"], e["ctx_mask"])
+        """Teacher-forced logits (training): the decoder attends to the context tokens
+        directly (``JointDecoder.forward``), never building the per-layer cross keys/values
+        that ``encode`` makes for the cached rollouts."""
+        tokens, ctx_mask, pooled = self.encoder(ctx)
+        agent_emb = self.decoder.agent_embedding(pooled, pose)
+        return self.decoder.forward(in_tokens, agent_emb, agent_mask, tokens, ctx_mask)
 
     def decode(self, e, agent_mask, in_tokens):
         """Full (uncached) decoder pass over inputs ``[A, S]`` with a precomputed encoding."""

@@ -239,3 +239,200 @@ def test_training_steps_reduce_loss(tiny, batch):
             assert all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(g))
         losses.append(float(loss))
     assert losses[-1] < 0.6 * losses[0], losses
+
+
+# The default model's parameter tree (path, shape; all float32), written out from the code
+# that trained the first long run: checkpoints of that code must keep loading into this one.
+# A change here breaks every saved checkpoint (see test_default_parameter_tree_is_pinned).
+DEFAULT_PARAM_TREE = """
+decoder/agent_proj/fc1/bias 128
+decoder/agent_proj/fc1/kernel 141 128
+decoder/agent_proj/fc2/bias 128
+decoder/agent_proj/fc2/kernel 128 128
+decoder/blocks_0/cross_attn/key/bias 4 32
+decoder/blocks_0/cross_attn/key/kernel 128 4 32
+decoder/blocks_0/cross_attn/out/bias 128
+decoder/blocks_0/cross_attn/out/kernel 4 32 128
+decoder/blocks_0/cross_attn/query/bias 4 32
+decoder/blocks_0/cross_attn/query/kernel 128 4 32
+decoder/blocks_0/cross_attn/value/bias 4 32
+decoder/blocks_0/cross_attn/value/kernel 128 4 32
+decoder/blocks_0/ln_cross/bias 128
+decoder/blocks_0/ln_cross/scale 128
+decoder/blocks_0/ln_mlp/bias 128
+decoder/blocks_0/ln_mlp/scale 128
+decoder/blocks_0/ln_self/bias 128
+decoder/blocks_0/ln_self/scale 128
+decoder/blocks_0/mlp/fc1/bias 256
+decoder/blocks_0/mlp/fc1/kernel 128 256
+decoder/blocks_0/mlp/fc2/bias 128
+decoder/blocks_0/mlp/fc2/kernel 256 128
+decoder/blocks_0/self_attn/key/bias 4 32
+decoder/blocks_0/self_attn/key/kernel 128 4 32
+decoder/blocks_0/self_attn/out/bias 128
+decoder/blocks_0/self_attn/out/kernel 4 32 128
+decoder/blocks_0/self_attn/query/bias 4 32
+decoder/blocks_0/self_attn/query/kernel 128 4 32
+decoder/blocks_0/self_attn/value/bias 4 32
+decoder/blocks_0/self_attn/value/kernel 128 4 32
+decoder/blocks_1/cross_attn/key/bias 4 32
+decoder/blocks_1/cross_attn/key/kernel 128 4 32
+decoder/blocks_1/cross_attn/out/bias 128
+decoder/blocks_1/cross_attn/out/kernel 4 32 128
+decoder/blocks_1/cross_attn/query/bias 4 32
+decoder/blocks_1/cross_attn/query/kernel 128 4 32
+decoder/blocks_1/cross_attn/value/bias 4 32
+decoder/blocks_1/cross_attn/value/kernel 128 4 32
+decoder/blocks_1/ln_cross/bias 128
+decoder/blocks_1/ln_cross/scale 128
+decoder/blocks_1/ln_mlp/bias 128
+decoder/blocks_1/ln_mlp/scale 128
+decoder/blocks_1/ln_self/bias 128
+decoder/blocks_1/ln_self/scale 128
+decoder/blocks_1/mlp/fc1/bias 256
+decoder/blocks_1/mlp/fc1/kernel 128 256
+decoder/blocks_1/mlp/fc2/bias 128
+decoder/blocks_1/mlp/fc2/kernel 256 128
+decoder/blocks_1/self_attn/key/bias 4 32
+decoder/blocks_1/self_attn/key/kernel 128 4 32
+decoder/blocks_1/self_attn/out/bias 128
+decoder/blocks_1/self_attn/out/kernel 4 32 128
+decoder/blocks_1/self_attn/query/bias 4 32
+decoder/blocks_1/self_attn/query/kernel 128 4 32
+decoder/blocks_1/self_attn/value/bias 4 32
+decoder/blocks_1/self_attn/value/kernel 128 4 32
+decoder/blocks_2/cross_attn/key/bias 4 32
+decoder/blocks_2/cross_attn/key/kernel 128 4 32
+decoder/blocks_2/cross_attn/out/bias 128
+decoder/blocks_2/cross_attn/out/kernel 4 32 128
+decoder/blocks_2/cross_attn/query/bias 4 32
+decoder/blocks_2/cross_attn/query/kernel 128 4 32
+decoder/blocks_2/cross_attn/value/bias 4 32
+decoder/blocks_2/cross_attn/value/kernel 128 4 32
+decoder/blocks_2/ln_cross/bias 128
+decoder/blocks_2/ln_cross/scale 128
+decoder/blocks_2/ln_mlp/bias 128
+decoder/blocks_2/ln_mlp/scale 128
+decoder/blocks_2/ln_self/bias 128
+decoder/blocks_2/ln_self/scale 128
+decoder/blocks_2/mlp/fc1/bias 256
+decoder/blocks_2/mlp/fc1/kernel 128 256
+decoder/blocks_2/mlp/fc2/bias 128
+decoder/blocks_2/mlp/fc2/kernel 256 128
+decoder/blocks_2/self_attn/key/bias 4 32
+decoder/blocks_2/self_attn/key/kernel 128 4 32
+decoder/blocks_2/self_attn/out/bias 128
+decoder/blocks_2/self_attn/out/kernel 4 32 128
+decoder/blocks_2/self_attn/query/bias 4 32
+decoder/blocks_2/self_attn/query/kernel 128 4 32
+decoder/blocks_2/self_attn/value/bias 4 32
+decoder/blocks_2/self_attn/value/kernel 128 4 32
+decoder/head/bias 169
+decoder/head/kernel 128 169
+decoder/ln_out/bias 128
+decoder/ln_out/scale 128
+decoder/step_embedding 16 128
+decoder/token_embed/embedding 171 128
+encoder/agent_mlp/fc1/bias 128
+encoder/agent_mlp/fc1/kernel 85 128
+encoder/agent_mlp/fc2/bias 128
+encoder/agent_mlp/fc2/kernel 128 128
+encoder/block0/attn/key/bias 4 32
+encoder/block0/attn/key/kernel 128 4 32
+encoder/block0/attn/out/bias 128
+encoder/block0/attn/out/kernel 4 32 128
+encoder/block0/attn/query/bias 4 32
+encoder/block0/attn/query/kernel 128 4 32
+encoder/block0/attn/value/bias 4 32
+encoder/block0/attn/value/kernel 128 4 32
+encoder/block0/ln_attn/bias 128
+encoder/block0/ln_attn/scale 128
+encoder/block0/ln_mlp/bias 128
+encoder/block0/ln_mlp/scale 128
+encoder/block0/mlp/fc1/bias 256
+encoder/block0/mlp/fc1/kernel 128 256
+encoder/block0/mlp/fc2/bias 128
+encoder/block0/mlp/fc2/kernel 256 128
+encoder/block1/attn/key/bias 4 32
+encoder/block1/attn/key/kernel 128 4 32
+encoder/block1/attn/out/bias 128
+encoder/block1/attn/out/kernel 4 32 128
+encoder/block1/attn/query/bias 4 32
+encoder/block1/attn/query/kernel 128 4 32
+encoder/block1/attn/value/bias 4 32
+encoder/block1/attn/value/kernel 128 4 32
+encoder/block1/ln_attn/bias 128
+encoder/block1/ln_attn/scale 128
+encoder/block1/ln_mlp/bias 128
+encoder/block1/ln_mlp/scale 128
+encoder/block1/mlp/fc1/bias 256
+encoder/block1/mlp/fc1/kernel 128 256
+encoder/block1/mlp/fc2/bias 128
+encoder/block1/mlp/fc2/kernel 256 128
+encoder/light_mlp/fc1/bias 128
+encoder/light_mlp/fc1/kernel 12 128
+encoder/light_mlp/fc2/bias 128
+encoder/light_mlp/fc2/kernel 128 128
+encoder/ln_out/bias 128
+encoder/ln_out/scale 128
+encoder/modality_embedding 4 128
+encoder/roadgraph_mlp/fc1/bias 128
+encoder/roadgraph_mlp/fc1/kernel 26 128
+encoder/roadgraph_mlp/fc2/bias 128
+encoder/roadgraph_mlp/fc2/kernel 128 128
+encoder/self_mlp/fc1/bias 128
+encoder/self_mlp/fc1/kernel 84 128
+encoder/self_mlp/fc2/bias 128
+encoder/self_mlp/fc2/kernel 128 128
+encoder/slot_embedding 97 128
+"""
+
+
+def test_default_parameter_tree_is_pinned():
+    from flax import traverse_util
+
+    model = ml.MotionLM(ml.ModelConfig())
+    scen = dt.stack_scenarios([toy_scenario(0, num_agents=4, num_points=32)])
+    shapes = jax.eval_shape(model.init, jax.random.key(0), scen)
+    got = sorted(("/".join(k), tuple(v.shape), str(v.dtype))
+                 for k, v in traverse_util.flatten_dict(shapes).items())
+    want = sorted((path, tuple(int(d) for d in dims), "float32")
+                  for path, *dims in (line.split() for line in DEFAULT_PARAM_TREE.strip().splitlines()))
+    assert got == want
+    assert ml.param_count(shapes) == 1_048_233
+
+
+def test_attention_matches_the_plain_formula_and_its_gradient():
+    """layers.attend (heads-first, bias, deferred normalisation, closed-form backward) against
+    softmax(where(mask, q.k * scale, NEG_INF)) @ v, values and gradients."""
+    from dpa_omf.model import layers
+
+    def plain(q, k, v, mask):
+        logits = jnp.einsum("...qhd,...khd->...hqk", q, k) * q.shape[-1] ** -0.5
+        probs = jax.nn.softmax(jnp.where(mask, logits, layers.NEG_INF), -1)
+        return jnp.einsum("...hqk,...khd->...qhd", probs, v)
+
+    r = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(r.normal(size=(3, n, 2, 8)), jnp.float32) for n in (5, 7, 7))
+    mask = jnp.asarray(r.random((3, 1, 1, 7)) < 0.7).at[..., 0].set(True)
+    mask = mask.at[1].set(False)  # a fully masked row: uniform weights in both
+    w = jnp.asarray(r.normal(size=(3, 5, 2, 8)), jnp.float32)
+    for m in (mask, layers.mask_bias(mask)):
+        np.testing.assert_allclose(layers.attend(q, k, v, m), plain(q, k, v, mask), atol=1e-5)
+        g_new = jax.grad(lambda *a, m=m: jnp.sum(w * layers.attend(*a, m)), argnums=(0, 1, 2))(q, k, v)
+        g_old = jax.grad(lambda *a: jnp.sum(w * plain(*a, mask)), argnums=(0, 1, 2))(q, k, v)
+        for a, b in zip(g_new, g_old):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_training_path_matches_the_rollout_path(tiny, batch, params, base_logits):
+    """The teacher-forced logits (cross-attention folded into the queries) equal the rollout
+    path's uncached pass from the per-layer context keys/values (encode_scene, decode_full)."""
+    scen, tokens, valid = batch
+    for b in range(2):
+        s = jax.tree.map(lambda v, b=b: v[b], scen)
+        e = tiny.encode_scene(params, s)
+        inputs = dec.input_tokens(tokens[b], valid[b] & s.agents.sim_mask[:, None])
+        full = tiny.decode_full(params, e, inputs)
+        sim = np.asarray(s.agents.sim_mask)
+        np.testing.assert_allclose(np.asarray(full)[sim], np.asarray(base_logits[b])[sim], atol=1e-4)
