@@ -69,15 +69,24 @@ def init_distributed(mode: str, coordinator: str | None, num_processes: int | No
     return True
 
 
-def route_logs(workdir: str) -> None:
-    """Library chatter to the log file; the terminal keeps warnings and errors (unless asked for more)."""
+def quiet_terminal() -> bool:
+    """Until the job starts, only warnings reach the terminal (unless more is asked for); True when quieted."""
     f = flags.FLAGS
     if f.logtostderr or f.alsologtostderr or f.verbosity >= 1:
-        return
+        return False
+    logging.set_verbosity(logging.WARNING)
+    return True
+
+
+def route_logs(workdir: str) -> None:
+    """Library chatter (INFO and up) to the log file in ``WORKDIR/logs`` (or ``--log_dir``); the terminal keeps
+    warnings and errors. Called once the config is accepted, so a refused config writes nothing."""
+    f = flags.FLAGS
     log_dir = f.log_dir or os.path.join(workdir, "logs")
     os.makedirs(log_dir, exist_ok=True)
     logging.get_absl_handler().use_absl_log_file("dpa_omf", log_dir)
     f.stderrthreshold = "warning"
+    logging.set_verbosity(logging.INFO)
 
 
 def main(argv):
@@ -86,7 +95,7 @@ def main(argv):
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config is required, e.g. --config=configs/align.py")
-    route_logs(_WORKDIR.value)
+    quiet = quiet_terminal()
     import jax  # after the logs are routed (JAX logs at import)
 
     jax.config.update("jax_threefry_partitionable", True)  # rng values independent of sharding
@@ -95,7 +104,14 @@ def main(argv):
     from dpa_omf.jobs import config as cfg_lib
     from dpa_omf.jobs import stages
 
-    cfg_lib.check(config)  # unknown keys are refused by the locked config; combinations here.
+    # Unknown keys are refused by the locked config; combinations here (and the mesh and batches against the
+    # devices for every job that trains), before anything is written.
+    if config.job == "data" and not _DRY_RUN.value:
+        cfg_lib.check(config)
+    else:
+        cfg_lib.check(config, jax.device_count(), jax.process_count())
+    if quiet:
+        route_logs(_WORKDIR.value)
     if _DRY_RUN.value:
         from dpa_omf.jobs import dry_run  # only --dry_run needs it
 

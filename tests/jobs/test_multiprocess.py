@@ -170,8 +170,8 @@ def test_dry_run_reports_memory_of_the_womd_config_on_eight_devices(tmp_path):
     assert "aot: the train step needs" in out.stderr and "GiB per device" in out.stderr, out.stderr[-3000:]
     assert '"per_device_bytes"' in out.stdout
     report = json.loads((tmp_path / "wd" / "aot" / "report.json").read_text())
-    assert sorted(p.name for p in (tmp_path / "wd").iterdir()) == ["aot"]  # no data, no training
-    assert report["mesh"] == {"data": 8, "model": 1} and report["num_agents"] == 128
+    assert sorted(p.name for p in (tmp_path / "wd").iterdir()) == ["aot", "logs"]  # no data, no training
+    assert report["mesh"] == {"data": 8} and report["num_agents"] == 128
     assert report["global_batch"] == 64 and report["compute_dtype"] == "bfloat16"
     per_device = report["per_device_bytes"]
     # ~1M float32 params replicated on every device; AdamW keeps two moments of each.
