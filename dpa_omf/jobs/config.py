@@ -155,11 +155,13 @@ def mesh(c: ml_collections.ConfigDict) -> sharding.MeshConfig:
 
 def _train(c: ml_collections.ConfigDict, section: ml_collections.ConfigDict, seed: int,
            async_checkpointing: bool) -> loop.TrainConfig:
-    return loop.TrainConfig(
+    config = loop.TrainConfig(
         num_steps=section.num_steps, seed=seed, optim=optim.OptimConfig(**section.optim.to_dict()), mesh=mesh(c),
         log_every=section.log_every, eval_every=section.eval_every, checkpoint_every=section.checkpoint_every,
         keep_checkpoints=section.keep_checkpoints, async_checkpointing=async_checkpointing,
         progress_bar=section.progress_bar)
+    config.validate()  # the loop's own rules (positive cadences, the optimizer's ranges)
+    return config
 
 
 def pretrain_train(c: ml_collections.ConfigDict) -> loop.TrainConfig:

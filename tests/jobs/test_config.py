@@ -105,7 +105,7 @@ def test_every_violation_is_listed_at_once():
 @pytest.mark.parametrize("edit, message", [
     (lambda c: setattr(c.mesh, "data", 3), "not divisible by mesh.data=3"),
     (lambda c: setattr(c.tokenizer, "token_hz", 3), "token_hz=3 must divide 10"),
-    (lambda c: setattr(c.model, "num_heads", 3), "multiple of model.num_heads"),
+    (lambda c: setattr(c.model, "num_heads", 3), "not divisible by num_heads=3"),
     (lambda c: setattr(c.model, "compute_dtype", "float16"), "compute_dtype"),
     (lambda c: setattr(c.pretrain, "num_steps", 0), "num_steps must be >= 1"),
     (lambda c: setattr(c.data, "num_agents", 129), "num_agents=129"),

@@ -37,9 +37,12 @@ def test_single_process_never_initializes(monkeypatch):
     assert launch.init_distributed("no", "127.0.0.1:1", 2, 0) is False
 
 
-def test_unknown_job_is_refused():
+def test_unknown_job_is_refused(tmp_path):
+    from configs import data as data_config
+    from dpa_omf.jobs import stages
+
     with pytest.raises(ValueError, match="not one of"):
-        launch.resolve_job("nope")
+        stages.run_job(data_config.get_config(), str(tmp_path), "nope")
 
 
 @pytest.mark.parametrize("script", ["launch/tpu_vm_pod.sh", "launch/slurm_gpu.sbatch"])
