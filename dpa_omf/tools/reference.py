@@ -64,7 +64,8 @@ def heldout_at(run: pathlib.Path) -> dict[int, dict]:
     out = {}
     for r in stage_logging.read_metrics(wd.stage_dir(run, pretrain.STAGE) / stage_logging.METRICS_FILE):
         if "eval_nll" in r:
-            out[int(r["step"])] = {"heldout_nll": r["eval_nll"], "heldout_accuracy": r.get("eval_accuracy")}
+            out.setdefault(int(r["step"]), {}).update(heldout_nll=r["eval_nll"],
+                                                      heldout_accuracy=r.get("eval_accuracy"))
         if "nll" in r:
             out.setdefault(int(r["step"]), {})["train_nll"] = r["nll"]
     return out
