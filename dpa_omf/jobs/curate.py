@@ -87,12 +87,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> di
     model, params = local_reference(config, workdir)
     files = data_job.split_files(config, workdir, "train")
     scenes = reader.SceneReader(files, cfg_lib.reader(config))  # every scene fitted to the configured slots
-    jobs = ranking_jobs(len(scenes.sources()), config.curate.rankings_per_example)
+    ranker = _Ranker(model, params, cfg, scenes, jax.random.key(config.seed))
+    jobs = ranking_jobs(len(ranker.sources), config.curate.rankings_per_example)
     per_shard = config.curate.scenes_per_shard
     num_shards = math.ceil(len(jobs) / per_shard)
     logger = stage_logging.StageLogger(out, total_steps=len(jobs), initial_step=0)
     start, done = time.time(), 0
-    ranker = _Ranker(model, params, cfg, scenes, jax.random.key(config.seed))
     for k in range(num_shards):
         path = out / shard_name(k, num_shards)
         chunk = jobs[k * per_shard:(k + 1) * per_shard]

@@ -66,7 +66,7 @@ def models(workdir: str) -> dict[str, str]:
 def checkpoint_id(workdir: str, folder: str) -> dict:
     """What identifies a model's checkpoint: its stage's fingerprint and its latest step."""
     summary = wd.read_summary(workdir, folder) or {}
-    steps = wd.checkpoint_steps(wd.stage_dir(workdir, folder) / "checkpoints")
+    steps = checkpointing.saved_steps(wd.stage_dir(workdir, folder) / "checkpoints")
     return {"folder": folder, "fingerprint": summary.get("config_fingerprint"), "step": steps[-1] if steps else None}
 
 

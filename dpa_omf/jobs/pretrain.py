@@ -221,8 +221,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str, *,
         hooks: Sequence[loop.Hook] = ()) -> int:
     """Pretrains into ``WORKDIR/pretrain``; returns 0 when done, 75 when preempted (saved; rerun)."""
     t0 = time.time()
-    # -- checks: the config against the devices and processes, before any compute
-    cfg_lib.check(config, jax.device_count(), jax.process_count())
+    # -- the config was checked by the launcher (against the devices and processes too), before any compute
     why_not = packaged_mismatch(config)
     if why_not is None:
         return install_packaged(workdir, fingerprint)

@@ -53,7 +53,7 @@ class Stage:
     sections: tuple[str, ...]
     run: RunFn
     all_processes: bool
-    folder: Callable[[ml_collections.ConfigDict], str] = None  # type: ignore[assignment]
+    folder: Callable[[ml_collections.ConfigDict], str] | None = None
     extra: Callable[[ml_collections.ConfigDict, str], Any] | None = None
     reuse_other: bool = False
 

@@ -94,12 +94,6 @@ def finished(workdir: str | pathlib.Path, folder: str, want: str, *, refuse_othe
     return False
 
 
-def checkpoint_steps(directory: str | pathlib.Path) -> list[int]:
-    """The finished checkpoint steps in an orbax checkpoint folder (read-only: opens no manager)."""
-    d = pathlib.Path(directory)
-    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
-
-
 def is_writer() -> bool:
     """True on the one process that writes summaries, reports and pictures (process 0)."""
     return jax.process_index() == 0

@@ -88,7 +88,7 @@ def realism_at(run: pathlib.Path, step: int) -> dict:
 
 
 def curve(run: pathlib.Path, steps: list[int], out: pathlib.Path) -> list[dict]:
-    kept = wd.checkpoint_steps(_ckpt_dir(run))
+    kept = checkpointing.saved_steps(_ckpt_dir(run))
     held = heldout_at(run)
     rows = []
     for step in steps:
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "curve":
         curve(run, [int(s) for s in args.steps.split(",")], pathlib.Path(args.out or run / "curve"))
     else:
-        package(run, args.step or wd.checkpoint_steps(_ckpt_dir(run))[-1])
+        package(run, args.step or checkpointing.saved_steps(_ckpt_dir(run))[-1])
     return 0
 
 

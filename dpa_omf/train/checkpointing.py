@@ -131,6 +131,13 @@ class Checkpointer:
         self.close()
 
 
+def saved_steps(directory: str | pathlib.Path) -> list[int]:
+    """The finished steps in a checkpoint folder, ascending (read-only: opens no manager; orbax renames a step
+    folder into place only when its save is complete, so every numeric folder is a finished step)."""
+    d = pathlib.Path(directory)
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
+
+
 def restore_params(
     directory: str | pathlib.Path, abstract_params: PyTree, step: int | None = None
 ) -> PyTree:
@@ -150,7 +157,7 @@ def restore_params(
         raise FileNotFoundError(f"restore_params: no checkpoint folder {directory}")
     # Read the item directly (no CheckpointManager: a reader never modifies or garbage-collects the folder,
     # and orbax's read-only manager warns on every open).
-    steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+    steps = saved_steps(directory)
     if not steps:
         raise FileNotFoundError(f"restore_params: no checkpoint in {directory}")
     step = steps[-1] if step is None else step
