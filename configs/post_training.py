@@ -20,8 +20,12 @@ def curate(variants: set[str]) -> ml_collections.ConfigDict:
     c.rankings_per_example = 0.08  # rankings per training scene: 0.08 (80 scenes) fits the main job's CPU budget;
     # the paper ranks every scene (1.0; 0.5x-4x for scaling studies; :womd sets 1.0)
     c.scenes_per_shard = 32
-    c.solver = "exact_host"  # exact on the host CPU (numba; fastest exact, see BUILD_NOTES) | 'exact' (on-device
-    # JAX auction/SSP) | 'sinkhorn' (entropic, fixed iterations) | 'ott' (ott-jax, configured like ours)
+    # Scenes ranked at once by each device (the batch of one step is this x the process's devices); the
+    # preference set does not depend on it (nor on the number of devices or processes), only the speed.
+    c.scenes_per_device = 4
+    c.solver = "auto"  # 'auto': exact_host on CPU backends, exact (on device) on GPU/TPU | 'exact_host' (exact on
+    # the host CPU, numba; fastest exact on a CPU, see BUILD_NOTES) | 'exact' (on-device JAX auction/SSP) |
+    # 'sinkhorn' (entropic, fixed iterations) | 'ott' (ott-jax, configured like ours)
     c.rescore_window = 0  # approximate solvers: re-score exactly this many ranks around each boundary
     c.feature_weights = (10.0, 5.0, 2.0, 1.0, 1.0)  # collision, road distance, clearance, effort, speed
     c.clearance_cap = 10.0  # m
@@ -34,6 +38,7 @@ def curate(variants: set[str]) -> ml_collections.ConfigDict:
         c.num_pairs = 2
         c.rollout_chunk = 8
         c.scenes_per_shard = 4
+        c.scenes_per_device = 1
     return c
 
 

@@ -30,6 +30,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -192,12 +193,21 @@ def pipeline(c: ml_collections.ConfigDict, patterns: tuple[str, ...], train: boo
         prefetch=c.pretrain.prefetch if train else 0)
 
 
-def curation_config(c: ml_collections.ConfigDict) -> curation.CurationConfig:
+def curate_solver(c: ml_collections.ConfigDict, backend: str | None = None) -> tuple[str, str]:
+    """The OT solver curation uses on ``backend`` (default: JAX's) and why (``curate.solver='auto'``)."""
+    if c.curate.solver not in dist.CONFIG_SOLVERS:
+        raise ValueError(f"curate.solver={c.curate.solver!r} must be one of {dist.CONFIG_SOLVERS}")
+    return dist.solver_for_backend(c.curate.solver, backend or jax.default_backend())
+
+
+def curation_config(c: ml_collections.ConfigDict, backend: str | None = None) -> curation.CurationConfig:
     cc = c.curate
+    if cc.scenes_per_device < 1:
+        raise ValueError(f"curate.scenes_per_device={cc.scenes_per_device} must be >= 1")
     return curation.CurationConfig(
         rollout=sampling.RolloutConfig(num_rollouts=cc.num_rollouts, rollout_chunk=cc.rollout_chunk,
                                        temperature=cc.temperature, top_p=cc.top_p),
-        ot=dist.OTConfig(solver=cc.solver, feature_weights=tuple(cc.feature_weights),
+        ot=dist.OTConfig(solver=curate_solver(c, backend)[0], feature_weights=tuple(cc.feature_weights),
                          rescore_window=cc.rescore_window, num_pairs=cc.num_pairs),
         features=feat.FeatureConfig(clearance_cap=cc.clearance_cap, road_distance_clip=cc.road_distance_clip),
         num_pairs=cc.num_pairs)

@@ -14,6 +14,19 @@ atomically, skipped when present, so a restarted job resumes shard by shard),
 ``summary.json``, ``metrics.jsonl``, and for the first scene PNGs of the
 expert, the best and the worst rollouts and one agent's coupling matrix.
 
+Pod scale: every process runs this job. Process p of P takes the shards
+k with ``k % P == p`` (:func:`process_shards`), reads only their scenes and
+writes only those shards; it ranks ``curate.scenes_per_device`` scenes per
+local device per step (one jitted program, the scenes split over a mesh of
+the process's devices: ``preference.curation.rank_batch`` under
+``train.sharding.map_over_scenes``). Rollout keys depend on the global scene
+index and the repeat only, and a device always holds the same number of
+scenes, so the shards are bit-identical whatever the number of devices and
+processes. SIGTERM / SIGINT: the finished rankings of the current shard are
+saved (``shard-....partial.npz``), every process stops, and the job exits 75;
+the restart continues from there. The summary is written once, by process 0,
+after every process is done (a barrier), from all shards.
+
 Shard arrays (N rankings of one shard, R rollouts, A agent slots, S token steps):
   file_index, record_index: int32 ``[N]``: the scene (``files`` lists the data files).
   scenario_id: uint8 ``[N, 16]``.
@@ -25,6 +38,7 @@ Shard arrays (N rankings of one shard, R rollouts, A agent slots, S token steps)
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import pathlib
@@ -47,8 +61,8 @@ from dpa_omf.jobs import workdir as wd
 from dpa_omf.preference import curation
 from dpa_omf.preference import distance as dist
 from dpa_omf.preference import features as feat
+from dpa_omf.train import checkpointing, sharding
 from dpa_omf.train import logging as stage_logging
-from dpa_omf.train import sharding
 from dpa_omf.viz import scene as plot
 
 matplotlib.use("Agg")
@@ -74,76 +88,186 @@ def shard_files(workdir: str) -> list[pathlib.Path]:
     return files
 
 
-def local_reference(config: ml_collections.ConfigDict, workdir: str):
-    """The reference model and its params on this process's devices (curation runs per process)."""
-    return pretrain.load_params(config, workdir, mesh=sharding.make_mesh(devices=jax.local_devices()))
+def process_shards(num_shards: int, process_index: int, process_count: int) -> list[int]:
+    """The shards process ``process_index`` of ``process_count`` ranks: disjoint, deterministic, all covered."""
+    return list(range(process_index, num_shards, process_count))
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> dict:
-    """Ranks every job's scene into ``WORKDIR/curate`` shards (resumable shard by shard); writes the summary."""
+def local_mesh() -> jax.sharding.Mesh:
+    """The mesh of this process's devices: curation splits its work by process, so it needs no collective."""
+    return sharding.make_mesh(devices=jax.local_devices())
+
+
+def local_reference(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh):
+    """The reference model and its params, replicated on this process's devices."""
+    return pretrain.load_params(config, workdir, mesh=mesh)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> int:
+    """Ranks this process's shards into ``WORKDIR/curate`` (resumable); process 0 then writes the summary.
+
+    Returns 0 when done, 75 (``checkpointing.EXIT_PREEMPTED``) when SIGTERM / SIGINT stopped it.
+    """
     cfg = cfg_lib.curation_config(config)
     out = wd.stage_dir(workdir, STAGE)
     out.mkdir(parents=True, exist_ok=True)
-    model, params = local_reference(config, workdir)
+    mesh = local_mesh()
+    model, params = local_reference(config, workdir, mesh)
     files = data_job.split_files(config, workdir, "train")
     scenes = reader.SceneReader(files, cfg_lib.reader(config))  # every scene fitted to the configured slots
-    ranker = _Ranker(model, params, cfg, scenes, jax.random.key(config.seed))
+    ranker = _ShardRanker(Ranker(model, params, cfg, mesh, config.curate.scenes_per_device), scenes,
+                          jax.random.key(config.seed))
     jobs = ranking_jobs(len(ranker.sources), config.curate.rankings_per_example)
     per_shard = config.curate.scenes_per_shard
     num_shards = math.ceil(len(jobs) / per_shard)
-    logger = stage_logging.StageLogger(out, total_steps=len(jobs), initial_step=0)
-    start, done = time.time(), 0
-    for k in range(num_shards):
-        path = out / shard_name(k, num_shards)
-        chunk = jobs[k * per_shard:(k + 1) * per_shard]
-        if path.exists():
-            logger.advance(len(chunk))
-            continue
-        pictures = out if config.curate.pictures and k == 0 else None
-        stack = ranker.rank_shard(chunk, logger, pictures)
-        atomic.write_npz(path, files=np.asarray([portable_path(f, workdir) for f in files]), **stack)
-        d = stack["ot_distance"]
-        logger.log(k + 1, {"preferred_distance": float(np.take_along_axis(d, stack["preferred"], 1).mean()),
-                           "unpreferred_distance": float(np.take_along_axis(d, stack["unpreferred"], 1).mean()),
-                           "rankings": len(chunk)}, prefix="shard")
-        done += len(chunk)
-    summary = summarize(workdir, cfg)
-    summary.update(seconds=time.time() - start, rankings_this_run=done, config_fingerprint=fingerprint)
-    logger.write_summary(summary)
-    logger.close()
+    mine = process_shards(num_shards, jax.process_index(), jax.process_count())
+    logger = stage_logging.StageLogger(out, total_steps=sum(len(jobs[k * per_shard:(k + 1) * per_shard])
+                                                            for k in mine), initial_step=0)
+    start, done, preempted = time.time(), 0, False
+    with checkpointing.PreemptionFlag() as flag:
+        for k in mine:
+            path = out / shard_name(k, num_shards)
+            chunk = jobs[k * per_shard:(k + 1) * per_shard]
+            if path.exists():
+                logger.advance(len(chunk))
+                continue
+            pictures = out if config.curate.pictures and k == 0 else None
+            stack = ranker.rank_shard(chunk, logger, pictures, partial_path(path), flag)
+            if stack is None:
+                preempted = True
+                break
+            atomic.write_npz(path, files=np.asarray([portable_path(f, workdir) for f in files]), **stack)
+            partial_path(path).unlink(missing_ok=True)
+            _log_shard(logger, k, stack)
+            done += len(chunk)
     scenes.close()
-    logging.info("curate: %s", summary)
-    return summary
+    if _any_process(preempted):  # every process stops together (also a barrier)
+        logger.close()
+        wd.say(f"[{STAGE}] preempted: finished rankings saved; run again to continue")
+        return checkpointing.EXIT_PREEMPTED
+    summary = {}
+    if wd.is_writer():
+        summary = summarize(workdir, cfg)
+        summary.update(seconds=time.time() - start, rankings_this_run_process0=done, config_fingerprint=fingerprint,
+                       solver_choice=cfg_lib.curate_solver(config)[1], processes=jax.process_count(),
+                       devices_per_process=jax.local_device_count(),
+                       scenes_per_step=ranker.ranker.step_size)
+        logger.write_summary(summary)
+        logging.info("curate: %s", summary)
+    logger.close()
+    wd.barrier("curate_summary")
+    return 0
 
 
-class _Ranker:
-    """Ranks the scenes of one shard: rollout keys from the global scene index and the repeat only."""
+def _any_process(flag: bool) -> bool:
+    """True when ``flag`` is set on any process (a collective: every process must call it)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils  # only multi-process jobs need it
 
-    def __init__(self, model, params, cfg: curation.CurationConfig, scenes: reader.SceneReader,
-                 base_key: jax.Array):
-        self.model, self.params, self.cfg, self.scenes, self.base_key = model, params, cfg, scenes, base_key
+    return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def _log_shard(logger: stage_logging.StageLogger, k: int, stack: dict) -> None:
+    d = stack["ot_distance"]
+    logger.log(k + 1, {"preferred_distance": float(np.take_along_axis(d, stack["preferred"], 1).mean()),
+                       "unpreferred_distance": float(np.take_along_axis(d, stack["unpreferred"], 1).mean()),
+                       "rankings": len(d)}, prefix="shard")
+
+
+def partial_path(path: pathlib.Path) -> pathlib.Path:
+    """Where a shard's finished rankings wait when the job is stopped mid-shard."""
+    return path.with_name(path.name.replace(".npz", ".partial.npz"))
+
+
+class Ranker:
+    """Ranks scenes in steps of ``scenes_per_device`` per device of ``mesh`` (a mesh of local devices).
+
+    The device half (rollouts, features, ADE: ``curation.featurize_batch``)
+    runs split over the mesh; the OT half (``curation.rank_features``) too,
+    except with the exact host solver, which runs as a one-device program on
+    the host's copy of the features (a host callback inside a multi-device CPU
+    program can deadlock: the callback waits for a device thread that waits
+    for it). A short step is padded with copies of its last scene (dropped).
+    """
+
+    ROW_KEYS = ("tokens", "ot_distance", "ade_distance", "preferred", "unpreferred")
+
+    def __init__(self, model, params, cfg: curation.CurationConfig, mesh: jax.sharding.Mesh,
+                 scenes_per_device: int):
+        self.model, self.params, self.cfg, self.mesh = model, params, cfg, mesh
+        self.step_size = scenes_per_device * mesh.devices.size
+        self.featurize = sharding.map_over_scenes(
+            lambda p, s, k: curation.featurize_batch(model, p, s, k, cfg), mesh)
+        if cfg.ot.solver == "exact_host":
+            score = jax.jit(lambda f: curation.rank_features(f, cfg))
+            self.score = lambda f: score(jax.device_get(f))
+        else:
+            self.score = functools.partial(
+                sharding.map_over_scenes(lambda _, f: curation.rank_features(f, cfg), mesh), {})
+
+    def rank(self, scenarios: list[dt.Scenario], keys: list[jax.Array]) -> dict[str, np.ndarray]:
+        """``ROW_KEYS`` arrays (numpy, leading axis: the scenes) of up to ``step_size`` scenes."""
+        n = len(scenarios)
+        if not 0 < n <= self.step_size:
+            raise ValueError(f"Ranker.rank takes 1 to {self.step_size} scenes, got {n}")
+        pad = self.step_size - n
+        batch = sharding.put_local_batch(dt.stack_scenarios(scenarios + scenarios[-1:] * pad), self.mesh)
+        keys = sharding.put_local_batch(jnp.stack(keys + keys[-1:] * pad), self.mesh)
+        res = self.score(self.featurize(self.params, batch, keys))
+        res = jax.device_get({k: v for k, v in res.items() if k in self.ROW_KEYS})
+        return {k: np.asarray(v[:n]) for k, v in res.items()}
+
+
+class _ShardRanker:
+    """Ranks the scenes of one shard with a :class:`Ranker`; rollout keys from the global scene index and
+    the repeat only."""
+
+    def __init__(self, ranker: Ranker, scenes: reader.SceneReader, base_key: jax.Array):
+        self.ranker, self.scenes, self.base_key = ranker, scenes, base_key
         self.sources = scenes.sources()
         self.file_index = {f: i for i, f in enumerate(scenes.files)}
 
-    def rank_shard(self, chunk: list[tuple[int, int]], logger, pictures: pathlib.Path | None) -> dict:
-        rows = []
-        for j, (si, rep) in enumerate(chunk):
-            source = self.sources[si]
-            scenario = self.scenes.read(source)
-            key = jax.random.fold_in(jax.random.fold_in(self.base_key, si), rep)
-            res = jax.device_get(curation.rank_scene(self.model, self.params, scenario, key, self.cfg))
-            if not np.isfinite(res["ot_distance"]).all():
-                raise FloatingPointError(f"curate: non-finite OT distance for scene {source}")
-            rows.append(dict(file_index=self.file_index[source.file], record_index=source.record,
-                             scenario_id=np.asarray(scenario.scenario_id),
-                             repeat=rep, **{n: res[n] for n in ("tokens", "ot_distance", "ade_distance",
-                                                                 "preferred", "unpreferred")}))
-            if pictures is not None and j == 0:
-                draw_pictures(pictures, scenario, res, self.cfg)
-            logger.advance(1)
-        stack = {n: np.stack([r[n] for r in rows]) for n in rows[0]}
-        stack["tokens"] = stack["tokens"].astype(np.int16)
-        return stack
+    def key(self, si: int, rep: int) -> jax.Array:
+        return jax.random.fold_in(jax.random.fold_in(self.base_key, si), rep)
+
+    def rank_shard(self, chunk: list[tuple[int, int]], logger, pictures: pathlib.Path | None,
+                   partial: pathlib.Path, flag: checkpointing.PreemptionFlag) -> dict | None:
+        """The shard's stacked rankings, or None when stopped (the finished ones saved to ``partial``)."""
+        rows = dict(np.load(partial)) if partial.exists() else {}
+        done = len(rows["repeat"]) if rows else 0
+        logger.advance(done)
+        for i in range(done, len(chunk), self.ranker.step_size):
+            if flag.is_set():
+                atomic.write_npz(partial, **rows)
+                return None
+            step = chunk[i:i + self.ranker.step_size]
+            rows = _concat(rows, self.rank_step(step))
+            logger.advance(len(step))
+        if pictures is not None:
+            si, rep = chunk[0]
+            scenario = self.scenes.read(self.sources[si])
+            r = self.ranker
+            draw_pictures(pictures, scenario, jax.device_get(curation.rank_scene(r.model, r.params, scenario,
+                                                                                 self.key(si, rep), r.cfg)), r.cfg)
+        rows["tokens"] = rows["tokens"].astype(np.int16)
+        return rows
+
+    def rank_step(self, step: list[tuple[int, int]]) -> dict:
+        sources = [self.sources[si] for si, _ in step]
+        scenarios = [self.scenes.read(src) for src in sources]
+        res = self.ranker.rank(scenarios, [self.key(si, rep) for si, rep in step])
+        if not np.isfinite(res["ot_distance"]).all():
+            bad = [str(sources[j]) for j in range(len(step)) if not np.isfinite(res["ot_distance"][j]).all()]
+            raise FloatingPointError(f"curate: non-finite OT distance for scene(s) {bad}")
+        return dict(file_index=np.asarray([self.file_index[s.file] for s in sources], np.int32),
+                    record_index=np.asarray([s.record for s in sources], np.int32),
+                    scenario_id=np.stack([np.asarray(s.scenario_id) for s in scenarios]),
+                    repeat=np.asarray([rep for _, rep in step], np.int32), **res)
+
+
+def _concat(rows: dict, more: dict) -> dict:
+    return {k: np.concatenate([rows[k], v]) if rows else v for k, v in more.items()}
 
 
 def portable_path(path: str | pathlib.Path, workdir: str | pathlib.Path) -> str:

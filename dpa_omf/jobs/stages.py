@@ -65,7 +65,7 @@ _BASE = ("data", "tokenizer", "model", "pretrain")
 GRAPH: dict[str, Stage] = {
     "data": Stage("data", (), ("data",), data.run, all_processes=False),
     "pretrain": Stage("pretrain", ("data",), _BASE, pretrain.run, all_processes=True, extra=pretrain.packaged_id),
-    "curate": Stage("curate", ("pretrain",), _BASE + ("curate",), curate.run, all_processes=False),
+    "curate": Stage("curate", ("pretrain",), _BASE + ("curate",), curate.run, all_processes=True),
     "align": Stage("align", ("curate",), _BASE + ("curate", "align"), align.run, all_processes=True,
                    folder=lambda c: align.folder_name(c.align.method)),
     "evaluate": Stage("evaluate", ("pretrain", "align"), _BASE + ("evaluate",), evaluate.run, all_processes=False,

@@ -1,12 +1,14 @@
 """The curation step: rank a scene's rollouts by their occupancy-measure distance to the expert.
 
-One jitted function per scene (:func:`rank_scene`): sample R rollouts from the
-frozen reference model, compute the features phi of each rollout and of the
+One jitted function ranks a batch of scenes (:func:`rank_batch`; the curate job
+splits the batch over devices with ``train.sharding.map_over_scenes``): sample R
+rollouts of each scene from the frozen reference model, compute the features phi of each rollout and of the
 expert (logged) future, the per-agent optimal-transport distance between their
 occupancy measures, the scene distance (mean over simulated agents), and the
 ``num_pairs`` closest (preferred) and farthest (unpreferred) rollouts. The ADE
 to the expert is computed too, so the ADE-ranked baselines reuse the same
-rollouts. The default exact OT solver runs on the host CPU through a callback.
+rollouts. The exact host OT solver runs on the host CPU through a callback,
+once per device for all of that device's scenes.
 """
 
 from __future__ import annotations
@@ -47,23 +49,79 @@ class CurationConfig:
                              f"{self.num_pairs} >= 2")
 
 
-@functools.partial(jax.jit, static_argnames=("model", "cfg"))
-def rank_scene(model: mlm.MotionLM, params, scenario: dt.Scenario, key: jax.Array, cfg: CurationConfig) -> dict:
-    """Samples, scores and ranks the rollouts of ONE scene.
+def featurize_batch(model: mlm.MotionLM, params, scenarios: dt.Scenario, keys: jax.Array, cfg: CurationConfig,
+                    states: bool = False) -> dict:
+    """The device half of :func:`rank_batch`: rollouts, features of rollouts and expert, ADE.
 
-    Returns a dict of ``tokens [R, A, S]``, ``ot_distance [R]``,
-    ``ade_distance [R]``, ``preferred [K]``, ``unpreferred [K]``,
-    ``per_agent [R, A]`` (OT cost per agent) and the rollouts' states
-    ``x, y, heading, vel_x, vel_y [R, A, 80]`` (for pictures).
+    Returns a dict of ``tokens [B, R, A, S]``, ``rollout_phi [B, R, A, 80, 5]``,
+    ``rollout_valid [B, R, A, 80]``, ``expert_phi [B, A, 80, 5]``,
+    ``expert_valid [B, A, 80]``, ``agents [B, A]`` (simulated), ``ade_distance [B, R]``
+    (and the rollouts' states with ``states``): the input of :func:`rank_features`.
     """
-    r = sampling.sample(model, params, scenario, key, cfg.rollout)
-    phi_r, valid_r = feat.rollout_features(scenario, r.x, r.y, r.heading, r.vel_x, r.vel_y, cfg.features)
-    phi_e, valid_e = feat.expert_features(scenario, cfg.features)
-    agents = scenario.agents.sim_mask
-    scene_d, per_agent = dist.ot_distance(phi_r, valid_r, phi_e, valid_e, agents, cfg.ot)
-    fut = slice(dt.NUM_HISTORY, dt.NUM_STEPS)
-    expert_xy = jnp.stack([scenario.agents.x[:, fut], scenario.agents.y[:, fut]], -1)
-    ade, _ = ranking.ade_distance(jnp.stack([r.x, r.y], -1), expert_xy, valid_e & agents[:, None])
-    pref, unpref = ranking.rank_and_pair(scene_d, cfg.num_pairs)
-    return dict(tokens=r.tokens, ot_distance=scene_d, ade_distance=ade, preferred=pref, unpreferred=unpref,
-                per_agent=per_agent, x=r.x, y=r.y, heading=r.heading, vel_x=r.vel_x, vel_y=r.vel_y)
+    r = jax.vmap(lambda s, k: sampling.sample(model, params, s, k, cfg.rollout))(scenarios, keys)
+    phi_r, valid_r = feat.rollout_features_batch(scenarios, r.x, r.y, r.heading, r.vel_x, r.vel_y, cfg.features)
+    phi_e, valid_e = feat.expert_features_batch(scenarios, cfg.features)
+    agents = scenarios.agents.sim_mask
+
+    def ade(scenario, r, valid_e, agents):
+        fut = slice(dt.NUM_HISTORY, dt.NUM_STEPS)
+        expert_xy = jnp.stack([scenario.agents.x[:, fut], scenario.agents.y[:, fut]], -1)
+        return ranking.ade_distance(jnp.stack([r.x, r.y], -1), expert_xy, valid_e & agents[:, None])[0]
+
+    out = dict(tokens=r.tokens, rollout_phi=phi_r, rollout_valid=valid_r, expert_phi=phi_e, expert_valid=valid_e,
+               agents=agents, ade_distance=jax.vmap(ade)(scenarios, r, valid_e, agents))
+    if states:
+        out.update(x=r.x, y=r.y, heading=r.heading, vel_x=r.vel_x, vel_y=r.vel_y)
+    return out
+
+
+def rank_features(feats: dict, cfg: CurationConfig) -> dict:
+    """The OT half of :func:`rank_batch`: distances and pairs of B scenes from :func:`featurize_batch`.
+
+    Returns ``tokens``, ``ot_distance [B, R]``, ``ade_distance [B, R]``,
+    ``preferred [B, K]``, ``unpreferred [B, K]``, ``per_agent [B, R, A]``
+    (and the states when ``feats`` has them). With the exact host solver the
+    OT problems of all B scenes go to the host in one callback.
+    """
+    def score(phi_r, valid_r, phi_e, valid_e, agents):
+        scene_d, per_agent = dist.ot_distance(phi_r, valid_r, phi_e, valid_e, agents, cfg.ot)
+        pref, unpref = ranking.rank_and_pair(scene_d, cfg.num_pairs)
+        return dict(ot_distance=scene_d, preferred=pref, unpreferred=unpref, per_agent=per_agent)
+
+    out = jax.vmap(score)(*(feats[k] for k in ("rollout_phi", "rollout_valid", "expert_phi", "expert_valid",
+                                               "agents")))
+    keep = ("tokens", "ade_distance", "x", "y", "heading", "vel_x", "vel_y")
+    return {**out, **{k: v for k, v in feats.items() if k in keep}}
+
+
+@functools.partial(jax.jit, static_argnames=("model", "cfg", "states"))
+def rank_batch(model: mlm.MotionLM, params, scenarios: dt.Scenario, keys: jax.Array, cfg: CurationConfig,
+               states: bool = False) -> dict:
+    """Samples, scores and ranks the rollouts of B scenes at once (the batch axis leads everywhere).
+
+    One program: :func:`featurize_batch` then :func:`rank_features` (the
+    curate job runs the two halves as two programs, the first split over the
+    devices).
+
+    Args:
+      model, params: the frozen reference.
+      scenarios: B scenes (``[B, A, 91]`` agents, ...), fitted to the same slots.
+      keys: ``[B]`` rollout keys, one per scene (the scene's rollouts depend on its key only).
+      cfg: static.
+      states: also return the rollouts' states (pictures).
+    Returns:
+      dict of ``tokens [B, R, A, S]``, ``ot_distance [B, R]``,
+      ``ade_distance [B, R]``, ``preferred [B, K]``, ``unpreferred [B, K]``,
+      ``per_agent [B, R, A]`` (OT cost per agent); with ``states`` also
+      ``x, y, heading, vel_x, vel_y [B, R, A, 80]``. Each scene's values are
+      those it gets alone (a batch of one): the batch changes the speed only.
+    """
+    return rank_features(featurize_batch(model, params, scenarios, keys, cfg, states), cfg)
+
+
+def rank_scene(model: mlm.MotionLM, params, scenario: dt.Scenario, key: jax.Array, cfg: CurationConfig) -> dict:
+    """:func:`rank_batch` of ONE scene (no batch dim), states included (pictures, the per-scene baseline)."""
+    batch = jax.tree.map(lambda v: jnp.asarray(v)[None], scenario)
+    out = rank_batch(model, params, batch, jnp.asarray(key)[None], cfg, states=True)
+    return jax.tree.map(lambda v: v[0], out)
+

@@ -48,6 +48,7 @@ from dpa_omf.preference import features as feat
 from dpa_omf.preference import ot_device, ot_host
 
 SOLVERS = ("exact_host", "exact", "sinkhorn", "ott", "ott_default")
+CONFIG_SOLVERS = ("auto",) + SOLVERS  # what the config may name; 'auto' is resolved by solver_for_backend
 EXACT_SOLVERS = ("exact_host", "exact")
 FEATURE_NAMES = feat.FEATURE_NAMES
 
@@ -109,6 +110,21 @@ class OTConfig:
             raise ValueError("OTConfig.auction_levels > 2**16 risks int32 overflow of auction prices")
         if self.sinkhorn_eps_final <= 0 or self.sinkhorn_eps_init < self.sinkhorn_eps_final:
             raise ValueError("OTConfig needs 0 < sinkhorn_eps_final <= sinkhorn_eps_init")
+
+
+def solver_for_backend(solver: str, backend: str) -> tuple[str, str]:
+    """The solver ``solver`` means on ``backend`` ('cpu', 'gpu', 'tpu') and why.
+
+    ``auto``: the exact host solver on CPU backends (the fastest exact solver
+    there: BUILD_NOTES, "OT solvers"); on accelerators the on-device exact
+    solver (auction + SSP), so no host round trip stalls the devices and the
+    preference sets stay exact. Other names are kept.
+    """
+    if solver != "auto":
+        return solver, "named in the config"
+    if backend == "cpu":
+        return "exact_host", "auto on a CPU backend: exact host solver"
+    return "exact", f"auto on a {backend} backend: on-device exact solver (no host round trip)"
 
 
 # ----------------------------------------------------------------- ground cost
@@ -236,8 +252,22 @@ def _solve_ragged(cost, plans, c, vx, vy, ragged, chunk: int):
 
 
 def _host_costs(x, y, vx, vy):
+    # Under vmap (batched curation: scenes x ...) the callback gets every problem of the batch in ONE call.
     shape = jax.ShapeDtypeStruct(vx.shape[:1], jnp.float32)
-    return jax.pure_callback(ot_host.solve_costs, shape, x, y, vx, vy, vmap_method="sequential")
+    return jax.pure_callback(_host_costs_any, shape, x, y, vx, vy, vmap_method="broadcast_all")
+
+
+def _host_costs_any(x, y, vx, vy):
+    """``ot_host.solve_costs`` over any leading batch dims (``[..., P, T, F]`` -> ``[..., P]``).
+
+    The arguments arrive as (CPU) ``jax.Array`` s: they become numpy views
+    first, since a jax operation here (``np.reshape`` calls the array's own
+    ``reshape``) would wait for the device that is waiting for this callback.
+    """
+    x, y, vx, vy = (np.asarray(v) for v in (x, y, vx, vy))
+    t, f = x.shape[-2:]
+    cost = ot_host.solve_costs(x.reshape(-1, t, f), y.reshape(-1, t, f), vx.reshape(-1, t), vy.reshape(-1, t))
+    return cost.reshape(vx.shape[:-1])
 
 
 def _host_plans(x, y, vx, vy):
@@ -325,9 +355,21 @@ def _per_agent(rollout_phi, rollout_valid, expert_phi, expert_valid, agent_mask,
     return jnp.where(counted, cost, 0.0), counted
 
 
+def ordered_sum(x: jax.Array, axis: int = -1) -> jax.Array:
+    """``jnp.sum(x, axis)`` accumulated strictly in index order.
+
+    XLA picks a float reduction's order from the array's shape, so a plain
+    sum over agents of ``[R, A]`` and of ``[B, R, A]`` (batched curation) can
+    differ in the last bit; a left-to-right scan of elementwise adds cannot,
+    which keeps every scene's distances independent of the batch it is in.
+    """
+    x = jnp.moveaxis(x, axis, 0)
+    return jax.lax.scan(lambda acc, v: (acc + v, None), jnp.zeros_like(x[0]), x)[0]
+
+
 def _scene(per_agent, counted):
     n = jnp.sum(counted, -1)
-    return jnp.where(n > 0, jnp.sum(per_agent, -1) / jnp.maximum(n, 1), jnp.nan)
+    return jnp.where(n > 0, ordered_sum(per_agent, -1) / jnp.maximum(n, 1), jnp.nan)
 
 
 @functools.partial(jax.jit, static_argnames=("config",))

@@ -10,7 +10,9 @@ official sign rule), so the feedback that ranks rollouts and the metric that
 judges them measure the same things.
 
 The same function serves the expert (logged future) and rollouts (simulated
-future); rollouts are vmapped. No Python loop over agents or rollouts.
+future); rollouts are vmapped. No Python loop over agents or rollouts. The
+``*_batch`` variants take B scenes at once (batched curation) and give every
+scene the values the one-scene functions give it.
 """
 
 from __future__ import annotations
@@ -57,11 +59,20 @@ class FeatureConfig:
 
 def _road_distance(tr: dict, edges: geo.Segments, config: FeatureConfig) -> jax.Array:
     """Signed road-edge distance of the most off-road box corner, ``[E, T]`` from ``[E, T]`` trajectories."""
+    d, exact = _road_distance_pruned(tr, edges, config)
+    return jax.lax.cond(jnp.all(exact), lambda: d, lambda: _road_distance_exhaustive(tr, edges))
+
+
+def _road_distance_pruned(tr: dict, edges: geo.Segments, config: FeatureConfig) -> tuple[jax.Array, jax.Array]:
+    """The block-pruned search (exhaustive when ``road_edge_block`` is None) and its exactness ``[E, T]``."""
     if config.road_edge_block is None:
-        return scene.distance_to_road_edge(tr, edges)[0]
-    d, exact = scene.distance_to_road_edge(tr, edges, block=config.road_edge_block,
-                                           k=config.road_edge_blocks_searched)
-    return jax.lax.cond(jnp.all(exact), lambda: d, lambda: scene.distance_to_road_edge(tr, edges)[0])
+        return scene.distance_to_road_edge(tr, edges)
+    return scene.distance_to_road_edge(tr, edges, block=config.road_edge_block,
+                                       k=config.road_edge_blocks_searched)
+
+
+def _road_distance_exhaustive(tr: dict, edges: geo.Segments) -> jax.Array:
+    return scene.distance_to_road_edge(tr, edges)[0]
 
 
 def _trajectories(scenario: dt.Scenario, x, y, heading, valid) -> dict:
@@ -125,12 +136,33 @@ def expert_features(scenario: dt.Scenario, config: FeatureConfig = FeatureConfig
       the agent is simulated).
     """
     scenario = jax.tree.map(jnp.asarray, scenario)  # numpy in, traced indexing below
+    tr, edges = _expert_boxes(scenario, config)
+    return _expert_phi(scenario, edges, _road_distance(tr, edges, config), config)
+
+
+def expert_features_batch(scenarios: dt.Scenario, config: FeatureConfig = FeatureConfig()
+                          ) -> tuple[jax.Array, jax.Array]:
+    """:func:`expert_features` of B scenes (``[B, ...]``); see :func:`rollout_features_batch`."""
+    scenarios = jax.tree.map(jnp.asarray, scenarios)
+    tr, edges = jax.vmap(lambda s: _expert_boxes(s, config))(scenarios)
+    d, exact = jax.vmap(lambda t, e: _road_distance_pruned(t, e, config))(tr, edges)
+    road = jax.lax.cond(jnp.all(exact), lambda: d, lambda: jax.vmap(_road_distance_exhaustive)(tr, edges))
+    return jax.vmap(lambda s, e, r: _expert_phi(s, e, r, config))(scenarios, edges, road)
+
+
+def _expert_boxes(scenario: dt.Scenario, config: FeatureConfig) -> tuple[dict, geo.Segments]:
     edges, _ = scene.road_edge_segments(scenario.roadgraph, config.max_road_edge_points)
     a = scenario.agents
     fut = slice(dt.NUM_HISTORY, dt.NUM_STEPS)
     valid = a.valid[:, fut] & a.sim_mask[:, None]
-    road = _road_distance(_trajectories(scenario, a.x[:, fut], a.y[:, fut], a.heading[:, fut], valid), edges,
-                          config)
+    return _trajectories(scenario, a.x[:, fut], a.y[:, fut], a.heading[:, fut], valid), edges
+
+
+def _expert_phi(scenario: dt.Scenario, edges: geo.Segments, road: jax.Array, config: FeatureConfig
+                ) -> tuple[jax.Array, jax.Array]:
+    a = scenario.agents
+    fut = slice(dt.NUM_HISTORY, dt.NUM_STEPS)
+    valid = a.valid[:, fut] & a.sim_mask[:, None]
     phi = _future_features(scenario, edges, a.x[:, fut], a.y[:, fut], a.heading[:, fut], a.vel_x[:, fut],
                            a.vel_y[:, fut], valid, road, config)
     return phi, valid
@@ -148,16 +180,43 @@ def rollout_features(scenario: dt.Scenario, x: jax.Array, y: jax.Array, heading:
       (``[R, A, 80, 5]`` features, bool ``[R, A, 80]`` valid).
     """
     scenario = jax.tree.map(jnp.asarray, scenario)
+    tr, edges = _rollout_boxes(scenario, x, y, heading, config)
+    road = _road_distance(tr, edges, config)
+    return _rollout_phi(scenario, edges, x, y, heading, vel_x, vel_y, road, config)
+
+
+def rollout_features_batch(scenarios: dt.Scenario, x: jax.Array, y: jax.Array, heading: jax.Array,
+                           vel_x: jax.Array, vel_y: jax.Array, config: FeatureConfig = FeatureConfig()
+                           ) -> tuple[jax.Array, jax.Array]:
+    """:func:`rollout_features` of B scenes at once (``[B, ...]`` everything), the same values scene by scene.
+
+    ``jax.vmap(rollout_features)`` would turn the exhaustive fallback of the
+    road-edge search (a ``lax.cond``) into a select that always runs the
+    exhaustive search; here the pruned search runs for every scene and the
+    exhaustive one only when some scene of the batch could not be certified.
+    Both give the same distances where the pruned one is exact, so a scene's
+    features do not depend on its batch-mates.
+    """
+    scenarios = jax.tree.map(jnp.asarray, scenarios)
+    tr, edges = jax.vmap(lambda s, *v: _rollout_boxes(s, *v, config))(scenarios, x, y, heading)
+    d, exact = jax.vmap(lambda t, e: _road_distance_pruned(t, e, config))(tr, edges)
+    road = jax.lax.cond(jnp.all(exact), lambda: d, lambda: jax.vmap(_road_distance_exhaustive)(tr, edges))
+    return jax.vmap(lambda s, e, *v: _rollout_phi(s, e, *v, config))(scenarios, edges, x, y, heading, vel_x,
+                                                                        vel_y, road)
+
+
+def _rollout_boxes(scenario: dt.Scenario, x, y, heading, config: FeatureConfig) -> tuple[dict, geo.Segments]:
+    """The ``[R * A, 80]`` box trajectories of every rollout's agents (one road-edge search) and the edges."""
     edges, _ = scene.road_edge_segments(scenario.roadgraph, config.max_road_edge_points)
     valid = jnp.broadcast_to(scenario.agents.sim_mask[None, :, None], x.shape)
-
-    def flat(v):
-        return v.reshape((-1, *v.shape[2:]))
-
-    # One road-edge search over every rollout's agents at once: [R * A, 80] queries.
-    r, na = x.shape[:2]
     tr = _trajectories(scenario, x, y, heading, valid)
-    road = _road_distance({k: flat(v) for k, v in tr.items()}, edges, config).reshape(r, na, -1)
+    return {k: v.reshape((-1, *v.shape[2:])) for k, v in tr.items()}, edges
+
+
+def _rollout_phi(scenario: dt.Scenario, edges: geo.Segments, x, y, heading, vel_x, vel_y, road_flat,
+                 config: FeatureConfig) -> tuple[jax.Array, jax.Array]:
+    valid = jnp.broadcast_to(scenario.agents.sim_mask[None, :, None], x.shape)
+    road = road_flat.reshape(x.shape)
 
     def one(*s):
         return _future_features(scenario, edges, *s, config)

@@ -49,8 +49,10 @@ def ade_distance(rollout_xy: jax.Array, expert_xy: jax.Array, valid: jax.Array) 
     valid = jnp.broadcast_to(valid, rollout_xy.shape[:-1])
     err = jnp.linalg.norm(rollout_xy - expert_xy[None], axis=-1)
     n = jnp.sum(valid, -1)
-    per_agent = jnp.sum(jnp.where(valid, err, 0.0), -1) / jnp.maximum(n, 1)
+    # Sums in index order: a scene's distances do not depend on the batch it is ranked in.
+    per_agent = distance.ordered_sum(jnp.where(valid, err, 0.0), -1) / jnp.maximum(n, 1)
     counted = n > 0
     m = jnp.sum(counted, -1)
-    scene = jnp.where(m > 0, jnp.sum(jnp.where(counted, per_agent, 0.0), -1) / jnp.maximum(m, 1), jnp.nan)
+    scene = jnp.where(m > 0, distance.ordered_sum(jnp.where(counted, per_agent, 0.0), -1) / jnp.maximum(m, 1),
+                      jnp.nan)
     return scene, per_agent

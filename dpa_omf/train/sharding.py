@@ -191,3 +191,29 @@ def global_batch(local_batch: PyTree, mesh: Mesh) -> PyTree:
 
     return jax.tree.map(put, local_batch)
 
+
+
+def map_over_scenes(fn, mesh: Mesh):
+    """``jit(f)(params, *batch)`` of a per-batch function with the scene axis split over ``'data'``.
+
+    Args:
+      fn: ``fn(params, *batch) -> pytree``; every ``batch`` leaf and every
+        output leaf has the scene axis first. It sees the scenes of ONE device
+        (``shard_map``), so host callbacks inside it run once per device on
+        that device's scenes, and a scene's result depends on the per-device
+        batch shape, never on the number of devices.
+      mesh: the mesh (in a multi-process job, a mesh of this process's local
+        devices: jobs that split their work by process use one).
+    Returns:
+      The jitted function; the global batch must be a multiple of the data-axis size.
+    """
+    def mapped(params, *batch):
+        return jax.shard_map(fn, mesh=mesh, in_specs=(P(),) + (P(DATA_AXIS),) * len(batch),
+                             out_specs=P(DATA_AXIS), check_vma=False)(params, *batch)
+
+    return jax.jit(mapped)
+
+
+def put_local_batch(batch: PyTree, mesh: Mesh) -> PyTree:
+    """This process's batch (leading scene axis) split over ``mesh``, a mesh of local devices only."""
+    return jax.device_put(batch, batch_sharding(mesh))
