@@ -1,13 +1,16 @@
 r"""The one entry point of every dpa_omf job.
 
   python -m dpa_omf.launch --config=configs/align.py[:variant] [--workdir=DIR] \
-      [--config.train.num_steps=100 ...] [--multihost=auto|yes|no] [--dry_run]
+      [--config.train.num_steps=100 ...] [--multihost=auto|yes|no] [--dry_run] \
+      [--compilation_cache=DIR|off]
 
 It parses flags, routes library logs to a file, applies process-wide JAX
-settings, starts JAX's distributed runtime when (and only when) the process is
-part of a multi-host job, checks the config before any compute, and runs the
-stage graph up to ``config.job`` (``dpa_omf/jobs/stages.py``; the main job,
-``configs/align.py``, runs it up to evaluate and prints the realism table).
+settings (among them the persistent compilation cache, before anything
+compiles: ``dpa_omf/train/compilation_cache.py``), starts JAX's distributed
+runtime when (and only when) the process is part of a multi-host job, checks
+the config before any compute, and runs the stage graph up to ``config.job``
+(``dpa_omf/jobs/stages.py``; the main job, ``configs/align.py``, runs it up to
+evaluate and prints the realism table).
 
 The terminal shows one line per stage (running or reused, and why), progress
 bars, warnings and the final table; everything else (orbax, absl, JAX INFO
@@ -35,6 +38,10 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
 _DRY_RUN = flags.DEFINE_bool(
     "dry_run", False, "Compile the sharded train step ahead of time, report memory per device, run nothing.")
+# compilation_cache.FLAG_HELP, written out: that module imports JAX, which the launcher loads only in main().
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache", None, "Folder of JAX's persistent compilation cache, or 'off' (default: "
+    "$DPA_OMF_COMPILATION_CACHE, else $JAX_COMPILATION_CACHE_DIR, else $XDG_CACHE_HOME/dpa_omf/jax_compilation_cache).")
 
 def multihost_from_env(env: dict[str, str] | None = None) -> bool:
     """Whether the environment says this process is one of several of a job."""
@@ -98,7 +105,10 @@ def main(argv):
     quiet = quiet_terminal()
     import jax  # after the logs are routed (JAX logs at import)
 
+    from dpa_omf.train import compilation_cache  # imports JAX, so after the logs are routed like it
+
     jax.config.update("jax_threefry_partitionable", True)  # rng values independent of sharding
+    compilation_cache.enable(_COMPILATION_CACHE.value)  # before anything compiles
     init_distributed(_MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     # Imported after jax.distributed.initialize, which must come before any JAX computation.
     from dpa_omf.jobs import config as cfg_lib

@@ -8,6 +8,9 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Tests (and the jobs they start as subprocesses) never write to the user's compilation cache; the tests of the
+# cache give their own folder (dpa_omf/train/compilation_cache.py).
+os.environ.setdefault("DPA_OMF_COMPILATION_CACHE", "off")
 
 import numpy as np
 import pytest
@@ -34,3 +37,19 @@ def shared_dir() -> pathlib.Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def restore_compilation_cache():
+    """For tests that turn JAX's persistent compilation cache on in the test process: afterwards the
+    process compiles as before (JAX's cache settings restored, the opened cache closed)."""
+    import jax  # here, not at the top: the test setup stays free of JAX; only the cache tests need it
+    from jax.experimental.compilation_cache import compilation_cache as jax_cache
+
+    names = ("jax_enable_compilation_cache", "jax_compilation_cache_dir",
+             "jax_persistent_cache_min_compile_time_secs", "jax_persistent_cache_min_entry_size_bytes")
+    saved = {n: getattr(jax.config, n) for n in names}
+    yield
+    for n, v in saved.items():
+        jax.config.update(n, v)
+    jax_cache.reset_cache()

@@ -1,10 +1,15 @@
 """Benchmarks against the baselines users would pick, in one run.
 
-    python -m dpa_omf.bench {ot,train,rollout,realism} --json OUT [flags]
+    python -m dpa_omf.bench [--compilation_cache=DIR|off] {ot,train,rollout,realism} --json OUT [flags]
 
 Subcommands live in ``BENCHMARKS`` (name -> (add_arguments, run)); add one by
 writing ``def bench_x(args) -> dict`` plus its ``_add_x_args(parser)`` and
 registering both in ``BENCHMARKS``. The result goes to ``--json`` (atomically).
+
+JAX's persistent compilation cache is on (``dpa_omf/train/compilation_cache.py``;
+the JSON's ``compilation_cache`` names the folder), so the compile times a
+second run reports are cache loads; ``--compilation_cache=off`` times real
+compilation.
 
 ``ot``: one scene = 64 rollouts x 128 agents x T steps of 5 features (T = 80 at
 10 Hz, 16 at 2 Hz; ``dpa_omf.testing.bench_scenes.ot_scene``), ~60% valid
@@ -68,7 +73,7 @@ from dpa_omf.preference import distance, ranking
 from dpa_omf.synthetic import dataset as synthetic
 from dpa_omf.testing import bench_scenes
 from dpa_omf.testing import scenes as fake_scenes
-from dpa_omf.train import loop
+from dpa_omf.train import compilation_cache, loop
 
 os.environ.setdefault("POT_BACKEND_DISABLE_TENSORFLOW", "1")  # POT (imported later) would import TF otherwise
 
@@ -490,14 +495,17 @@ BENCHMARKS: dict[str, tuple[Callable, Callable]] = {
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dpa_omf.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--compilation_cache", default=None, help=compilation_cache.FLAG_HELP)
     sub = parser.add_subparsers(dest="bench", required=True)
     for name, (add_args, _) in BENCHMARKS.items():
         p = sub.add_parser(name)
         p.add_argument("--json", required=True, help="output JSON path")
         add_args(p)
     args = parser.parse_args(argv)
+    cache = compilation_cache.enable(args.compilation_cache)
     result = BENCHMARKS[args.bench][1](args)
     result["benchmark"] = args.bench
+    result["compilation_cache"] = cache or compilation_cache.OFF
     atomic.write_json(args.json, result)  # never leave a half-written file
     print(json.dumps({k: result[k] for k in ("seconds_per_scene", "topbottom_agreement")
                       if k in result}, indent=2))

@@ -1,12 +1,15 @@
 """WOSAC realism metric of rollouts on one scenario, from the command line.
 
-    python -m dpa_omf.tools.realism_cli --scenario FILE.tfrecord --rollouts R.npz --config 2024 --json
+    python -m dpa_omf.tools.realism_cli --scenario FILE.tfrecord --rollouts R.npz --config 2024 --json \
+        [--compilation_cache=DIR|off]
 
 ``FILE.tfrecord`` holds Scenario protos (the first one, or ``--scenario_id``,
 is evaluated); ``R.npz`` holds ``x, y, z, heading`` ``[R, n_objects, 80]`` and
 ``object_id`` ``[n_objects]`` for exactly the agents valid at the current step.
 Prints the official metric fields (``dpa_omf.metrics.wosac.evaluate_scene``),
-one per line or as one JSON object.
+one per line or as one JSON object. The metric's programs go through JAX's
+persistent compilation cache (``dpa_omf/train/compilation_cache.py``), so a
+second call on scenes of the same sizes loads them instead of compiling.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dpa_omf import datatypes as dt
 from dpa_omf.io import reader
 from dpa_omf.metrics import wosac as realism
 from dpa_omf.metrics import wosac_config as rc
+from dpa_omf.train import compilation_cache
 
 
 def read_scenario(path: str, scenario_id: str | None) -> dt.Scenario:
@@ -42,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="npz with x, y, z, heading [R, n_objects, 80] and object_id [n_objects]")
     p.add_argument("--config", default="2025", choices=sorted(rc.CONFIGS))
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--compilation_cache", default=None, help=compilation_cache.FLAG_HELP)
     args = p.parse_args(argv)
+    compilation_cache.enable(args.compilation_cache)
 
     scenario = read_scenario(args.scenario, args.scenario_id)
     with np.load(args.rollouts) as f:

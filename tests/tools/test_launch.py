@@ -1,4 +1,5 @@
-"""The launcher's guards and the cluster scripts (shellcheck-clean, dry runs print per-worker commands)."""
+"""The launcher's guards, its compilation cache flag, and the cluster scripts (shellcheck-clean, dry runs
+print per-worker commands)."""
 
 import os
 import pathlib
@@ -43,6 +44,15 @@ def test_unknown_job_is_refused(tmp_path):
 
     with pytest.raises(ValueError, match="not one of"):
         stages.run_job(data_config.get_config(), str(tmp_path), "nope")
+
+
+def test_compilation_cache_flag_reaches_the_job(tmp_path):
+    """The smoke data job (~10 s) with --compilation_cache: its compiled programs land in that folder."""
+    cache = tmp_path / "cache"
+    subprocess.run([sys.executable, "-m", "dpa_omf.launch", "--config=configs/data.py:smoke",
+                    f"--workdir={tmp_path / 'wd'}", f"--compilation_cache={cache}"], cwd=REPO, check=True,
+                   capture_output=True, text=True)
+    assert any(cache.iterdir())
 
 
 @pytest.mark.parametrize("script", ["launch/tpu_vm_pod.sh", "launch/slurm_gpu.sbatch"])

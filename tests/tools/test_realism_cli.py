@@ -12,7 +12,7 @@ from dpa_omf.tools import realism_cli
 def test_module_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "dpa_omf.tools.realism_cli", "--help"], capture_output=True,
                          text=True, check=True).stdout
-    assert "--rollouts" in out and "--scenario" in out
+    assert "--rollouts" in out and "--scenario" in out and "--compilation_cache" in out
 
 
 @pytest.mark.shared
