@@ -6,6 +6,17 @@ import ml_collections
 
 from configs import optim as optim_config
 
+# submit.description when left empty: what the submitted model is ({method}: the alignment method).
+DESCRIPTIONS = {
+    "reference": ("MotionLM-style autoregressive multi-agent model (169 acceleration tokens at 2 Hz, local-context "
+                  "encoder), pretrained by next-token prediction; no preference alignment; "
+                  "z held at the current step"),
+    "aligned": ("MotionLM-style autoregressive multi-agent model (169 acceleration tokens at 2 Hz, local-context "
+                "encoder), pretrained by next-token prediction, then post-trained with {method} "
+                "(DPA-OMF: preference alignment from occupancy-measure matching feedback on its own rollouts); "
+                "z held at the current step"),
+}
+
 # The alignment methods (align.method; variants of configs/align.py); each maps to its loss in dpa_omf/jobs/align.py.
 ALIGN_METHODS = ("dpa_omf", "dpa_adef", "sft_best_oa", "sft_best_ade", "afd", "dpo")
 
@@ -114,9 +125,7 @@ def submit(variants: set[str]) -> ml_collections.ConfigDict:
     c.unique_method_name = ""  # '' = 'dpa_omf_<submit.model>'
     c.authors = ()
     c.affiliation = ""
-    c.description = ("MotionLM-style autoregressive model (169 acceleration tokens at 2 Hz, local-context encoder), "
-                     "post-trained with DPA-OMF (contrastive preference learning on occupancy-measure OT rankings "
-                     "of its own rollouts); z held at the current step")
+    c.description = ""  # '' = DESCRIPTIONS[reference or aligned], naming the method
     c.method_link = ""
     c.uses_lidar_data = False
     c.uses_camera_data = False

@@ -289,6 +289,8 @@ def submit(c: ml_collections.ConfigDict) -> SubmitConfig:
     names = [f.name for f in dataclasses.fields(submission_lib.SubmissionMetadata)]
     meta = {k: tuple(s[k]) if isinstance(s[k], (tuple, list)) else s[k] for k in names}
     meta["unique_method_name"] = meta["unique_method_name"] or f"dpa_omf_{s.model}"
+    kind = "reference" if s.model == "reference" else "aligned"
+    meta["description"] = meta["description"] or post_training.DESCRIPTIONS[kind].format(method=s.model)
     reader_cfg = reader_lib.ReaderConfig(max_agents=s.num_agents or c.data.num_agents,
                                          max_roadgraph_points=c.data.num_roadgraph_points)
     return SubmitConfig(model=s.model, split=s.split, scenario_pattern=s.scenario_pattern,
