@@ -14,7 +14,7 @@ also checks every rule before any compute):
   pretrain   batch, steps, evaluation, checkpoints, logging (pretrain.optim: train.optim.OptimConfig)
   mesh       dpa_omf.train.sharding.MeshConfig (data, model axis sizes)
   aot        the --dry_run memory check
-  curate, align, evaluate   the post-training stages (configs/post_training.py)
+  curate, align, evaluate, submit   the post-training stages (configs/post_training.py)
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ def base_config(variants: set[str]) -> ml_collections.ConfigDict:
     c.curate = post_training.curate(variants)
     c.align = post_training.align(variants)
     c.evaluate = post_training.evaluate(variants)
+    c.submit = post_training.submit(variants)
     return c
 
 

@@ -1,10 +1,21 @@
-"""Defaults of the post-training stages: curate, align, evaluate (part of `common.base_config`)."""
+"""Defaults of the post-training stages: curate, align, evaluate, submit (part of `common.base_config`)."""
 
 from __future__ import annotations
 
 import ml_collections
 
 from configs import optim as optim_config
+
+# submit.description when left empty: what the submitted model is ({method}: the alignment method).
+DESCRIPTIONS = {
+    "reference": ("MotionLM-style autoregressive multi-agent model (169 acceleration tokens at 2 Hz, local-context "
+                  "encoder), pretrained by next-token prediction; no preference alignment; "
+                  "z held at the current step"),
+    "aligned": ("MotionLM-style autoregressive multi-agent model (169 acceleration tokens at 2 Hz, local-context "
+                "encoder), pretrained by next-token prediction, then post-trained with {method} "
+                "(DPA-OMF: preference alignment from occupancy-measure matching feedback on its own rollouts); "
+                "z held at the current step"),
+}
 
 # The alignment methods (align.method; variants of configs/align.py); each maps to its loss in dpa_omf/jobs/align.py.
 ALIGN_METHODS = ("dpa_omf", "dpa_adef", "sft_best_oa", "sft_best_ade", "afd", "dpo")
@@ -92,4 +103,43 @@ def evaluate(variants: set[str]) -> ml_collections.ConfigDict:
         c.num_rollouts = 4
         c.rollout_chunk = 4
         c.num_scenes = 2
+    return c
+
+
+def submit(variants: set[str]) -> ml_collections.ConfigDict:
+    """The WOSAC submission: 32 joint rollouts of every sim agent of every scenario, as the challenge's shards."""
+    c = ml_collections.ConfigDict()
+    c.model = "dpa_omf"  # 'reference' (the pretrained checkpoint) or an alignment method (must be align.method)
+    c.split = "valid"  # the data's split ('valid' or 'train'), used when scenario_pattern is empty
+    c.scenario_pattern = ""  # Scenario-proto (or tf.Example) TFRecords, e.g. WOMD testing/*.tfrecord*; overrides split
+    c.max_scenarios = 0  # the first scenarios only (0 = all); a trial run, never an upload
+    # Agent slots of the submission's scenes (0 = data.num_agents). Every agent valid at the current step must fit;
+    # a scenario with more is refused (never dropped). The parameters do not depend on it (32-slot reference, 128).
+    c.num_agents = 0
+    c.num_rollouts = 32  # the challenge's count (checked)
+    c.rollout_chunk = 16  # rollouts sampled together (bounds memory)
+    c.temperature = 1.0
+    c.top_p = 1.0
+    c.seed = 0  # rollout seed, combined with the global seed; keys fold in the global scenario index
+    # ~40 KB per sim agent per scenario (32 x 80 x 4 float32), ~2.5 MB for a typical WOMD scenario: 100 per shard
+    # keeps each file near 250 MB (WOMD testing: ~450 shards).
+    c.scenarios_per_shard = 100
+    # Submission metadata (SimAgentsChallengeSubmission). account_name must be the challenge account's e-mail:
+    # the job refuses to run without it.
+    c.account_name = ""
+    c.unique_method_name = ""  # '' = 'dpa_omf_<submit.model>'
+    c.authors = ()
+    c.affiliation = ""
+    c.description = ""  # '' = DESCRIPTIONS[reference or aligned], naming the method
+    c.method_link = ""
+    c.uses_lidar_data = False
+    c.uses_camera_data = False
+    c.uses_public_model_pretraining = False
+    c.public_model_names = ()
+    c.num_model_parameters = ""  # '' = the checkpoint's own count, e.g. '1.05M'
+    c.acknowledge_complies_with_closed_loop_requirement = True  # tokens sampled step by step from the model's own past
+    if "smoke" in variants:
+        c.max_scenarios = 4
+        c.scenarios_per_shard = 2
+        c.rollout_chunk = 32
     return c

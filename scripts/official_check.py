@@ -6,13 +6,17 @@ it checks our outputs independently:
 
   ENV/bin/python scripts/official_check.py validate \
       --scenario motion_data_one_scenario.tfrecord --submission out/submission.binproto-00000-of-00001
+  ENV/bin/python scripts/official_check.py validate \
+      --scenario a.tfrecord b.tfrecord --submission WORKDIR/submit_dpa_omf/submission.tar.gz [--complete]
   ENV/bin/python scripts/official_check.py score \
       --scenario motion_data_one_scenario.tfrecord --rollouts rollouts.npz --config 2025 \
       [--compare ours.json] [--repeats 3]
 
-``validate`` parses the shards with the official protos and runs
+``validate`` parses the shards (files, or the shards inside a ``.tar.gz``) with
+the official protos, reports metadata fields left empty, and runs
 ``submission_specs.validate_scenario_rollouts`` on every scenario found in the
-scenario file. ``score`` prints one JSON object with the official metric fields,
+scenario files; ``--complete`` also requires every scenario of the files to be
+in the submission, exactly once. ``score`` prints one JSON object with the official metric fields,
 the buckets and the wall time of ``compute_scenario_metrics_for_bundle``
 (median over ``--repeats``); with ``--compare`` it exits 1 when any field of
 our JSON (``python -m dpa_omf.tools.realism_cli ... --json``) differs by more
@@ -26,6 +30,7 @@ import json
 import os
 import pathlib
 import sys
+import tarfile
 import time
 
 import numpy as np
@@ -66,12 +71,27 @@ def load_config(name: str):
     return config
 
 
-def load_scenarios(path: str) -> dict:
+def load_scenarios(paths) -> dict:
     out = {}
-    for data in tf.data.TFRecordDataset([path]):
-        s = scenario_pb2.Scenario.FromString(data.numpy())
-        out[s.scenario_id] = s
+    for path in [paths] if isinstance(paths, str) else paths:
+        for data in tf.data.TFRecordDataset([path]):
+            s = scenario_pb2.Scenario.FromString(data.numpy())
+            out[s.scenario_id] = s
     return out
+
+
+def read_shards(paths):
+    """(name, SimAgentsChallengeSubmission) of every shard: files, or the members of .tar.gz files."""
+    parse = sim_agents_submission_pb2.SimAgentsChallengeSubmission.FromString
+    for path in paths:
+        if str(path).endswith((".tar.gz", ".tgz", ".tar")):
+            with tarfile.open(path) as tar:
+                for member in sorted(tar.getmembers(), key=lambda m: m.name):
+                    if member.isfile():
+                        data = tar.extractfile(member).read()
+                        yield f"{path}:{member.name}", parse(data)
+        else:
+            yield str(path), parse(pathlib.Path(path).read_bytes())
 
 
 def rollouts_from_npz(path: str, scenario_id: str):
@@ -88,17 +108,29 @@ def rollouts_from_npz(path: str, scenario_id: str):
 
 def cmd_validate(args) -> int:
     scenarios = load_scenarios(args.scenario)
-    n = 0
-    for path in args.submission:
-        sub = sim_agents_submission_pb2.SimAgentsChallengeSubmission.FromString(pathlib.Path(path).read_bytes())
+    seen, shards, empty = {}, 0, {}
+    for name, sub in read_shards(args.submission):
+        shards += 1
         if sub.submission_type != sub.SIM_AGENTS_SUBMISSION:
-            raise ValueError(f"{path}: submission_type is not SIM_AGENTS_SUBMISSION")
+            raise ValueError(f"{name}: submission_type is not SIM_AGENTS_SUBMISSION")
+        # Not checked by submission_specs; the server needs them: reported, not fatal.
+        unset = [f for f in ("account_name", "unique_method_name", "num_model_parameters") if not getattr(sub, f)]
+        if unset:
+            empty[name] = unset
         for ro in sub.scenario_rollouts:
+            if ro.scenario_id in seen:
+                raise ValueError(f"{name}: scenario {ro.scenario_id} also in {seen[ro.scenario_id]}")
+            seen[ro.scenario_id] = name
             if ro.scenario_id in scenarios:
                 submission_specs.validate_scenario_rollouts(ro, scenarios[ro.scenario_id])
-                n += 1
-    print(json.dumps({"validated_scenarios": n, "shards": len(args.submission)}))
-    return 0 if n else 1
+    validated = sorted(set(seen) & set(scenarios))
+    missing = sorted(set(scenarios) - set(seen))
+    print(json.dumps({"validated_scenarios": len(validated), "scenario_ids": validated, "shards": shards,
+                      "scenarios_in_submission": len(seen), "missing_from_submission": missing,
+                      "empty_metadata": empty}))
+    if args.complete and missing:
+        return 1
+    return 0 if validated else 1
 
 
 def cmd_score(args) -> int:
@@ -138,8 +170,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     v = sub.add_parser("validate")
-    v.add_argument("--scenario", required=True)
-    v.add_argument("--submission", nargs="+", required=True)
+    v.add_argument("--scenario", nargs="+", required=True, help="Scenario-proto TFRecord files")
+    v.add_argument("--submission", nargs="+", required=True, help="shards and / or .tar.gz files")
+    v.add_argument("--complete", action="store_true", help="fail unless every scenario of the files is submitted")
     s = sub.add_parser("score")
     s.add_argument("--scenario", required=True)
     s.add_argument("--scenario_id", default=None)

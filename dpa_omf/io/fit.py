@@ -137,8 +137,9 @@ def select_agents(s: dt.Scenario, max_agents: int,
     required = a.sim_mask | a.eval_mask | a.is_sdc
     if required.sum() > max_agents:
         raise DataError.at(source, "tracks",
-                        f"{int(required.sum())} agents must be kept (valid at the current step or to "
-                        f"evaluate) but only {max_agents} agent slots are configured (max_agents)")
+                           f"{int(required.sum())} agents must be kept ({int(a.sim_mask.sum())} valid at the current "
+                           f"step, plus those to evaluate) but only {max_agents} agent slots are configured "
+                           f"(max_agents) for scenario {dt.scenario_id_str(s.scenario_id)!r}")
     centre = _sdc_position(s)
     d = np.hypot(a.x - centre[0], a.y - centre[1])
     dist = np.where(a.valid, d, np.inf).min(axis=1)

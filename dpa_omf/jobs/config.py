@@ -22,6 +22,7 @@ Sections -> dataclasses:
   curate                      preference.curation.CurationConfig (``curation``)
   align                       AlignConfig (here), train.loop.TrainConfig (``align_train``)
   evaluate                    EvaluateConfig (here)
+  submit                      SubmitConfig (here; metrics.submission.SubmissionMetadata for its metadata)
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import numpy as np
 from configs import post_training
 from dpa_omf.io import pipeline as pipe
 from dpa_omf.io import reader as reader_lib
+from dpa_omf.metrics import submission as submission_lib
 from dpa_omf.metrics import wosac
 from dpa_omf.model import encoder as enc
 from dpa_omf.model import motion_lm as mlm
@@ -103,6 +105,56 @@ class EvaluateConfig:
     def __post_init__(self):
         if self.num_scenes < 1:
             raise ValueError(f"evaluate.num_scenes={self.num_scenes} must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class SubmitConfig:
+    """The submit stage: the challenge's 32 joint rollouts of every sim agent of every scenario.
+
+    Attributes:
+      model: 'reference' or an alignment method (its stage folder: ``jobs.align.folder_name``).
+      split: the data's split read when ``scenario_pattern`` is empty.
+      scenario_pattern: a glob of TFRecord files (Scenario protos or tf.Examples), '' for the split.
+      max_scenarios: the first scenarios only (0: all).
+      reader: the scenes' slots (``max_agents`` must hold every sim agent of a scenario).
+      rollout: sampling; ``num_rollouts`` is the challenge's 32.
+      seed: the rollout keys' seed (scenario i samples with ``fold_in(key(seed), i)``).
+      scenarios_per_shard: scenarios per ``submission.binproto`` shard (bounds a file's size).
+      metadata: the submission's metadata less ``num_model_parameters`` when that is '' (the job counts them).
+    """
+
+    model: str
+    split: str
+    scenario_pattern: str
+    max_scenarios: int
+    reader: reader_lib.ReaderConfig
+    rollout: sampling.RolloutConfig
+    seed: int
+    scenarios_per_shard: int
+    metadata: tuple[tuple[str, Any], ...]
+
+    def __post_init__(self):
+        if self.model != "reference" and self.model not in ALIGN_METHODS:
+            raise ValueError(f"submit.model={self.model!r} is not 'reference' or one of {ALIGN_METHODS}")
+        if self.split not in ("train", "valid"):
+            raise ValueError(f"submit.split={self.split!r} must be 'train' or 'valid'")
+        if self.rollout.num_rollouts != submission_lib.NUM_ROLLOUTS:
+            raise ValueError(f"submit.num_rollouts={self.rollout.num_rollouts}: the challenge takes exactly "
+                             f"{submission_lib.NUM_ROLLOUTS}")
+        if self.max_scenarios < 0 or self.scenarios_per_shard < 1:
+            raise ValueError("submit.max_scenarios must be >= 0 and submit.scenarios_per_shard >= 1")
+        # SubmissionMetadata's own rules (the parameter count's format, ...); the account name is checked
+        # only for the submit job (_check_stages), so other jobs run with its empty default.
+        _metadata({**dict(self.metadata), "account_name": dict(self.metadata)["account_name"] or "unset"}, 1)
+
+    def submission_metadata(self, num_params: int) -> submission_lib.SubmissionMetadata:
+        """The metadata, with the model's ``num_params`` when the config leaves the count empty."""
+        return _metadata(dict(self.metadata), num_params)
+
+
+def _metadata(fields: dict[str, Any], num_params: int) -> submission_lib.SubmissionMetadata:
+    count = fields.get("num_model_parameters") or submission_lib.parameter_count_label(num_params)
+    return submission_lib.SubmissionMetadata(**{**fields, "num_model_parameters": count})
 
 
 # ----------------------------------------------------------------------------- builders
@@ -235,6 +287,27 @@ def evaluate(c: ml_collections.ConfigDict) -> EvaluateConfig:
                           num_scenes=e.num_scenes, seed=evaluate_seed(c))
 
 
+def submit_seed(c: ml_collections.ConfigDict) -> int:
+    """The submission rollouts' seed, derived from (seed, submit.seed)."""
+    return derived_seed(c.seed, c.submit.seed)
+
+
+def submit(c: ml_collections.ConfigDict) -> SubmitConfig:
+    s = c.submit
+    rollout = sampling.RolloutConfig(num_rollouts=s.num_rollouts, rollout_chunk=min(s.rollout_chunk, s.num_rollouts),
+                                     temperature=s.temperature, top_p=s.top_p)
+    names = [f.name for f in dataclasses.fields(submission_lib.SubmissionMetadata)]
+    meta = {k: tuple(s[k]) if isinstance(s[k], (tuple, list)) else s[k] for k in names}
+    meta["unique_method_name"] = meta["unique_method_name"] or f"dpa_omf_{s.model}"
+    kind = "reference" if s.model == "reference" else "aligned"
+    meta["description"] = meta["description"] or post_training.DESCRIPTIONS[kind].format(method=s.model)
+    reader_cfg = reader_lib.ReaderConfig(max_agents=s.num_agents or c.data.num_agents,
+                                         max_roadgraph_points=c.data.num_roadgraph_points)
+    return SubmitConfig(model=s.model, split=s.split, scenario_pattern=s.scenario_pattern,
+                        max_scenarios=s.max_scenarios, reader=reader_cfg, rollout=rollout, seed=submit_seed(c),
+                        scenarios_per_shard=s.scenarios_per_shard, metadata=tuple(meta.items()))
+
+
 # ----------------------------------------------------------------------------- checks
 
 # section name -> builder: every dataclass the jobs build from the config (their rules run here first).
@@ -249,6 +322,7 @@ BUILDERS: dict[str, Callable[[ml_collections.ConfigDict], Any]] = {
     "align": align,
     "align.optim": align_train,
     "evaluate": evaluate,
+    "submit": submit,
 }
 
 
@@ -309,6 +383,14 @@ def _check_stages(c) -> list[str]:
         errors.append(f"curate.rankings_per_example={c.curate.rankings_per_example} must be in (0, 16]")
     if c.curate.scenes_per_shard < 1:
         errors.append("curate.scenes_per_shard must be >= 1")
+    if c.submit.model != "reference" and c.submit.model != c.align.method:
+        errors.append(f"submit.model={c.submit.model!r} needs its alignment stage: set align.method to it "
+                      f"(align.method={c.align.method!r}; configs/submit.py:<method> sets both)")
+    if c.job == "submit" and not c.submit.account_name:
+        errors.append("submit.account_name is empty: set it to the e-mail of your Waymo Open Dataset challenge "
+                      "account (--config.submit.account_name=...)")
+    if not 0 <= c.submit.num_agents <= 128:
+        errors.append(f"submit.num_agents={c.submit.num_agents} must be in [0, 128] (0: data.num_agents)")
     if c.mesh.data < 1 and c.mesh.data != -1:
         errors.append(f"mesh.data={c.mesh.data} must be >= 1 or -1 (all devices)")
     if not 0 < c.aot.headroom <= 1 or c.aot.device_memory_gb < 0:

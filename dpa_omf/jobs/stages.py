@@ -1,6 +1,7 @@
 """The pipeline as a stage graph, owned here:
 
   data -> pretrain -> curate -> align[_<method>] -> evaluate
+                       +--------------------------> submit_<model> (after align when the model is aligned)
 
 Each :class:`Stage` declares the stages it needs, the config sections its
 output depends on (fingerprinted, see ``workdir.py``), the folder it writes and
@@ -25,7 +26,7 @@ from typing import Any
 
 import ml_collections
 
-from dpa_omf.jobs import align, curate, data, evaluate, pretrain, workdir
+from dpa_omf.jobs import align, curate, data, evaluate, pretrain, submit, workdir
 
 RunFn = Callable[[ml_collections.ConfigDict, str, str], Any]
 
@@ -46,6 +47,7 @@ class Stage:
       extra: more fingerprinted inputs than config sections (evaluate: the models it covers).
       reuse_other: a finished folder with another fingerprint is redone rather than refused (only for
         stages whose outputs nothing else reads, with per-item caches: evaluate).
+      more_needs: more prerequisites that depend on the config (submit: the submitted model's alignment).
     """
 
     name: str
@@ -56,6 +58,10 @@ class Stage:
     folder: Callable[[ml_collections.ConfigDict], str] | None = None
     extra: Callable[[ml_collections.ConfigDict, str], Any] | None = None
     reuse_other: bool = False
+    more_needs: Callable[[ml_collections.ConfigDict], tuple[str, ...]] | None = None
+
+    def needs_of(self, config: ml_collections.ConfigDict) -> tuple[str, ...]:
+        return self.needs + (self.more_needs(config) if self.more_needs is not None else ())
 
     def folder_of(self, config: ml_collections.ConfigDict) -> str:
         return self.folder(config) if self.folder is not None else self.name
@@ -70,6 +76,9 @@ GRAPH: dict[str, Stage] = {
                    folder=lambda c: align.folder_name(c.align.method)),
     "evaluate": Stage("evaluate", ("pretrain", "align"), _BASE + ("evaluate",), evaluate.run, all_processes=False,
                       extra=evaluate.models_fingerprint, reuse_other=True),
+    "submit": Stage("submit", ("pretrain",), _BASE + ("submit",), submit.run, all_processes=True,
+                    folder=lambda c: submit.folder_name(c.submit.model), extra=submit.checkpoint,
+                    more_needs=submit.needs),
 }
 JOBS = tuple(GRAPH) + ("main",)
 
@@ -85,7 +94,7 @@ def ensure(target: str, config: ml_collections.ConfigDict, root: str | pathlib.P
     """Runs the missing stages up to ``target``, prerequisites first; returns 0, or 75 when one was preempted."""
     seen = set() if _seen is None else _seen
     stage = GRAPH[target]
-    for need in stage.needs:
+    for need in stage.needs_of(config):
         if need not in seen:
             code = ensure(need, config, root, seen)
             if code:

@@ -91,6 +91,22 @@ class SubmissionMetadata:
             raise ValueError(f"num_model_parameters must look like '200K' or '1M', got {n!r}")
 
 
+def parameter_count_label(n: int) -> str:
+    """``num_model_parameters`` for ``n`` parameters: three significant digits and a K/M/B/T suffix
+    ('1.05M', '35K', '0.5K')."""
+    if n < 0:
+        raise ValueError(f"parameter count must be >= 0, got {n}")
+    value, suffix = n / 1e3, "K"
+    for s in "MBT":
+        if value < 1e3:
+            break
+        value, suffix = value / 1e3, s
+    text = f"{value:.3g}"
+    if "e" in text:  # 3 significant digits of >= 1000 T: write it out
+        text = f"{value:.0f}"
+    return text + suffix
+
+
 # ================================================================ build / convert
 def scenario_rollouts(scenario_id: str, object_id: np.ndarray, x: np.ndarray, y: np.ndarray,
                       z: np.ndarray, heading: np.ndarray):
@@ -220,19 +236,31 @@ def write_submission(out_dir: str | os.PathLike, rollouts: Iterable, meta: Submi
         raise ValueError("num_shards must be >= 1")
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    shards = [_header(meta) for _ in range(num_shards)]
+    shards = [[] for _ in range(num_shards)]
     seen = set()
     for k, msg in enumerate(rollouts):
         if msg.scenario_id in seen:
             raise ValueError(f"scenario {msg.scenario_id} given twice")
         seen.add(msg.scenario_id)
-        shards[k % num_shards].scenario_rollouts.append(msg)
-    paths = []
-    for i, sub in enumerate(shards):
-        path = out / SHARD_PATTERN.format(index=i, count=num_shards)
-        atomic.write_bytes(path, sub.SerializeToString())
-        paths.append(path)
-    return paths
+        shards[k % num_shards].append(msg)
+    return [write_shard(out / shard_name(i, num_shards), msgs, meta) for i, msgs in enumerate(shards)]
+
+
+def shard_name(index: int, count: int) -> str:
+    """``submission.binproto-XXXXX-of-NNNNN`` for shard ``index`` of ``count``."""
+    if not 0 <= index < count:
+        raise ValueError(f"shard index {index} is not in [0, {count})")
+    return SHARD_PATTERN.format(index=index, count=count)
+
+
+def write_shard(path: str | os.PathLike, rollouts: Iterable, meta: SubmissionMetadata) -> pathlib.Path:
+    """Writes one shard (the metadata and ``rollouts``, ``ScenarioRollouts`` messages) atomically."""
+    sub = _header(meta)
+    sub.scenario_rollouts.extend(rollouts)
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_bytes(path, sub.SerializeToString())
+    return path
 
 
 def package_submission(paths: Sequence[os.PathLike], tar_path: str | os.PathLike) -> pathlib.Path:

@@ -62,6 +62,8 @@ NOT_MIRRORED = {
     "data": "ReaderConfig's defaults (None) mean 'the record's own sizes' for tools that read any file",
     "align.optim": "TrainConfig / OptimConfig defaults mirror the pretrain section; align sets its own",
     "evaluate.rollout": "RolloutConfig's defaults mirror the curate section (64 rollouts); evaluate takes 32",
+    "submit.rollout": "RolloutConfig's defaults mirror the curate section (64 rollouts); the challenge takes 32",
+    "submit.reader": "ReaderConfig's defaults (None) mean 'the record's own sizes'; submit sets the slots",
 }
 
 

@@ -100,3 +100,23 @@ def test_bad_inputs_refused(tmp_path):
     msg = S.scenario_rollouts("s", [1], *(np.zeros((32, 1, 80)),) * 4)
     with pytest.raises(ValueError, match="given twice"):
         S.write_submission(tmp_path, [msg, msg], META)
+
+
+def test_parameter_count_label():
+    assert S.parameter_count_label(1_048_233) == "1.05M"
+    assert S.parameter_count_label(47_900) == "47.9K"
+    assert S.parameter_count_label(500) == "0.5K"
+    assert S.parameter_count_label(7_000_000_000) == "7B"
+    for n in (1, 999_999, 123_456_789_012):
+        S.SubmissionMetadata(account_name="a", unique_method_name="m", num_model_parameters=S.parameter_count_label(n))
+
+
+def test_write_shard_names_and_writes_one_shard(tmp_path, rng):
+    xyzh = rng.normal(size=(32, 3, 80, 4)).astype(np.float32)
+    msg = S.scenario_rollouts("scene0", np.array([7, 8, 9]), *(xyzh[..., i] for i in range(4)))
+    path = S.write_shard(tmp_path / "out" / S.shard_name(1, 3), [msg], META)
+    assert path.name == "submission.binproto-00001-of-00003"
+    back = S.read_submission(path)
+    assert back.account_name == META.account_name and [m.scenario_id for m in back.scenario_rollouts] == ["scene0"]
+    with pytest.raises(ValueError, match="shard index 3"):
+        S.shard_name(3, 3)
