@@ -93,18 +93,25 @@ class EvaluateConfig:
     Attributes:
       rollout: sampling (rollouts per scene, chunk, temperature, top-p).
       realism: the WOSAC metric configuration (``challenge`` '2024' or '2025').
-      num_scenes: held-out scenes, the first of the valid split.
+      num_scenes: held-out scenes, the first of the valid split (0: every scene of the split).
       seed: the rollout keys' seed (the same for every model: a paired comparison).
+      scenes_per_chunk: scenes per work item (a file of per-scene results; processes split the chunks;
+        the realism metric's static sizes are fitted per chunk).
+      scenes_per_device: scenes each local device scores per step (speed only).
     """
 
     rollout: sampling.RolloutConfig
     realism: wosac.RealismConfig
     num_scenes: int
     seed: int
+    scenes_per_chunk: int = 8
+    scenes_per_device: int = 1
 
     def __post_init__(self):
-        if self.num_scenes < 1:
-            raise ValueError(f"evaluate.num_scenes={self.num_scenes} must be >= 1")
+        if self.num_scenes < 0:
+            raise ValueError(f"evaluate.num_scenes={self.num_scenes} must be >= 0 (0: the whole split)")
+        if self.scenes_per_chunk < 1 or self.scenes_per_device < 1:
+            raise ValueError("evaluate.scenes_per_chunk and evaluate.scenes_per_device must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,7 +291,8 @@ def evaluate(c: ml_collections.ConfigDict) -> EvaluateConfig:
     rollout = sampling.RolloutConfig(num_rollouts=e.num_rollouts, rollout_chunk=min(e.rollout_chunk, e.num_rollouts),
                                      temperature=e.temperature, top_p=e.top_p)
     return EvaluateConfig(rollout=rollout, realism=wosac.RealismConfig(challenge=e.challenge),
-                          num_scenes=e.num_scenes, seed=evaluate_seed(c))
+                          num_scenes=e.num_scenes, seed=evaluate_seed(c), scenes_per_chunk=e.scenes_per_chunk,
+                          scenes_per_device=e.scenes_per_device)
 
 
 def submit_seed(c: ml_collections.ConfigDict) -> int:

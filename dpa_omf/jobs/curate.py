@@ -25,7 +25,8 @@ scenes, so the shards are bit-identical whatever the number of devices and
 processes. SIGTERM / SIGINT: the finished rankings of the current shard are
 saved (``shard-....partial.npz``), every process stops, and the job exits 75;
 the restart continues from there. The summary is written once, by process 0,
-after every process is done (a barrier), from all shards.
+after every process is done (a barrier), from all shards; it lists the shards
+each process ranked in this run (``shards_this_run_by_process``).
 
 Shard arrays (N rankings of one shard, R rollouts, A agent slots, S token steps):
   file_index, record_index: int32 ``[N]``: the scene (``files`` lists the data files).
@@ -123,7 +124,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> in
     mine = process_shards(num_shards, jax.process_index(), jax.process_count())
     logger = stage_logging.StageLogger(out, total_steps=sum(len(jobs[k * per_shard:(k + 1) * per_shard])
                                                             for k in mine), initial_step=0)
-    start, done, preempted = time.time(), 0, False
+    start, done, preempted, ranked = time.time(), 0, False, []
     with checkpointing.PreemptionFlag() as flag:
         for k in mine:
             path = out / shard_name(k, num_shards)
@@ -140,18 +141,20 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> in
             partial_path(path).unlink(missing_ok=True)
             _log_shard(logger, k, stack)
             done += len(chunk)
+            ranked.append(k)
     scenes.close()
     if _any_process(preempted):  # every process stops together (also a barrier)
         logger.close()
         wd.say(f"[{STAGE}] preempted: finished rankings saved; run again to continue")
         return checkpointing.EXIT_PREEMPTED
+    by_process = shards_by_process(ranked, num_shards)  # a collective too
     summary = {}
     if wd.is_writer():
         summary = summarize(workdir, cfg)
         summary.update(seconds=time.time() - start, rankings_this_run_process0=done, config_fingerprint=fingerprint,
                        solver_choice=cfg_lib.curate_solver(config)[1], processes=jax.process_count(),
                        devices_per_process=jax.local_device_count(),
-                       scenes_per_step=ranker.ranker.step_size)
+                       scenes_per_step=ranker.ranker.step_size, shards_this_run_by_process=by_process)
         logger.write_summary(summary)
         logging.info("curate: %s", summary)
     logger.close()
@@ -166,6 +169,21 @@ def _any_process(flag: bool) -> bool:
     from jax.experimental import multihost_utils  # only multi-process jobs need it
 
     return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def shards_by_process(ranked: list[int], num_shards: int) -> list[list[int]]:
+    """The shards each process ranked in this run, by process index (a collective: every process calls it).
+
+    The summary records it, since nothing else shows which process wrote which shard (the shards do not
+    depend on it); shards present at the start (a restart) are not listed.
+    """
+    if jax.process_count() == 1:
+        return [list(ranked)]
+    from jax.experimental import multihost_utils  # only multi-process jobs need it
+
+    mine = np.zeros(num_shards, np.int32)
+    mine[ranked] = 1
+    return [np.flatnonzero(m).tolist() for m in np.asarray(multihost_utils.process_allgather(mine))]
 
 
 def _log_shard(logger: stage_logging.StageLogger, k: int, stack: dict) -> None:

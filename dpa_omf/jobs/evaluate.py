@@ -8,22 +8,37 @@ held-out scene are sampled on device and scored with the realism metric
 by default as in the paper's table). Scene metrics are averaged over scenes as
 the challenge does. The same rollout keys serve every model (a paired comparison).
 
+Pod scale: every process runs this job. The held-out scenes (the first
+``evaluate.num_scenes`` of the valid split; 0: all of them) form fixed chunks of
+``evaluate.scenes_per_chunk``; process p of P scores the chunks ``c % P == p``
+with the batched, sharded evaluator (``jobs/realism_eval.py``: scenes split over
+the process's devices) and writes each chunk's per-scene metrics as it
+finishes (``WORKDIR/evaluate/scenes/<name>-<key>/chunk-XXXXX-of-YYYYY.json``,
+``key``: the evaluation's and the checkpoint's fingerprint), so a restart
+skips finished chunks; SIGTERM / SIGINT stops every process after the
+current chunk and the job exits 75. After a barrier, process 0 aggregates
+the chunks of every model once: the per-scene means, a 95% bootstrap
+interval of the composite over scenes, and the paired difference to the
+reference (same scenes, same rollout keys) with its interval.
+
 Per model, ``WORKDIR/evaluate/models/<name>.json`` caches its results under the
 fingerprint of (the evaluation's config sections, the model's checkpoint: its
 stage's fingerprint and step): adding ``align_afd`` evaluates only that model.
 ``WORKDIR/evaluate/summary.json`` names exactly the models (and checkpoint
 fingerprints) it covers; per model: ``composite``, ``kinematic``,
 ``interactive``, ``map``, ``min_ade``, ``ade``, ``collision_rate``,
-``offroad_rate``, ``traffic_light_violation_rate`` and every official
-likelihood. Also ``report.md`` and PNG plots.
+``offroad_rate``, ``traffic_light_violation_rate``, every official
+likelihood, ``composite_ci`` ``[lo, hi]`` and (not for the reference)
+``composite_vs_reference`` ``{mean, lo, hi}``. Also ``report.md`` and PNG plots.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import pathlib
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -31,14 +46,13 @@ from absl import logging
 from dpa_omf import atomic
 from dpa_omf import datatypes as dt
 from dpa_omf.io import reader
-from dpa_omf.jobs import align, pretrain, report
+from dpa_omf.jobs import align, pretrain, realism_eval, report
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import data as data_job
 from dpa_omf.jobs import workdir as wd
-from dpa_omf.metrics import wosac as realism
+from dpa_omf.metrics import stats
 from dpa_omf.model import motion_lm as mlm
-from dpa_omf.model import sampling as ro
-from dpa_omf.train import checkpointing
+from dpa_omf.train import checkpointing, sharding
 
 STAGE = "evaluate"
 # Our summary names -> the official field names.
@@ -75,79 +89,158 @@ def models_fingerprint(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return {name: checkpoint_id(workdir, folder) for name, folder in models(workdir).items()}
 
 
-def sim_xyzh(scenario: dt.Scenario, r: ro.Rollouts) -> jax.Array:
-    """``[R, A, 80, 4]`` (x, y, z, heading); z is held at the current step (the model is planar)."""
-    z = jnp.broadcast_to(scenario.agents.z[None, :, dt.CURRENT_INDEX, None], r.x.shape)
-    return jnp.stack([r.x, r.y, z, r.heading], -1)
+def held_out_sources(config: ml_collections.ConfigDict, workdir: str) -> tuple[reader.SceneReader, list]:
+    """The reader of the valid split and its first ``evaluate.num_scenes`` scenes (0: all)."""
+    scenes = reader.SceneReader(data_job.split_files(config, workdir, "valid"), cfg_lib.reader(config))
+    sources = scenes.sources()
+    n = config.evaluate.num_scenes
+    sources = sources[:n] if n else sources
+    if not sources:
+        raise ValueError("evaluate: no held-out scene")
+    return scenes, sources
 
 
-def held_out_scenes(config: ml_collections.ConfigDict, workdir: str) -> list[dt.Scenario]:
-    scenes = []
-    for path in data_job.split_files(config, workdir, "valid"):
-        for s in reader.read_scenes(path, cfg_lib.reader(config)):
-            scenes.append(s)
-            if len(scenes) >= config.evaluate.num_scenes:
-                return scenes
-    return scenes
+def chunks(num_scenes: int, per_chunk: int) -> list[list[int]]:
+    """Scene indices of every chunk (fixed groups: the same whatever the devices and processes)."""
+    return [list(range(i, min(i + per_chunk, num_scenes))) for i in range(0, num_scenes, per_chunk)]
 
 
-def evaluate_model(model: mlm.MotionLM, params, scenes: list[dt.Scenario], cfg: cfg_lib.EvaluateConfig
-                   ) -> dict[str, float]:
-    """Mean over scenes of the official per-scene metrics of one model."""
-    key = jax.random.key(cfg.seed)
-    rows = []
-    for i, s in enumerate(scenes):
-        r = ro.sample(model, params, s, jax.random.fold_in(key, i), cfg.rollout)
-        rows.append(realism.evaluate_scene(s, np.asarray(sim_xyzh(s, r)), cfg.realism))
-    return {k: float(np.mean([row[k] for row in rows])) for k in rows[0]}
+def chunk_name(k: int, n: int) -> str:
+    return f"chunk-{k:05d}-of-{n:05d}.json"
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> dict:
-    """Evaluates the models not cached yet; writes the summary and report over every model."""
-    out = wd.stage_dir(workdir, STAGE)
+def scene_dir(workdir: str, name: str, eval_fp: str, ckpt: dict) -> pathlib.Path:
+    """Where a model's per-scene results for this evaluation and checkpoint go."""
+    return wd.stage_dir(workdir, STAGE) / "scenes" / f"{name}-{wd.digest([eval_fp, ckpt])}"
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> int:
+    """Scores this process's chunks of every model not cached; process 0 then aggregates and reports.
+
+    Returns 0 when done, 75 (``checkpointing.EXIT_PREEMPTED``) when SIGTERM / SIGINT stopped it.
+    """
     start = time.time()
     cfg = cfg_lib.evaluate(config)
     eval_fp = wd.fingerprint(config, EVAL_SECTIONS)
-    model = mlm.MotionLM(cfg_lib.model(config))
-    target = None
-    scenes: list[dt.Scenario] = []
-    results, num_scenes = {}, 0
-    for name, folder in models(workdir).items():
-        ckpt = checkpoint_id(workdir, folder)
-        cache = out / "models" / f"{name}.json"
-        cached = wd.read_json(cache)
-        if cached and cached.get("eval_fingerprint") == eval_fp and cached.get("checkpoint") == ckpt:
-            results[name], num_scenes = cached["metrics"], cached["num_scenes"]
+    scenes, sources = held_out_sources(config, workdir)
+    groups = chunks(len(sources), cfg.scenes_per_chunk)
+    mine = wd.process_share(len(groups))
+    mesh = sharding.make_mesh(devices=jax.local_devices())
+    evaluator = realism_eval.Evaluator(mlm.MotionLM(cfg_lib.model(config)), cfg, mesh)
+    target = pretrain.params_target(config, mesh)
+    todo = {name: folder for name, folder in models(workdir).items() if _cached(workdir, name, folder, eval_fp) is None}
+    preempted = False
+    with checkpointing.PreemptionFlag() as flag:
+        for name, folder in todo.items():
+            work = _Work(scenes, sources, groups, mine)
+            if not _score_chunks(evaluator, target, workdir, name, folder, eval_fp, work, flag):
+                preempted = True
+                break
+    scenes.close()
+    if wd.any_process(preempted):
+        wd.say(f"[{STAGE}] preempted: finished chunks saved; run again to continue")
+        return checkpointing.EXIT_PREEMPTED
+    if wd.is_writer():
+        _aggregate(config, workdir, eval_fp, todo, len(sources), fingerprint, time.time() - start)
+    wd.barrier("evaluate_summary")
+    return 0
+
+
+def _cached(workdir: str, name: str, folder: str, eval_fp: str) -> dict | None:
+    cached = wd.read_json(wd.stage_dir(workdir, STAGE) / "models" / f"{name}.json")
+    if cached and cached.get("eval_fingerprint") == eval_fp and cached.get("checkpoint") == checkpoint_id(
+            workdir, folder):
+        return cached
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Work:
+    """The held-out scenes, their chunks and this process's share of them."""
+
+    scenes: reader.SceneReader
+    sources: list
+    groups: list[list[int]]
+    mine: list[int]
+
+
+def _score_chunks(evaluator: realism_eval.Evaluator, target, workdir: str, name: str, folder: str, eval_fp: str,
+                  work: _Work, flag: checkpointing.PreemptionFlag) -> bool:
+    """Writes this process's missing chunks of one model; False when stopped by a signal."""
+    out = scene_dir(workdir, name, eval_fp, checkpoint_id(workdir, folder))
+    params = None
+    groups = work.groups
+    for k in work.mine:
+        path = out / chunk_name(k, len(groups))
+        if path.exists():
             continue
-        if target is None:  # first model not cached: read the scenes once
-            target = pretrain.abstract_params(config)
-            scenes = held_out_scenes(config, workdir)
-            if not scenes:
-                raise ValueError("evaluate: no held-out scene")
-        params = checkpointing.restore_params(wd.stage_dir(workdir, folder) / "checkpoints", target)
+        if flag.is_set():
+            return False
+        if params is None:
+            params = checkpointing.restore_params(wd.stage_dir(workdir, folder) / "checkpoints", target)
         t0 = time.time()
-        m = evaluate_model(model, params, scenes, cfg)
+        batch = [work.scenes.read(work.sources[i]) for i in groups[k]]
+        rows = evaluator.scene_metrics(params, batch, groups[k])
+        atomic.write_json(path, {"scenes": groups[k], "seconds": time.time() - t0,
+                                 "scenario_ids": [dt.scenario_id_str(s.scenario_id) for s in batch],
+                                 "metrics": rows})
+    return True
+
+
+def _load_scenes(workdir: str, name: str, folder: str, eval_fp: str, num_scenes: int) -> list[dict]:
+    out = scene_dir(workdir, name, eval_fp, checkpoint_id(workdir, folder))
+    rows: list[dict | None] = [None] * num_scenes
+    for path in sorted(out.glob("chunk-*.json")):
+        part = wd.read_json(path)
+        for i, m in zip(part["scenes"], part["metrics"], strict=True):
+            rows[i] = m
+    missing = [i for i, r in enumerate(rows) if r is None]
+    if missing:
+        raise RuntimeError(f"evaluate: {len(missing)} scenes of {name} have no result in {out} (first: {missing[:5]})")
+    return rows  # type: ignore[return-value]
+
+
+def _aggregate(config, workdir: str, eval_fp: str, todo: dict[str, str], num_scenes: int, fingerprint: str,
+               seconds: float) -> None:
+    """Process 0: every model's means, interval and paired difference; the cache files, summary and report."""
+    out = wd.stage_dir(workdir, STAGE)
+    per_scene = {}
+    results = {}
+    for name, folder in models(workdir).items():
+        cached = _cached(workdir, name, folder, eval_fp) if name not in todo else None
+        if cached is not None and "composite_per_scene" in cached:
+            results[name], per_scene[name] = cached["metrics"], np.asarray(cached["composite_per_scene"])
+            continue
+        rows = _load_scenes(workdir, name, folder, eval_fp, num_scenes)
+        m = realism_eval.mean_metrics(rows)
         results[name] = {ours: m[official] for ours, official in FIELDS.items()}
         results[name]["likelihoods"] = {k: v for k, v in m.items() if k.endswith("_likelihood")}
-        results[name]["seconds"] = time.time() - t0
-        num_scenes = len(scenes)
-        atomic.write_json(cache, {"eval_fingerprint": eval_fp, "checkpoint": ckpt, "num_scenes": num_scenes,
-                                  "metrics": results[name]})
-        logging.info("evaluate %s: %s", name, results[name])
+        per_scene[name] = np.asarray([r["metametric"] for r in rows])
+        results[name]["composite_ci"] = list(stats.bootstrap_ci(per_scene[name]))
+        atomic.write_json(out / "models" / f"{name}.json",
+                          {"eval_fingerprint": eval_fp, "checkpoint": checkpoint_id(workdir, folder),
+                           "num_scenes": num_scenes, "metrics": results[name],
+                           "composite_per_scene": per_scene[name].tolist()})
+    if "reference" in per_scene:
+        for name in results:
+            if name != "reference":
+                results[name]["composite_vs_reference"] = stats.paired_difference(per_scene[name],
+                                                                                  per_scene["reference"])
     summary = {
         "models": results,
         "checkpoints": models_fingerprint(config, workdir),
         "num_scenes": num_scenes,
         "num_rollouts": config.evaluate.num_rollouts,
         "challenge": config.evaluate.challenge,
-        "seconds": time.time() - start,
+        "seconds": seconds,
+        "processes": jax.process_count(),
         "config_fingerprint": fingerprint,
     }
     summary.update(dict(results.items()))  # the contract: per model name at the top level too
     report.write_report(out, [wd.stage_dir(workdir, f) for n, f in models(workdir).items() if n != "reference"],
                         summary)
     wd.write_summary(workdir, STAGE, summary)
-    return summary
+    logging.info("evaluate: %s", {n: r["composite"] for n, r in results.items()})
 
 
 def print_table(workdir: str) -> None:

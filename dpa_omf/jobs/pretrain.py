@@ -104,10 +104,14 @@ def load_params(c: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
     """The pretrained (reference) model and its params, replicated on ``mesh`` (default: all devices)."""
     model = mlm.MotionLM(cfg_lib.model(c))
     mesh = mesh if mesh is not None else sharding.mesh_from_config(cfg_lib.mesh(c))
-    shapes = abstract_params(c)
-    target = sharding.with_shardings(shapes, sharding.param_shardings(shapes, mesh, cfg_lib.mesh(c).rules))
-    params = checkpointing.restore_params(wd.stage_dir(workdir, STAGE) / "checkpoints", target, step)
+    params = checkpointing.restore_params(wd.stage_dir(workdir, STAGE) / "checkpoints", params_target(c, mesh), step)
     return model, params
+
+
+def params_target(c: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Any:
+    """What a checkpoint's params restore into: their shapes with their shardings on ``mesh``."""
+    shapes = abstract_params(c)
+    return sharding.with_shardings(shapes, sharding.param_shardings(shapes, mesh, cfg_lib.mesh(c).rules))
 
 
 # ----------------------------------------------------------------------------- data

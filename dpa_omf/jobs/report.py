@@ -28,10 +28,21 @@ NLL_KEYS = (("eval_nll_preferred", "preferred"), ("eval_nll_unpreferred", "unpre
 
 
 def table(models: dict[str, dict]) -> str:
-    head = "| model | " + " | ".join(COLUMNS) + " |"
-    sep = "|---|" + "---:|" * len(COLUMNS)
+    """The markdown table: the metric columns, then (when the evaluation has them) the composite's 95%
+    bootstrap interval over scenes and the paired difference to the reference with its interval."""
     names = sorted(models, key=lambda n: (n != "reference", n != "dpa_omf", n))  # reference, then ours
-    rows = [f"| {n} | " + " | ".join(f"{models[n][c]:.4f}" for c in COLUMNS) + " |" for n in names]
+    intervals = all("composite_ci" in models[n] for n in names)
+    extra = ("composite 95% CI", "vs reference [95% CI]") if intervals else ()
+    head = "| model | " + " | ".join(COLUMNS + extra) + " |"
+    sep = "|---|" + "---:|" * (len(COLUMNS) + len(extra))
+    rows = []
+    for n in names:
+        cells = [f"{models[n][c]:.4f}" for c in COLUMNS]
+        if intervals:
+            lo, hi = models[n]["composite_ci"]
+            d = models[n].get("composite_vs_reference")
+            cells += [f"[{lo:.4f}, {hi:.4f}]", f"{d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]" if d else "-"]
+        rows.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join([head, sep, *rows])
 
 

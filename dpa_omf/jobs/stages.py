@@ -74,7 +74,7 @@ GRAPH: dict[str, Stage] = {
     "curate": Stage("curate", ("pretrain",), _BASE + ("curate",), curate.run, all_processes=True),
     "align": Stage("align", ("curate",), _BASE + ("curate", "align"), align.run, all_processes=True,
                    folder=lambda c: align.folder_name(c.align.method)),
-    "evaluate": Stage("evaluate", ("pretrain", "align"), _BASE + ("evaluate",), evaluate.run, all_processes=False,
+    "evaluate": Stage("evaluate", ("pretrain", "align"), _BASE + ("evaluate",), evaluate.run, all_processes=True,
                       extra=evaluate.models_fingerprint, reuse_other=True),
     "submit": Stage("submit", ("pretrain",), _BASE + ("submit",), submit.run, all_processes=True,
                     folder=lambda c: submit.folder_name(c.submit.model), extra=submit.checkpoint,

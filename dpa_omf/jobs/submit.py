@@ -7,7 +7,8 @@ What: for every scenario of ``submit.split`` (or of ``submit.scenario_pattern``)
 scenario index i), the model ``submit.model`` ('reference' or the alignment method's stage) samples
 ``submit.num_rollouts`` = 32 joint rollouts of every agent valid at the current step (the challenge's sim
 agents, with their object ids) with the key ``fold_in(key(seed), i)``; z is held at the current step
-(``evaluate.sim_xyzh``). :func:`simulate` is the one per-scene sampling call (swap it for a batched sampler).
+(``metrics.model_realism.sim_xyzh``). :func:`simulate` is the one per-scene sampling call (swap it for a
+batched sampler).
 
 Slots: the scenes are read with ``submit.num_agents`` slots (0: ``data.num_agents``; WOMD: 128). Every sim agent
 must fit: the reader refuses a scenario with more sim agents than slots, naming the file, the record and the
@@ -44,7 +45,7 @@ from dpa_omf.jobs import align, evaluate, pretrain
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import data as data_job
 from dpa_omf.jobs import workdir as wd
-from dpa_omf.metrics import submission
+from dpa_omf.metrics import model_realism, submission
 from dpa_omf.model import motion_lm as mlm
 from dpa_omf.model import sampling as ro
 from dpa_omf.train import checkpointing
@@ -109,7 +110,7 @@ def simulate(model: mlm.MotionLM, params, scenario: dt.Scenario, key: jax.Array,
              rollout: ro.RolloutConfig) -> np.ndarray:
     """The one per-scene sampling call: ``[R, A, 80, 4]`` (x, y, z, heading) of every slot (jitted, one scene)."""
     r = ro.sample(model, params, scenario, key, rollout)
-    return np.asarray(evaluate.sim_xyzh(scenario, r))
+    return np.asarray(model_realism.sim_xyzh(scenario, r))
 
 
 def scenario_rollouts(model: mlm.MotionLM, params, scenario: dt.Scenario, index: int,

@@ -8,8 +8,9 @@ that change how it runs but not what it produces (:data:`NOT_FINGERPRINTED`).
 
 Processes (decided here, for every stage): summaries, reports and other
 single files are written by process 0 (:func:`is_writer`); stages that split
-their work write only their own shards; :func:`barrier` makes every process
-wait for the others.
+their work take :func:`process_share` of the items and write only those;
+:func:`barrier` makes every process wait for the others, :func:`any_process`
+lets them agree (e.g. that one was preempted).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from dpa_omf import atomic
 
@@ -104,6 +106,22 @@ def say(line: str) -> None:
     """One line for the user's terminal (process 0 only); library chatter goes to the log file."""
     if is_writer():
         print(line, file=sys.stderr, flush=True)
+
+
+def process_share(num_items: int, process_index: int | None = None, process_count: int | None = None) -> list[int]:
+    """The work items (shards, chunks) this process does: ``k % P == p``; disjoint, deterministic, all covered."""
+    p = jax.process_index() if process_index is None else process_index
+    n = jax.process_count() if process_count is None else process_count
+    return list(range(p, num_items, n))
+
+
+def any_process(flag: bool) -> bool:
+    """True when ``flag`` is set on any process (a collective: every process must call it, so also a barrier)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils  # only multi-process jobs need it
+
+    return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
 
 
 def barrier(name: str) -> None:

@@ -35,10 +35,10 @@ from configs import pretrain as pretrain_config
 from dpa_omf import atomic
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import data as data_job
-from dpa_omf.jobs import evaluate, pretrain
+from dpa_omf.jobs import evaluate, pretrain, realism_eval
 from dpa_omf.jobs import workdir as wd
 from dpa_omf.model import motion_lm as mlm
-from dpa_omf.train import checkpointing
+from dpa_omf.train import checkpointing, sharding
 from dpa_omf.train import logging as stage_logging
 
 matplotlib.use("Agg")
@@ -78,11 +78,16 @@ def realism_at(run: pathlib.Path, step: int) -> dict:
     if cached is not None:
         return cached
     c = _eval_config()
-    params = checkpointing.restore_params(_ckpt_dir(run), pretrain.abstract_params(c), step)
-    scenes = evaluate.held_out_scenes(c, str(run))
-    m = evaluate.evaluate_model(mlm.MotionLM(cfg_lib.model(c)), params, scenes, cfg_lib.evaluate(c))
+    mesh = sharding.make_mesh(devices=jax.local_devices())
+    params = checkpointing.restore_params(_ckpt_dir(run), pretrain.params_target(c, mesh), step)
+    scenes, sources = evaluate.held_out_sources(c, str(run))
+    evaluator = realism_eval.Evaluator(mlm.MotionLM(cfg_lib.model(c)), cfg_lib.evaluate(c), mesh)
+    rows = []
+    for group in evaluate.chunks(len(sources), c.evaluate.scenes_per_chunk):  # the evaluate job's chunks
+        rows += evaluator.scene_metrics(params, [scenes.read(sources[i]) for i in group], group)
+    m = realism_eval.mean_metrics(rows)
     out = {ours: m[official] for ours, official in evaluate.FIELDS.items()}
-    out["num_scenes"] = len(scenes)
+    out["num_scenes"] = len(sources)
     atomic.write_json(cache, out)
     return out
 

@@ -1,0 +1,95 @@
+"""The batched, sharded realism evaluator shared by the evaluate job and the training jobs.
+
+:class:`Evaluator` scores groups of held-out scenes with
+``metrics.model_realism.sample_and_score``: ``scenes_per_device`` scenes per
+device of a mesh of this process's devices per step (one jitted program per
+realism configuration, the scenes split over the mesh; a short step is padded
+with copies of its last scene, dropped). The metric's static sizes are
+fitted to the group of scenes a call is given (the evaluate job's chunks are
+fixed groups, whatever the number of devices or processes), and a scene
+whose pruned map search could not be certified is scored again with
+exhaustive searches (as ``wosac.evaluate_scene`` does), so every scene gets
+the official values. Rollout keys: ``fold_in(key(seed), scene index)``.
+
+The training jobs log realism of a fixed small held-out set with
+:func:`realism_logger` (composite, buckets, collision and off-road rates
+every ``eval_every`` steps, to ``metrics.jsonl`` and TensorBoard).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from dpa_omf import datatypes as dt
+from dpa_omf.jobs import config as cfg_lib
+from dpa_omf.metrics import model_realism
+from dpa_omf.metrics import wosac as realism
+from dpa_omf.model import motion_lm as mlm
+from dpa_omf.train import sharding
+
+# The per-scene figures the training jobs log (official names -> ours).
+LOGGED = {"metametric": "composite", "kinematic": "kinematic", "interactive": "interactive", "map_based": "map",
+          "simulated_collision_rate": "collision_rate", "simulated_offroad_rate": "offroad_rate"}
+
+
+class Evaluator:
+    """Per-scene WOSAC metrics of a model's rollouts, batched over the devices of ``mesh``."""
+
+    def __init__(self, model: mlm.MotionLM, cfg: cfg_lib.EvaluateConfig, mesh: jax.sharding.Mesh,
+                 scenes_per_device: int | None = None):
+        self.model, self.cfg, self.mesh = model, cfg, mesh
+        self.step_size = (scenes_per_device or cfg.scenes_per_device) * mesh.devices.size
+        self.base_key = jax.random.key(cfg.seed)
+        self._programs: dict[realism.RealismConfig, object] = {}
+
+    def _program(self, rc: realism.RealismConfig):
+        if rc not in self._programs:
+            self._programs[rc] = sharding.map_over_scenes(
+                lambda p, s, k: model_realism.sample_and_score(self.model, p, s, k, self.cfg.rollout, rc), self.mesh)
+        return self._programs[rc]
+
+    def _run(self, params, scenarios: list[dt.Scenario], indices: Sequence[int], rc) -> dict[str, np.ndarray]:
+        outs = []
+        for i in range(0, len(scenarios), self.step_size):
+            group, idx = scenarios[i:i + self.step_size], list(indices[i:i + self.step_size])
+            pad = self.step_size - len(group)
+            batch = sharding.put_local_batch(dt.stack_scenarios(group + group[-1:] * pad), self.mesh)
+            keys = jax.numpy.stack([jax.random.fold_in(self.base_key, j) for j in idx + idx[-1:] * pad])
+            res = jax.device_get(self._program(rc)(params, batch, sharding.put_local_batch(keys, self.mesh)))
+            outs.append({k: np.asarray(v)[:len(group)] for k, v in res.items()})
+        return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+    def scene_metrics(self, params, scenarios: list[dt.Scenario], indices: Sequence[int]) -> list[dict[str, float]]:
+        """The official-named metrics of each scene (``indices``: the scenes' global indices: their keys)."""
+        if len(scenarios) != len(indices) or not scenarios:
+            raise ValueError(f"scene_metrics: {len(scenarios)} scenes for {len(indices)} indices")
+        rc = self.cfg.realism.fitted(dt.stack_scenarios(scenarios))
+        out = self._run(params, scenarios, indices, rc)
+        redo = np.flatnonzero(out["map_search_inexact"])
+        if redo.size:  # rare (agents far off the map): exhaustive searches for those scenes only
+            exhaustive = dataclasses.replace(rc, road_edge_block=None, lane_block=None)
+            again = self._run(params, [scenarios[j] for j in redo], [indices[j] for j in redo], exhaustive)
+            for k in out:
+                out[k][redo] = again[k]
+        return [realism.metrics_to_official_dict({k: v[j] for k, v in out.items()}) for j in range(len(scenarios))]
+
+
+def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Mean over scenes of every field (the challenge averages per-scene metrics)."""
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+def realism_logger(evaluator: Evaluator, scenarios: list[dt.Scenario]):
+    """``f(params) -> {composite, kinematic, interactive, map, collision_rate, offroad_rate}`` on ``scenarios``
+    (a fixed small held-out set; keys from their positions), prefixed ``realism_`` for the training logs."""
+    indices = list(range(len(scenarios)))
+
+    def log(params) -> dict[str, float]:
+        m = mean_metrics(evaluator.scene_metrics(params, scenarios, indices))
+        return {f"realism_{ours}": m[official] for official, ours in LOGGED.items()}
+
+    return log
