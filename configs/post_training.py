@@ -32,8 +32,10 @@ def curate(variants: set[str]) -> ml_collections.ConfigDict:
     # the paper ranks every scene (1.0; 0.5x-4x for scaling studies; :womd sets 1.0)
     c.scenes_per_shard = 32
     # Scenes ranked at once by each device (the batch of one step is this x the process's devices); the
-    # preference set does not depend on it (nor on the number of devices or processes), only the speed.
-    c.scenes_per_device = 4
+    # preference set does not depend on it (nor on the number of devices or processes), only the speed. On a
+    # CPU one scene is already a large, compute-bound program and a bigger batch only costs memory (BUILD_NOTES:
+    # "Pod-scale curation and evaluation"); accelerators want several (:womd).
+    c.scenes_per_device = 1
     c.solver = "auto"  # 'auto': exact_host on CPU backends, exact (on device) on GPU/TPU | 'exact_host' (exact on
     # the host CPU, numba; fastest exact on a CPU, see BUILD_NOTES) | 'exact' (on-device JAX auction/SSP) |
     # 'sinkhorn' (entropic, fixed iterations) | 'ott' (ott-jax, configured like ours)
@@ -44,6 +46,7 @@ def curate(variants: set[str]) -> ml_collections.ConfigDict:
     c.pictures = True
     if "womd" in variants:
         c.rankings_per_example = 1.0
+        c.scenes_per_device = 8
     if "smoke" in variants:
         c.num_rollouts = 8
         c.num_pairs = 2
@@ -72,6 +75,7 @@ def align(variants: set[str]) -> ml_collections.ConfigDict:
     c.log_every = 10
     c.eval_every = 20
     c.eval_batches = 2
+    c.realism_scenes = 4  # WOSAC realism of the first N held-out scenes at every evaluation (0 = off)
     c.checkpoint_every = 100
     c.keep_checkpoints = 2
     c.progress_bar = True
@@ -107,6 +111,8 @@ def evaluate(variants: set[str]) -> ml_collections.ConfigDict:
         c.num_scenes = 2
     if "womd" in variants:
         c.num_scenes = 0  # every scene of the held-out split (44k on WOMD validation), split over processes
+        c.scenes_per_chunk = 32
+        c.scenes_per_device = 4
     return c
 
 

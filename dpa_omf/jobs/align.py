@@ -42,7 +42,7 @@ import numpy as np
 from dpa_omf import datatypes as dt
 from dpa_omf.io import reader
 from dpa_omf.jobs import config as cfg_lib
-from dpa_omf.jobs import curate, pretrain
+from dpa_omf.jobs import curate, pretrain, realism_eval
 from dpa_omf.jobs import workdir as wd
 from dpa_omf.model import decoder as dec
 from dpa_omf.model import motion_lm as mlm
@@ -334,7 +334,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> in
     result = loop.train(
         make_loss_fn(model, cfg), lambda rng: ref, train_b.from_step, cfg_lib.align_train(config), workdir,
         folder_name(cfg.method), eval_fn=make_eval_fn(model, cfg), eval_batches_fn=lambda: iter(eval_batches),
-        frozen=ref, initial_params=ref,
+        frozen=ref, initial_params=ref, extra_eval=realism_eval.training_realism(config, workdir, "align"),
         summary_extra=lambda s: {"config_fingerprint": fingerprint, "method": cfg.method,
                                  "train_scenes": len(train_rows), "heldout_scenes": int(n_held),
                                  "seconds": time.time() - t0})

@@ -70,6 +70,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 STAGE = "curate"
+PARTIAL_SUFFIX = ".partial.npz"
 
 
 def ranking_jobs(num_scenes: int, rankings_per_example: float) -> list[tuple[int, int]]:
@@ -83,7 +84,8 @@ def shard_name(k: int, n: int) -> str:
 
 
 def shard_files(workdir: str) -> list[pathlib.Path]:
-    files = sorted(wd.stage_dir(workdir, STAGE).glob("shard-*-of-*.npz"))
+    """The finished shards (never the partial files of a stopped run, which the pattern also matches)."""
+    files = sorted(p for p in wd.stage_dir(workdir, STAGE).glob("shard-*-of-*.npz"))
     if not files:
         raise FileNotFoundError(f"no preference shards in {wd.stage_dir(workdir, STAGE)}")
     return files
@@ -195,7 +197,11 @@ def _log_shard(logger: stage_logging.StageLogger, k: int, stack: dict) -> None:
 
 def partial_path(path: pathlib.Path) -> pathlib.Path:
     """Where a shard's finished rankings wait when the job is stopped mid-shard."""
-    return path.with_name(path.name.replace(".npz", ".partial.npz"))
+    return path.with_name(path.name.replace(".npz", PARTIAL_SUFFIX))
+
+
+def is_partial(path: pathlib.Path) -> bool:
+    return path.name.endswith(PARTIAL_SUFFIX)
 
 
 class Ranker:

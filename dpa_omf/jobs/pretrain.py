@@ -43,6 +43,7 @@ from dpa_omf import datatypes as dt
 from dpa_omf.io import pipeline as pipe
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import data as data_job
+from dpa_omf.jobs import realism_eval
 from dpa_omf.jobs import workdir as wd
 from dpa_omf.model import motion_lm as mlm
 from dpa_omf.train import checkpointing, loop, sharding
@@ -255,6 +256,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str, *,
     result = loop.train(
         make_loss_fn(model), init_fn, train_batches(config, workdir), cfg_lib.pretrain_train(config), workdir,
         STAGE, eval_batches_fn=eval_batches(config, workdir), hooks=hooks, summary_extra=summary_extra,
+        extra_eval=realism_eval.training_realism(config, workdir, "pretrain"),
     )
     if result.summary:
         log.info("pretrain: %s", json.dumps(result.summary, default=str))

@@ -22,10 +22,14 @@ import dataclasses
 from collections.abc import Sequence
 
 import jax
+import ml_collections
 import numpy as np
 
 from dpa_omf import datatypes as dt
+from dpa_omf.io import reader
 from dpa_omf.jobs import config as cfg_lib
+from dpa_omf.jobs import data as data_job
+from dpa_omf.jobs import workdir as wd
 from dpa_omf.metrics import model_realism
 from dpa_omf.metrics import wosac as realism
 from dpa_omf.model import motion_lm as mlm
@@ -93,3 +97,25 @@ def realism_logger(evaluator: Evaluator, scenarios: list[dt.Scenario]):
         return {f"realism_{ours}": m[official] for official, ours in LOGGED.items()}
 
     return log
+
+
+def training_realism(config: ml_collections.ConfigDict, workdir: str, section: str):
+    """The ``extra_eval`` of a training job: realism of the first ``<section>.realism_scenes`` held-out scenes.
+
+    Returns ``f(params) -> {realism_composite, ...}`` (the evaluate section's rollouts, challenge and seed),
+    or None when ``realism_scenes`` is 0. Process 0 scores them (a few scenes: splitting them would cost more
+    than it saves) on its own devices; the others return ``{}`` (only process 0 logs).
+    """
+    n = config[section].realism_scenes
+    if n <= 0:
+        return None
+    if not wd.is_writer():
+        return lambda params: {}
+    scenes = reader.SceneReader(data_job.split_files(config, workdir, "valid"), cfg_lib.reader(config))
+    fixed = [scenes.read(src) for src in scenes.sources()[:n]]
+    scenes.close()
+    evaluator = Evaluator(mlm.MotionLM(cfg_lib.model(config)), cfg_lib.evaluate(config),
+                          sharding.make_mesh(devices=jax.local_devices()))
+    log = realism_logger(evaluator, fixed)
+    # The training state's params live on the job's (possibly multi-process) mesh: this process's replica.
+    return lambda params: log(jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), params))

@@ -37,7 +37,7 @@ NOT_FINGERPRINTED = (
     "data.synthetic.num_workers",
     "pretrain.log_every", "pretrain.progress_bar", "pretrain.prefetch", "pretrain.checkpoint_every",
     "pretrain.keep_checkpoints", "pretrain.async_checkpointing",
-    "curate.scenes_per_device", "evaluate.scenes_per_device",
+    "curate.scenes_per_device", "evaluate.scenes_per_device", "pretrain.realism_scenes", "align.realism_scenes",
     "align.log_every", "align.progress_bar", "align.checkpoint_every", "align.keep_checkpoints",
 )
 

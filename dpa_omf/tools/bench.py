@@ -38,7 +38,8 @@ slow methods run only when asked for:
 ``train``: scenes/s and tokens/s of the pretraining step (the loop's compiled
 step) on synthetic scenes, per agent count. ``rollout``: cached (KV) vs
 recompute-the-prefix sampling. ``realism``: the WOSAC metric on one scene and
-on a vmapped batch.
+on a vmapped batch. ``curate`` / ``evaluate``: the batched, sharded post-training
+paths vs the per-scene loop, on 1 and 8 devices (``dpa_omf/tools/bench_pod.py``).
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ from dpa_omf.preference import distance, ranking
 from dpa_omf.synthetic import dataset as synthetic
 from dpa_omf.testing import bench_scenes
 from dpa_omf.testing import scenes as fake_scenes
+from dpa_omf.tools import bench_pod
 from dpa_omf.train import compilation_cache, loop
 
 os.environ.setdefault("POT_BACKEND_DISABLE_TENSORFLOW", "1")  # POT (imported later) would import TF otherwise
@@ -489,6 +491,8 @@ BENCHMARKS: dict[str, tuple[Callable, Callable]] = {
     "train": (_add_train_args, bench_train),
     "rollout": (_add_rollout_args, bench_rollout),
     "realism": (_add_realism_args, bench_realism),
+    "curate": (bench_pod.add_args, lambda args: bench_pod.run("curate", args)),
+    "evaluate": (bench_pod.add_args, lambda args: bench_pod.run("evaluate", args)),
 }
 
 
@@ -504,10 +508,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cache = compilation_cache.enable(args.compilation_cache)
     result = BENCHMARKS[args.bench][1](args)
+    if getattr(args, "worker", 0):  # a bench_pod worker process: the result goes to its parent on stdout
+        print(json.dumps(atomic.jsonable(result)))
+        return
     result["benchmark"] = args.bench
     result["compilation_cache"] = cache or compilation_cache.OFF
     atomic.write_json(args.json, result)  # never leave a half-written file
-    print(json.dumps({k: result[k] for k in ("seconds_per_scene", "topbottom_agreement")
+    print(json.dumps({k: result[k] for k in ("seconds_per_scene", "topbottom_agreement", "scenes_per_second")
                       if k in result}, indent=2))
 
 

@@ -415,6 +415,7 @@ def train(
     mesh: Mesh | None = None,
     hooks: Sequence[Hook] = (),
     summary_extra: Mapping[str, Any] | Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
+    extra_eval: Callable[[PyTree], Mapping[str, float]] | None = None,
 ) -> TrainResult:
     """Trains ``loss_fn`` for ``config.num_steps`` steps, resuming from ``WORKDIR/<stage>/checkpoints``.
 
@@ -425,7 +426,9 @@ def train(
     ``summary_extra`` adds the stage's own figures to summary.json (e.g. its
     ``config_fingerprint``, which marks the stage done): a mapping, or a
     function of the loop's summary returning one, called once at the end so
-    that the file is written once, complete.
+    that the file is written once, complete. ``extra_eval(params) -> metrics``
+    adds figures to every evaluation (e.g. the realism of a few held-out
+    scenes); it may return ``{}`` on processes that do not log.
 
     Returns:
       A :class:`TrainResult`; on SIGTERM/SIGINT the state is saved at the
@@ -453,7 +456,11 @@ def train(
     # -- the steps, each followed by its log, hooks, evaluation and checkpoint
     logger = stage_logging.StageLogger(stage_dir, total_steps=config.num_steps, initial_step=start,
                                        progress_bar=config.progress_bar)
-    evaluate = (lambda p: trainer.evaluate(p, eval_batches_fn())) if eval_batches_fn is not None else None
+    evaluate = None
+    if eval_batches_fn is not None or extra_eval is not None:
+        def evaluate(p):
+            m = dict(trainer.evaluate(p, eval_batches_fn())) if eval_batches_fn is not None else {}
+            return {**m, **(extra_eval(p) if extra_eval is not None else {})}
     batches = None
     try:
         with checkpointing.PreemptionFlag() as flag:
