@@ -15,7 +15,7 @@ atomically, skipped when present, so a restarted job resumes shard by shard),
 expert, the best and the worst rollouts and one agent's coupling matrix.
 
 Pod scale: every process runs this job. Process p of P takes the shards
-k with ``k % P == p`` (:func:`process_shards`), reads only their scenes and
+k with ``k % P == p`` (``workdir.process_share``), reads only their scenes and
 writes only those shards; it ranks ``curate.scenes_per_device`` scenes per
 local device per step (one jitted program, the scenes split over a mesh of
 the process's devices: ``preference.curation.rank_batch`` under
@@ -85,15 +85,10 @@ def shard_name(k: int, n: int) -> str:
 
 def shard_files(workdir: str) -> list[pathlib.Path]:
     """The finished shards (never the partial files of a stopped run, which the pattern also matches)."""
-    files = sorted(p for p in wd.stage_dir(workdir, STAGE).glob("shard-*-of-*.npz"))
+    files = sorted(p for p in wd.stage_dir(workdir, STAGE).glob("shard-*-of-*.npz") if not is_partial(p))
     if not files:
         raise FileNotFoundError(f"no preference shards in {wd.stage_dir(workdir, STAGE)}")
     return files
-
-
-def process_shards(num_shards: int, process_index: int, process_count: int) -> list[int]:
-    """The shards process ``process_index`` of ``process_count`` ranks: disjoint, deterministic, all covered."""
-    return list(range(process_index, num_shards, process_count))
 
 
 def local_mesh() -> jax.sharding.Mesh:
@@ -123,7 +118,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> in
     jobs = ranking_jobs(len(ranker.sources), config.curate.rankings_per_example)
     per_shard = config.curate.scenes_per_shard
     num_shards = math.ceil(len(jobs) / per_shard)
-    mine = process_shards(num_shards, jax.process_index(), jax.process_count())
+    mine = wd.process_share(num_shards)
     logger = stage_logging.StageLogger(out, total_steps=sum(len(jobs[k * per_shard:(k + 1) * per_shard])
                                                             for k in mine), initial_step=0)
     start, done, preempted, ranked = time.time(), 0, False, []
@@ -132,6 +127,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> in
             path = out / shard_name(k, num_shards)
             chunk = jobs[k * per_shard:(k + 1) * per_shard]
             if path.exists():
+                partial_path(path).unlink(missing_ok=True)  # a kill between the write and unlink below leaves it
                 logger.advance(len(chunk))
                 continue
             pictures = out if config.curate.pictures and k == 0 else None
@@ -145,7 +141,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> in
             done += len(chunk)
             ranked.append(k)
     scenes.close()
-    if _any_process(preempted):  # every process stops together (also a barrier)
+    if wd.any_process(preempted):  # every process stops together (also a barrier)
         logger.close()
         wd.say(f"[{STAGE}] preempted: finished rankings saved; run again to continue")
         return checkpointing.EXIT_PREEMPTED
@@ -162,15 +158,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> in
     logger.close()
     wd.barrier("curate_summary")
     return 0
-
-
-def _any_process(flag: bool) -> bool:
-    """True when ``flag`` is set on any process (a collective: every process must call it)."""
-    if jax.process_count() == 1:
-        return flag
-    from jax.experimental import multihost_utils  # only multi-process jobs need it
-
-    return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
 
 
 def shards_by_process(ranked: list[int], num_shards: int) -> list[list[int]]:

@@ -19,7 +19,7 @@ Where: ``WORKDIR/submit_<model>/``: ``shards/submission.binproto-XXXXX-of-NNNNN`
 ``submit.scenarios_per_shard`` scenarios), ``done/<shard>.json`` (per shard: the stage's fingerprint, its
 scenarios, sim agents, seconds), ``submission.tar.gz`` (the file to upload) and ``summary.json``.
 
-Processes: shard k is written by process ``k % N`` only (:func:`process_shards`); the keys depend only on the
+Processes: shard k is written by process ``k % N`` only (``workdir.process_share``); the keys depend only on the
 seed and the global scenario index, so the files do not depend on N. After a barrier, process 0 packs the tar and
 writes the summary. Resume: a shard whose ``done`` record carries this stage's fingerprint is skipped; every file
 is written atomically, the shard before its record.
@@ -96,13 +96,6 @@ def shard_ranges(num_scenarios: int, scenarios_per_shard: int) -> list[range]:
     return [range(bounds[k], bounds[k + 1]) for k in range(count)]
 
 
-def process_shards(num_shards: int, process_index: int, process_count: int) -> list[int]:
-    """The shards one process writes: ``k`` with ``k % process_count == process_index`` (disjoint, covering)."""
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process {process_index} is not one of {process_count}")
-    return list(range(process_index, num_shards, process_count))
-
-
 # ----------------------------------------------------------------------------- one scene
 
 
@@ -162,7 +155,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> in
         plan = shard_ranges(len(sources), cfg.scenarios_per_shard)
         model, params = load_model(config, workdir, cfg.model)
         meta = cfg.submission_metadata(mlm.param_count(params))
-        mine = process_shards(len(plan), jax.process_index(), jax.process_count())
+        mine = wd.process_share(len(plan))
         for k in mine:
             name = submission.shard_name(k, len(plan))
             done = out / "done" / f"{name}.json"

@@ -112,6 +112,8 @@ def process_share(num_items: int, process_index: int | None = None, process_coun
     """The work items (shards, chunks) this process does: ``k % P == p``; disjoint, deterministic, all covered."""
     p = jax.process_index() if process_index is None else process_index
     n = jax.process_count() if process_count is None else process_count
+    if not 0 <= p < n:
+        raise ValueError(f"process {p} is not one of {n}")
     return list(range(p, num_items, n))
 
 

@@ -6,63 +6,28 @@ pretraining in one process with 4 devices is the reference.
 """
 
 import json
-import os
-import pathlib
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 
+import job_processes as jp
 import numpy as np
 import pytest
 
 from dpa_omf.train import logging as stage_logging
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = "--config=configs/pretrain.py:smoke"
 # Tiny mesh-friendly batch: 8 global = 4 per process = 2 per device.
 COMMON = ["--config.pretrain.num_steps=4", "--config.pretrain.checkpoint_every=2"]
 
 
-def _env(num_devices: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_FLAGS", "JAX_COORDINATOR"))}
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}", JAX_PLATFORMS="cpu",
-               TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(workdir, extra=(), num_devices=2, **multihost) -> subprocess.Popen:
-    args = [sys.executable, "-m", "dpa_omf.launch", CONFIG, f"--workdir={workdir}", *COMMON, *extra]
-    args += [f"--{k}={v}" for k, v in multihost.items()]
-    return subprocess.Popen(args, cwd=REPO, env=_env(num_devices), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return jp.launch([CONFIG, *COMMON, *extra], workdir, num_devices, **multihost)
 
 
 def _two_processes(workdir, extra=()) -> list[subprocess.Popen]:
-    port = _free_port()
-    return [_launch(workdir, extra, multihost="yes", coordinator_address=f"127.0.0.1:{port}", num_processes=2,
-                    process_id=i) for i in range(2)]
-
-
-def _wait(procs, timeout=400) -> list[tuple[int, str]]:
-    out = []
-    for p in procs:
-        try:
-            _, err = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-        out.append((p.returncode, err))
-    return out
+    return jp.two_processes([CONFIG, *COMMON, *extra], workdir)
 
 
 def _train_losses(stage_dir) -> list[float]:
@@ -74,24 +39,22 @@ def data_workdir(tmp_path_factory):
     """A workdir holding the smoke data stage (made once, copied into each run's workdir)."""
     wd = tmp_path_factory.mktemp("data")
     out = subprocess.run([sys.executable, "-m", "dpa_omf.launch", "--config=configs/data.py:smoke",
-                          f"--workdir={wd}"], cwd=REPO, env=_env(1), capture_output=True, text=True)
+                          f"--workdir={wd}"], cwd=jp.REPO, env=jp.env(1), capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     return wd
 
 
-def _workdir_with_data(tmp_path, name, data_workdir) -> pathlib.Path:
-    wd = tmp_path / name
-    shutil.copytree(data_workdir / "data", wd / "data")
-    return wd
+def _workdir_with_data(tmp_path, name, data_workdir):
+    return jp.copy_stages(data_workdir, tmp_path / name, "data")
 
 
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_four_devices(tmp_path, data_workdir):
     single = _workdir_with_data(tmp_path, "single", data_workdir)
     multi = _workdir_with_data(tmp_path, "multi", data_workdir)
-    (rc_single, err_single), = _wait([_launch(single, num_devices=4, multihost="no")])
+    (rc_single, err_single), = jp.wait([_launch(single, num_devices=4, multihost="no")])
     assert rc_single == 0, err_single[-3000:]
-    results = _wait(_two_processes(multi))
+    results = jp.wait(_two_processes(multi))
     for i, (rc, err) in enumerate(results):
         assert rc == 0, f"process {i}: {err[-3000:]}"
 
@@ -130,7 +93,7 @@ def test_two_processes_killed_with_sigterm_resume(tmp_path, data_workdir):
         time.sleep(0.5)
     for p in procs:
         p.send_signal(signal.SIGTERM)
-    results = _wait(procs)
+    results = jp.wait(procs)
     for i, (rc, err) in enumerate(results):
         assert rc == 75, f"process {i} exit {rc}: {err[-3000:]}"
     assert not (wd / "pretrain" / "summary.json").exists()
@@ -140,8 +103,8 @@ def test_two_processes_killed_with_sigterm_resume(tmp_path, data_workdir):
     # The rerun resumes from that checkpoint. To keep the test short it ends 2 steps later (the step
     # count only shapes the learning-rate schedule; exact resumption is checked in test_pretrain).
     end = saved[-1] + 2
-    results = _wait(_two_processes(wd, [f"--config.pretrain.num_steps={end}",
-                                        "--config.pretrain.checkpoint_every=1000"]))
+    results = jp.wait(_two_processes(wd, [f"--config.pretrain.num_steps={end}",
+                                          "--config.pretrain.checkpoint_every=1000"]))
     for i, (rc, err) in enumerate(results):
         assert rc == 0, f"process {i}: {err[-3000:]}"
     summary = json.loads((wd / "pretrain" / "summary.json").read_text())
@@ -154,7 +117,7 @@ def test_two_processes_killed_with_sigterm_resume(tmp_path, data_workdir):
 
 def _dry_run(workdir, variant, num_devices, *extra):
     return subprocess.run([sys.executable, "-m", "dpa_omf.launch", f"--config=configs/pretrain.py:{variant}",
-                           f"--workdir={workdir}", "--dry_run", *extra], cwd=REPO, env=_env(num_devices),
+                           f"--workdir={workdir}", "--dry_run", *extra], cwd=jp.REPO, env=jp.env(num_devices),
                           capture_output=True, text=True)
 
 

@@ -91,7 +91,7 @@ def test_process_shares_are_disjoint_and_cover_every_shard():
     assert [list(r) for r in plan] == [[0, 1], [2, 3, 4], [5, 6], [7, 8, 9]]
     assert submit.shard_ranges(4, 100) == [range(0, 4)]
     for n in (1, 2, 3, 5):
-        shares = [submit.process_shards(len(plan), p, n) for p in range(n)]
+        shares = [wdir.process_share(len(plan), p, n) for p in range(n)]
         flat = sorted(k for share in shares for k in share)
         assert flat == list(range(len(plan)))  # disjoint and covering: nothing written twice or missed
         assert all(k % n == p for p, share in enumerate(shares) for k in share)

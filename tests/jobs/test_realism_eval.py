@@ -1,0 +1,67 @@
+"""The batched evaluator: per-scene values independent of the batch and the devices, equal to the loop."""
+
+import jax
+import numpy as np
+import pytest
+
+from configs import align as align_config
+from dpa_omf.jobs import config as cfg_lib
+from dpa_omf.jobs import pretrain, realism_eval, report
+from dpa_omf.metrics import model_realism
+from dpa_omf.metrics import wosac as realism
+from dpa_omf.model import motion_lm as mlm
+from dpa_omf.model import sampling
+from dpa_omf.synthetic import dataset as synthetic
+from dpa_omf.train import sharding
+
+
+@pytest.fixture(scope="module")
+def smoke():
+    c = align_config.get_config("smoke")
+    model = mlm.MotionLM(cfg_lib.model(c))
+    params = pretrain.make_init_fn(model, c)(jax.random.key(0))
+    scenes = [synthetic.generate_scenario(100 + i, cfg_lib.synthetic_world(c)) for i in range(3)]
+    return c, model, params, scenes
+
+
+def _evaluator(c, model, devices: int, per_device: int) -> realism_eval.Evaluator:
+    mesh = sharding.make_mesh(devices=jax.local_devices()[:devices])
+    return realism_eval.Evaluator(model, cfg_lib.evaluate(c), mesh, per_device)
+
+
+def test_batch_and_devices_do_not_change_a_scene(smoke):
+    c, model, params, scenes = smoke
+    idx = [5, 6, 7]
+    one = _evaluator(c, model, 1, 1).scene_metrics(params, scenes, idx)
+    # The same per-device batch on more devices (padded to 4): bit for bit.
+    assert one == _evaluator(c, model, 2, 1).scene_metrics(params, scenes, idx)
+    assert set(one[0]) == set(realism.OFFICIAL_FIELDS + realism.BUCKET_FIELDS)
+    # Another per-device batch: XLA may reorder float reductions for the new shape (last bits only).
+    three = _evaluator(c, model, 1, 3).scene_metrics(params, scenes, idx)
+    for a, b in zip(one, three):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+
+
+def test_matches_the_per_scene_loop(smoke):
+    c, model, params, scenes = smoke
+    cfg = cfg_lib.evaluate(c)
+    rows = _evaluator(c, model, 1, 2).scene_metrics(params, scenes, [0, 1, 2])
+    for i, s in enumerate(scenes):
+        r = sampling.sample(model, params, s, jax.random.fold_in(jax.random.key(cfg.seed), i), cfg.rollout)
+        want = realism.evaluate_scene(s, np.asarray(model_realism.sim_xyzh(s, r)), cfg.realism)
+        for k, v in want.items():  # sizes fitted per scene vs per group: equal up to float rounding
+            assert rows[i][k] == pytest.approx(v, abs=1e-5), k
+
+
+def test_training_log_and_report_table(smoke):
+    c, model, params, scenes = smoke
+    log = realism_eval.realism_logger(_evaluator(c, model, 1, 1), scenes[:2])
+    m = log(params)
+    assert set(m) == {f"realism_{v}" for v in realism_eval.LOGGED.values()}
+    assert 0 < m["realism_composite"] < 1
+    models = {"reference": dict.fromkeys(report.COLUMNS, 0.5) | {"composite_ci": [0.45, 0.55]},
+              "dpa_omf": dict.fromkeys(report.COLUMNS, 0.6) | {"composite_ci": [0.55, 0.65],
+                                                             "composite_vs_reference": {"mean": 0.1, "lo": 0.05,
+                                                                                        "hi": 0.15}}}
+    text = report.table(models)
+    assert "composite 95% CI" in text and "+0.1000 [+0.0500, +0.1500]" in text and "[0.4500, 0.5500]" in text

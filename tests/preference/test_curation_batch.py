@@ -1,0 +1,75 @@
+"""Batched curation gives every scene exactly what it gets alone (same keys => same rollouts => same pairs)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import align as align_config
+from dpa_omf import datatypes as dt
+from dpa_omf.jobs import config as cfg_lib
+from dpa_omf.jobs import pretrain
+from dpa_omf.model import motion_lm as mlm
+from dpa_omf.preference import curation
+from dpa_omf.preference import distance as dist
+from dpa_omf.preference import features as feat
+from dpa_omf.synthetic import dataset as synthetic
+
+
+@pytest.fixture(scope="module")
+def smoke():
+    c = align_config.get_config("smoke")
+    model = mlm.MotionLM(cfg_lib.model(c))
+    params = pretrain.make_init_fn(model, c)(jax.random.key(0))
+    scenes = [synthetic.generate_scenario(i, cfg_lib.synthetic_world(c)) for i in range(3)]
+    keys = [jax.random.fold_in(jax.random.key(7), i) for i in range(3)]
+    return c, model, params, scenes, keys
+
+
+def test_rank_batch_equals_scene_by_scene(smoke):
+    c, model, params, scenes, keys = smoke
+    cfg = cfg_lib.curation_config(c)
+    batch = jax.device_get(curation.rank_batch(model, params, dt.stack_scenarios(scenes), jnp.stack(keys), cfg))
+    for b, (s, k) in enumerate(zip(scenes, keys)):
+        one = jax.device_get(curation.rank_scene(model, params, s, k, cfg))
+        for name in ("tokens", "ot_distance", "ade_distance", "preferred", "unpreferred", "per_agent"):
+            np.testing.assert_array_equal(batch[name][b], one[name], err_msg=name)  # bit for bit
+
+
+def test_feature_batches_equal_single_scenes(smoke):
+    c, model, params, scenes, keys = smoke
+    cfg = cfg_lib.curation_config(c)
+    r = curation.rank_batch(model, params, dt.stack_scenarios(scenes), jnp.stack(keys), cfg, states=True)
+    stacked = dt.stack_scenarios(scenes)
+    phi_b, valid_b = feat.rollout_features_batch(stacked, r["x"], r["y"], r["heading"], r["vel_x"], r["vel_y"],
+                                                 cfg.features)
+    exp_b, exp_valid_b = feat.expert_features_batch(stacked, cfg.features)
+    for b, s in enumerate(scenes):
+        phi, valid = feat.rollout_features(s, *(r[k][b] for k in ("x", "y", "heading", "vel_x", "vel_y")),
+                                           cfg.features)
+        np.testing.assert_array_equal(np.asarray(phi_b[b]), np.asarray(phi))
+        np.testing.assert_array_equal(np.asarray(valid_b[b]), np.asarray(valid))
+        exp, exp_valid = feat.expert_features(s, cfg.features)
+        np.testing.assert_array_equal(np.asarray(exp_b[b]), np.asarray(exp))
+        np.testing.assert_array_equal(np.asarray(exp_valid_b[b]), np.asarray(exp_valid))
+
+
+def test_ordered_sum_is_left_to_right_and_shape_independent(rng):
+    x = rng.normal(size=(5, 37)).astype(np.float32) * np.float32(1e3)
+    want = np.zeros(5, np.float32)
+    for j in range(37):
+        want = want + x[:, j]  # float32, index order
+    np.testing.assert_array_equal(np.asarray(dist.ordered_sum(jnp.asarray(x), -1)), want)
+    one = np.stack([np.asarray(dist.ordered_sum(jnp.asarray(x[i]), -1)) for i in range(5)])
+    np.testing.assert_array_equal(one, want)
+
+
+def test_auto_solver_follows_the_backend():
+    assert dist.solver_for_backend("auto", "cpu")[0] == "exact_host"
+    assert dist.solver_for_backend("auto", "gpu")[0] == "exact"
+    assert dist.solver_for_backend("auto", "tpu")[0] == "exact"
+    assert dist.solver_for_backend("sinkhorn", "gpu") == ("sinkhorn", "named in the config")
+    c = align_config.get_config("smoke")
+    assert c.curate.solver == "auto"
+    assert cfg_lib.curation_config(c, backend="gpu").ot.solver == "exact"
+    assert cfg_lib.curation_config(c, backend="cpu").ot.solver == "exact_host"
