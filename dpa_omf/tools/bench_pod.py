@@ -1,7 +1,7 @@
 """``bench curate`` and ``bench evaluate``: the batched, sharded post-training paths vs the per-scene loop.
 
-    python -m dpa_omf.bench curate   --json OUT [--devices 1,8] [--scenes 8] [--scenes_per_device 4]
-    python -m dpa_omf.bench evaluate --json OUT [--devices 1,8] [--scenes 8] [--scenes_per_device 4]
+    python -m dpa_omf.bench curate   --json OUT [--devices 1,8] [--scenes 8] [--scenes_per_device 1]
+    python -m dpa_omf.bench evaluate --json OUT [--devices 1,8] [--scenes 8] [--scenes_per_device 1]
 
 Same scenes (synthetic, ``--num_agents`` slots, the default config's sizes:
 64 rollouts for curation, 32 for evaluation), same keys, same run. For each
@@ -52,7 +52,8 @@ from dpa_omf.train import checkpointing, sharding
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", default="1,8", help="device counts, one process each (fake CPU devices on a CPU)")
     p.add_argument("--scenes", type=int, default=8, help="scenes timed (a multiple of the batch is fairest)")
-    p.add_argument("--scenes_per_device", type=int, default=4)
+    p.add_argument("--scenes_per_device", type=int, default=1,
+                   help="scenes per device per step of the batched path (the configs' default on a CPU: 1)")
     p.add_argument("--num_agents", type=int, default=32, help="agent slots per scene")
     p.add_argument("--repeats", type=int, default=2, help="timed passes after the compiling one (median)")
     p.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)  # internal: run in this process

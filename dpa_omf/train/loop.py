@@ -307,6 +307,18 @@ def _stop_requested(flag: checkpointing.PreemptionFlag, ckpt, step: int, config:
     return stop or ckpt.reached_preemption(step)
 
 
+def _evaluator(trainer: Trainer, eval_batches_fn, extra_eval) -> Callable[[PyTree], dict[str, float]] | None:
+    """``params -> metrics``: the held-out batches' metrics and ``extra_eval``'s (None: no evaluation)."""
+    if eval_batches_fn is None and extra_eval is None:
+        return None
+
+    def evaluate(params):
+        m = dict(trainer.evaluate(params, eval_batches_fn())) if eval_batches_fn is not None else {}
+        return {**m, **(extra_eval(params) if extra_eval is not None else {})}
+
+    return evaluate
+
+
 def _restore_or_init(trainer: Trainer, ckpt: checkpointing.Checkpointer, stage_name: str) -> tuple[TrainState, int]:
     """The latest checkpointed state and its step, else a fresh state at step 0 (both sharded)."""
     start = ckpt.latest_step()
@@ -456,11 +468,7 @@ def train(
     # -- the steps, each followed by its log, hooks, evaluation and checkpoint
     logger = stage_logging.StageLogger(stage_dir, total_steps=config.num_steps, initial_step=start,
                                        progress_bar=config.progress_bar)
-    evaluate = None
-    if eval_batches_fn is not None or extra_eval is not None:
-        def evaluate(p):
-            m = dict(trainer.evaluate(p, eval_batches_fn())) if eval_batches_fn is not None else {}
-            return {**m, **(extra_eval(p) if extra_eval is not None else {})}
+    evaluate = _evaluator(trainer, eval_batches_fn, extra_eval)
     batches = None
     try:
         with checkpointing.PreemptionFlag() as flag:

@@ -97,10 +97,10 @@ def test_every_violation_is_listed_at_once():
     c.tokenizer.token_hz = 3
     c.align.method = "nope"
     c.curate.solver = "magic"
-    c.evaluate.num_scenes = 0
+    c.evaluate.num_scenes = -1  # 0 means "every held-out scene"
     with pytest.raises(ValueError) as e:
         cfg_lib.check(c)
-    for message in ("token_hz=3", "align.method='nope'", "magic", "evaluate.num_scenes=0"):
+    for message in ("token_hz=3", "align.method='nope'", "magic", "evaluate.num_scenes=-1"):
         assert message in str(e.value)
 
 
