@@ -259,7 +259,10 @@ class _ShardRanker:
             si, rep = chunk[0]
             scenario = self.scenes.read(self.sources[si])
             r = self.ranker
-            draw_pictures(pictures, scenario, jax.device_get(curation.rank_scene(r.model, r.params, scenario,
+            # One scene on one device: the host's copy of the params (replicated ones would make this a
+            # multi-device program with the host OT callback inside, which can deadlock: see Ranker).
+            params = jax.device_get(r.params)
+            draw_pictures(pictures, scenario, jax.device_get(curation.rank_scene(r.model, params, scenario,
                                                                                  self.key(si, rep), r.cfg)), r.cfg)
         rows["tokens"] = rows["tokens"].astype(np.int16)
         return rows

@@ -14,7 +14,8 @@ Pod scale: every process runs this job. The held-out scenes (the first
 with the batched, sharded evaluator (``jobs/realism_eval.py``: scenes split over
 the process's devices) and writes each chunk's per-scene metrics as it
 finishes (``WORKDIR/evaluate/scenes/<name>-<key>/chunk-XXXXX-of-YYYYY.json``,
-``key``: the evaluation's and the checkpoint's fingerprint), so a restart
+``key``: the evaluation's and the checkpoint's fingerprint; each file also names
+the process that scored it), so a restart
 skips finished chunks; SIGTERM / SIGINT stops every process after the
 current chunk and the job exits 75. After a barrier, process 0 aggregates
 the chunks of every model once: the per-scene means, a 95% bootstrap
@@ -181,7 +182,7 @@ def _score_chunks(evaluator: realism_eval.Evaluator, target, workdir: str, name:
         t0 = time.time()
         batch = [work.scenes.read(work.sources[i]) for i in groups[k]]
         rows = evaluator.scene_metrics(params, batch, groups[k])
-        atomic.write_json(path, {"scenes": groups[k], "seconds": time.time() - t0,
+        atomic.write_json(path, {"scenes": groups[k], "process": jax.process_index(), "seconds": time.time() - t0,
                                  "scenario_ids": [dt.scenario_id_str(s.scenario_id) for s in batch],
                                  "metrics": rows})
     return True
