@@ -391,7 +391,7 @@ def _check_stages(c) -> list[str]:
         errors.append(f"curate.rankings_per_example={c.curate.rankings_per_example} must be in (0, 16]")
     if c.curate.scenes_per_shard < 1:
         errors.append("curate.scenes_per_shard must be >= 1")
-    if c.submit.model != "reference" and c.submit.model != c.align.method:
+    if c.job == "submit" and c.submit.model not in ("reference", c.align.method):  # other jobs never submit
         errors.append(f"submit.model={c.submit.model!r} needs its alignment stage: set align.method to it "
                       f"(align.method={c.align.method!r}; configs/submit.py:<method> sets both)")
     if c.job == "submit" and not c.submit.account_name:

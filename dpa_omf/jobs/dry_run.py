@@ -80,10 +80,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     print(json.dumps(report, indent=2, sort_keys=True), flush=True)
     if wd.is_writer():
         atomic.write_json(wd.stage_dir(workdir, "aot") / "report.json", report)
-    if not report["curate_step"]["fits"]:
-        gib = report["curate_step"]["per_device_gib"]
-        sys.exit(f"aot: the curate step needs {gib['total']:.2f} GiB per device: lower curate.scenes_per_device "
-                 "or curate.rollout_chunk")
     if not report["fits"]:
         gib = report["per_device_gib"]
         sys.exit(f"aot: the train step needs {gib['total']:.2f} GiB per device (params {gib['params']:.3f}, "
@@ -91,4 +87,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                  f"{config.aot.headroom:.0%} of {report['device_memory_bytes'] / aot.GIB:.2f} GiB "
                  f"({report['device_memory_source']}) is available: lower pretrain.batch_size, "
                  "use more devices (mesh.data) or bfloat16 compute")
+    if not report["curate_step"]["fits"]:
+        gib = report["curate_step"]["per_device_gib"]
+        sys.exit(f"aot: the curate step needs {gib['total']:.2f} GiB per device: lower curate.scenes_per_device "
+                 "or curate.rollout_chunk")
     return report
