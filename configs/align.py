@@ -12,6 +12,9 @@ a re-run, and prints the table. Variants (comma-separated):
   sft_best_ade  SFT on the 32 closest rollouts by ADE
   afd           expert preferred over every generated rollout
   dpo           DPO with the frozen reference on the OT pairs
+  online        online DPA-OMF: each round ranks the current policy's own rollouts
+  catk          CAT-K closed-loop SFT on the reference's closest-among-top-K rollouts
+  ntp           compute-matched control: next-token prediction on the logs, same steps
 """
 
 from configs import common, post_training

@@ -18,7 +18,7 @@ DESCRIPTIONS = {
 }
 
 # The alignment methods (align.method; variants of configs/align.py); each maps to its loss in dpa_omf/jobs/align.py.
-ALIGN_METHODS = ("dpa_omf", "dpa_adef", "sft_best_oa", "sft_best_ade", "afd", "dpo")
+ALIGN_METHODS = ("dpa_omf", "dpa_adef", "sft_best_oa", "sft_best_ade", "afd", "dpo", "online", "catk", "ntp")
 
 
 def curate(variants: set[str]) -> ml_collections.ConfigDict:
@@ -71,6 +71,19 @@ def align(variants: set[str]) -> ml_collections.ConfigDict:
     c.pairs_per_scene = 4  # pairs (or sequences) drawn per scene per step
     c.sft_top_k = 32
     c.heldout_fraction = 0.1  # last share of the curated scenes: held-out pairs for the accuracy
+    # Online DPA-OMF (method 'online'): align.num_steps rounds of align.batch_size scenes. At the main job's
+    # sizes 16 rollouts per scene per round sample as many rollouts as offline curation does (40 rounds x 8
+    # scenes x 16 = 80 curated scenes x 64), and with steps_per_round=1 the same number of updates.
+    c.online = ml_collections.ConfigDict()
+    c.online.num_rollouts = 16
+    c.online.num_pairs = 4
+    c.online.rollout_chunk = 16
+    c.online.steps_per_round = 1
+    c.online.loss = "pairs"  # 'pairs' (pairs_per_scene of the K pairs per update) | 'ranked' (every ordered pair)
+    c.online.kl_weight = 0.0  # per-token KL(policy || reference) on the trained sequences (0: off)
+    c.online.reference_ratio = False  # score log pi - log pi_ref (DPO-style anchor)
+    # CAT-K (method 'catk'): pairs_per_scene closest-among-top-K rollouts of the reference per scene per step.
+    c.catk_top_k = 32
     c.batch_size = 8  # scenes per global batch
     c.num_steps = 40  # sized for the main job's 20-minute CPU budget (BUILD_NOTES: alignment tuning)
     c.log_every = 10
@@ -92,6 +105,10 @@ def align(variants: set[str]) -> ml_collections.ConfigDict:
         c.checkpoint_every = 2
         c.progress_bar = False
         c.optim.warmup_steps = 1
+        c.online.num_rollouts = 8  # = curate's at :smoke (round 0 then ranks as curation did)
+        c.online.num_pairs = 2
+        c.online.rollout_chunk = 8
+        c.catk_top_k = 8
     return c
 
 

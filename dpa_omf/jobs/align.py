@@ -8,6 +8,29 @@ Methods (``align.method``):
   afd           adversarial feedback from demonstrations: the expert is preferred
                 over every generated rollout.
   dpo           DPO on the OT pairs with the frozen reference (optional extra).
+  online        online DPA-OMF: every round ranks the *current* policy's own rollouts
+                (sample -> features -> OT -> pairs, in the training step) and takes CPL
+                updates on them; no preference shards.
+  catk          CAT-K closed-loop SFT (Zhang et al., CVPR 2025): NLL of the reference's
+                closest-among-top-K rollouts, drawn in the training step.
+  ntp           the compute-matched control: next-token prediction on the logged futures of
+                the same training scenes (the reference trained further, same steps and examples).
+
+Offline methods (the first six) train on the curated rankings; the scene-only
+methods (online, catk, ntp) read the same curated training scenes but make
+their own training data in the step (``loop.train(prepare_fn=...)``): online
+with the policy's parameters at that step, CAT-K with the frozen reference's.
+Online: ``align.num_steps`` rounds of ``align.batch_size`` scenes, each
+``align.online.num_rollouts`` rollouts ranked by OT, then
+``align.online.steps_per_round`` updates on that round's data (``loss``:
+'pairs', the ``pairs_per_scene`` of the K closest-vs-farthest pairs per update,
+or 'ranked', CPL over every ordered pair of the R rollouts). Anchors to the
+reference, each switchable: CPL's conservative lambda, ``online.kl_weight``
+(per-token KL to the reference on the trained sequences) and
+``online.reference_ratio`` (DPO-style scores log pi - log pi_ref). The round's
+rollout keys come from the global scene index and the round only (round 0 of a
+scene uses the curate job's key for it): a resumed run prepares exactly the
+same rounds.
 
 Every method trains with the shared sharded loop (``dpa_omf.train.loop``):
 same mesh, checkpoints, resume, preemption and logs as pretraining. The
@@ -46,6 +69,8 @@ from dpa_omf.jobs import curate, pretrain, realism_eval
 from dpa_omf.jobs import workdir as wd
 from dpa_omf.model import decoder as dec
 from dpa_omf.model import motion_lm as mlm
+from dpa_omf.model import sampling
+from dpa_omf.preference import curation
 from dpa_omf.train import loop, losses
 
 
@@ -107,7 +132,14 @@ class PairBatches:
                  batch_size: int, seed: int, shuffle: bool = True):
         self.shards, self.rows, self.store, self.cfg = shards, rows, store, cfg
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
-        self.pos_idx, self.neg_idx = side_indices(shards, cfg)
+        self.scene_only = METHODS[cfg.method].sides is None
+        if self.scene_only:
+            index = {(s.file, s.record): i for i, s in enumerate(store.sources())}
+            files = store.files
+            self.scene_index = np.asarray([index[(files[int(f)], int(r))] for f, r in
+                                           zip(shards["file_index"], shards["record_index"])], np.int64)
+        else:
+            self.pos_idx, self.neg_idx = side_indices(shards, cfg)
 
     def _order(self, epoch: int) -> np.ndarray:
         if not self.shuffle:
@@ -118,6 +150,8 @@ class PairBatches:
         n = len(self.rows)
         picks = [k * self.batch_size + i for i in range(self.batch_size)]
         rows = [self._order(p // n)[p % n] for p in picks]
+        if self.scene_only:
+            return self._scene_batch(rows, k)
         rng = np.random.default_rng([self.seed, 1_000_003, k])
         scenes, pos, neg = [], [], []
         p = self.cfg.pairs_per_scene
@@ -136,6 +170,18 @@ class PairBatches:
         pos, neg = np.stack(pos), np.stack(neg)
         valid = np.broadcast_to(sim, pos.shape)
         return dict(scenario=scenario, pos=pos, neg=neg, pos_valid=valid, neg_valid=valid)
+
+    def _scene_batch(self, rows: list[int], k: int) -> dict:
+        """Scene-only methods: the scenes and their rollout keys for round ``k`` (raw key data ``[B, 2]``):
+        ``fold_in(fold_in(key(seed), scene index), k)``, the curate job's key of the scene for k = 0."""
+        scenes = [self.store.read(reader.Source(self.store.files[int(self.shards["file_index"][r])],
+                                                int(self.shards["record_index"][r]))) for r in rows]
+        base = jax.random.key(self.key_seed)
+        keys = [jax.random.key_data(jax.random.fold_in(jax.random.fold_in(base, int(self.scene_index[r])), k))
+                for r in rows]
+        return dict(scenario=dt.stack_scenarios(scenes), keys=np.stack(jax.device_get(keys)).astype(np.uint32))
+
+    key_seed = 0  # the global seed (the curate job's rollout keys); set by ``run``
 
     def from_step(self, start: int):
         k = start
@@ -178,8 +224,8 @@ class _LogProbs:
     """The log-probabilities a loss asks for, computed once each: ``policy('pos' | 'neg')``,
     ``reference('pos' | 'neg')`` (the frozen reference) and ``expert()`` (the logged future)."""
 
-    def __init__(self, model: mlm.MotionLM, params, frozen, batch: dict):
-        self.model, self.params, self.frozen, self.batch = model, params, frozen, batch
+    def __init__(self, model: mlm.MotionLM, params, frozen, batch: dict, rng: jax.Array | None = None):
+        self.model, self.params, self.frozen, self.batch, self.rng = model, params, frozen, batch, rng
 
     def valid(self, side: str) -> jax.Array:
         return self.batch[f"{side}_valid"]
@@ -227,6 +273,108 @@ def _afd_loss(lp: _LogProbs, cfg: cfg_lib.AlignConfig):
     return losses.afd_loss(lp_exp, exp_valid, lp_neg, lp.valid("neg"), cfg.cpl)
 
 
+def _anchored_log_probs(lp: _LogProbs, side: str, cfg: cfg_lib.AlignConfig) -> tuple[jax.Array, jax.Array, tuple]:
+    """Online: (log-probs the score uses, raw log-probs, (KL sum, count)) of ``batch[side]``.
+
+    With ``online.reference_ratio`` the score uses log pi - log pi_ref (DPO-style); with
+    ``online.kl_weight`` the per-token KL(policy || reference) on those sequences' contexts.
+    """
+    o = cfg.online
+    b = lp.batch
+    raw, logits = _batched_log_probs(lp.model, lp.params, b["scenario"], b[side], b[f"{side}_valid"])
+    kl = (jnp.zeros([]), jnp.zeros([]))
+    if not (o.reference_ratio or o.kl_weight):
+        return raw, raw, kl
+    ref, ref_logits = jax.lax.stop_gradient(
+        _batched_log_probs(lp.model, lp.frozen, b["scenario"], b[side], b[f"{side}_valid"]))
+    if o.kl_weight:
+        kl = losses.token_kl(logits, ref_logits, b[f"{side}_valid"])
+    return (raw - ref if o.reference_ratio else raw), raw, kl
+
+
+def online_pairs(batch: dict, rng: jax.Array, num: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``num`` of each scene's K (closest, farthest) pairs, drawn with ``rng``: (pos, neg ``[B, num, A, S]``,
+    the drawn pair indices ``[B, num]``)."""
+    b, k = batch["preferred"].shape
+    keys = jax.random.split(rng, b)
+    j = jax.vmap(lambda kk: jax.random.choice(kk, k, (num,), replace=num > k))(keys)
+    take = lambda idx: jnp.take_along_axis(batch["tokens"], jnp.take_along_axis(idx, j, 1)[:, :, None, None], 1)
+    return take(batch["preferred"]), take(batch["unpreferred"]), j
+
+
+def _sim_valid(scenario: dt.Scenario, seqs: jax.Array) -> jax.Array:
+    return jnp.broadcast_to(scenario.agents.sim_mask[:, None, :, None], seqs.shape)
+
+
+def _online_loss(lp: _LogProbs, cfg: cfg_lib.AlignConfig):
+    """Online DPA-OMF on the round's ranked rollouts (``lp.batch`` from :func:`_online_prepare`)."""
+    b, o = lp.batch, cfg.online
+    s = b["scenario"]
+    if o.loss == "ranked":
+        lp.batch = {**b, "all": b["tokens"], "all_valid": _sim_valid(s, b["tokens"])}
+        score_lp, raw, kl = _anchored_log_probs(lp, "all", cfg)
+        loss, m = losses.ranked_cpl_loss(score_lp, lp.batch["all_valid"], b["distance"], cfg.cpl)
+        if score_lp is not raw:  # the NLLs of the sequences themselves, not of the ratio
+            _, m_raw = losses.ranked_cpl_loss(raw, lp.batch["all_valid"], b["distance"], cfg.cpl)
+            m = {**m, **{k: v for k, v in m_raw.items() if k.startswith(("nll_", "tokens_"))}}
+    else:
+        pos, neg, _ = online_pairs(b, lp.rng, cfg.pairs_per_scene)
+        lp.batch = {**b, "pos": pos, "neg": neg, "pos_valid": _sim_valid(s, pos), "neg_valid": _sim_valid(s, neg)}
+        (sp, rp, klp), (sn, rn, kln) = _anchored_log_probs(lp, "pos", cfg), _anchored_log_probs(lp, "neg", cfg)
+        loss, m = losses.cpl_loss(_flat(sp), _flat(lp.valid("pos")), _flat(sn), _flat(lp.valid("neg")), cfg.cpl)
+        m["nll_preferred_sum"], m["tokens_preferred"] = losses.token_nll(rp, lp.valid("pos"))
+        m["nll_unpreferred_sum"], m["tokens_unpreferred"] = losses.token_nll(rn, lp.valid("neg"))
+        kl = (klp[0] + kln[0], klp[1] + kln[1])
+    if o.kl_weight:
+        loss = loss + o.kl_weight * kl[0] / jnp.maximum(kl[1], 1)
+        m["kl_sum"], m["kl_tokens"] = kl
+    return loss, m
+
+
+def _expert_loss(lp: _LogProbs, cfg: cfg_lib.AlignConfig):
+    """The compute-matched control: next-token prediction of the logged futures."""
+    del cfg
+    lp_exp, valid = lp.expert()
+    return losses.sft_loss(lp_exp, valid)
+
+
+def _online_prepare(model: mlm.MotionLM, cfg: cfg_lib.AlignConfig, ccfg: curation.CurationConfig):
+    """Round data: R rollouts per scene from the CURRENT params, ranked by OT (``curation.rank_batch``)."""
+    def prepare(params, batch, rng, frozen):
+        del rng, frozen
+        s = batch["scenario"]
+        r = curation.rank_batch(model, params, s, jax.random.wrap_key_data(batch["keys"]), ccfg)
+        d = r["ot_distance"]
+        out = dict(scenario=s, tokens=r["tokens"], distance=d, preferred=r["preferred"],
+                   unpreferred=r["unpreferred"])
+        metrics = {"round_ot_distance": (d.sum(), d.size), "round_best_ot_distance": (d.min(1).sum(), d.shape[0]),
+                   "round_ade": (r["ade_distance"].sum(), d.size)}
+        return out, metrics
+
+    return prepare
+
+
+def _catk_prepare(model: mlm.MotionLM, cfg: cfg_lib.AlignConfig, ccfg: curation.CurationConfig):
+    """Round data: ``pairs_per_scene`` CAT-K rollouts per scene from the frozen reference."""
+    del ccfg
+    rcfg = sampling.RolloutConfig(num_rollouts=cfg.pairs_per_scene, rollout_chunk=cfg.pairs_per_scene,
+                                  closest_top_k=cfg.catk_top_k)
+
+    def prepare(params, batch, rng, frozen):
+        del params, rng
+        s = batch["scenario"]
+        r = jax.vmap(lambda sc, k: sampling.sample(model, frozen, sc, k, rcfg))(
+            s, jax.random.wrap_key_data(batch["keys"]))
+        valid = _sim_valid(s, r.tokens)
+        fut = slice(dt.NUM_HISTORY, dt.NUM_STEPS)
+        logged = (s.agents.valid[..., fut] & s.agents.sim_mask[..., None])[:, None]  # [B, 1, A, 80]
+        err = jnp.hypot(r.x - s.agents.x[:, None, :, fut], r.y - s.agents.y[:, None, :, fut])
+        metrics = {"catk_ade": (jnp.where(logged, err, 0.0).sum(), jnp.broadcast_to(logged, err.shape).sum())}
+        return dict(scenario=s, pos=r.tokens, pos_valid=valid, neg=r.tokens, neg_valid=valid), metrics
+
+    return prepare
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
     """An alignment method: the two sides it compares and the loss it optimizes.
@@ -235,11 +383,15 @@ class Method:
       sides: ``(shards, cfg) -> (pos [N, K], neg [N, K])`` rollout indices per curated scene.
       loss: ``(log_probs, cfg) -> (loss, metrics)``; ``log_probs`` computes what the loss asks for.
       paired: draw the k-th ``pos`` with the k-th ``neg`` (ranked pairs); else negatives are drawn apart.
+        None for the scene-only methods (their batches hold scenes and rollout keys).
+      prepare: scene-only methods that make their data in the step: ``(model, cfg, curation cfg) ->
+        prepare_fn`` (``loop.train``'s contract); None: train on the loaded batch.
     """
 
-    sides: Callable[[dict, cfg_lib.AlignConfig], tuple[np.ndarray, np.ndarray]]
+    sides: Callable[[dict, cfg_lib.AlignConfig], tuple[np.ndarray, np.ndarray]] | None
     loss: Callable[[_LogProbs, cfg_lib.AlignConfig], tuple[jax.Array, dict]]
     paired: bool
+    prepare: Callable | None = None
 
 
 # The alignment methods. Adding one: an entry here and its name in configs/post_training.py:ALIGN_METHODS
@@ -251,6 +403,9 @@ METHODS: dict[str, Method] = {
     "sft_best_ade": Method(_top_k("ade_distance"), _sft_loss, paired=False),  # SFT on the closest by ADE
     "afd": Method(_every_rollout, _afd_loss, paired=False),  # the expert preferred over every rollout
     "dpo": Method(_stored_pairs, _dpo_loss, paired=True),  # DPO against the frozen reference
+    "online": Method(None, _online_loss, paired=True, prepare=_online_prepare),  # ranks its own rollouts
+    "catk": Method(None, _sft_loss, paired=False, prepare=_catk_prepare),  # SFT on CAT-K rollouts
+    "ntp": Method(None, _expert_loss, paired=False),  # compute-matched control: NTP on the logs
 }
 
 
@@ -263,8 +418,7 @@ def make_loss_fn(model: mlm.MotionLM, cfg: cfg_lib.AlignConfig) -> loop.LossFn:
     method = METHODS[cfg.method]
 
     def loss_fn(params, batch, rng, frozen):
-        del rng
-        loss, m = method.loss(_LogProbs(model, params, frozen, batch), cfg)
+        loss, m = method.loss(_LogProbs(model, params, frozen, batch, rng), cfg)
         return loss, _pairs(m)
 
     return loss_fn
@@ -279,6 +433,8 @@ def _pairs(m: dict) -> dict:
     out["nll_preferred"] = (m["nll_preferred_sum"], m["tokens_preferred"])
     if "nll_unpreferred_sum" in m:
         out["nll_unpreferred"] = (m["nll_unpreferred_sum"], m["tokens_unpreferred"])
+    if "kl_sum" in m:
+        out["kl_anchor"] = (m["kl_sum"], m["kl_tokens"])
     return out
 
 
@@ -325,6 +481,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> in
     store = reader.SceneReader([str(f) for f in shards["files"]], cfg_lib.reader(config))
     b = config.align.batch_size // jax.process_count()
     train_b = PairBatches(shards, train_rows, store, cfg, b, cfg_lib.align_seed(config))
+    train_b.key_seed = config.seed
+    method = METHODS[cfg.method]
+    train_config = cfg_lib.align_train(config)
+    prepare_fn, extra = None, {}
+    if method.prepare is not None:
+        ccfg, why = cfg_lib.online_curation(config, jax.device_count())
+        prepare_fn = method.prepare(model, cfg, ccfg)
+        if cfg.method == "online":
+            extra = {"online_solver": ccfg.ot.solver, "online_solver_choice": why}
+    extra["rollouts_sampled"] = rollouts_sampled(config, n - n_held)
     # Held-out evaluation always uses the OT pairs: the preference the paper's accuracy measures.
     eval_cfg = dataclasses.replace(cfg, method="dpa_omf")
     held = PairBatches(shards, held_rows if len(held_rows) else train_rows, store, eval_cfg, b,
@@ -332,10 +498,25 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> in
     n_eval = max(1, min(config.align.eval_batches, -(-len(held.rows) // b)))
     eval_batches = [held.batch(k) for k in range(n_eval)]
     result = loop.train(
-        make_loss_fn(model, cfg), lambda rng: ref, train_b.from_step, cfg_lib.align_train(config), workdir,
+        make_loss_fn(model, cfg), lambda rng: ref, train_b.from_step, train_config, workdir,
         folder_name(cfg.method), eval_fn=make_eval_fn(model, cfg), eval_batches_fn=lambda: iter(eval_batches),
         frozen=ref, initial_params=ref, extra_eval=realism_eval.training_realism(config, workdir, "align"),
+        prepare_fn=prepare_fn,
         summary_extra=lambda s: {"config_fingerprint": fingerprint, "method": cfg.method,
                                  "train_scenes": len(train_rows), "heldout_scenes": int(n_held),
-                                 "seconds": time.time() - t0})
+                                 "updates": train_config.num_updates, "seconds": time.time() - t0, **extra})
     return result.exit_code
+
+
+def rollouts_sampled(config: ml_collections.ConfigDict, train_rankings: int) -> int:
+    """Rollouts a method sampled to make its training data (the cost the equal-cost comparison matches):
+    the curated rollouts of the training scenes for the offline methods, every round's for online, every
+    step's CAT-K rollouts for CAT-K, none for the control."""
+    a = config.align
+    if a.method == "online":
+        return a.num_steps * a.batch_size * a.online.num_rollouts
+    if a.method == "catk":
+        return a.num_steps * a.batch_size * a.pairs_per_scene
+    if a.method == "ntp":
+        return 0
+    return train_rankings * config.curate.num_rollouts

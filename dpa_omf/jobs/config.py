@@ -58,6 +58,39 @@ SFT_METHODS = ("sft_best_oa", "sft_best_ade")
 
 
 @dataclasses.dataclass(frozen=True)
+class OnlineConfig:
+    """Online DPA-OMF (``align.method='online'``; the ``align.online`` section).
+
+    Attributes:
+      num_rollouts: R rollouts of the current policy ranked per scene per round.
+      num_pairs: K: the K closest vs the K farthest are the round's pairs ('pairs' loss).
+      rollout_chunk: rollouts sampled together (bounds memory).
+      steps_per_round: optimizer updates on each round's data.
+      loss: 'pairs' (``align.pairs_per_scene`` of the K pairs per update) or 'ranked' (CPL over every
+        ordered pair of the R rollouts).
+      kl_weight: weight of the per-token KL(policy || reference) on the trained sequences (0: off).
+      reference_ratio: CPL scores of log pi - log pi_ref (a DPO-style anchor).
+    """
+
+    num_rollouts: int = 16
+    num_pairs: int = 4
+    rollout_chunk: int = 16
+    steps_per_round: int = 1
+    loss: str = "pairs"
+    kl_weight: float = 0.0
+    reference_ratio: bool = False
+
+    def __post_init__(self):
+        if self.loss not in ("pairs", "ranked"):
+            raise ValueError(f"align.online.loss={self.loss!r} must be 'pairs' or 'ranked'")
+        if self.num_pairs < 1 or self.num_rollouts < 2 * self.num_pairs:
+            raise ValueError(f"align.online: num_rollouts={self.num_rollouts} must be >= 2 * num_pairs="
+                             f"{self.num_pairs} >= 2")
+        if self.steps_per_round < 1 or self.kl_weight < 0:
+            raise ValueError("align.online: steps_per_round must be >= 1 and kl_weight >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
 class AlignConfig:
     """What the align stage optimizes (the ``align`` section, less the loop's cadence).
 
@@ -68,6 +101,8 @@ class AlignConfig:
       pairs_per_scene: pairs (or sequences) drawn per scene per step.
       sft_top_k: SFT baselines: the k closest rollouts are the targets.
       heldout_fraction: the last share of the curated scenes, never trained on (held-out accuracy).
+      online: online DPA-OMF's rounds and anchors.
+      catk_top_k: CAT-K: the closest to the log among this many most likely tokens.
     """
 
     method: str
@@ -76,6 +111,8 @@ class AlignConfig:
     pairs_per_scene: int
     sft_top_k: int
     heldout_fraction: float
+    online: OnlineConfig = OnlineConfig()
+    catk_top_k: int = 32
 
     def __post_init__(self):
         if self.method not in ALIGN_METHODS:
@@ -84,6 +121,8 @@ class AlignConfig:
             raise ValueError(f"align.heldout_fraction={self.heldout_fraction} must be in [0, 1)")
         if self.pairs_per_scene < 1 or self.sft_top_k < 1:
             raise ValueError("align.pairs_per_scene and align.sft_top_k must be >= 1")
+        if not 1 <= self.catk_top_k <= 169:
+            raise ValueError(f"align.catk_top_k={self.catk_top_k} must be in [1, 169]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,7 +274,11 @@ def align_seed(c: ml_collections.ConfigDict) -> int:
 
 
 def align_train(c: ml_collections.ConfigDict) -> loop.TrainConfig:
-    return _train(c, c.align, align_seed(c), True)
+    config = _train(c, c.align, align_seed(c), True)
+    if c.align.method == "online":  # a step is a round: its updates share the round's rollouts
+        config = dataclasses.replace(config, updates_per_step=c.align.online.steps_per_round)
+        config.validate()
+    return config
 
 
 def pipeline(c: ml_collections.ConfigDict, patterns: tuple[str, ...], train: bool,
@@ -277,7 +320,25 @@ def align(c: ml_collections.ConfigDict) -> AlignConfig:
     score = losses.ScoreConfig(alpha=a.alpha, gamma=a.gamma, normalize=a.normalize)
     cpl = losses.CPLConfig(score=score, conservative_lambda=a.conservative_lambda, bc_weight=a.bc_weight)
     return AlignConfig(method=a.method, cpl=cpl, dpo_beta=a.dpo_beta, pairs_per_scene=a.pairs_per_scene,
-                       sft_top_k=a.sft_top_k, heldout_fraction=a.heldout_fraction)
+                       sft_top_k=a.sft_top_k, heldout_fraction=a.heldout_fraction,
+                       online=OnlineConfig(**a.online.to_dict()), catk_top_k=a.catk_top_k)
+
+
+def online_curation(c: ml_collections.ConfigDict, num_devices: int, backend: str | None = None
+                    ) -> tuple[curation.CurationConfig, str]:
+    """How online DPA-OMF ranks a round (the curate section's features, weights and solver, the
+    ``align.online`` rollouts and pairs) and why that solver: the exact host solver is a host callback,
+    which can deadlock inside a multi-device CPU program, so a multi-device mesh uses the on-device one."""
+    o = align(c).online
+    base = curation_config(c, backend)
+    solver, why = curate_solver(c, backend)
+    if solver == "exact_host" and num_devices > 1:
+        solver, why = "exact", f"{why}; the host callback inside a {num_devices}-device training step can " \
+                               "deadlock: the on-device exact solver instead"
+    cfg = dataclasses.replace(
+        base, rollout=dataclasses.replace(base.rollout, num_rollouts=o.num_rollouts, rollout_chunk=o.rollout_chunk),
+        ot=dataclasses.replace(base.ot, solver=solver, num_pairs=o.num_pairs), num_pairs=o.num_pairs)
+    return cfg, why
 
 
 def evaluate_seed(c: ml_collections.ConfigDict) -> int:

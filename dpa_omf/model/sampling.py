@@ -11,6 +11,13 @@ position t (past tokens are never recomputed), and the tokens are integrated int
 Randomness: the key of rollout r at step t is ``fold_in(fold_in(key, r), t)``, so the result
 does not depend on the chunk size, and cached and uncached sampling draw identical tokens.
 
+Closest among top-K (``RolloutConfig.closest_top_k = K``, CAT-K: Zhang et al., CVPR 2025): at
+every step each agent takes, among its K most likely tokens, the one whose next state (the
+token's end, integrated by the tokenizer's kinematics) has its box corners closest on average
+to the logged box at that time; where the log is invalid it samples among those K by
+probability. The rollouts stay near the log while visiting the policy's own states: CAT-K's
+closed-loop fine-tuning targets. ``K = 0`` is ordinary sampling.
+
 Log-probs: ``Rollouts.log_probs`` are log pi(token) under the UNTEMPERED model (what the
 teacher-forced ``MotionLM.token_log_probs`` computes and what preference losses use), even
 when the tokens were drawn with a temperature or top-p.
@@ -26,6 +33,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from dpa_omf import datatypes as dt
+from dpa_omf.geometry import shapes
 from dpa_omf.model import decoder as dec
 from dpa_omf.model import motion_lm as ml
 from dpa_omf.model import tokenizer as tok
@@ -40,12 +48,15 @@ class RolloutConfig:
       rollout_chunk: rollouts sampled together (R must be a multiple; bounds memory).
       temperature: logits are divided by it before sampling (> 0).
       top_p: nucleus sampling mass in (0, 1]; 1 disables it.
+      closest_top_k: K > 0: CAT-K rollouts, the token closest to the log among the K most
+        likely (module docstring); needs the scene's logged future. 0: sample.
     """
 
     num_rollouts: int = 64
     rollout_chunk: int = 16
     temperature: float = 1.0
     top_p: float = 1.0
+    closest_top_k: int = 0
 
     def __post_init__(self):
         if self.num_rollouts <= 0 or self.rollout_chunk <= 0:
@@ -55,6 +66,8 @@ class RolloutConfig:
                              f"rollout_chunk={self.rollout_chunk}")
         if self.temperature <= 0 or not 0 < self.top_p <= 1:
             raise ValueError("RolloutConfig: need temperature > 0 and 0 < top_p <= 1")
+        if not 0 <= self.closest_top_k <= tok.NUM_TOKENS:
+            raise ValueError(f"RolloutConfig: closest_top_k={self.closest_top_k} must be in [0, {tok.NUM_TOKENS}]")
 
     @property
     def chunk(self) -> int:
@@ -137,6 +150,35 @@ def _draw(key, rollout_ids, t, logits, cfg: RolloutConfig):
     return toks, lp
 
 
+def _draw_closest(key, rollout_ids, t, logits, state: tok.KinematicState, scenario: dt.Scenario,
+                  cfg: RolloutConfig, tcfg: tok.TokenizerConfig):
+    """CAT-K: ``[chunk, A]`` tokens closest to the log among the ``closest_top_k`` most likely, and their
+    untempered log-probs.
+
+    Args:
+      logits: ``[chunk, A, V]``; state: the agents' states before step ``t`` (fields ``[chunk, A]``).
+    """
+    k = cfg.closest_top_k
+    top_logits, top_tokens = jax.lax.top_k(logits, k)  # [n, A, K]
+    cand = jax.tree.map(lambda v: jnp.broadcast_to(v[..., None], top_tokens.shape), state)
+    end, _ = tok.step_token(cand, top_tokens, tcfg)  # [n, A, K]
+    a = scenario.agents
+    idx = dt.CURRENT_INDEX + (t + 1) * tcfg.sub_steps  # the 10 Hz index at the token's end
+    take = lambda v: jax.lax.dynamic_index_in_dim(jnp.asarray(v, jnp.float32), idx, -1, keepdims=False)
+    length, width = take(a.length), take(a.width)
+    logged = shapes.box_corners(take(a.x), take(a.y), length, width, take(a.heading))  # [A, 4, 2]
+    corners = shapes.box_corners(end.x, end.y, length[:, None], width[:, None], end.heading)  # [n, A, K, 4, 2]
+    dist = jnp.linalg.norm(corners - logged[:, None], axis=-1).mean(-1)  # [n, A, K] mean corner distance
+    closest = jnp.argmin(dist, -1)
+    keys = _keys(key, rollout_ids, t)
+    sampled = jax.vmap(lambda kk, lg: jax.random.categorical(kk, lg / cfg.temperature, -1))(keys, top_logits)
+    logged_valid = jax.lax.dynamic_index_in_dim(a.valid, idx, -1, keepdims=False)  # [A]
+    pick = jnp.where(logged_valid, closest, sampled)
+    toks = jnp.take_along_axis(top_tokens, pick[..., None], -1)[..., 0].astype(jnp.int32)
+    lp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), toks[..., None], -1)[..., 0]
+    return toks, lp
+
+
 def _initial_state(scenario: dt.Scenario, n: int) -> tok.KinematicState:
     s0 = tok.state_at(scenario.agents, dt.CURRENT_INDEX)  # [A]
     return jax.tree.map(lambda v: jnp.broadcast_to(v, (n,) + v.shape), s0)
@@ -161,7 +203,10 @@ def sample(model: ml.MotionLM, params, scenario: dt.Scenario, key: jax.Array,
         def body(carry, t):
             cache, prev, state = carry
             logits, cache = step_fn(prev, t, cache)  # [n, A, V]
-            toks, lp = _draw(key, rollout_ids, t, logits, cfg)
+            if cfg.closest_top_k:
+                toks, lp = _draw_closest(key, rollout_ids, t, logits, state, scenario, cfg, tcfg)
+            else:
+                toks, lp = _draw(key, rollout_ids, t, logits, cfg)
             state, subs = tok.step_token(state, toks, tcfg)
             return (cache, toks, state), (toks, lp, subs)
 
@@ -194,7 +239,10 @@ def sample_uncached(model: ml.MotionLM, params, scenario: dt.Scenario, key: jax.
         def body(carry, t):
             inputs, state = carry  # inputs [n, A, S]: BOS then the tokens drawn so far
             logits = jax.lax.dynamic_index_in_dim(full_fn(inputs), t, 2, keepdims=False)
-            toks, lp = _draw(key, rollout_ids, t, logits, cfg)
+            if cfg.closest_top_k:
+                toks, lp = _draw_closest(key, rollout_ids, t, logits, state, scenario, cfg, tcfg)
+            else:
+                toks, lp = _draw(key, rollout_ids, t, logits, cfg)
             nxt = jnp.minimum(t + 1, s_steps - 1)  # the last token is never an input
             inputs = jnp.where(t + 1 < s_steps,
                                jax.lax.dynamic_update_index_in_dim(inputs, toks, nxt, 2), inputs)

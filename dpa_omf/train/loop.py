@@ -26,6 +26,14 @@ Contracts:
 * ``eval_batches_fn() -> iterable`` of process-local held-out batches, the same
   ones at every evaluation; ``eval_fn(params, batch, rng, frozen) -> metrics``
   (default: the loss function's loss and metrics).
+* ``prepare_fn(params, batch, rng, frozen) -> (batch, metrics)`` (optional,
+  online stages): pure and jittable; turns the loaded global batch into the
+  step's training data with the current parameters (gradient stopped), e.g.
+  samples and ranks the policy's own rollouts. The step then takes
+  ``TrainConfig.updates_per_step`` updates on that data, all in one compiled
+  program (:func:`dpa_omf.train.step.train_step`), so a checkpoint (taken
+  between steps) never separates prepared data from its updates and a resumed
+  run prepares exactly what an uninterrupted run would.
 
 Outputs in ``WORKDIR/<stage>/``: ``checkpoints/`` (orbax), ``metrics.jsonl``,
 TensorBoard events, ``summary.json`` (only when the run completes; its presence
@@ -98,6 +106,8 @@ class TrainConfig:
       preemption_sync_every: in a multi-process job, agree on a pending
         SIGTERM every this many steps (a tiny all-gather; each process may get
         the signal at a different step).
+      updates_per_step: optimizer updates per step on the step's batch (online
+        stages: updates per prepared round); the schedule counts updates.
     """
 
     num_steps: int = 120
@@ -111,10 +121,17 @@ class TrainConfig:
     async_checkpointing: bool = True
     progress_bar: bool = True
     preemption_sync_every: int = 10
+    updates_per_step: int = 1
+
+    @property
+    def num_updates(self) -> int:
+        """Optimizer updates of the whole run (the learning-rate schedule's length)."""
+        return self.num_steps * self.updates_per_step
 
     def validate(self) -> None:
         """Raises ``ValueError`` naming the first impossible field."""
-        positive = ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints", "preemption_sync_every")
+        positive = ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints", "preemption_sync_every",
+                    "updates_per_step")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -143,6 +160,7 @@ class Trainer:
       frozen: a frozen pytree passed to every loss / eval call (e.g. the
         reference model's params); placed on the mesh once, never saved.
       initial_params: start from these params instead of ``init_params_fn``.
+      prepare_fn: online stages: prepares each step's data with the current params (module docstring).
     """
 
     def __init__(
@@ -155,11 +173,12 @@ class Trainer:
         eval_fn: EvalFn | None = None,
         frozen: PyTree = None,
         initial_params: PyTree | None = None,
+        prepare_fn: step_lib.PrepareFn | None = None,
     ):
         config.validate()
         self.config = config
         self.mesh = mesh if mesh is not None else sharding.mesh_from_config(config.mesh)
-        self.tx, self.schedule = optim.make_optimizer(config.optim, config.num_steps)
+        self.tx, self.schedule = optim.make_optimizer(config.optim, config.num_updates)
         self.rng = jax.random.key(config.seed)
         rules = config.mesh.rules
 
@@ -188,7 +207,8 @@ class Trainer:
         # Then the compiled functions, every layout fixed.
         self._init = jax.jit(init_fn, out_shardings=self.state_shardings)
         self._train_step = jax.jit(
-            functools.partial(step_lib.train_step, loss_fn, self.tx),
+            functools.partial(step_lib.train_step, loss_fn, self.tx, prepare_fn=prepare_fn,
+                              updates=config.updates_per_step),
             in_shardings=(self.state_shardings, batch_sh, frozen_shardings),
             out_shardings=(self.state_shardings, repl),
             donate_argnums=(0,),
@@ -362,7 +382,7 @@ def _run_steps(trainer: Trainer, ckpt: checkpointing.Checkpointer, logger: stage
             watch.check()
             values = step_lib.reduce_pairs(metrics)
             now = time.perf_counter()
-            values["lr"] = float(trainer.schedule(step - 1))
+            values["lr"] = float(trainer.schedule(step * config.updates_per_step - 1))  # the step's last update
             # Host wall time over the interval (the first one includes compilation).
             values["steps_per_s"] = (step - step_log) / max(now - t_log, 1e-9)
             t_log, step_log = now, step
@@ -428,6 +448,7 @@ def train(
     hooks: Sequence[Hook] = (),
     summary_extra: Mapping[str, Any] | Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
     extra_eval: Callable[[PyTree], Mapping[str, float]] | None = None,
+    prepare_fn: step_lib.PrepareFn | None = None,
 ) -> TrainResult:
     """Trains ``loss_fn`` for ``config.num_steps`` steps, resuming from ``WORKDIR/<stage>/checkpoints``.
 
@@ -441,6 +462,7 @@ def train(
     that the file is written once, complete. ``extra_eval(params) -> metrics``
     adds figures to every evaluation (e.g. the realism of a few held-out
     scenes); it may return ``{}`` on processes that do not log.
+    ``prepare_fn`` makes the stage online (module docstring).
 
     Returns:
       A :class:`TrainResult`; on SIGTERM/SIGINT the state is saved at the
@@ -456,8 +478,8 @@ def train(
     stage_dir = pathlib.Path(workdir) / stage_name
 
     # -- mesh, model, shardings, compiled steps
-    trainer = Trainer(loss_fn, init_params_fn, config,
-                      mesh=mesh, eval_fn=eval_fn, frozen=frozen, initial_params=initial_params)
+    trainer = Trainer(loss_fn, init_params_fn, config, mesh=mesh, eval_fn=eval_fn, frozen=frozen,
+                      initial_params=initial_params, prepare_fn=prepare_fn)
 
     # -- state: restore if a checkpoint exists, else build it sharded
     ckpt = checkpointing.Checkpointer(stage_dir / "checkpoints", keep=config.keep_checkpoints,

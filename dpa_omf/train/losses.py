@@ -106,6 +106,46 @@ def cpl_loss(lp_pos: jax.Array, valid_pos: jax.Array, lp_neg: jax.Array, valid_n
     return loss, metrics
 
 
+def ranked_cpl_loss(lp: jax.Array, valid: jax.Array, distance: jax.Array, cfg: CPLConfig
+                    ) -> tuple[jax.Array, dict]:
+    """CPL over every ordered pair of a ranking (CPL's ranked variant): every rollout is used.
+
+    For each scene's R ranked sequences, every pair (i, j) with ``distance_i <
+    distance_j`` is a comparison with i preferred: loss = the mean over all such
+    pairs of all scenes of -log sigmoid(S_i - lambda S_j) (ties make no pair), plus
+    ``bc_weight`` x the mean NLL per token of the better half. Each sequence is
+    decoded once: the R scores make all R (R - 1) / 2 comparisons.
+
+    Args:
+      lp, valid: ``[B, R, A, S]`` log-probs and masks of the R sequences of B scenes.
+      distance: ``[B, R]`` their distance to the expert (lower is preferred).
+    Returns:
+      (scalar loss, metrics of masked sums and counts: the pairs' loss and
+      accuracy; the NLL of the better and the worse half of each ranking).
+    """
+    s = sequence_score(lp, valid, cfg.score)  # [B, R]
+    better = distance[:, :, None] < distance[:, None, :]  # [B, i, j]: i preferred over j
+    per_pair = -jax.nn.log_sigmoid(s[:, :, None] - cfg.conservative_lambda * s[:, None, :])
+    n_pairs = better.sum()
+    loss = jnp.where(better, per_pair, 0.0).sum() / jnp.maximum(n_pairs, 1)
+    r = distance.shape[1]
+    rank = jnp.argsort(jnp.argsort(distance, axis=1, stable=True), axis=1, stable=True)  # 0 = closest
+    top = (rank < r // 2)[..., None, None]
+    bottom = (rank >= r - r // 2)[..., None, None]
+    nll_pos, n_pos = token_nll(lp, valid & top)
+    nll_neg, n_neg = token_nll(lp, valid & bottom)
+    if cfg.bc_weight:
+        loss = loss + cfg.bc_weight * nll_pos / jnp.maximum(n_pos, 1)
+    metrics = {
+        "pref_loss_sum": jnp.where(better, per_pair, 0.0).sum(),
+        "pref_accuracy_sum": (better & (s[:, :, None] > s[:, None, :])).sum(),
+        "pairs": n_pairs,
+        "nll_preferred_sum": nll_pos, "tokens_preferred": n_pos,
+        "nll_unpreferred_sum": nll_neg, "tokens_unpreferred": n_neg,
+    }
+    return loss, metrics
+
+
 def sft_loss(lp: jax.Array, valid: jax.Array) -> tuple[jax.Array, dict]:
     """Supervised fine-tuning on selected (top-ranked) sequences: mean NLL per token."""
     nll, n = token_nll(lp, valid)

@@ -24,6 +24,10 @@ from dpa_omf.train import sharding
 PyTree = Any
 LossFn = Callable[[PyTree, PyTree, jax.Array, PyTree], tuple[jax.Array, Mapping[str, Any]]]
 EvalFn = Callable[[PyTree, PyTree, jax.Array, PyTree], Mapping[str, Any]]
+PrepareFn = Callable[[PyTree, PyTree, jax.Array, PyTree], tuple[PyTree, Mapping[str, Any]]]
+
+# fold_in data of the prepare key (the updates of a step use 0 .. updates - 1)
+PREPARE_KEY = 0x7FFF_FFFF
 
 
 @flax.struct.dataclass
@@ -102,27 +106,57 @@ def init_state(
     )
 
 
-def train_step(
-    loss_fn: LossFn, tx: optax.GradientTransformation, state: TrainState, batch: PyTree, frozen: PyTree
-) -> tuple[TrainState, dict[str, tuple[jax.Array, jax.Array]]]:
-    """One optimizer update on one global batch.
-
-    Returns the new state and metrics as ``name -> (sum, count)``, with
-    ``loss`` and ``grad_norm`` (before clipping) added.
-    """
-    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng, frozen)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(
-        step=state.step + 1,
-        params=optax.apply_updates(state.params, updates),
-        opt_state=opt_state,
-        data_index=state.data_index + 1,
-    )
+def _update(loss_fn: LossFn, tx: optax.GradientTransformation, params: PyTree, opt_state: PyTree, batch: PyTree,
+            rng: jax.Array, frozen: PyTree) -> tuple[PyTree, PyTree, dict[str, tuple[jax.Array, jax.Array]]]:
+    """One optimizer update: ``(params, opt_state, metrics)`` with ``loss`` and ``grad_norm`` added."""
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng, frozen)
+    updates, opt_state = tx.update(grads, opt_state, params)
     out = _pairs(metrics)
     out["loss"] = _as_pair(loss)
     out["grad_norm"] = _as_pair(optax.tree.norm(grads))
-    return new_state, out
+    return optax.apply_updates(params, updates), opt_state, out
+
+
+def train_step(
+    loss_fn: LossFn, tx: optax.GradientTransformation, state: TrainState, batch: PyTree, frozen: PyTree,
+    prepare_fn: PrepareFn | None = None, updates: int = 1,
+) -> tuple[TrainState, dict[str, tuple[jax.Array, jax.Array]]]:
+    """One step on one global batch: an optional prepare, then ``updates`` optimizer updates.
+
+    Without ``prepare_fn`` and with one update (pretraining, offline alignment) this is
+    one update with the step key ``fold_in(run key, step)``. An online stage passes
+    ``prepare_fn(params, batch, rng, frozen) -> (batch, metrics)``: it turns the
+    loaded batch into training data with the step's *current* parameters (no
+    gradient flows through them), e.g. samples and ranks the policy's own rollouts,
+    with the key ``fold_in(step key, PREPARE_KEY)``; the ``updates`` updates then all
+    train on that prepared batch, update ``i`` with the key ``fold_in(step key, i)``
+    (one update: the step key itself). The step is one program; a checkpoint
+    between steps never splits a prepared batch from its updates.
+
+    Returns the new state and metrics as ``name -> (sum, count)`` (summed over the
+    updates), with ``loss`` and ``grad_norm`` (before clipping) added, and the
+    prepare's metrics.
+    """
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    prep_metrics = {}
+    if prepare_fn is not None:
+        batch, prep_metrics = prepare_fn(jax.lax.stop_gradient(state.params), batch,
+                                         jax.random.fold_in(rng, PREPARE_KEY), frozen)
+        batch = jax.lax.stop_gradient(batch)
+    if updates == 1:
+        params, opt_state, out = _update(loss_fn, tx, state.params, state.opt_state, batch, rng, frozen)
+    else:
+        def body(carry, i):
+            params, opt_state = carry
+            params, opt_state, m = _update(loss_fn, tx, params, opt_state, batch, jax.random.fold_in(rng, i), frozen)
+            return (params, opt_state), m
+
+        (params, opt_state), ms = jax.lax.scan(body, (state.params, state.opt_state),
+                                                jnp.arange(updates, dtype=jnp.uint32))
+        out = jax.tree.map(lambda v: v.sum(0), ms)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              data_index=state.data_index + 1)
+    return new_state, {**_pairs(prep_metrics), **out}
 
 
 def eval_step(
