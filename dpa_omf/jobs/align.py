@@ -173,12 +173,11 @@ class PairBatches:
 
     def _scene_batch(self, rows: list[int], k: int) -> dict:
         """Scene-only methods: the scenes and their rollout keys for round ``k`` (raw key data ``[B, 2]``):
-        ``fold_in(fold_in(key(seed), scene index), k)``, the curate job's key of the scene for k = 0."""
+        ``curate.rollout_key(key(seed), scene index, k)``, the curate job's key of the scene for k = 0."""
         scenes = [self.store.read(reader.Source(self.store.files[int(self.shards["file_index"][r])],
                                                 int(self.shards["record_index"][r]))) for r in rows]
         base = jax.random.key(self.key_seed)
-        keys = [jax.random.key_data(jax.random.fold_in(jax.random.fold_in(base, int(self.scene_index[r])), k))
-                for r in rows]
+        keys = [jax.random.key_data(curate.rollout_key(base, int(self.scene_index[r]), k)) for r in rows]
         return dict(scenario=dt.stack_scenarios(scenes), keys=np.stack(jax.device_get(keys)).astype(np.uint32))
 
     key_seed = 0  # the global seed (the curate job's rollout keys); set by ``run``

@@ -79,6 +79,12 @@ def ranking_jobs(num_scenes: int, rankings_per_example: float) -> list[tuple[int
     return [(i % num_scenes, i // num_scenes) for i in range(total)]
 
 
+def rollout_key(base_key: jax.Array, scene_index: int, repeat: int) -> jax.Array:
+    """The rollout key of a ranking: a function of the global scene index and the repeat only (online
+    alignment's round r of a scene uses ``repeat = r``: its round 0 ranks as this job did)."""
+    return jax.random.fold_in(jax.random.fold_in(base_key, scene_index), repeat)
+
+
 def shard_name(k: int, n: int) -> str:
     return f"shard-{k:05d}-of-{n:05d}.npz"
 
@@ -240,7 +246,7 @@ class _ShardRanker:
         self.file_index = {f: i for i, f in enumerate(scenes.files)}
 
     def key(self, si: int, rep: int) -> jax.Array:
-        return jax.random.fold_in(jax.random.fold_in(self.base_key, si), rep)
+        return rollout_key(self.base_key, si, rep)
 
     def rank_shard(self, chunk: list[tuple[int, int]], logger, pictures: pathlib.Path | None,
                    partial: pathlib.Path, flag: checkpointing.PreemptionFlag) -> dict | None:

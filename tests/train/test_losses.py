@@ -94,3 +94,29 @@ def test_token_kl():
     expected = 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)
     np.testing.assert_allclose(kl_sum, expected, rtol=1e-5)
     assert int(n) == 2
+
+
+def test_ranked_cpl_loss_equals_a_hand_computed_value():
+    """Three rollouts of one scene, ranked 0 < 2 < 1: the pairs (0, 1), (0, 2), (2, 1), each -log sigmoid(S+ - l S-)."""
+    # One agent, two token steps; score = alpha * sum of log-probs ('sum' normalization, alpha 1, gamma 1).
+    lp = jnp.asarray([[[[-1.0, -0.5]], [[-2.0, -1.0]], [[-0.2, -0.3]]]])  # [B=1, R=3, A=1, S=2]
+    valid = jnp.ones(lp.shape, bool)
+    distance = jnp.asarray([[0.1, 0.3, 0.2]])
+    cfg = losses.CPLConfig(score=losses.ScoreConfig(alpha=1.0, gamma=1.0, normalize="sum"), conservative_lambda=0.5)
+    loss, m = losses.ranked_cpl_loss(lp, valid, distance, cfg)
+    s = [-1.5, -3.0, -0.5]
+    nll = lambda x: -math.log(1.0 / (1.0 + math.exp(-x)))
+    want = (nll(s[0] - 0.5 * s[1]) + nll(s[0] - 0.5 * s[2]) + nll(s[2] - 0.5 * s[1])) / 3
+    assert float(loss) == pytest.approx(want, rel=1e-6)
+    assert int(m["pairs"]) == 3
+    # Accuracy (lambda = 1): S_0 > S_1 yes, S_0 > S_2 no, S_2 > S_1 yes.
+    assert int(m["pref_accuracy_sum"]) == 2
+    # Better half (rank < 1): rollout 0; worse half (rank >= 2): rollout 1.
+    assert float(m["nll_preferred_sum"]) == pytest.approx(1.5) and int(m["tokens_preferred"]) == 2
+    assert float(m["nll_unpreferred_sum"]) == pytest.approx(3.0) and int(m["tokens_unpreferred"]) == 2
+    # Ties make no pair; with R = 2 the ranked loss is the pair loss.
+    tied, m_tied = losses.ranked_cpl_loss(lp[:, :2], valid[:, :2], jnp.asarray([[0.5, 0.5]]), cfg)
+    assert int(m_tied["pairs"]) == 0 and float(tied) == 0.0
+    two, _ = losses.ranked_cpl_loss(lp[:, :2], valid[:, :2], distance[:, :2], cfg)
+    pair, _ = losses.cpl_loss(lp[0, :1], valid[0, :1], lp[0, 1:2], valid[0, 1:2], cfg)
+    assert float(two) == pytest.approx(float(pair), rel=1e-6)
