@@ -1,6 +1,7 @@
 """Benchmarks against the baselines users would pick, in one run.
 
-    python -m dpa_omf.bench [--compilation_cache=DIR|off] {ot,train,rollout,realism} --json OUT [flags]
+    python -m dpa_omf.bench [--compilation_cache=DIR|off] {ot,train,rollout,realism,curate,evaluate,online} --json OUT
+        [flags]
 
 Subcommands live in ``BENCHMARKS`` (name -> (add_arguments, run)); add one by
 writing ``def bench_x(args) -> dict`` plus its ``_add_x_args(parser)`` and
@@ -40,6 +41,8 @@ step) on synthetic scenes, per agent count. ``rollout``: cached (KV) vs
 recompute-the-prefix sampling. ``realism``: the WOSAC metric on one scene and
 on a vmapped batch. ``curate`` / ``evaluate``: the batched, sharded post-training
 paths vs the per-scene loop, on 1 and 8 devices (``dpa_omf/tools/bench_pod.py``).
+``online``: seconds per online DPA-OMF round split into sampling, features, OT
+and update (``dpa_omf/tools/bench_online.py``).
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ from dpa_omf.preference import distance, ranking
 from dpa_omf.synthetic import dataset as synthetic
 from dpa_omf.testing import bench_scenes
 from dpa_omf.testing import scenes as fake_scenes
-from dpa_omf.tools import bench_pod
+from dpa_omf.tools import bench_online, bench_pod
 from dpa_omf.train import compilation_cache, loop
 
 os.environ.setdefault("POT_BACKEND_DISABLE_TENSORFLOW", "1")  # POT (imported later) would import TF otherwise
@@ -493,6 +496,7 @@ BENCHMARKS: dict[str, tuple[Callable, Callable]] = {
     "realism": (_add_realism_args, bench_realism),
     "curate": (bench_pod.add_args, lambda args: bench_pod.run("curate", args)),
     "evaluate": (bench_pod.add_args, lambda args: bench_pod.run("evaluate", args)),
+    "online": (bench_online.add_args, bench_online.run),
 }
 
 

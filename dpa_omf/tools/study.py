@@ -15,7 +15,15 @@ evaluate stage caches per model), and finally writes
 ``DIR/study.json`` and ``DIR/report.md``: per model the mean, the sample
 standard deviation and the per-seed values of the realism columns, the
 per-seed difference to the reference, and each aligned model's held-out
-preference accuracy.
+preference accuracy, KL to the reference (per token, teacher-forced on held-out
+logs), rollouts sampled and updates (the cost an equal-cost comparison matches).
+Confidence intervals (95%): the composite and its paired difference to the
+reference are averaged over seeds per scene (the evaluation scenes are the same
+in every seed), then bootstrapped over scenes (``metrics.stats``); the seeds'
+spread is the std column. ``DIR/realism_vs_rollouts.png`` plots each model's
+composite (with its interval) against the rollouts it sampled, and the
+in-training realism of the scene-only methods (``eval_realism_composite`` on
+``align.realism_scenes`` held-out scenes) against the rollouts sampled by then.
 
 The shared stages come from ``--shared_from`` (e.g. the main job's workdir,
 symlinked) or are built in ``DIR/seed_<first>`` and symlinked into the others.
@@ -33,8 +41,15 @@ import subprocess
 import sys
 import time
 
+import matplotlib
+import numpy as np
+
 from dpa_omf import atomic
 from dpa_omf.jobs import align, report
+from dpa_omf.metrics import stats
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
 
 SHARED_STAGES = ("data", "pretrain", "curate")
 DEFAULT_METHODS = ("dpa_omf", "sft_best_oa", "dpa_adef", "afd")
@@ -85,21 +100,42 @@ def _stats(values: list[float]) -> dict:
             "per_seed": values}
 
 
-def aggregate(per_seed: dict[int, dict], accuracy: dict[int, dict], methods: list[str]) -> dict:
+ALIGN_FIGURES = {"heldout_pref_accuracy": "eval_pref_accuracy", "kl_to_reference": "eval_kl_to_reference",
+                 "rollouts_sampled": "rollouts_sampled", "updates": "updates"}
+
+
+def aggregate(per_seed: dict[int, dict], aligned: dict[int, dict], methods: list[str],
+              per_scene: dict[int, dict] | None = None) -> dict:
+    """Per model: each realism column's mean / std / per-seed values, the difference to the reference, the
+    alignment's figures (``ALIGN_FIGURES``, from each seed's align summary ``aligned[seed][method]``), and,
+    with ``per_scene[seed][model]`` (per-scene composites), 95% intervals over scenes."""
     names = ["reference", *list(methods)]
     seeds = sorted(per_seed)
     out = {"seeds": seeds, "models": {}}
     for n in names:
         row = {c: _stats([per_seed[s]["models"][n][c] for s in seeds]) for c in report.COLUMNS}
+        if per_scene:
+            comp = np.mean([per_scene[s][n] for s in seeds], axis=0)  # [scenes], seed-averaged
+            row["composite"]["ci95"] = stats.bootstrap_ci(comp)
         if n != "reference":
             row["composite_minus_reference"] = _stats(
                 [per_seed[s]["models"][n]["composite"] - per_seed[s]["models"]["reference"]["composite"]
                  for s in seeds])
-            accs = [accuracy[s][n] for s in seeds if accuracy[s].get(n) is not None]
-            if accs:
-                row["heldout_pref_accuracy"] = _stats(accs)
+            if per_scene:
+                ref = np.mean([per_scene[s]["reference"] for s in seeds], axis=0)
+                d = stats.paired_difference(comp, ref)
+                row["composite_minus_reference"]["ci95"] = (d["lo"], d["hi"])
+            for name, key in ALIGN_FIGURES.items():
+                vals = [aligned[s][n][key] for s in seeds if aligned[s].get(n, {}).get(key) is not None]
+                if vals:
+                    row[name] = _stats(vals)
         out["models"][n] = row
     return out
+
+
+def _ci(stat: dict) -> str:
+    lo, hi = stat.get("ci95", (float("nan"), float("nan")))
+    return f"[{lo:+.4f}, {hi:+.4f}]" if "ci95" in stat else ""
 
 
 def markdown(result: dict, setup: dict) -> str:
@@ -111,20 +147,74 @@ def markdown(result: dict, setup: dict) -> str:
         f"WOSAC {setup['challenge']} realism on {setup['num_scenes']} held-out scenes x "
         f"{setup['num_rollouts']} rollouts; mean +- sample std over seeds.",
         "",
-        "| model | " + " | ".join(report.COLUMNS) + " | composite - reference | held-out pref. accuracy |",
-        "|---|" + "---:|" * (len(report.COLUMNS) + 2),
+        "| model | " + " | ".join(report.COLUMNS) + " | composite 95% CI | composite - reference | its 95% CI "
+        "| held-out pref. accuracy | KL to reference | rollouts sampled | updates |",
+        "|---|" + "---:|" * (len(report.COLUMNS) + 7),
     ]
     for n, row in result["models"].items():
         cells = [f"{row[c]['mean']:.4f} +- {row[c]['std']:.4f}" for c in report.COLUMNS]
+        cells.append(_ci(row["composite"]))
         d = row.get("composite_minus_reference")
-        acc = row.get("heldout_pref_accuracy")
-        cells.append(f"{d['mean']:+.4f} +- {d['std']:.4f}" if d else "")
+        cells += [f"{d['mean']:+.4f} +- {d['std']:.4f}", _ci(d)] if d else ["", ""]
+        acc, kl = row.get("heldout_pref_accuracy"), row.get("kl_to_reference")
         cells.append(f"{acc['mean']:.3f} +- {acc['std']:.3f}" if acc else "")
+        cells.append(f"{kl['mean']:.4f}" if kl else "")
+        for k in ("rollouts_sampled", "updates"):
+            cells.append(f"{row[k]['mean']:.0f}" if k in row else "")
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    lines += ["", "Per seed composite:", ""]
+    lines += ["", "Mean +- std over seeds; 95% CIs: seed-averaged per-scene values bootstrapped over scenes. "
+              "KL: per token, policy || reference, teacher-forced on held-out logs. Rollouts sampled: the "
+              "training data's (offline: the curated rollouts of the training scenes).", "",
+              "![realism vs rollouts sampled](realism_vs_rollouts.png)", "", "Per seed composite:", ""]
     for n, row in result["models"].items():
         lines.append(f"- {n}: " + ", ".join(f"{v:.4f}" for v in row["composite"]["per_seed"]))
     return "\n".join(lines) + "\n"
+
+
+def realism_vs_rollouts(result: dict, curves: dict[str, list[tuple[float, float]]], path: pathlib.Path) -> None:
+    """Composite (mean over seeds, 95% CI over scenes) against rollouts sampled per model; in-training realism
+    curves ``curves[model] = [(rollouts sampled, composite), ...]`` (seed means) as lines."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (n, row) in enumerate(result["models"].items()):
+        color = f"C{i}"
+        x = row["rollouts_sampled"]["mean"] if "rollouts_sampled" in row else 0.0
+        y = row["composite"]["mean"]
+        lo, hi = row["composite"].get("ci95", (y, y))
+        ax.errorbar([x], [y], yerr=[[y - lo], [hi - y]], fmt="o", color=color, capsize=4, label=n)
+        if curves.get(n):
+            xs, ys = zip(*curves[n])
+            ax.plot(xs, ys, "--", color=color, alpha=0.6, lw=1)
+    ax.set_xlabel("rollouts sampled for training")
+    ax.set_ylabel("WOSAC composite")
+    ax.set_title("Realism vs rollouts sampled (points: test scenes, 95% CI; dashed: in-training, few scenes)",
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _training_curve(seed_dirs: list[pathlib.Path], method: str, per_step: float) -> list[tuple[float, float]]:
+    """Seed-mean in-training realism of a method against rollouts sampled (``per_step`` per step)."""
+    by_step: dict[int, list[float]] = {}
+    for d in seed_dirs:
+        path = d / align.folder_name(method) / "metrics.jsonl"
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            if "eval_realism_composite" in r:
+                by_step.setdefault(int(r["step"]), []).append(r["eval_realism_composite"])
+    return [(s * per_step, statistics.fmean(v)) for s, v in sorted(by_step.items()) if len(v) == len(seed_dirs)]
+
+
+def _per_scene(seed_dir: pathlib.Path, names: list[str]) -> dict[str, list[float]]:
+    out = {}
+    for n in names:
+        path = seed_dir / "evaluate" / "models" / f"{n}.json"
+        out[n] = _summary(path)["composite_per_scene"] if path.exists() else None
+    return out if all(v is not None for v in out.values()) else {}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,19 +234,25 @@ def main(argv: list[str] | None = None) -> int:
     root = pathlib.Path(args.workdir)
     root.mkdir(parents=True, exist_ok=True)
     shared = pathlib.Path(args.shared_from) if args.shared_from else root / f"seed_{seeds[0]}"
-    per_seed, accuracy = {}, {}
+    per_seed, aligned, per_scene = {}, {}, {}
     for s in seeds:
         seed_dir = root / f"seed_{s}"
         if args.shared_from or s != seeds[0]:
             _link_shared(shared, seed_dir)
         per_seed[s] = run_seed(s, seed_dir, methods, args.config, extra)
-        accuracy[s] = {}
-        for m in methods:
-            summ = _summary(seed_dir / align.folder_name(m) / "summary.json")
-            accuracy[s][m] = summ.get("eval_pref_accuracy")
+        aligned[s] = {m: _summary(seed_dir / align.folder_name(m) / "summary.json") for m in methods}
+        per_scene[s] = _per_scene(seed_dir, ["reference", *methods])
     first = per_seed[seeds[0]]
     setup = {k: first[k] for k in ("challenge", "num_scenes", "num_rollouts")}
-    result = aggregate(per_seed, accuracy, methods) | {"setup": setup, "methods": methods}
+    result = aggregate(per_seed, aligned, methods, per_scene if all(per_scene.values()) else None)
+    result |= {"setup": setup, "methods": methods}
+    curves = {}
+    for m in methods:
+        a = aligned[seeds[0]][m]
+        if m in ("online", "catk") and a.get("rollouts_sampled") and a.get("steps"):
+            curves[m] = _training_curve([root / f"seed_{s}" for s in seeds], m, a["rollouts_sampled"] / a["steps"])
+    result["training_curves"] = curves
+    realism_vs_rollouts(result, curves, root / "realism_vs_rollouts.png")
     atomic.write_json(root / "study.json", result)
     text = markdown(result, setup)
     atomic.write_text(root / "report.md", text)

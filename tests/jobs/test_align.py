@@ -69,16 +69,21 @@ def test_main_job_smoke_end_to_end(tmp_path):
         assert f"[{stage}] reused" in again.stderr, again.stderr[-3000:]
     assert "INFO" not in again.stderr  # library chatter goes to the log file
     assert list((wd / "logs").iterdir())
-    # Another method in the same workdir: only its alignment runs, and only its model is evaluated.
-    afd = subprocess.run([sys.executable, "-m", "dpa_omf.launch", "--config=configs/align.py:smoke,afd",
-                          f"--workdir={wd}"], cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
-    assert afd.returncode == 0, afd.stderr[-3000:]
-    assert "[curate] reused" in afd.stderr and "[align_afd] running" in afd.stderr
+    # Another method in the same workdir (online DPA-OMF: it ranks its own rollouts, no shards): only its
+    # alignment runs, and only its model is evaluated.
+    online = subprocess.run([sys.executable, "-m", "dpa_omf.launch", "--config=configs/align.py:smoke,online",
+                             f"--workdir={wd}"], cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    assert online.returncode == 0, online.stderr[-3000:]
+    assert "[curate] reused" in online.stderr and "[align_online] running" in online.stderr
     both = json.loads((wd / "evaluate" / "summary.json").read_text())
-    assert set(both["models"]) == {"reference", "dpa_omf", "afd"}
+    assert set(both["models"]) == {"reference", "dpa_omf", "online"}
     assert both["models"]["dpa_omf"] == summary["models"]["dpa_omf"]  # cached, not re-evaluated
-    assert set(both["checkpoints"]) == {"reference", "dpa_omf", "afd"}
-    assert "| afd |" in afd.stdout
+    assert set(both["checkpoints"]) == {"reference", "dpa_omf", "online"}
+    assert "| online |" in online.stdout
+    done = json.loads((wd / "align_online" / "summary.json").read_text())
+    assert done["rollouts_sampled"] == 4 * 8 * 8 and done["updates"] == 4  # rounds x scenes x rollouts
+    rounds = [json.loads(line) for line in (wd / "align_online" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["round_best_ot_distance"] <= r["round_ot_distance"] for r in rounds if "round_ot_distance" in r)
 
 
 def test_curate_shards_name_data_files_relative_to_the_workdir(tmp_path, monkeypatch):
