@@ -117,6 +117,9 @@ def evaluate(variants: set[str]) -> ml_collections.ConfigDict:
     c.num_rollouts = 32  # per held-out scene, as the challenge
     c.rollout_chunk = 16
     c.num_scenes = 32  # held-out scenes (the first of the valid split; 0 = every scene, the :womd default)
+    # The first of them: scenes first_scene .. first_scene + num_scenes - 1 of the valid split. A study selects
+    # learning rates on a validation block (e.g. 256..319) and reports on a test block (0..255).
+    c.first_scene = 0
     c.scenes_per_chunk = 8  # scenes per file of per-scene results (the unit processes split and a restart skips)
     c.scenes_per_device = 1  # scenes each device scores per step (speed only, not fingerprinted)
     c.challenge = "2024"  # '2024' (the paper's table) or '2025'

@@ -448,6 +448,8 @@ def _check_stages(c) -> list[str]:
             errors.append(f"pretrain.{name}={p[name]} must be >= 1")
     if c.align.method in SFT_METHODS and c.align.sft_top_k > c.curate.num_rollouts:
         errors.append(f"align.sft_top_k={c.align.sft_top_k} exceeds curate.num_rollouts={c.curate.num_rollouts}")
+    if c.evaluate.first_scene < 0:
+        errors.append(f"evaluate.first_scene={c.evaluate.first_scene} must be >= 0")
     if not 0 < c.curate.rankings_per_example <= 16:
         errors.append(f"curate.rankings_per_example={c.curate.rankings_per_example} must be in (0, 16]")
     if c.curate.scenes_per_shard < 1:

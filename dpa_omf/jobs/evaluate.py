@@ -91,11 +91,14 @@ def models_fingerprint(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def held_out_sources(config: ml_collections.ConfigDict, workdir: str) -> tuple[reader.SceneReader, list]:
-    """The reader of the valid split and its first ``evaluate.num_scenes`` scenes (0: all)."""
+    """The reader of the valid split and its ``evaluate.num_scenes`` scenes from ``evaluate.first_scene``
+    (0 scenes: all from there on)."""
     scenes = reader.SceneReader(data_job.split_files(config, workdir, "valid"), cfg_lib.reader(config))
     sources = scenes.sources()
-    n = config.evaluate.num_scenes
-    sources = sources[:n] if n else sources
+    n, first = config.evaluate.num_scenes, config.evaluate.first_scene
+    if first + n > len(sources):
+        raise ValueError(f"evaluate: scenes {first}..{first + n - 1} asked for, the valid split has {len(sources)}")
+    sources = sources[first:first + n] if n else sources[first:]
     if not sources:
         raise ValueError("evaluate: no held-out scene")
     return scenes, sources
@@ -231,6 +234,7 @@ def _aggregate(config, workdir: str, eval_fp: str, todo: dict[str, str], num_sce
         "models": results,
         "checkpoints": models_fingerprint(config, workdir),
         "num_scenes": num_scenes,
+        "first_scene": config.evaluate.first_scene,
         "num_rollouts": config.evaluate.num_rollouts,
         "challenge": config.evaluate.challenge,
         "seconds": seconds,
@@ -244,6 +248,11 @@ def _aggregate(config, workdir: str, eval_fp: str, todo: dict[str, str], num_sce
     logging.info("evaluate: %s", {n: r["composite"] for n, r in results.items()})
 
 
+def _from(summary: dict) -> str:
+    first = summary.get("first_scene", 0)
+    return f" (from scene {first})" if first else ""
+
+
 def print_table(workdir: str) -> None:
     """The before/after table of the finished evaluation (process 0 prints)."""
     summary = wd.read_summary(workdir, STAGE)
@@ -253,5 +262,5 @@ def print_table(workdir: str) -> None:
     origin = ("the packaged reference (dpa_omf/assets/reference)" if ref.get("source") == "packaged"
               else "pretrained in this workdir")
     print(f"reference = {origin}, {ref.get('steps')} steps; WOSAC {summary['challenge']} on "
-          f"{summary['num_scenes']} held-out scenes x {summary['num_rollouts']} rollouts", flush=True)
+          f"{summary['num_scenes']} held-out scenes{_from(summary)} x {summary['num_rollouts']} rollouts", flush=True)
     print(report.table(summary["models"]), flush=True)

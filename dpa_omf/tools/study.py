@@ -1,8 +1,18 @@
 """The research result: every alignment method over several seeds, with mean and spread.
 
-    python -m dpa_omf.tools.study --workdir=DIR [--seeds=0,1,2]
+    python -m dpa_omf.study --workdir=DIR [--seeds=0,1,2]
         [--methods=dpa_omf,sft_best_oa,dpa_adef,afd] [--shared_from=MAIN_WORKDIR]
+        [--lrs=3e-4,1e-3,3e-3 --val_scenes=64 --test_scenes=256]
         [--config=configs/align.py] [-- --config.key=value ...]
+
+Learning-rate sweep (``--lrs``): before the seeds, every method is aligned
+once per learning rate (the first seed, ``DIR/sweep/lr_<lr>``) and evaluated
+on a VALIDATION block of ``--val_scenes`` held-out scenes that follows the
+test block (scenes ``test_scenes .. test_scenes + val_scenes - 1`` of the
+valid split, ``evaluate.first_scene``); each method then runs every seed with
+the learning rate of its best validation composite, and is reported on the
+TEST block (scenes ``0 .. test_scenes - 1``), never used for the choice.
+``DIR/sweep.json`` and the report's sweep table hold the validation values.
 
 Protocol. One synthetic world, one reference model and one curated preference
 set (the main job's stages ``data``, ``pretrain`` and ``curate``, global seed
@@ -83,11 +93,15 @@ def _summary(path: pathlib.Path) -> dict:
         return json.load(f)
 
 
-def run_seed(seed: int, seed_dir: pathlib.Path, methods: list[str], config: str, extra: list[str]) -> dict:
-    """Aligns and evaluates every method for one seed; returns the evaluate summary (every model)."""
+def run_seed(seed: int, seed_dir: pathlib.Path, methods: list[str], config: str, extra: list[str],
+             per_method: dict[str, list[str]] | None = None) -> dict:
+    """Aligns and evaluates every method for one seed; returns the evaluate summary (every model).
+
+    ``per_method[m]``: overrides for method m only (its chosen learning rate)."""
     for m in methods:
         variant = "" if m == "dpa_omf" else f":{m}"
-        _launch(config + variant, seed_dir, seed, extra)  # finished stages and cached evaluations are reused
+        own = (per_method or {}).get(m, [])
+        _launch(config + variant, seed_dir, seed, extra + own)  # finished stages and cached evaluations are reused
     summary = _summary(seed_dir / "evaluate" / "summary.json")
     missing = [m for m in ["reference", *methods] if m not in summary["models"]]
     if missing:
@@ -165,10 +179,109 @@ def markdown(result: dict, setup: dict) -> str:
     lines += ["", "Mean +- std over seeds; 95% CIs: seed-averaged per-scene values bootstrapped over scenes. "
               "KL: per token, policy || reference, teacher-forced on held-out logs. Rollouts sampled: the "
               "training data's (offline: the curated rollouts of the training scenes).", "",
-              "![realism vs rollouts sampled](realism_vs_rollouts.png)", "", "Per seed composite:", ""]
+              "![realism vs rollouts sampled](realism_vs_rollouts.png)", "",
+              "Held-out NLL per token over alignment steps (the paper's Fig. 4 / 6) and realism against KL to the "
+              "reference:", "", "![NLL curves and realism vs KL](nll_and_kl.png)", "", "Per seed composite:", ""]
     for n, row in result["models"].items():
         lines.append(f"- {n}: " + ", ".join(f"{v:.4f}" for v in row["composite"]["per_seed"]))
     return "\n".join(lines) + "\n"
+
+
+def _lr_flag(lr: float) -> str:
+    return f"--config.align.optim.learning_rate={lr!r}"
+
+
+def _blocks(val_scenes: int, test_scenes: int) -> tuple[list[str], list[str]]:
+    """The evaluation overrides of the validation block and of the test block (module docstring)."""
+    val = [f"--config.evaluate.first_scene={test_scenes}", f"--config.evaluate.num_scenes={val_scenes}"]
+    test = ["--config.evaluate.first_scene=0", f"--config.evaluate.num_scenes={test_scenes}"]
+    return val, test
+
+
+def choose_learning_rates(val_composite: dict[str, dict[float, float]]) -> dict[str, float]:
+    """Per method, the learning rate of the best validation composite (ties: the smaller rate)."""
+    return {m: max(sorted(by_lr), key=lambda lr: by_lr[lr]) for m, by_lr in val_composite.items()}
+
+
+def sweep(root: pathlib.Path, shared: pathlib.Path, seed: int, methods: list[str], lrs: list[float], config: str,
+          extra: list[str], val_flags: list[str]) -> dict:
+    """Aligns every method at every learning rate and evaluates it on the validation block.
+
+    Returns ``{"val_composite": {method: {lr: composite}}, "reference_val_composite", "chosen": {method: lr}}``.
+    """
+    val: dict[str, dict[float, float]] = {m: {} for m in methods}
+    ref = None
+    for lr in lrs:
+        d = root / "sweep" / f"lr_{lr:g}"
+        _link_shared(shared, d)
+        summary = run_seed(seed, d, methods, config, extra + val_flags + [_lr_flag(lr)])
+        for m in methods:
+            val[m][lr] = summary["models"][m]["composite"]
+        ref = summary["models"]["reference"]["composite"]
+    return {"val_composite": val, "reference_val_composite": ref, "chosen": choose_learning_rates(val)}
+
+
+def sweep_table(sw: dict) -> list[str]:
+    lrs = sorted({lr for by_lr in sw["val_composite"].values() for lr in by_lr})
+    lines = ["", "Learning-rate sweep: validation composite (the chosen rate in bold); reference "
+             f"{sw['reference_val_composite']:.4f}.", "",
+             "| method | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |", "|---|" + "---:|" * len(lrs)]
+    for m, by_lr in sw["val_composite"].items():
+        cells = [(f"**{by_lr[lr]:.4f}**" if lr == sw["chosen"][m] else f"{by_lr[lr]:.4f}") if lr in by_lr else ""
+                 for lr in lrs]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
+NLL_CURVES = {"eval_nll_preferred": "preferred", "eval_nll_unpreferred": "unpreferred", "eval_nll_expert": "expert"}
+
+
+def _eval_records(seed_dir: pathlib.Path, method: str) -> list[dict]:
+    path = seed_dir / align.folder_name(method) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [r for r in rows if any(k.startswith("eval_") for k in r)]
+
+
+def nll_and_kl_figure(result: dict, seed_dirs: list[pathlib.Path], methods: list[str], path: pathlib.Path) -> None:
+    """The paper's Fig. 4 / 6 (held-out NLL per token of the preferred, unpreferred and expert sequences over
+    alignment steps, per method, seed mean) beside realism against KL to the reference (per seed and in
+    training: a method that moves the policy more is compared at its KL)."""
+    fig, axes = plt.subplots(1, len(NLL_CURVES) + 1, figsize=(4.2 * (len(NLL_CURVES) + 1), 3.8))
+    for i, m in enumerate(methods):
+        recs = [_eval_records(d, m) for d in seed_dirs]
+        for ax, (key, label) in zip(axes, NLL_CURVES.items()):
+            by_step: dict[int, list[float]] = {}
+            for rs in recs:
+                for r in rs:
+                    if key in r:
+                        by_step.setdefault(int(r["step"]), []).append(r[key])
+            if by_step:
+                steps = sorted(by_step)
+                ax.plot(steps, [statistics.fmean(by_step[s]) for s in steps], "o-", color=f"C{i}", label=m, ms=3)
+            ax.set_title(f"held-out NLL/token: {label}", fontsize=9)
+            ax.set_xlabel("alignment step")
+        ax = axes[-1]
+        row = result["models"].get(m, {})
+        kl = row.get("kl_to_reference", {}).get("per_seed", [])
+        comp = row.get("composite", {}).get("per_seed", [])
+        if kl and len(kl) == len(comp):
+            ax.plot(kl, comp, "o", color=f"C{i}", label=m)
+        pts = [(r["eval_kl_to_reference"], r["eval_realism_composite"]) for rs in recs for r in rs
+               if "eval_kl_to_reference" in r and "eval_realism_composite" in r]
+        if pts:
+            ax.plot(*zip(*sorted(pts)), ".", color=f"C{i}", alpha=0.4)
+    ref = result["models"]["reference"]["composite"]["mean"]
+    axes[-1].axhline(ref, color="k", lw=0.8, ls="--", label="reference")
+    axes[-1].set_xscale("symlog", linthresh=1e-3)
+    axes[-1].set_title("composite vs KL to the reference", fontsize=9)
+    axes[-1].set_xlabel("KL per token (policy || reference)")
+    axes[0].set_ylabel("NLL per token")
+    axes[-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def realism_vs_rollouts(result: dict, curves: dict[str, list[tuple[float, float]]], path: pathlib.Path) -> None:
@@ -225,21 +338,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     p.add_argument("--shared_from", default=None, help="workdir whose data / pretrain / curate stages are reused")
     p.add_argument("--config", default="configs/align.py")
+    p.add_argument("--lrs", default="", help="learning rates swept per method on the validation block ('': none)")
+    p.add_argument("--val_scenes", type=int, default=0, help="validation block size (needed with --lrs)")
+    p.add_argument("--test_scenes", type=int, default=0, help="test block size (0: evaluate.num_scenes from scene 0)")
     args, extra = p.parse_known_args(argv)
     extra = [e for e in extra if e != "--"]
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = [m for m in args.methods.split(",") if m]
     if "dpa_omf" not in methods:
         methods.insert(0, "dpa_omf")
+    lrs = [float(x) for x in args.lrs.split(",") if x]
+    if lrs and (args.val_scenes < 1 or args.test_scenes < 1):
+        raise SystemExit("study: --lrs needs --val_scenes and --test_scenes (the validation and test blocks)")
     root = pathlib.Path(args.workdir)
     root.mkdir(parents=True, exist_ok=True)
     shared = pathlib.Path(args.shared_from) if args.shared_from else root / f"seed_{seeds[0]}"
+    val_flags, test_flags = _blocks(args.val_scenes, args.test_scenes) if args.test_scenes else ([], [])
+    per_method, sw = {}, None
+    if lrs:
+        if not args.shared_from:  # the shared stages are built once, in the first seed's folder
+            run_seed(seeds[0], shared, ["dpa_omf"], args.config, extra + test_flags)
+        sw = sweep(root, shared, seeds[0], methods, lrs, args.config, extra, val_flags)
+        atomic.write_json(root / "sweep.json", sw)
+        per_method = {m: [_lr_flag(lr)] for m, lr in sw["chosen"].items()}
     per_seed, aligned, per_scene = {}, {}, {}
     for s in seeds:
         seed_dir = root / f"seed_{s}"
         if args.shared_from or s != seeds[0]:
             _link_shared(shared, seed_dir)
-        per_seed[s] = run_seed(s, seed_dir, methods, args.config, extra)
+        per_seed[s] = run_seed(s, seed_dir, methods, args.config, extra + test_flags, per_method)
         aligned[s] = {m: _summary(seed_dir / align.folder_name(m) / "summary.json") for m in methods}
         per_scene[s] = _per_scene(seed_dir, ["reference", *methods])
     first = per_seed[seeds[0]]
@@ -252,9 +379,11 @@ def main(argv: list[str] | None = None) -> int:
         if m in ("online", "catk") and a.get("rollouts_sampled") and a.get("steps"):
             curves[m] = _training_curve([root / f"seed_{s}" for s in seeds], m, a["rollouts_sampled"] / a["steps"])
     result["training_curves"] = curves
+    result["sweep"] = sw
     realism_vs_rollouts(result, curves, root / "realism_vs_rollouts.png")
+    nll_and_kl_figure(result, [root / f"seed_{s}" for s in seeds], methods, root / "nll_and_kl.png")
     atomic.write_json(root / "study.json", result)
-    text = markdown(result, setup)
+    text = markdown(result, setup) + ("\n".join(sweep_table(sw)) + "\n" if sw else "")
     atomic.write_text(root / "report.md", text)
     print(text)
     return 0

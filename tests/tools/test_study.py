@@ -64,3 +64,36 @@ def test_link_shared_needs_the_main_job_stages(tmp_path):
         (src / s).mkdir(parents=True)
     study._link_shared(src, tmp_path / "seed_1")
     assert all((tmp_path / "seed_1" / s).is_symlink() for s in study.SHARED_STAGES)
+
+
+def test_learning_rate_choice_blocks_and_sweep_table(tmp_path):
+    val = {"dpa_omf": {3e-4: 0.70, 1e-3: 0.72, 3e-3: 0.71}, "afd": {3e-4: 0.69, 1e-3: 0.69, 3e-3: 0.68}}
+    chosen = study.choose_learning_rates(val)
+    assert chosen == {"dpa_omf": 1e-3, "afd": 3e-4}  # best; a tie goes to the smaller rate
+    val_flags, test_flags = study._blocks(64, 256)
+    assert val_flags == ["--config.evaluate.first_scene=256", "--config.evaluate.num_scenes=64"]
+    assert test_flags == ["--config.evaluate.first_scene=0", "--config.evaluate.num_scenes=256"]
+    lines = study.sweep_table({"val_composite": val, "reference_val_composite": 0.7, "chosen": chosen})
+    assert "| dpa_omf | 0.7000 | **0.7200** | 0.7100 |" in lines
+    with pytest.raises(SystemExit, match="--val_scenes"):
+        study.main([f"--workdir={tmp_path / 'x'}", "--lrs=1e-3"])
+    assert not (tmp_path / "x").exists()  # refused before anything is made
+
+
+def test_nll_and_kl_figure_from_alignment_logs(tmp_path):
+    import json
+
+    seed_dir = tmp_path / "seed_0"
+    for m in ("dpa_omf", "afd"):
+        d = seed_dir / study.align.folder_name(m)
+        d.mkdir(parents=True)
+        rows = [{"step": s, "eval_nll_preferred": 1.0 + s / 100, "eval_nll_unpreferred": 1.2 + s / 50,
+                 "eval_nll_expert": 1.1, "eval_kl_to_reference": s / 1000, "eval_realism_composite": 0.7}
+                for s in (20, 40)]
+        (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in [{"step": 1, "loss": 1.0}, *rows]))
+    per_seed = {0: {"models": _models(0.5, 0.52)}}
+    aligned = {0: {m: {"eval_kl_to_reference": 0.02} for m in ("dpa_omf", "afd")}}
+    r = study.aggregate(per_seed, aligned, ["dpa_omf", "afd"])
+    study.nll_and_kl_figure(r, [seed_dir], ["dpa_omf", "afd"], tmp_path / "nll.png")
+    assert (tmp_path / "nll.png").stat().st_size > 1000
+    assert [r["step"] for r in study._eval_records(seed_dir, "afd")] == [20, 40]

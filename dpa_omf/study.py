@@ -1,0 +1,8 @@
+"""``python -m dpa_omf.study ...``: the research study's entry point (dpa_omf/tools/study.py)."""
+
+import sys
+
+from dpa_omf.tools.study import main
+
+if __name__ == "__main__":
+    sys.exit(main())
