@@ -35,6 +35,18 @@ composite (with its interval) against the rollouts it sampled, and the
 in-training realism of the scene-only methods (``eval_realism_composite`` on
 ``align.realism_scenes`` held-out scenes) against the rollouts sampled by then.
 
+Suites (``--suite=quick|paper``, ``SUITES``) fix all of the above plus
+*arms*: variants of DPA-OMF's preference data, each with its own curation
+(``DIR/arms/<arm>/seed_<s>``: the shared data and reference linked, the arm's
+curate overrides, DPA-OMF at its chosen learning rate, the test block; the
+reference's evaluation is copied in, so it is scored once): the feature
+ablation (the paper's Table 2: collision only, progress only, comfort only
+against all five) and the preference-data scaling (Fig. 7: 0.5x, 2x and 4x
+the rankings per training scene; realism and KL per size). The paper suite
+also runs the post-selection analysis (Fig. 3, ``tools/post_selection.py``)
+on the shared curation, and the report adds Table 3 (DPA-OMF vs AFD:
+realism, held-out preference accuracy, minADE).
+
 The shared stages come from ``--shared_from`` (e.g. the main job's workdir,
 symlinked) or are built in ``DIR/seed_<first>`` and symlinked into the others.
 Every job is a ``python -m dpa_omf.launch`` subprocess, so finished stages are
@@ -44,8 +56,10 @@ reused and an interrupted study resumes where it stopped.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
+import shutil
 import statistics
 import subprocess
 import sys
@@ -57,12 +71,69 @@ import numpy as np
 from dpa_omf import atomic
 from dpa_omf.jobs import align, report
 from dpa_omf.metrics import stats
+from dpa_omf.tools import post_selection
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 SHARED_STAGES = ("data", "pretrain", "curate")
 DEFAULT_METHODS = ("dpa_omf", "sft_best_oa", "dpa_adef", "afd")
+ALL_METHODS = ("dpa_omf", "dpa_adef", "sft_best_oa", "sft_best_ade", "afd", "dpo", "catk", "ntp", "online")
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """A variant of DPA-OMF's preference data: its own curation (``overrides``), the rest shared.
+
+    ``table``: 'features' (the feature ablation) or 'data' (preference-data scaling).
+    """
+
+    name: str
+    overrides: tuple[str, ...]
+    table: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    """A study preset: what ``--suite`` runs (see the module docstring)."""
+
+    config: str
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    lrs: tuple[float, ...] = ()
+    val_scenes: int = 0
+    test_scenes: int = 0
+    extra: tuple[str, ...] = ()
+    arms: tuple[Arm, ...] = ()
+    post_selection: tuple[int, int] | None = None  # (scenes, group size)
+
+
+def _weights(w: tuple[float, ...]) -> str:
+    return "--config.curate.feature_weights=(" + ",".join(f"{float(x):.1f}" for x in w) + ")"
+
+
+def _arms(base_rankings: float) -> tuple[Arm, ...]:
+    """Table 2's feature subsets (weights of collision, road distance, clearance, effort, speed) and Fig. 7's
+    data sizes (0.5x, 2x, 4x the main job's rankings per training scene)."""
+    return (Arm("collision_only", (_weights((10, 0, 0, 0, 0)),), "features"),
+            Arm("progress_only", (_weights((0, 0, 0, 0, 1)),), "features"),
+            Arm("comfort_only", (_weights((0, 0, 0, 1, 0)),), "features"),
+            *(Arm(f"data_{f:g}x", (f"--config.curate.rankings_per_example={base_rankings * f:g}",), "data")
+              for f in (0.5, 2, 4)))
+
+
+SUITES = {
+    # Every method, a 3-rate sweep on 64 validation scenes, 256 test scenes x 32 rollouts, 3 seeds, every arm
+    # and analysis, at the main job's sizes (BUILD_NOTES: its duration on the project's 2-core CPU).
+    "paper": Suite("configs/align.py", ALL_METHODS, (0, 1, 2), lrs=(3e-4, 1e-3, 3e-3), val_scenes=64,
+                   test_scenes=256, extra=("--config.data.synthetic.num_valid=320",), arms=_arms(0.08),
+                   post_selection=(32, 8)),
+    # The same structure at :smoke sizes, for CPU minutes (its test checks the report's structure).
+    "quick": Suite("configs/align.py:smoke", ALL_METHODS, (0, 1), lrs=(1e-3, 3e-3), val_scenes=2, test_scenes=4,
+                   arms=(Arm("collision_only", (_weights((10, 0, 0, 0, 0)),), "features"),
+                         Arm("data_2x", ("--config.curate.rankings_per_example=0.16",), "data")),
+                   post_selection=(1, 2)),
+}
 
 
 def _log(msg: str) -> None:
@@ -330,6 +401,80 @@ def _per_scene(seed_dir: pathlib.Path, names: list[str]) -> dict[str, list[float
     return out if all(v is not None for v in out.values()) else {}
 
 
+def run_arm(arm: Arm, root: pathlib.Path, shared: pathlib.Path, seeds: list[int], config: str, extra: list[str],
+            lr_flags: list[str]) -> dict[int, dict]:
+    """DPA-OMF on an arm's own preference data, every seed; returns per seed ``{"summary", "align",
+    "per_scene"}`` (the arm's evaluate and align summaries, its per-scene composites)."""
+    out = {}
+    first = root / "arms" / arm.name / f"seed_{seeds[0]}"
+    for s in seeds:
+        d = root / "arms" / arm.name / f"seed_{s}"
+        d.mkdir(parents=True, exist_ok=True)
+        for stage in ("data", "pretrain") + (("curate",) if s != seeds[0] else ()):
+            src = shared / stage if stage != "curate" else first / "curate"
+            if not (d / stage).exists():
+                (d / stage).symlink_to(src.resolve(), target_is_directory=True)
+        # The reference's evaluation (same checkpoint, scenes and keys) is taken from the seed's main folder;
+        # the evaluate job checks its fingerprint and re-scores it only if anything differs.
+        ref = root / f"seed_{s}" / "evaluate" / "models" / "reference.json"
+        if ref.exists() and not (d / "evaluate" / "models" / "reference.json").exists():
+            (d / "evaluate" / "models").mkdir(parents=True, exist_ok=True)
+            shutil.copy(ref, d / "evaluate" / "models" / "reference.json")
+        summary = run_seed(s, d, ["dpa_omf"], config, extra + list(arm.overrides) + lr_flags)
+        out[s] = {"summary": summary, "align": _summary(d / "align" / "summary.json"),
+                  "per_scene": _per_scene(d, ["dpa_omf"]).get("dpa_omf")}
+    return out
+
+
+def _arm_name(arm: Arm) -> str:
+    return f"dpa_omf[{arm.name}]"
+
+
+def merge_arms(per_seed: dict, aligned: dict, per_scene: dict, arms: dict[Arm, dict[int, dict]]) -> list[str]:
+    """Adds each arm's DPA-OMF as a model named ``dpa_omf[<arm>]`` to the per-seed results; returns the names."""
+    names = []
+    for arm, by_seed in arms.items():
+        n = _arm_name(arm)
+        names.append(n)
+        for s, r in by_seed.items():
+            per_seed[s]["models"][n] = r["summary"]["models"]["dpa_omf"]
+            aligned[s][n] = r["align"]
+            if per_scene.get(s) and r["per_scene"] is not None:
+                per_scene[s][n] = r["per_scene"]
+    return names
+
+
+def arms_table(result: dict, arms: list[Arm], table: str, title: str, base: str) -> list[str]:
+    rows = [(base, "dpa_omf")] + [(a.name, _arm_name(a)) for a in arms if a.table == table]
+    lines = ["", title, "", "| preference data | composite | 95% CI | vs reference [95% CI] | collision | off-road "
+             "| held-out pref. accuracy | KL to reference |", "|---|" + "---:|" * 7]
+    for label, n in rows:
+        r = result["models"].get(n)
+        if r is None:
+            continue
+        d = r.get("composite_minus_reference", {})
+        acc, kl = r.get("heldout_pref_accuracy"), r.get("kl_to_reference")
+        cells = [f"{r['composite']['mean']:.4f}", _ci(r["composite"]), f"{d.get('mean', float('nan')):+.4f} {_ci(d)}",
+                 f"{r['collision_rate']['mean']:.4f}", f"{r['offroad_rate']['mean']:.4f}",
+                 f"{acc['mean']:.3f}" if acc else "", f"{kl['mean']:.4f}" if kl else ""]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def table3(result: dict) -> list[str]:
+    """The paper's Table 3: DPA-OMF vs AFD (realism, held-out preference accuracy, minADE)."""
+    lines = ["", "Table 3: DPA-OMF vs AFD (held-out preference accuracy on the OT pairs).", "",
+             "| method | composite | 95% CI | held-out pref. accuracy | minADE |", "|---|---:|---:|---:|---:|"]
+    for n in ("dpa_omf", "afd"):
+        r = result["models"].get(n)
+        if r is None:
+            continue
+        acc = r.get("heldout_pref_accuracy", {}).get("mean", float("nan"))
+        lines.append(f"| {n} | {r['composite']['mean']:.4f} | {_ci(r['composite'])} | {acc:.3f} | "
+                     f"{r['min_ade']['mean']:.3f} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dpa_omf.tools.study", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -341,8 +486,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lrs", default="", help="learning rates swept per method on the validation block ('': none)")
     p.add_argument("--val_scenes", type=int, default=0, help="validation block size (needed with --lrs)")
     p.add_argument("--test_scenes", type=int, default=0, help="test block size (0: evaluate.num_scenes from scene 0)")
+    p.add_argument("--suite", default="", choices=["", *SUITES], help="a preset (module docstring); --seeds still "
+                   "applies when given")
     args, extra = p.parse_known_args(argv)
     extra = [e for e in extra if e != "--"]
+    suite = SUITES.get(args.suite)
+    if suite is not None:
+        given = argv if argv is not None else sys.argv[1:]
+        if not any(a.startswith("--seeds") for a in given):
+            args.seeds = ",".join(map(str, suite.seeds))
+        args.methods, args.config = ",".join(suite.methods), suite.config
+        args.lrs = ",".join(f"{x:g}" for x in suite.lrs)
+        args.val_scenes, args.test_scenes = suite.val_scenes, suite.test_scenes
+        extra = list(suite.extra) + extra
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = [m for m in args.methods.split(",") if m]
     if "dpa_omf" not in methods:
@@ -371,8 +527,23 @@ def main(argv: list[str] | None = None) -> int:
         per_scene[s] = _per_scene(seed_dir, ["reference", *methods])
     first = per_seed[seeds[0]]
     setup = {k: first[k] for k in ("challenge", "num_scenes", "num_rollouts")}
-    result = aggregate(per_seed, aligned, methods, per_scene if all(per_scene.values()) else None)
-    result |= {"setup": setup, "methods": methods}
+    arms = list(suite.arms) if suite else []
+    lr_dpa = per_method.get("dpa_omf", [])
+    arm_results = {a: run_arm(a, root, shared, seeds, args.config, extra + test_flags, lr_dpa) for a in arms}
+    arm_names = merge_arms(per_seed, aligned, per_scene, arm_results)
+    post = None
+    if suite and suite.post_selection:
+        n, k = suite.post_selection
+        variant = args.config.partition(":")[2]
+        cmd = [sys.executable, "-m", "dpa_omf.tools.post_selection", f"--workdir={shared}",
+               f"--out={root / 'post_selection'}", f"--scenes={n}", f"--group={k}", f"--variant={variant}"]
+        if not (root / "post_selection" / "post_selection.json").exists():
+            _log(" ".join(cmd[1:]))
+            subprocess.run(cmd, check=True)
+        post = _summary(root / "post_selection" / "post_selection.json")
+    result = aggregate(per_seed, aligned, methods + arm_names, per_scene if all(per_scene.values()) else None)
+    result |= {"setup": setup, "methods": methods, "arms": [dataclasses.asdict(a) for a in arms],
+               "suite": args.suite or None}
     curves = {}
     for m in methods:
         a = aligned[seeds[0]][m]
@@ -381,9 +552,17 @@ def main(argv: list[str] | None = None) -> int:
     result["training_curves"] = curves
     result["sweep"] = sw
     realism_vs_rollouts(result, curves, root / "realism_vs_rollouts.png")
-    nll_and_kl_figure(result, [root / f"seed_{s}" for s in seeds], methods, root / "nll_and_kl.png")
+    nll_and_kl_figure(result, [root / f"seed_{s}" for s in seeds], methods + arm_names, root / "nll_and_kl.png")
     atomic.write_json(root / "study.json", result)
     text = markdown(result, setup) + ("\n".join(sweep_table(sw)) + "\n" if sw else "")
+    if suite:
+        text += "\n".join(table3(result)) + "\n"
+        text += "\n".join(arms_table(result, arms, "features", "Table 2: feature ablation (DPA-OMF on pairs "
+                                      "ranked with a subset of the features).", "all five")) + "\n"
+        text += "\n".join(arms_table(result, arms, "data", "Fig. 7: preference-data scaling (rankings per "
+                                      "training scene relative to the main job's; realism and KL).", "1x")) + "\n"
+    if post:
+        text += "\n" + post_selection.markdown(post) + "\n![post-selection](post_selection/post_selection.png)\n"
     atomic.write_text(root / "report.md", text)
     print(text)
     return 0

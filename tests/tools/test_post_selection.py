@@ -20,7 +20,8 @@ def sampled():
     model = mlm.MotionLM(cfg_lib.model(c))
     params = pretrain.make_init_fn(model, c)(jax.random.key(0))
     scene = synthetic.generate_scenario(0, cfg_lib.synthetic_world(c))
-    r = sampling.sample(model, params, scene, jax.random.key(1), sampling.RolloutConfig(num_rollouts=4, rollout_chunk=4))
+    cfg = sampling.RolloutConfig(num_rollouts=4, rollout_chunk=4)
+    r = sampling.sample(model, params, scene, jax.random.key(1), cfg)
     return c, scene, r
 
 
