@@ -105,6 +105,7 @@ def align(variants: set[str]) -> ml_collections.ConfigDict:
         c.checkpoint_every = 2
         c.progress_bar = False
         c.optim.warmup_steps = 1
+        c.sft_top_k = 2  # of curate's 8 rollouts at :smoke
         c.online.num_rollouts = 8  # = curate's at :smoke (round 0 then ranks as curation did)
         c.online.num_pairs = 2
         c.online.rollout_chunk = 8

@@ -164,15 +164,22 @@ def _summary(path: pathlib.Path) -> dict:
         return json.load(f)
 
 
+def with_variant(config: str, method: str) -> str:
+    """``configs/align.py[:variants]`` with the method's variant added (DPA-OMF is the default: none)."""
+    if method == "dpa_omf":
+        return config
+    return f"{config},{method}" if ":" in config else f"{config}:{method}"
+
+
 def run_seed(seed: int, seed_dir: pathlib.Path, methods: list[str], config: str, extra: list[str],
              per_method: dict[str, list[str]] | None = None) -> dict:
     """Aligns and evaluates every method for one seed; returns the evaluate summary (every model).
 
     ``per_method[m]``: overrides for method m only (its chosen learning rate)."""
     for m in methods:
-        variant = "" if m == "dpa_omf" else f":{m}"
         own = (per_method or {}).get(m, [])
-        _launch(config + variant, seed_dir, seed, extra + own)  # finished stages and cached evaluations are reused
+        # Finished stages and cached evaluations are reused.
+        _launch(with_variant(config, m), seed_dir, seed, extra + own)
     summary = _summary(seed_dir / "evaluate" / "summary.json")
     missing = [m for m in ["reference", *methods] if m not in summary["models"]]
     if missing:
@@ -512,8 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     val_flags, test_flags = _blocks(args.val_scenes, args.test_scenes) if args.test_scenes else ([], [])
     per_method, sw = {}, None
     if lrs:
-        if not args.shared_from:  # the shared stages are built once, in the first seed's folder
-            run_seed(seeds[0], shared, ["dpa_omf"], args.config, extra + test_flags)
+        if not args.shared_from:  # the shared stages (up to curate) are built once, in the first seed's folder
+            _launch(args.config, shared, seeds[0], extra + test_flags + ["--config.job=curate"])
         sw = sweep(root, shared, seeds[0], methods, lrs, args.config, extra, val_flags)
         atomic.write_json(root / "sweep.json", sw)
         per_method = {m: [_lr_flag(lr)] for m, lr in sw["chosen"].items()}

@@ -20,7 +20,7 @@ from dpa_omf.model import decoder as dec
 from dpa_omf.model import motion_lm as mlm
 from dpa_omf.model import sampling
 from dpa_omf.synthetic import dataset as synthetic
-from dpa_omf.train import loop
+from dpa_omf.train import compilation_cache, loop
 
 
 def _one_device_mesh():
@@ -78,9 +78,10 @@ def test_round_zero_ranks_as_curation_and_its_loss_is_offline_dpa_omf_on_the_sam
         np.testing.assert_allclose(np.asarray(online_m[k]), np.asarray(offline_m[k]), rtol=1e-6, err_msg=k)
 
 
-def test_sigterm_mid_round_then_restart_reaches_the_same_parameters(smoke, tmp_path):
+def test_sigterm_mid_round_then_restart_reaches_the_same_parameters(smoke, tmp_path, restore_compilation_cache):
     """Two updates per round; SIGTERM arrives while round 2's program runs: the round finishes, is saved, the
     job exits preempted, and the restart ends on the parameters of an uninterrupted run, bit for bit."""
+    compilation_cache.enable(str(tmp_path / "cache"))  # the three runs compile the same round program once
     _, model, params, scenes = smoke
     c = align_config.get_config("smoke,online")
     c.align.online.steps_per_round = 2

@@ -97,3 +97,9 @@ def test_nll_and_kl_figure_from_alignment_logs(tmp_path):
     study.nll_and_kl_figure(r, [seed_dir], ["dpa_omf", "afd"], tmp_path / "nll.png")
     assert (tmp_path / "nll.png").stat().st_size > 1000
     assert [r["step"] for r in study._eval_records(seed_dir, "afd")] == [20, 40]
+
+
+def test_method_variants_join_the_config_variants():
+    assert study.with_variant("configs/align.py", "afd") == "configs/align.py:afd"
+    assert study.with_variant("configs/align.py:smoke", "afd") == "configs/align.py:smoke,afd"
+    assert study.with_variant("configs/align.py:smoke", "dpa_omf") == "configs/align.py:smoke"
