@@ -148,3 +148,27 @@ def test_closest_among_top_k(smoke):
     assert ade(catk) < 0.1 < 1.0 < ade(sampled), (ade(catk), ade(sampled))
     with pytest.raises(ValueError, match="closest_top_k"):
         sampling.RolloutConfig(closest_top_k=170)
+
+
+def test_a_round_on_a_two_device_mesh(smoke):
+    """On a multi-device CPU mesh the round cannot call the host OT solver (a host callback inside a
+    multi-device CPU program can deadlock): the config picks the on-device exact solver, and a round with an
+    on-device solver compiles without any host callback and runs split over 2 devices. (The on-device exact
+    solver equals the host one: tests/preference/test_distance.py; its CPU compile takes minutes, so this
+    runs the round with the on-device Sinkhorn solver.)"""
+    c, model, params, scenes = smoke
+    cfg = cfg_lib.align(c)
+    one, _ = cfg_lib.online_curation(c, num_devices=1)
+    two, why = cfg_lib.online_curation(c, num_devices=2)
+    assert (one.ot.solver, two.ot.solver) == ("exact_host", "exact") and "deadlock" in why
+    on_device = dataclasses.replace(two, ot=dataclasses.replace(two.ot, solver="sinkhorn"))
+    batch = _scene_batch(c, scenes, [0, 1], 0)
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:2]), ("data",))
+    tcfg = dataclasses.replace(cfg_lib.align_train(c), eval_every=0, progress_bar=False)
+    trainer = loop.Trainer(align.make_loss_fn(model, cfg), lambda r: params, tcfg, mesh=mesh, frozen=params,
+                           initial_params=params, prepare_fn=align.METHODS["online"].prepare(model, cfg, on_device))
+    shapes = jax.tree.map(lambda v: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype), batch)
+    assert "callback" not in trainer.lower_step(shapes).as_text()  # no host round trip inside the round
+    state, metrics = trainer.step(trainer.init(), batch)
+    assert np.isfinite(float(metrics["loss"][0])) and float(metrics["round_ot_distance"][1]) == 2 * 8
+    assert int(state.step) == 1
