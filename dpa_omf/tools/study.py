@@ -508,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = list(suite.extra) + extra
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = [m for m in args.methods.split(",") if m]
-    if "dpa_omf" not in methods:
+    if "dpa_omf" not in methods and not args.shared_from:  # it builds the shared stages
         methods.insert(0, "dpa_omf")
     lrs = [float(x) for x in args.lrs.split(",") if x]
     if lrs and (args.val_scenes < 1 or args.test_scenes < 1):
