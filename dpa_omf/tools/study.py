@@ -225,9 +225,16 @@ def aggregate(per_seed: dict[int, dict], aligned: dict[int, dict], methods: list
     return out
 
 
-def _ci(stat: dict) -> str:
-    lo, hi = stat.get("ci95", (float("nan"), float("nan")))
-    return f"[{lo:+.4f}, {hi:+.4f}]" if "ci95" in stat else ""
+def _ci(stat: dict, signed: bool = True) -> str:
+    """The stat's 95% interval as ``[lo, hi]`` ('' without one); ``signed`` for differences."""
+    if "ci95" not in stat:
+        return ""
+    lo, hi = stat["ci95"]
+    return f"[{lo:+.4f}, {hi:+.4f}]" if signed else f"[{lo:.4f}, {hi:.4f}]"
+
+
+def _color(i: int):
+    return plt.get_cmap("tab20")(i % 20)
 
 
 def markdown(result: dict, setup: dict) -> str:
@@ -245,7 +252,7 @@ def markdown(result: dict, setup: dict) -> str:
     ]
     for n, row in result["models"].items():
         cells = [f"{row[c]['mean']:.4f} +- {row[c]['std']:.4f}" for c in report.COLUMNS]
-        cells.append(_ci(row["composite"]))
+        cells.append(_ci(row["composite"], signed=False))
         d = row.get("composite_minus_reference")
         cells += [f"{d['mean']:+.4f} +- {d['std']:.4f}", _ci(d)] if d else ["", ""]
         acc, kl = row.get("heldout_pref_accuracy"), row.get("kl_to_reference")
@@ -337,7 +344,7 @@ def nll_and_kl_figure(result: dict, seed_dirs: list[pathlib.Path], methods: list
                         by_step.setdefault(int(r["step"]), []).append(r[key])
             if by_step:
                 steps = sorted(by_step)
-                ax.plot(steps, [statistics.fmean(by_step[s]) for s in steps], "o-", color=f"C{i}", label=m, ms=3)
+                ax.plot(steps, [statistics.fmean(by_step[s]) for s in steps], "o-", color=_color(i), label=m, ms=3)
             ax.set_title(f"held-out NLL/token: {label}", fontsize=9)
             ax.set_xlabel("alignment step")
         ax = axes[-1]
@@ -345,18 +352,18 @@ def nll_and_kl_figure(result: dict, seed_dirs: list[pathlib.Path], methods: list
         kl = row.get("kl_to_reference", {}).get("per_seed", [])
         comp = row.get("composite", {}).get("per_seed", [])
         if kl and len(kl) == len(comp):
-            ax.plot(kl, comp, "o", color=f"C{i}", label=m)
+            ax.plot(kl, comp, "o", color=_color(i), label=m)
         pts = [(r["eval_kl_to_reference"], r["eval_realism_composite"]) for rs in recs for r in rs
                if "eval_kl_to_reference" in r and "eval_realism_composite" in r]
         if pts:
-            ax.plot(*zip(*sorted(pts)), ".", color=f"C{i}", alpha=0.4)
+            ax.plot(*zip(*sorted(pts)), ".", color=_color(i), alpha=0.4)
     ref = result["models"]["reference"]["composite"]["mean"]
     axes[-1].axhline(ref, color="k", lw=0.8, ls="--", label="reference")
     axes[-1].set_xscale("symlog", linthresh=1e-3)
     axes[-1].set_title("composite vs KL to the reference", fontsize=9)
     axes[-1].set_xlabel("KL per token (policy || reference)")
     axes[0].set_ylabel("NLL per token")
-    axes[-1].legend(fontsize=7)
+    axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -365,9 +372,9 @@ def nll_and_kl_figure(result: dict, seed_dirs: list[pathlib.Path], methods: list
 def realism_vs_rollouts(result: dict, curves: dict[str, list[tuple[float, float]]], path: pathlib.Path) -> None:
     """Composite (mean over seeds, 95% CI over scenes) against rollouts sampled per model; in-training realism
     curves ``curves[model] = [(rollouts sampled, composite), ...]`` (seed means) as lines."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     for i, (n, row) in enumerate(result["models"].items()):
-        color = f"C{i}"
+        color = _color(i)
         x = row["rollouts_sampled"]["mean"] if "rollouts_sampled" in row else 0.0
         y = row["composite"]["mean"]
         lo, hi = row["composite"].get("ci95", (y, y))
@@ -380,7 +387,7 @@ def realism_vs_rollouts(result: dict, curves: dict[str, list[tuple[float, float]
     ax.set_title("Realism vs rollouts sampled (points: test scenes, 95% CI; dashed: in-training, few scenes)",
                  fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -461,7 +468,8 @@ def arms_table(result: dict, arms: list[Arm], table: str, title: str, base: str)
             continue
         d = r.get("composite_minus_reference", {})
         acc, kl = r.get("heldout_pref_accuracy"), r.get("kl_to_reference")
-        cells = [f"{r['composite']['mean']:.4f}", _ci(r["composite"]), f"{d.get('mean', float('nan')):+.4f} {_ci(d)}",
+        cells = [f"{r['composite']['mean']:.4f}", _ci(r["composite"], signed=False),
+                 f"{d.get('mean', float('nan')):+.4f} {_ci(d)}",
                  f"{r['collision_rate']['mean']:.4f}", f"{r['offroad_rate']['mean']:.4f}",
                  f"{acc['mean']:.3f}" if acc else "", f"{kl['mean']:.4f}" if kl else ""]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -477,9 +485,19 @@ def table3(result: dict) -> list[str]:
         if r is None:
             continue
         acc = r.get("heldout_pref_accuracy", {}).get("mean", float("nan"))
-        lines.append(f"| {n} | {r['composite']['mean']:.4f} | {_ci(r['composite'])} | {acc:.3f} | "
+        lines.append(f"| {n} | {r['composite']['mean']:.4f} | {_ci(r['composite'], signed=False)} | {acc:.3f} | "
                      f"{r['min_ade']['mean']:.3f} |")
     return lines
+
+
+def _post_selection(shared: pathlib.Path, out: pathlib.Path, scenes: int, group: int, variant: str) -> dict:
+    """The post-selection analysis of the shared curation (a subprocess, once; its JSON after)."""
+    if not (out / "post_selection.json").exists():
+        cmd = [sys.executable, "-m", "dpa_omf.tools.post_selection", f"--workdir={shared}", f"--out={out}",
+               f"--scenes={scenes}", f"--group={group}", f"--variant={variant}"]
+        _log(" ".join(cmd[1:]))
+        subprocess.run(cmd, check=True)
+    return _summary(out / "post_selection.json")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -540,14 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     arm_names = merge_arms(per_seed, aligned, per_scene, arm_results)
     post = None
     if suite and suite.post_selection:
-        n, k = suite.post_selection
-        variant = args.config.partition(":")[2]
-        cmd = [sys.executable, "-m", "dpa_omf.tools.post_selection", f"--workdir={shared}",
-               f"--out={root / 'post_selection'}", f"--scenes={n}", f"--group={k}", f"--variant={variant}"]
-        if not (root / "post_selection" / "post_selection.json").exists():
-            _log(" ".join(cmd[1:]))
-            subprocess.run(cmd, check=True)
-        post = _summary(root / "post_selection" / "post_selection.json")
+        post = _post_selection(shared, root / "post_selection", *suite.post_selection, args.config.partition(":")[2])
     result = aggregate(per_seed, aligned, methods + arm_names, per_scene if all(per_scene.values()) else None)
     result |= {"setup": setup, "methods": methods, "arms": [dataclasses.asdict(a) for a in arms],
                "suite": args.suite or None}

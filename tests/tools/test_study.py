@@ -1,7 +1,10 @@
 """The study's aggregation: mean / spread over seeds, differences to the reference, the markdown table."""
 
+import hashlib
+import json
 import math
 
+import numpy as np
 import pytest
 
 from dpa_omf.jobs import report
@@ -103,3 +106,77 @@ def test_method_variants_join_the_config_variants():
     assert study.with_variant("configs/align.py", "afd") == "configs/align.py:afd"
     assert study.with_variant("configs/align.py:smoke", "afd") == "configs/align.py:smoke,afd"
     assert study.with_variant("configs/align.py:smoke", "dpa_omf") == "configs/align.py:smoke"
+
+
+def _fake_launch(calls):
+    """A stand-in for ``study._launch`` that writes what the stages would (numbers from a hash), recording calls."""
+    def value(*parts) -> float:
+        return int(hashlib.md5(repr(parts).encode()).hexdigest()[:6], 16) / 0xFFFFFF
+
+    def launch(config, workdir, seed, extra):
+        calls.append((config, str(workdir), seed, list(extra)))
+        variants = config.partition(":")[2].split(",")
+        method = next((v for v in variants if v in study.ALL_METHODS), "dpa_omf")
+        for stage in study.SHARED_STAGES:
+            if not (workdir / stage).exists():
+                (workdir / stage).mkdir(parents=True)
+        if "--config.job=curate" in extra:
+            return
+        flags = dict(e.removeprefix("--config.").split("=", 1) for e in extra)
+        n = int(flags.get("evaluate.num_scenes", 4))
+        folder = workdir / study.align.folder_name(method)
+        folder.mkdir(exist_ok=True)
+        key = (str(workdir), method, seed)
+        (folder / "summary.json").write_text(json.dumps(
+            {"eval_pref_accuracy": value(*key, "acc"), "eval_kl_to_reference": value(*key, "kl"), "steps": 4,
+             "rollouts_sampled": 8, "updates": 4}))
+        (folder / "metrics.jsonl").write_text("\n".join(json.dumps(
+            {"step": s, "eval_nll_preferred": 1.0, "eval_nll_unpreferred": 1.1, "eval_nll_expert": 1.2,
+             "eval_kl_to_reference": 0.01 * s, "eval_realism_composite": 0.3}) for s in (2, 4)))
+        ev = workdir / "evaluate"
+        (ev / "models").mkdir(parents=True, exist_ok=True)
+        summary = json.loads((ev / "summary.json").read_text()) if (ev / "summary.json").exists() else {
+            "models": {}, "challenge": "2024", "num_scenes": n, "num_rollouts": 4}
+        for name in ("reference", method):
+            per_scene = [value(key if name != "reference" else (seed,), i) for i in range(n)]
+            summary["models"][name] = {c: float(np.mean(per_scene)) for c in report.COLUMNS}
+            (ev / "models" / f"{name}.json").write_text(json.dumps({"composite_per_scene": per_scene}))
+        (ev / "summary.json").write_text(json.dumps(summary))
+
+    return launch
+
+
+def test_quick_suite_report_has_every_table_figure_and_method_row(tmp_path, monkeypatch):
+    """The suite's orchestration and report (the launches faked: the jobs have their own tests): every method and
+    arm row filled, the sweep chose a rate per method from the validation block and every seed ran at it, Table 2,
+    Table 3, Fig. 7, post-selection and both figures present."""
+    calls = []
+    monkeypatch.setattr(study, "_launch", _fake_launch(calls))
+    fake_post = {"scenes": 1, "rollouts_per_scene": 4, "group": 2,
+                 "rankings": {k: [{"group": g, "composite": 0.3, "composite_ci95": (0.2, 0.4), "mean_ade": 1.0}
+                                  for g in (1, 2)] for k in ("ot", "ade")},
+                 "closest_group_ot_minus_ade": {"mean": 0.01, "lo": -0.01, "hi": 0.03}}
+    monkeypatch.setattr(study, "_post_selection", lambda *a: fake_post)
+    assert study.main(["--suite=quick", f"--workdir={tmp_path}"]) == 0
+    text = (tmp_path / "report.md").read_text()
+    suite = study.SUITES["quick"]
+    arms = [f"dpa_omf[{a.name}]" for a in suite.arms]
+    for name in ["reference", *suite.methods, *arms]:
+        row = next(line for line in text.splitlines() if line.startswith(f"| {name} | "))
+        assert "nan" not in row and row.count("|") >= 9, row
+    for section in ("Learning-rate sweep", "Table 3", "Table 2", "Fig. 7", "Post-selection", "realism_vs_rollouts.png",
+                    "nll_and_kl.png", "post_selection.png"):
+        assert section in text, section
+    assert (tmp_path / "realism_vs_rollouts.png").stat().st_size > 1000
+    assert (tmp_path / "nll_and_kl.png").stat().st_size > 1000
+    result = json.loads((tmp_path / "study.json").read_text())
+    chosen = result["sweep"]["chosen"]
+    assert set(chosen) == set(suite.methods)
+    val_block = f"--config.evaluate.first_scene={suite.test_scenes}"
+    for config, workdir, _seed, extra in calls:
+        if "/sweep/" in workdir:
+            assert val_block in extra  # the sweep is scored on the validation block only
+        elif "/seed_" in workdir and "--config.job=curate" not in extra and "/arms/" not in workdir:
+            method = next((v for v in config.split(":")[-1].split(",") if v in study.ALL_METHODS), "dpa_omf")
+            assert study._lr_flag(chosen[method]) in extra and "--config.evaluate.first_scene=0" in extra
+    assert {seed for _, w, seed, _ in calls if "/seed_" in w} == set(suite.seeds)
