@@ -93,25 +93,28 @@ def test_sigterm_mid_round_then_restart_reaches_the_same_parameters(smoke, tmp_p
     assert tcfg.updates_per_step == 2 and tcfg.num_updates == 6
     tcfg = dataclasses.replace(tcfg, eval_every=0, checkpoint_every=100, async_checkpointing=False)
     batches = lambda start: (_scene_batch(c, scenes, [0, 1], k) for k in range(start, 100))
-    calls = []
+    armed = {"rounds": None}  # count the rounds of the run to interrupt (the three runs share one program)
 
     def kill_in_round_two(params, batch, rng, frozen):
         def note(_):
-            calls.append(1)
-            if len(calls) == 2:
-                os.kill(os.getpid(), signal.SIGTERM)
+            if armed["rounds"] is not None:
+                armed["rounds"] += 1
+                if armed["rounds"] == 2:
+                    os.kill(os.getpid(), signal.SIGTERM)
 
         jax.debug.callback(note, batch["keys"][0, 0])
         return prepare(params, batch, rng, frozen)
 
-    run = lambda folder, prep: loop.train(align.make_loss_fn(model, cfg), lambda rng: params, batches, tcfg,
-                                          tmp_path, folder, frozen=params, initial_params=params,
-                                          mesh=_one_device_mesh(), prepare_fn=prep)
-    straight = run("straight", prepare)
+    run = lambda folder: loop.train(align.make_loss_fn(model, cfg), lambda rng: params, batches, tcfg, tmp_path,
+                                    folder, frozen=params, initial_params=params, mesh=_one_device_mesh(),
+                                    prepare_fn=kill_in_round_two)
+    straight = run("straight")
     assert straight.status == loop.COMPLETED
-    first = run("interrupted", kill_in_round_two)
+    armed["rounds"] = 0
+    first = run("interrupted")
+    armed["rounds"] = None
     assert first.status == loop.PREEMPTED and int(first.state.step) == 2  # round 2 finished, then saved
-    again = run("interrupted", prepare)
+    again = run("interrupted")
     assert again.status == loop.COMPLETED and again.summary["resumed_from_step"] == 2
     for a, b in zip(jax.tree.leaves(straight.state.params), jax.tree.leaves(again.state.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
