@@ -20,7 +20,7 @@ from dpa_omf.model import decoder as dec
 from dpa_omf.model import motion_lm as mlm
 from dpa_omf.model import sampling
 from dpa_omf.synthetic import dataset as synthetic
-from dpa_omf.train import compilation_cache, loop
+from dpa_omf.train import loop
 
 
 def _one_device_mesh():
@@ -78,10 +78,9 @@ def test_round_zero_ranks_as_curation_and_its_loss_is_offline_dpa_omf_on_the_sam
         np.testing.assert_allclose(np.asarray(online_m[k]), np.asarray(offline_m[k]), rtol=1e-6, err_msg=k)
 
 
-def test_sigterm_mid_round_then_restart_reaches_the_same_parameters(smoke, tmp_path, restore_compilation_cache):
+def test_sigterm_mid_round_then_restart_reaches_the_same_parameters(smoke, tmp_path):
     """Two updates per round; SIGTERM arrives while round 2's program runs: the round finishes, is saved, the
     job exits preempted, and the restart ends on the parameters of an uninterrupted run, bit for bit."""
-    compilation_cache.enable(str(tmp_path / "cache"))  # the three runs compile the same round program once
     _, model, params, scenes = smoke
     c = align_config.get_config("smoke,online")
     c.align.online.steps_per_round = 2
@@ -93,7 +92,7 @@ def test_sigterm_mid_round_then_restart_reaches_the_same_parameters(smoke, tmp_p
     assert tcfg.updates_per_step == 2 and tcfg.num_updates == 6
     tcfg = dataclasses.replace(tcfg, eval_every=0, checkpoint_every=100, async_checkpointing=False)
     batches = lambda start: (_scene_batch(c, scenes, [0, 1], k) for k in range(start, 100))
-    armed = {"rounds": None}  # count the rounds of the run to interrupt (the three runs share one program)
+    armed = {"rounds": None}  # counts the rounds of the run to interrupt
 
     def kill_in_round_two(params, batch, rng, frozen):
         def note(_):
