@@ -310,7 +310,8 @@ def _online_loss(lp: _LogProbs, cfg: cfg_lib.AlignConfig):
     b, o = lp.batch, cfg.online
     s = b["scenario"]
     if o.loss == "ranked":
-        lp.batch = {**b, "all": b["tokens"], "all_valid": _sim_valid(s, b["tokens"])}
+        lp = _LogProbs(lp.model, lp.params, lp.frozen, {**b, "all": b["tokens"],
+                                                       "all_valid": _sim_valid(s, b["tokens"])}, lp.rng)
         score_lp, raw, kl = _anchored_log_probs(lp, "all", cfg)
         loss, m = losses.ranked_cpl_loss(score_lp, lp.batch["all_valid"], b["distance"], cfg.cpl)
         if score_lp is not raw:  # the NLLs of the sequences themselves, not of the ratio
@@ -318,7 +319,8 @@ def _online_loss(lp: _LogProbs, cfg: cfg_lib.AlignConfig):
             m = {**m, **{k: v for k, v in m_raw.items() if k.startswith(("nll_", "tokens_"))}}
     else:
         pos, neg, _ = online_pairs(b, lp.rng, cfg.pairs_per_scene)
-        lp.batch = {**b, "pos": pos, "neg": neg, "pos_valid": _sim_valid(s, pos), "neg_valid": _sim_valid(s, neg)}
+        lp = _LogProbs(lp.model, lp.params, lp.frozen, {**b, "pos": pos, "neg": neg, "pos_valid": _sim_valid(s, pos),
+                                                       "neg_valid": _sim_valid(s, neg)}, lp.rng)
         (sp, rp, klp), (sn, rn, kln) = _anchored_log_probs(lp, "pos", cfg), _anchored_log_probs(lp, "neg", cfg)
         loss, m = losses.cpl_loss(_flat(sp), _flat(lp.valid("pos")), _flat(sn), _flat(lp.valid("neg")), cfg.cpl)
         m["nll_preferred_sum"], m["tokens_preferred"] = losses.token_nll(rp, lp.valid("pos"))

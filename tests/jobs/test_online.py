@@ -76,6 +76,15 @@ def test_round_zero_ranks_as_curation_and_its_loss_is_offline_dpa_omf_on_the_sam
     assert float(online_loss) == pytest.approx(float(offline_loss), rel=1e-6)
     for k in ("pref_accuracy", "nll_preferred", "nll_unpreferred"):
         np.testing.assert_allclose(np.asarray(online_m[k]), np.asarray(offline_m[k]), rtol=1e-6, err_msg=k)
+    # Anchors at the reference: DPO-style ratio scores are all 0, so every comparison costs log 2 (pairs and the
+    # ranked loss over every ordered pair alike), and the KL term is 0.
+    for loss in ("pairs", "ranked"):
+        anchored = dataclasses.replace(cfg, online=dataclasses.replace(cfg.online, loss=loss, reference_ratio=True,
+                                                                        kl_weight=1.0))
+        value, m = align.make_loss_fn(model, anchored)(params, prepared, rng, params)
+        assert float(value) == pytest.approx(np.log(2.0), abs=1e-5), loss
+        assert float(m["kl_anchor"][0]) == pytest.approx(0.0, abs=1e-6) and float(m["kl_anchor"][1]) > 0
+        assert float(m["nll_preferred"][0]) > 0  # the sequences' own NLL, not the ratio's
 
 
 def test_sigterm_mid_round_then_restart_reaches_the_same_parameters(smoke, tmp_path):
