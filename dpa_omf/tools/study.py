@@ -234,7 +234,8 @@ def _ci(stat: dict, signed: bool = True) -> str:
 
 
 def _color(i: int):
-    return plt.get_cmap("tab20")(i % 20)
+    """Ten strong colours first (tab20's dark ones), then their light partners."""
+    return plt.get_cmap("tab20")((2 * i) % 20 + (i // 10) % 2)
 
 
 def markdown(result: dict, setup: dict) -> str:
@@ -360,6 +361,7 @@ def nll_and_kl_figure(result: dict, seed_dirs: list[pathlib.Path], methods: list
     ref = result["models"]["reference"]["composite"]["mean"]
     axes[-1].axhline(ref, color="k", lw=0.8, ls="--", label="reference")
     axes[-1].set_xscale("symlog", linthresh=1e-3)
+    axes[-1].set_xlim(left=0.0)  # KL >= 0
     axes[-1].set_title("composite vs KL to the reference", fontsize=9)
     axes[-1].set_xlabel("KL per token (policy || reference)")
     axes[0].set_ylabel("NLL per token")
