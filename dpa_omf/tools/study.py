@@ -502,6 +502,18 @@ def _post_selection(shared: pathlib.Path, out: pathlib.Path, scenes: int, group:
     return _summary(out / "post_selection.json")
 
 
+def _apply_suite(suite: Suite | None, args: argparse.Namespace, extra: list[str], given: list[str]) -> list[str]:
+    """A suite's settings into ``args`` (``--seeds`` still applies when given); returns the overrides."""
+    if suite is None:
+        return extra
+    if not any(a.startswith("--seeds") for a in given):
+        args.seeds = ",".join(map(str, suite.seeds))
+    args.methods, args.config = ",".join(suite.methods), suite.config
+    args.lrs = ",".join(f"{x:g}" for x in suite.lrs)
+    args.val_scenes, args.test_scenes = suite.val_scenes, suite.test_scenes
+    return list(suite.extra) + extra
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dpa_omf.tools.study", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -516,16 +528,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--suite", default="", choices=["", *SUITES], help="a preset (module docstring); --seeds still "
                    "applies when given")
     args, extra = p.parse_known_args(argv)
-    extra = [e for e in extra if e != "--"]
     suite = SUITES.get(args.suite)
-    if suite is not None:
-        given = argv if argv is not None else sys.argv[1:]
-        if not any(a.startswith("--seeds") for a in given):
-            args.seeds = ",".join(map(str, suite.seeds))
-        args.methods, args.config = ",".join(suite.methods), suite.config
-        args.lrs = ",".join(f"{x:g}" for x in suite.lrs)
-        args.val_scenes, args.test_scenes = suite.val_scenes, suite.test_scenes
-        extra = list(suite.extra) + extra
+    extra = _apply_suite(suite, args, [e for e in extra if e != "--"], argv if argv is not None else sys.argv[1:])
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = [m for m in args.methods.split(",") if m]
     if "dpa_omf" not in methods and not args.shared_from:  # it builds the shared stages

@@ -461,8 +461,7 @@ def train(
     function of the loop's summary returning one, called once at the end so
     that the file is written once, complete. ``extra_eval(params) -> metrics``
     adds figures to every evaluation (e.g. the realism of a few held-out
-    scenes); it may return ``{}`` on processes that do not log.
-    ``prepare_fn`` makes the stage online (module docstring).
+    scenes); it may return ``{}`` on processes that do not log. ``prepare_fn``: online stages (module docstring).
 
     Returns:
       A :class:`TrainResult`; on SIGTERM/SIGINT the state is saved at the
@@ -470,8 +469,7 @@ def train(
       should exit with ``result.exit_code`` and run the same command again.
 
     Raises:
-      NonFiniteLossError: the loss became NaN/inf (nothing past the last
-        finite check is saved).
+      NonFiniteLossError: the loss became NaN/inf (nothing past the last finite check is saved).
       RuntimeError: the batch iterator ran out.
     """
     t_start = time.perf_counter()
