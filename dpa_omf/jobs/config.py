@@ -77,7 +77,7 @@ class OnlineConfig:
     rollout_chunk: int = 16
     steps_per_round: int = 1
     loss: str = "pairs"
-    kl_weight: float = 0.0
+    kl_weight: float = 1.0
     reference_ratio: bool = False
 
     def __post_init__(self):
