@@ -53,3 +53,22 @@ def restore_compilation_cache():
     for n, v in saved.items():
         jax.config.update(n, v)
     jax_cache.reset_cache()
+
+
+@pytest.fixture(scope="session")
+def smoke_model():
+    """The ``configs/align.py:smoke`` model, its initial parameters (key 0) and three synthetic scenes of that world:
+    ``(model, params, scenes)``, shared by the tests that need a small model and real-shaped scenes."""
+    import jax  # here, not at the top: the test setup stays free of JAX
+
+    from configs import align as align_config
+    from dpa_omf.jobs import config as cfg_lib
+    from dpa_omf.jobs import pretrain
+    from dpa_omf.model import motion_lm as mlm
+    from dpa_omf.synthetic import dataset as synthetic
+
+    c = align_config.get_config("smoke")
+    model = mlm.MotionLM(cfg_lib.model(c))
+    params = pretrain.make_init_fn(model, c)(jax.random.key(0))
+    scenes = [synthetic.generate_scenario(i, cfg_lib.synthetic_world(c)) for i in range(3)]
+    return model, params, scenes

@@ -129,9 +129,10 @@ class PairBatches:
     """
 
     def __init__(self, shards: dict, rows: np.ndarray, store: reader.SceneReader, cfg: cfg_lib.AlignConfig,
-                 batch_size: int, seed: int, shuffle: bool = True):
+                 batch_size: int, seed: int, shuffle: bool = True, key_seed: int = 0):
         self.shards, self.rows, self.store, self.cfg = shards, rows, store, cfg
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
+        self.key_seed = key_seed  # scene-only methods: the global seed (the curate job's rollout keys)
         self.scene_only = METHODS[cfg.method].sides is None
         if self.scene_only:
             index = {(s.file, s.record): i for i, s in enumerate(store.sources())}
@@ -179,8 +180,6 @@ class PairBatches:
         base = jax.random.key(self.key_seed)
         keys = [jax.random.key_data(curate.rollout_key(base, int(self.scene_index[r]), k)) for r in rows]
         return dict(scenario=dt.stack_scenarios(scenes), keys=np.stack(jax.device_get(keys)).astype(np.uint32))
-
-    key_seed = 0  # the global seed (the curate job's rollout keys); set by ``run``
 
     def from_step(self, start: int):
         k = start
@@ -481,8 +480,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> in
         raise ValueError(f"align: {n} curated scenes leave none for training after holding out {n_held}")
     store = reader.SceneReader([str(f) for f in shards["files"]], cfg_lib.reader(config))
     b = config.align.batch_size // jax.process_count()
-    train_b = PairBatches(shards, train_rows, store, cfg, b, cfg_lib.align_seed(config))
-    train_b.key_seed = config.seed
+    train_b = PairBatches(shards, train_rows, store, cfg, b, cfg_lib.align_seed(config), key_seed=config.seed)
     method = METHODS[cfg.method]
     train_config = cfg_lib.align_train(config)
     prepare_fn, extra = None, {}

@@ -121,8 +121,8 @@ class AlignConfig:
             raise ValueError(f"align.heldout_fraction={self.heldout_fraction} must be in [0, 1)")
         if self.pairs_per_scene < 1 or self.sft_top_k < 1:
             raise ValueError("align.pairs_per_scene and align.sft_top_k must be >= 1")
-        if not 1 <= self.catk_top_k <= 169:
-            raise ValueError(f"align.catk_top_k={self.catk_top_k} must be in [1, 169]")
+        if not 1 <= self.catk_top_k <= tok.NUM_TOKENS:
+            raise ValueError(f"align.catk_top_k={self.catk_top_k} must be in [1, {tok.NUM_TOKENS}]")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -140,9 +140,9 @@ def train_step(
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     prep_metrics = {}
     if prepare_fn is not None:
+        # The updates differentiate the loss in its params argument only: the prepared batch is data.
         batch, prep_metrics = prepare_fn(jax.lax.stop_gradient(state.params), batch,
                                          jax.random.fold_in(rng, PREPARE_KEY), frozen)
-        batch = jax.lax.stop_gradient(batch)
     if updates == 1:
         params, opt_state, out = _update(loss_fn, tx, state.params, state.opt_state, batch, rng, frozen)
     else:

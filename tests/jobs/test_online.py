@@ -14,12 +14,10 @@ import pytest
 
 from configs import align as align_config
 from dpa_omf import datatypes as dt
-from dpa_omf.jobs import align, curate, pretrain
+from dpa_omf.jobs import align, curate
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.model import decoder as dec
-from dpa_omf.model import motion_lm as mlm
 from dpa_omf.model import sampling
-from dpa_omf.synthetic import dataset as synthetic
 from dpa_omf.train import loop
 
 
@@ -28,12 +26,9 @@ def _one_device_mesh():
 
 
 @pytest.fixture(scope="module")
-def smoke():
-    c = align_config.get_config("smoke,online")
-    model = mlm.MotionLM(cfg_lib.model(c))
-    params = pretrain.make_init_fn(model, c)(jax.random.key(0))
-    scenes = [synthetic.generate_scenario(i, cfg_lib.synthetic_world(c)) for i in range(2)]
-    return c, model, params, scenes
+def smoke(smoke_model):
+    model, params, scenes = smoke_model
+    return align_config.get_config("smoke,online"), model, params, scenes[:2]
 
 
 def _scene_batch(c, scenes, scene_indices, round_index):

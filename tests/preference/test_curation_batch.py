@@ -8,20 +8,15 @@ import pytest
 from configs import align as align_config
 from dpa_omf import datatypes as dt
 from dpa_omf.jobs import config as cfg_lib
-from dpa_omf.jobs import pretrain
-from dpa_omf.model import motion_lm as mlm
 from dpa_omf.preference import curation
 from dpa_omf.preference import distance as dist
 from dpa_omf.preference import features as feat
-from dpa_omf.synthetic import dataset as synthetic
 
 
 @pytest.fixture(scope="module")
-def smoke():
+def smoke(smoke_model):
     c = align_config.get_config("smoke")
-    model = mlm.MotionLM(cfg_lib.model(c))
-    params = pretrain.make_init_fn(model, c)(jax.random.key(0))
-    scenes = [synthetic.generate_scenario(i, cfg_lib.synthetic_world(c)) for i in range(3)]
+    model, params, scenes = smoke_model
     keys = [jax.random.fold_in(jax.random.key(7), i) for i in range(3)]
     return c, model, params, scenes, keys
 

@@ -6,20 +6,16 @@ import pytest
 
 from configs import align as align_config
 from dpa_omf.jobs import config as cfg_lib
-from dpa_omf.jobs import pretrain
 from dpa_omf.metrics import model_realism
-from dpa_omf.model import motion_lm as mlm
 from dpa_omf.model import sampling
-from dpa_omf.synthetic import dataset as synthetic
 from dpa_omf.tools import post_selection
 
 
 @pytest.fixture(scope="module")
-def sampled():
+def sampled(smoke_model):
     c = align_config.get_config("smoke")
-    model = mlm.MotionLM(cfg_lib.model(c))
-    params = pretrain.make_init_fn(model, c)(jax.random.key(0))
-    scene = synthetic.generate_scenario(0, cfg_lib.synthetic_world(c))
+    model, params, scenes = smoke_model
+    scene = scenes[0]
     cfg = sampling.RolloutConfig(num_rollouts=4, rollout_chunk=4)
     r = sampling.sample(model, params, scene, jax.random.key(1), cfg)
     return c, scene, r
