@@ -41,8 +41,9 @@ class Stage:
       sections: config sections its output depends on (with the seed).
       run: ``run(config, workdir, fingerprint)``; returns 0 when done, 75 when preempted (saved; run again)
         (any other return value counts as done).
-      all_processes: every process runs it (sharded training); otherwise process 0 runs it and the others
-        wait at a barrier (the stages that do not split their work yet).
+      all_processes: every process runs it (sharded training); otherwise process 0 runs it (the stages
+        that do not split their work yet). Either way every process then waits at a barrier, so that none
+        checks the summary (written by process 0) before it exists.
       folder: the folder under the workdir, from the config (align: one per method).
       extra: more fingerprinted inputs than config sections (evaluate: the models it covers).
       reuse_other: a finished folder with another fingerprint is redone rather than refused (only for
@@ -116,8 +117,10 @@ def ensure(target: str, config: ml_collections.ConfigDict, root: str | pathlib.P
 
 def _run(stage: Stage, config: ml_collections.ConfigDict, root: str, fp: str) -> int:
     if stage.all_processes:
-        return _exit_code(stage.run(config, root, fp))
-    code = _exit_code(stage.run(config, root, fp)) if workdir.is_writer() else 0
+        code = _exit_code(stage.run(config, root, fp))
+    else:
+        code = _exit_code(stage.run(config, root, fp)) if workdir.is_writer() else 0
+    # Process 0 writes the summary as the stage's last act: the others wait for it before checking it.
     workdir.barrier(f"stage_{stage.name}")
     return code
 

@@ -201,6 +201,24 @@ def test_the_graph_runs_prerequisites_in_order_and_names_the_align_folder_by_met
     assert order == ["data", "pretrain", "curate", "align", "evaluate"]
 
 
+@pytest.mark.parametrize("all_processes", [True, False])
+def test_a_non_writing_process_checks_the_summary_only_after_the_barrier(tmp_path, monkeypatch, all_processes):
+    # Process 1 of 2: its run returns at once; process 0 writes the summary later, which this process sees
+    # only once both have met at the barrier (the race that made a 2-process pretrain rerun fail).
+    from dpa_omf.jobs import workdir
+
+    c = align_config.get_config("smoke")
+    fp = stages.fingerprint("data", c, tmp_path)
+    monkeypatch.setattr(workdir, "is_writer", lambda: False)
+    monkeypatch.setattr(workdir, "barrier",
+                        lambda name: (workdir.stage_dir(tmp_path, "data").mkdir(parents=True, exist_ok=True),
+                                      (workdir.stage_dir(tmp_path, "data") / workdir.SUMMARY).write_text(
+                                          f'{{"config_fingerprint": "{fp}"}}')))
+    stage = dataclasses.replace(stages.GRAPH["data"], run=lambda *a: 0, all_processes=all_processes)
+    monkeypatch.setitem(stages.GRAPH, "data", stage)
+    assert stages.ensure("data", c, tmp_path) == 0
+
+
 def test_optimizer_sections_take_command_line_overrides(monkeypatch):
     """Both training stages build their optimizer section with one helper, so
     every key (decay_steps too, None by default) can be set from the command line."""
