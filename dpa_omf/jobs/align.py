@@ -122,16 +122,27 @@ def _every_rollout(shards: dict, cfg: cfg_lib.AlignConfig) -> tuple[np.ndarray, 
 
 
 class PairBatches:
-    """Deterministic batches of ranked scenes: batch k is a pure function of k.
+    """Deterministic batches of ranked scenes: global batch k is a pure function of k.
 
-    Each batch holds B scenes (numpy ``Scenario [B, ...]``), ``pos`` / ``neg``
-    int32 token sequences ``[B, P, A, S]`` and their validity ``[B, P, A, S]``.
+    Global batch k holds ``batch_size`` (B) scenes; this process's batch is its
+    contiguous share of them, ``B_local = B / process_count`` scenes (process p
+    takes positions ``p * B_local ..``): numpy ``Scenario [B_local, ...]``,
+    ``pos`` / ``neg`` int32 token sequences ``[B_local, P, A, S]`` and their
+    validity ``[B_local, P, A, S]``. The pair draws are made for the whole global
+    batch on every process (a few integers per scene) and each keeps its share,
+    so the global batch does not depend on the number of processes.
     """
 
     def __init__(self, shards: dict, rows: np.ndarray, store: reader.SceneReader, cfg: cfg_lib.AlignConfig,
-                 batch_size: int, seed: int, shuffle: bool = True, key_seed: int = 0):
+                 batch_size: int, seed: int, shuffle: bool = True, key_seed: int = 0,
+                 process_index: int | None = None, process_count: int | None = None):
         self.shards, self.rows, self.store, self.cfg = shards, rows, store, cfg
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
+        p = jax.process_index() if process_index is None else process_index
+        n = jax.process_count() if process_count is None else process_count
+        if batch_size % n:
+            raise ValueError(f"align: batch_size {batch_size} is not divisible by the {n} processes")
+        self.local = range(p * (batch_size // n), (p + 1) * (batch_size // n))  # this process's positions
         self.key_seed = key_seed  # scene-only methods: the global seed (the curate job's rollout keys)
         self.scene_only = METHODS[cfg.method].sides is None
         if self.scene_only:
@@ -148,21 +159,24 @@ class PairBatches:
         return np.random.default_rng([self.seed, epoch]).permutation(self.rows)
 
     def batch(self, k: int) -> dict:
+        """This process's share of global batch ``k``."""
         n = len(self.rows)
         picks = [k * self.batch_size + i for i in range(self.batch_size)]
-        rows = [self._order(p // n)[p % n] for p in picks]
+        rows = [self._order(p // n)[p % n] for p in picks]  # the global batch
         if self.scene_only:
-            return self._scene_batch(rows, k)
+            return self._scene_batch([rows[i] for i in self.local], k)
         rng = np.random.default_rng([self.seed, 1_000_003, k])
         scenes, pos, neg = [], [], []
         p = self.cfg.pairs_per_scene
-        for row in rows:
-            fi, ri = int(self.shards["file_index"][row]), int(self.shards["record_index"][row])
-            scenes.append(self.store.read(reader.Source(self.store.files[fi], ri)))
+        for i, row in enumerate(rows):
             kp, kn = self.pos_idx[row], self.neg_idx[row]
             j = rng.choice(len(kp), size=p, replace=len(kp) < p)
             # Paired methods keep the (k-th best, k-th worst) pairing; the others draw negatives apart.
             jn = j if METHODS[self.cfg.method].paired else rng.choice(len(kn), size=p, replace=len(kn) < p)
+            if i not in self.local:
+                continue  # another process's scene: its draws were made, to keep the generator's sequence
+            fi, ri = int(self.shards["file_index"][row]), int(self.shards["record_index"][row])
+            scenes.append(self.store.read(reader.Source(self.store.files[fi], ri)))
             toks = self.shards["tokens"][row].astype(np.int32)
             pos.append(toks[kp[j]])
             neg.append(toks[kn[jn]])
@@ -479,7 +493,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> in
     if len(train_rows) == 0:
         raise ValueError(f"align: {n} curated scenes leave none for training after holding out {n_held}")
     store = reader.SceneReader([str(f) for f in shards["files"]], cfg_lib.reader(config))
-    b = config.align.batch_size // jax.process_count()
+    b = config.align.batch_size  # global; each process reads its share (PairBatches)
     train_b = PairBatches(shards, train_rows, store, cfg, b, cfg_lib.align_seed(config), key_seed=config.seed)
     method = METHODS[cfg.method]
     train_config = cfg_lib.align_train(config)

@@ -6,10 +6,12 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
 from configs import align as align_config
+from dpa_omf.io import reader
 from dpa_omf.jobs import align
 from dpa_omf.jobs import config as cfg_lib
 
@@ -40,6 +42,46 @@ def test_side_indices_per_method():
     np.testing.assert_array_equal(pos, order[:, :3])
     _, neg = align.side_indices(shards, _align_cfg("afd"))
     assert neg.shape == (3, 8)
+
+
+class _Store:
+    """A stand-in scene reader: scene i of file f is synthetic scene i (only its identity matters here)."""
+
+    def __init__(self, scenes):
+        self.scenes, self.files = scenes, ["a", "b"]
+
+    def sources(self):
+        return [reader.Source(f, i) for f in self.files for i in range(len(self.scenes))]
+
+    def read(self, source):
+        return self.scenes[source.record]
+
+
+@pytest.mark.parametrize("method", ["dpa_omf", "afd", "online"])
+def test_each_process_reads_its_share_of_the_global_batch(smoke_model, method):
+    # 2 processes: the halves of every global batch, with the pair draws and rollout keys of one process.
+    scenes = smoke_model[2]
+    rng = np.random.default_rng(0)
+    n, k, agents = 6, 8, np.shape(scenes[0].agents.sim_mask)[-1]
+    ot = rng.random((n, k))
+    order = np.argsort(ot, 1)
+    shards = {"ot_distance": ot, "ade_distance": rng.random((n, k)), "preferred": order[:, :2],
+              "unpreferred": order[:, ::-1][:, :2], "tokens": rng.integers(0, 169, (n, k, agents, 5)).astype(np.int16),
+              "file_index": np.arange(n) % 2, "record_index": np.arange(n) % len(scenes)}
+    cfg = _align_cfg(method, pairs_per_scene=3)
+    make = lambda p, count: align.PairBatches(shards, np.arange(n), _Store(scenes), cfg, 4, seed=5, key_seed=7,
+                                              process_index=p, process_count=count)
+    one, halves = make(0, 1), [make(0, 2), make(1, 2)]
+    for step in range(3):  # crosses an epoch boundary: 12 picks of 6 rows
+        want, got = one.batch(step), [h.batch(step) for h in halves]
+        for key in want:
+            if key == "scenario":
+                for a, b, c in zip(jax.tree.leaves(want[key]), *(jax.tree.leaves(g[key]) for g in got)):
+                    np.testing.assert_array_equal(a, np.concatenate([b, c]))
+            else:
+                np.testing.assert_array_equal(want[key], np.concatenate([g[key] for g in got]), err_msg=key)
+    with pytest.raises(ValueError, match="not divisible by the 3 processes"):
+        make(0, 3)
 
 
 def test_main_job_smoke_end_to_end(tmp_path):

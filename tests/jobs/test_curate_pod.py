@@ -177,3 +177,33 @@ def test_partial_files_are_no_shards(tmp_path, reference):
     assert len(got["repeat"]) == 16
     for k in want.keys() - {"files"}:
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+# ----------------------------------------------------------------------------- alignment on the curated shards
+
+
+def _align_losses(workdir, folder: str) -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in (workdir / folder / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+
+
+@pytest.mark.slow
+def test_two_processes_align_as_one_process(tmp_path, reference):
+    """DPA-OMF on the curated shards, 2 processes x 1 device: the losses of 1 process x 2 devices at every
+    step (each process reads its half of every global batch, the pair draws of one process). The batches'
+    split is tested for every kind of method in tests/jobs/test_align.py; online rounds on a 2-device mesh
+    in tests/jobs/test_online.py."""
+    job = ["--config=configs/align.py:smoke", "--config.job=align", "--config.align.realism_scenes=0", *CURATE[1:]]
+    single, multi = (jp.copy_stages(reference, tmp_path / name, "data", "pretrain", "curate")
+                     for name in ("single", "multi"))
+    (rc, err), = jp.wait([jp.launch(job, single, num_devices=2, multihost="no")])
+    assert rc == 0, err[-3000:]
+    for i, (rc, err) in enumerate(jp.wait(jp.two_processes(job, multi, num_devices=1))):
+        assert rc == 0, f"process {i}: {err[-3000:]}"
+    want, got = _align_losses(single, "align"), _align_losses(multi, "align")
+    assert [s for s, _ in got] == [s for s, _ in want] == [1, 2, 3, 4]
+    np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=1e-4)
+    summary = json.loads((multi / "align" / "summary.json").read_text())
+    assert summary["process_count"] == 2 and summary["num_devices"] == 2
+    assert summary["eval_pref_accuracy"] == pytest.approx(
+        json.loads((single / "align" / "summary.json").read_text())["eval_pref_accuracy"], abs=1e-6)
