@@ -72,6 +72,7 @@ from dpa_omf import atomic
 from dpa_omf.jobs import align, report
 from dpa_omf.metrics import stats
 from dpa_omf.tools import post_selection
+from dpa_omf.train import checkpointing
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -145,7 +146,12 @@ def _launch(config: str, workdir: pathlib.Path, seed: int, extra: list[str]) -> 
            f"--config.align.seed={seed}", f"--config.evaluate.seed={seed}", *extra]
     _log(" ".join(cmd[1:]))
     t0 = time.time()
-    subprocess.run(cmd, check=True)
+    code = subprocess.run(cmd).returncode
+    if code == checkpointing.EXIT_PREEMPTED:
+        _log("the job was preempted and saved its progress: run the same study command again to resume")
+        raise SystemExit(code)
+    if code:
+        raise SystemExit(f"study: the job failed with exit code {code} (its output is above): {' '.join(cmd[1:])}")
     _log(f"done in {time.time() - t0:.0f} s")
 
 
