@@ -47,11 +47,10 @@ also runs the post-selection analysis (Fig. 3, ``tools/post_selection.py``)
 on the shared curation, and the report adds Table 3 (DPA-OMF vs AFD:
 realism, held-out preference accuracy, minADE).
 
-The shared stages come from ``--shared_from`` (e.g. the main job's workdir,
-symlinked) or are built in ``DIR/seed_<first>`` and symlinked into the others.
-Every job is a ``python -m dpa_omf.launch`` subprocess, so finished stages are
-reused and an interrupted study resumes where it stopped.
-"""
+The shared stages come from ``--shared_from`` (e.g. the main job's workdir, symlinked) or are built in
+``DIR/seed_<first>`` and symlinked into the others. Every job is a ``python -m dpa_omf.launch`` subprocess:
+finished stages are reused, an interrupted study resumes where it stopped, and a preempted job stops the
+study with exit code 75 (run the same command again)."""
 
 from __future__ import annotations
 
@@ -147,11 +146,10 @@ def _launch(config: str, workdir: pathlib.Path, seed: int, extra: list[str]) -> 
     _log(" ".join(cmd[1:]))
     t0 = time.time()
     code = subprocess.run(cmd).returncode
-    if code == checkpointing.EXIT_PREEMPTED:
-        _log("the job was preempted and saved its progress: run the same study command again to resume")
-        raise SystemExit(code)
     if code:
-        raise SystemExit(f"study: the job failed with exit code {code} (its output is above): {' '.join(cmd[1:])}")
+        _log("the job was preempted, its progress saved: run the same study command again to resume"
+             if code == checkpointing.EXIT_PREEMPTED else f"the job failed with exit code {code} (output above)")
+        raise SystemExit(code)
     _log(f"done in {time.time() - t0:.0f} s")
 
 
