@@ -13,7 +13,8 @@ up to evaluate (:func:`run_job`).
 
 Adding a stage: write ``jobs/<name>.py`` with ``run(config, workdir, fingerprint)``
 returning 0 when done (75 when preempted), whose last act is to write
-``summary.json`` with ``config_fingerprint=fingerprint`` (``workdir.write_summary``),
+``summary.json`` with ``config_fingerprint=fingerprint`` (``workdir.write_summary``; in a
+multi-process job process 0 writes it and the graph holds the others at a barrier until it exists),
 then add it to :data:`GRAPH` with its prerequisites and config sections.
 """
 

@@ -20,6 +20,7 @@ from configs import curate as curate_config
 from dpa_omf.jobs import curate, stages
 from dpa_omf.jobs import workdir as wd
 from dpa_omf.train import checkpointing, sharding
+from dpa_omf.train import logging as stage_logging
 
 NUM_SHARDS = 4  # 16 scenes, 4 per shard
 OVERRIDES = {"rankings_per_example": 1.0, "scenes_per_shard": 4, "pictures": False}
@@ -183,8 +184,8 @@ def test_partial_files_are_no_shards(tmp_path, reference):
 
 
 def _align_losses(workdir, folder: str) -> list[tuple[int, float]]:
-    rows = [json.loads(line) for line in (workdir / folder / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    return [(r["step"], r["loss"]) for r in stage_logging.read_metrics(workdir / folder / "metrics.jsonl")
+            if "loss" in r]
 
 
 @pytest.mark.slow
