@@ -50,7 +50,7 @@ def test_two_level_with_seeds_that_agree_is_the_scene_bootstrap(rng):
 def test_two_level_variance_is_the_sum_of_seed_and_scene_variances(rng):
     """x[s, j] = a_s + b_j: the bootstrap mean is mean(a over resampled seeds) + mean(b over resampled scenes),
     whose variance is var(a) / S + var(b) / N (population variances), independent of each other."""
-    a, b = rng.normal(0, 0.03, size=5), rng.normal(0, 0.1, size=64)
+    a, b = np.array([-0.04, -0.02, 0.0, 0.02, 0.04]), rng.normal(0, 0.1, size=64)
     x = a[:, None] + b[None, :]
     means = stats.two_level_means(x, resamples=20000)
     expected = a.var() / a.size + b.var() / b.size
@@ -58,7 +58,7 @@ def test_two_level_variance_is_the_sum_of_seed_and_scene_variances(rng):
     assert means.mean() == pytest.approx(x.mean(), abs=3e-3)
     lo, hi = stats.two_level_ci(x)
     slo, shi = stats.bootstrap_ci(x.mean(axis=0))  # the scene bootstrap of seed means misses the seeds' spread
-    assert hi - lo > 1.3 * (shi - slo)
+    assert (hi - lo) / (shi - slo) == pytest.approx(np.sqrt(expected / (b.var() / b.size)), rel=0.15)
 
 
 def test_spread_and_the_detectable_difference(rng):
