@@ -9,10 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from configs import align as align_config
-from dpa_omf.jobs import config as cfg_lib
-from dpa_omf.jobs import align, evaluate, report
-from dpa_omf.jobs import workdir as wd
+from dpa_omf.jobs import align, report
 from dpa_omf.tools.study import cli, figures, results, runs, suites, tables
 
 
@@ -230,7 +227,8 @@ def test_quick_suite_report_has_every_table_figure_and_method_row(tmp_path, monk
     assert all(set(d) == {"mean", "lo", "hi"} for d in vs.values())
     assert doc["protocol"]["detectable_difference"] > 0
     md = (out / "alignment.md").read_text()
-    assert "## Claims" in md and "DPA-OMF beats ntp" in md and "realism_vs_kl.png" in md
+    assert doc["time"]["commands"] == 1 and (tmp_path / "time.jsonl").exists()
+    assert "## Claims" in md and "dpa_omf beats ntp" in md and "realism_vs_kl.png" in md
 
 
 @pytest.mark.parametrize("code, message", [(75, "run the same study command again"), (3, "failed with exit code 3")])

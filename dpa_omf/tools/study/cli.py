@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import pathlib
+import resource
 import sys
+import time
 
 from dpa_omf import atomic
 from dpa_omf.jobs import align
@@ -131,7 +134,26 @@ def sharpening(plan: Plan, lr_dpa: list[str]) -> tuple[dict | None, dict]:
     return {"grid": [list(s) for s in grid], "val_composite": val, "chosen": chosen}, rows
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished jobs (user + system)."""
+    me, jobs = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + jobs.ru_utime + jobs.ru_stime
+
+
+def record_time(root: pathlib.Path, wall0: float, cpu0: float) -> dict:
+    """Appends this command's wall and CPU time to ``DIR/time.jsonl`` (one line per study command: a resumed
+    study adds up); returns the totals over every command."""
+    line = {"finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_s": round(time.time() - wall0, 1),
+            "cpu_s": round(cpu_seconds() - cpu0, 1)}
+    with open(root / "time.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\n")
+    rows = [json.loads(x) for x in (root / "time.jsonl").read_text().splitlines() if x.strip()]
+    return {"commands": len(rows), "wall_hours": sum(r["wall_s"] for r in rows) / 3600,
+            "cpu_hours": sum(r["cpu_s"] for r in rows) / 3600}
+
+
 def main(argv: list[str] | None = None) -> int:
+    wall0, cpu0 = time.time(), cpu_seconds()
     plan = parse(argv)
     plan.root.mkdir(parents=True, exist_ok=True)
     per_method, sw = {}, None
@@ -167,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     result |= {"setup": setup, "methods": plan.methods, "suite": plan.name or None, "sweep": sw,
                "arms": [dataclasses.asdict(a) for a in test_arms], "sharpening": sh,
                "levers": lv and (lv | {"combined": lv["combined"] and dataclasses.asdict(lv["combined"])})}
+    if plan.suite and plan.suite.post_selection:
+        result["post_selection"] = runs.post_selection(plan.shared, plan.root / "post_selection",
+                                                       *plan.suite.post_selection, plan.config.partition(":")[2])
+    result["time"] = record_time(plan.root, wall0, cpu0)
     write(plan, result, test_arms)
     return 0
 
@@ -199,10 +225,12 @@ def write(plan: Plan, result: dict, test_arms: list[suites.Arm]) -> None:
         text += "\n".join(tables.arms_table(result, test_arms, "data", "Fig. 7: preference-data scaling (rankings "
                                             "per training scene relative to the main job's; realism and KL).",
                                             "1x")) + "\n"
-    if plan.suite and plan.suite.post_selection:
-        post = runs.post_selection(plan.shared, root / "post_selection", *plan.suite.post_selection,
-                                   plan.config.partition(":")[2])
-        text += "\n" + post_selection.markdown(post) + "\n![post-selection](post_selection/post_selection.png)\n"
+    if result.get("post_selection"):
+        text += ("\n" + post_selection.markdown(result["post_selection"])
+                 + "\n![post-selection](post_selection/post_selection.png)\n")
+    t = result["time"]
+    text += (f"\nTime: {t['wall_hours']:.2f} h wall, {t['cpu_hours']:.2f} h CPU (this process and its jobs) over "
+             f"{t['commands']} study command(s) (DIR/time.jsonl).\n")
     atomic.write_text(root / "report.md", text)
     out = plan.results_dir
     out.mkdir(parents=True, exist_ok=True)

@@ -148,11 +148,15 @@ def alignment_markdown(doc: dict, result: dict) -> str:
         kl = f"{m['kl_to_reference']:.4f}" if "kl_to_reference" in m else ""
         lines.append(f"| {n} | {m['composite']:.4f} | {band} | {vs} | {kl} | {m['min_ade']:.3f} | "
                      f"{m['collision_rate']:.4f} | {m['offroad_rate']:.4f} |")
-    dpa = doc["models"].get("dpa_omf", {})
-    if dpa.get("vs"):
-        lines += ["", "DPA-OMF minus each control and baseline (paired):", "", "| other | difference | 95% CI |",
-                  "|---|---:|---:|"]
-        lines += [f"| {o} | {d['mean']:+.4f} | [{d['lo']:+.4f}, {d['hi']:+.4f}] |" for o, d in dpa["vs"].items()]
+    heads = {n: m["vs"] for n, m in doc["models"].items() if results.headline(n) and m.get("vs")}
+    if heads:
+        others = list(next(iter(heads.values())))
+        lines += ["", "Each DPA-OMF model minus each control and baseline (paired, 95% CI):", "",
+                  "| other | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
+        for o in others:
+            cells = [f"{vs[o]['mean']:+.4f} [{vs[o]['lo']:+.4f}, {vs[o]['hi']:+.4f}]" if o in vs else ""
+                     for vs in heads.values()]
+            lines.append(f"| {o} | " + " | ".join(cells) + " |")
     lines += protocol_lines(doc.get("protocol"))
     claims = results.verdicts(doc)
     if claims:
@@ -161,6 +165,10 @@ def alignment_markdown(doc: dict, result: dict) -> str:
     for key, fn in (("sweep", sweep_table), ("levers", levers_table), ("sharpening", sampling_table)):
         if result.get(key):
             lines += fn(result[key])
+    if doc.get("time"):
+        t = doc["time"]
+        lines += ["", f"The whole protocol took {t['wall_hours']:.2f} h wall and {t['cpu_hours']:.2f} h CPU on this "
+                  f"machine ({t['commands']} study command(s))."]
     lines += ["", "## Figures", "", "![realism vs KL to the reference](realism_vs_kl.png)", "",
               "![gain vs preference-data scale](gain_vs_data_scale.png)"]
     return "\n".join(lines) + "\n"
