@@ -238,3 +238,30 @@ def test_a_preempted_or_failed_job_stops_the_study_with_its_exit_code(monkeypatc
     with pytest.raises(SystemExit) as stop:
         runs.launch("configs/align.py", tmp_path, 0, [])
     assert stop.value.code == code and message in capsys.readouterr().err
+
+
+def test_arms_are_config_overrides_and_levers_combine_the_best_of_each_group():
+    a = suites.parse_arm("optim/lr_1e-4:align.optim.learning_rate=1e-4;--config.align.num_steps=80")
+    assert (a.name, a.group_name, a.table) == ("lr_1e-4", "optim", "levers")
+    assert a.overrides == ("--config.align.optim.learning_rate=1e-4", "--config.align.num_steps=80")
+    assert not a.curates and suites.parse_arm("data_2x:curate.rankings_per_example=0.16").curates
+    assert suites.parse_arm("bc:align.bc_weight=1.0").group_name == "bc"
+    with pytest.raises(ValueError, match="NAME:key=value"):
+        suites.parse_arm("no_overrides")
+    with pytest.raises(ValueError, match="table"):
+        suites.Arm("x", ("--config.align.seed=1",), "other")
+    with pytest.raises(ValueError, match=r"--config\.key=value"):
+        suites.Arm("x", ("align.seed",), "levers")
+    arms = [suites.Arm("w0", ("--config.align.optim.warmup_steps=0",), "levers", "warmup"),
+            suites.Arm("w20", ("--config.align.optim.warmup_steps=20",), "levers", "warmup"),
+            suites.Arm("bc", ("--config.align.bc_weight=1.0",), "levers"),
+            suites.Arm("wd", ("--config.align.optim.weight_decay=0.01",), "levers")]
+    val = {"w0": 0.72, "w20": 0.73, "bc": 0.69, "wd": 0.71}
+    chosen = runs.choose_levers(0.70, val, arms)
+    assert [a.name for a in chosen] == ["w20", "wd"]  # the best of its group, if it beats DPA-OMF; bc does not
+    both = runs.combined(chosen)
+    assert both.name == suites.COMBINED
+    assert both.overrides == ("--config.align.optim.warmup_steps=20", "--config.align.optim.weight_decay=0.01")
+    assert runs.combined(runs.choose_levers(0.8, val, arms)) is None
+    with pytest.raises(SystemExit, match="--val_scenes"):  # a lever is chosen on the validation block
+        cli.main(["--workdir=/nonexistent/x", "--arm=bc:align.bc_weight=1.0"])

@@ -125,12 +125,15 @@ def sharpening(plan: Plan, lr_dpa: list[str]) -> tuple[dict | None, dict]:
             val[m].append(r["summary"]["models"][m]["composite"])
     chosen = {m: grid[max(range(len(grid)), key=lambda i, v=v: v[i])] for m, v in val.items()}
     rows: dict[str, dict] = {m: {} for m in val}
+    done: dict[tuple, dict] = {}  # one evaluation per (setting, seed) scores both models
     for m, setting in chosen.items():
         if tuple(setting) == (1.0, 1.0):
             continue  # the plain row already is this model at its best setting
-        rows[m][runs.sampled_name(m, setting)] = {
-            s: runs.run_sampling(plan.root, "test", setting, s, plan.root / f"seed_{s}", plan.config,
-                                 plan.extra + plan.test_flags + lr_dpa) for s in plan.seeds}
+        for s in plan.seeds:
+            if (setting, s) not in done:
+                done[setting, s] = runs.run_sampling(plan.root, "test", setting, s, plan.root / f"seed_{s}",
+                                                     plan.config, plan.extra + plan.test_flags + lr_dpa)
+        rows[m][runs.sampled_name(m, setting)] = {s: done[setting, s] for s in plan.seeds}
     return {"grid": [list(s) for s in grid], "val_composite": val, "chosen": chosen}, rows
 
 
