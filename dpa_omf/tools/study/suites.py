@@ -115,17 +115,18 @@ SUITES = {
                    arms=feature_arms() + scale_arms(0.08), post_selection=(32, 8)),
     # Issue 20's powered protocol: the controls (sharpened reference, NTP), the Table 1 baselines with the same
     # learning-rate sweep, the levers chosen on validation and combined, the data scale; 256 test scenes x 3 seeds.
-    # Size on the 2-core CPU, from BUILD_NOTES' measured stage times (evaluation ~1.1-1.3 s per model and scene at
-    # 32 rollouts; alignment 40 steps ~2-4 min; curation ~4.2 s per scene; data ~1 min), one job at a time:
-    #   shared data + curation (80 scenes)                     ~  7 min
-    #   lr sweep: 5 methods x 3 rates, validation (64 scenes)   ~ 70 min
-    #   levers: 6 arms on validation                            ~ 33 min
-    #   sharpening grid: 9 settings x 2 models, validation      ~ 21 min
-    #   3 seeds x (5 alignments + 6 models x 256 scenes)        ~136 min
-    #   sharpened reference / DPA-OMF on test, 3 seeds          ~ 30-56 min
-    #   combined levers on test, 3 seeds                        ~ 26 min
-    #   data scale 0.5x / 2x / 4x (curation + 3 seeds)          ~114 min
-    #   total                                                   ~7.3-7.8 h (more when the CPU is shared)
+    # Size on the 2-core CPU from BUILD_NOTES' measured stage times of the main job (evaluation 1.2-1.3 min for
+    # 2 models x 32 scenes x 32 rollouts, i.e. ~1.2 s per model and scene; alignment 40 steps 3.5-4 min, NTP ~2;
+    # curation 5.6 min for 80 scenes, ~4.2 s per scene; data ~1 min), one job at a time, an idle machine:
+    #   shared data + curation (80 scenes)                          ~  7 min
+    #   lr sweep: 5 methods x 3 rates, validation (64 scenes)        ~ 73 min
+    #   levers: 6 arms on validation (steps_80 aligns twice as long) ~ 36 min
+    #   sampling grid: 9 settings x 2 models, validation            ~ 28 min
+    #   3 seeds x (5 alignments + 6 models x 256 scenes)            ~146 min
+    #   sharpened reference / DPA-OMF on test, 3 seeds              ~ 31-61 min (one or two settings)
+    #   combined levers on test, 3 seeds                            ~ 26 min
+    #   data scale 0.5x / 2x / 4x (curation + 3 seeds each)         ~114 min
+    #   total                                                       ~7.7-8.2 h (more when the CPU is shared)
     "powered": Suite("configs/align.py", ("dpa_omf", "ntp", "sft_best_oa", "dpa_adef", "afd"), (0, 1, 2),
                      lrs=(1e-4, 3e-4, 1e-3), val_scenes=64, test_scenes=256,
                      extra=("--config.data.synthetic.num_valid=320",),
