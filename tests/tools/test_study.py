@@ -238,6 +238,10 @@ def test_a_preempted_or_failed_job_stops_the_study_with_its_exit_code(monkeypatc
     with pytest.raises(SystemExit) as stop:
         runs.launch("configs/align.py", tmp_path, 0, [])
     assert stop.value.code == code and message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # the whole study stops with it, its time so far recorded
+        cli.main([f"--workdir={tmp_path / 'study'}", "--methods=dpa_omf", "--seeds=0"])
+    assert stop.value.code == code
+    assert json.loads((tmp_path / "study" / "time.jsonl").read_text())["stopped"]
 
 
 def test_arms_are_config_overrides_and_levers_combine_the_best_of_each_group():

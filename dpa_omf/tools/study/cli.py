@@ -143,11 +143,11 @@ def cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + jobs.ru_utime + jobs.ru_stime
 
 
-def record_time(root: pathlib.Path, wall0: float, cpu0: float) -> dict:
-    """Appends this command's wall and CPU time to ``DIR/time.jsonl`` (one line per study command: a resumed
-    study adds up); returns the totals over every command."""
+def record_time(root: pathlib.Path, wall0: float, cpu0: float, stopped: bool = False) -> dict:
+    """Appends this command's wall and CPU time to ``DIR/time.jsonl`` (one line per study command, a stopped one
+    too: a resumed study adds up); returns the totals over every command."""
     line = {"finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_s": round(time.time() - wall0, 1),
-            "cpu_s": round(cpu_seconds() - cpu0, 1)}
+            "cpu_s": round(cpu_seconds() - cpu0, 1), "stopped": stopped}
     with open(root / "time.jsonl", "a") as f:
         f.write(json.dumps(line) + "\n")
     rows = [json.loads(x) for x in (root / "time.jsonl").read_text().splitlines() if x.strip()]
@@ -159,6 +159,15 @@ def main(argv: list[str] | None = None) -> int:
     wall0, cpu0 = time.time(), cpu_seconds()
     plan = parse(argv)
     plan.root.mkdir(parents=True, exist_ok=True)
+    try:
+        return run(plan, wall0, cpu0)
+    except SystemExit:  # a stopped job (preempted: 75) stops the study; its time so far still counts
+        record_time(plan.root, wall0, cpu0, stopped=True)
+        raise
+
+
+def run(plan: Plan, wall0: float, cpu0: float) -> int:
+    """The study's steps in order (the package docstring); every finished job is reused on a rerun."""
     per_method, sw = {}, None
     if (plan.lrs or plan.sampling or plan.arms("levers")) and not plan.shared_given:
         # the shared stages (up to curate) are built once, in the first seed's folder
