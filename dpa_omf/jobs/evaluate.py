@@ -259,10 +259,13 @@ def _aggregate(config, workdir: str, eval_fp: str, todo: dict[str, str], num_sce
 
 def _from(summary: dict) -> str:
     first = summary.get("first_scene", 0)
-    sampling = summary.get("sampling", {"temperature": 1.0, "top_p": 1.0})
-    sampled = (f", sampled at temperature {sampling['temperature']:g}, top-p {sampling['top_p']:g}"
-               if (sampling["temperature"], sampling["top_p"]) != (1.0, 1.0) else "")
-    return (f" (from scene {first})" if first else "") + sampled
+    return f" (from scene {first})" if first else ""
+
+
+def _sampled(summary: dict) -> str:
+    s = summary.get("sampling", {"temperature": 1.0, "top_p": 1.0})
+    sharpened = (s["temperature"], s["top_p"]) != (1.0, 1.0)
+    return f", sampled at temperature {s['temperature']:g}, top-p {s['top_p']:g}" if sharpened else ""
 
 
 def print_table(workdir: str) -> None:
@@ -274,5 +277,6 @@ def print_table(workdir: str) -> None:
     origin = ("the packaged reference (dpa_omf/assets/reference)" if ref.get("source") == "packaged"
               else "pretrained in this workdir")
     print(f"reference = {origin}, {ref.get('steps')} steps; WOSAC {summary['challenge']} on "
-          f"{summary['num_scenes']} held-out scenes{_from(summary)} x {summary['num_rollouts']} rollouts", flush=True)
+          f"{summary['num_scenes']} held-out scenes{_from(summary)} x {summary['num_rollouts']} rollouts"
+          f"{_sampled(summary)}", flush=True)
     print(report.table(summary["models"]), flush=True)

@@ -1,13 +1,15 @@
 """The sharpening control's sampling: the evaluation scores a model at another (temperature, top-p) with the same
 rollout keys, as its own evaluation (fingerprint), and the sharper setting draws the model's likelier tokens."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from configs import align as align_config
 from dpa_omf.jobs import config as cfg_lib
-from dpa_omf.jobs import evaluate
+from dpa_omf.jobs import evaluate, report
 from dpa_omf.jobs import workdir as wd
 from dpa_omf.model import sampling
 from dpa_omf.tools.study import runs
@@ -50,3 +52,19 @@ def test_sharper_sampling_draws_likelier_tokens_with_the_same_keys():
     assert lp[sharp].mean() > lp[plain].mean() + 0.1  # likelier tokens under the untempered model
     assert set(np.unique(sharp)) == {0, 1, 2, 3}  # top-p 0.9 drops the 0.07 and 0.03 tokens (mass before: 0.9)
     assert set(np.unique(plain)) == set(range(6))
+
+
+def test_the_table_names_a_sharpened_evaluation(tmp_path, capsys):
+    row = dict.fromkeys(report.COLUMNS, 0.5)
+    (tmp_path / "pretrain").mkdir()
+    (tmp_path / "pretrain" / "summary.json").write_text(json.dumps({"steps": 120}))
+    (tmp_path / "evaluate").mkdir()
+    summary = {"models": {"reference": row}, "challenge": "2024", "num_scenes": 2, "num_rollouts": 4,
+               "first_scene": 256, "sampling": {"temperature": 0.85, "top_p": 0.95}}
+    (tmp_path / "evaluate" / "summary.json").write_text(json.dumps(summary))
+    evaluate.print_table(str(tmp_path))
+    assert "(from scene 256) x 4 rollouts, sampled at temperature 0.85, top-p 0.95" in capsys.readouterr().out
+    summary["sampling"] = {"temperature": 1.0, "top_p": 1.0}  # the model's own distribution: nothing to say
+    (tmp_path / "evaluate" / "summary.json").write_text(json.dumps(summary))
+    evaluate.print_table(str(tmp_path))
+    assert "sampled" not in capsys.readouterr().out
