@@ -115,9 +115,10 @@ def test_method_variants_join_the_config_variants():
     assert runs.with_variant("configs/align.py:smoke", "dpa_omf") == "configs/align.py:smoke"
 
 
-def _fake_launch(calls):
+def _fake_launch(calls, root):
     """A stand-in for ``runs.launch`` that writes what the stages would (numbers from a hash of the workdir, method,
-    seed and sampling setting), recording calls. A finished (or linked) alignment is kept, as the stage graph does."""
+    under the study's ``root``, seed and sampling setting: the same in every test run), recording calls. A finished
+    (or linked) alignment is kept, as the stage graph does."""
     def value(*parts) -> float:
         return int(hashlib.md5(repr(parts).encode()).hexdigest()[:6], 16) / 0xFFFFFF
 
@@ -135,7 +136,7 @@ def _fake_launch(calls):
         sampling = (flags.get("evaluate.temperature", "1.0"), flags.get("evaluate.top_p", "1.0"))
         folder = workdir / align.folder_name(method)
         folder.mkdir(exist_ok=True)
-        key = (str(workdir), method, seed)
+        key = (str(workdir.relative_to(root)), method, seed)
         if not (folder / "summary.json").exists():
             (folder / "summary.json").write_text(json.dumps(
                 {"eval_pref_accuracy": value(*key, "acc"), "eval_kl_to_reference": value(*key, "kl"), "steps": 4,
@@ -148,7 +149,10 @@ def _fake_launch(calls):
         summary = json.loads((ev / "summary.json").read_text()) if (ev / "summary.json").exists() else {
             "models": {}, "challenge": "2024", "num_scenes": n, "num_rollouts": 4}
         for name in ("reference", method):
-            per_scene = [value(key if name != "reference" else (seed, sampling), i) for i in range(n)]
+            # the reference gains from sharper sampling (as measured in issue 20): the control has a row
+            sharper = name == "reference" and float(sampling[0]) < 1
+            per_scene = [(value(key, i) if name != "reference" else 0.5 * value(seed, sampling, i) + 0.5 * sharper)
+                         for i in range(n)]
             summary["models"][name] = {c: float(np.mean(per_scene)) for c in report.COLUMNS}
             (ev / "models" / f"{name}.json").write_text(json.dumps({"composite_per_scene": per_scene}))
         (ev / "summary.json").write_text(json.dumps(summary))
@@ -165,7 +169,7 @@ def test_quick_suite_report_has_every_table_figure_and_method_row(tmp_path, monk
     and sampling row filled; the sweep, the levers and the sampling grid chose on the validation block only and every
     test run used the choices; every table and figure present; alignment.json has the documented structure."""
     calls = []
-    monkeypatch.setattr(runs, "launch", _fake_launch(calls))
+    monkeypatch.setattr(runs, "launch", _fake_launch(calls, tmp_path))
     fake_post = {"scenes": 1, "rollouts_per_scene": 4, "group": 2,
                  "rankings": {k: [{"group": g, "composite": 0.3, "composite_ci95": (0.2, 0.4), "mean_ade": 1.0}
                                   for g in (1, 2)] for k in ("ot", "ade")},
@@ -206,11 +210,12 @@ def test_quick_suite_report_has_every_table_figure_and_method_row(tmp_path, monk
     # levers: the kept ones beat DPA-OMF on validation (the best of their group), and run together on the test block
     for name in lv["chosen"]:
         assert lv["arms"][name]["val_composite"] > lv["base"]
-    if lv["chosen"]:
-        combined = [e for _, w, _, e in calls if "/arms/combined/" in w]
-        assert len(combined) == len(suite.seeds)
-        assert all(o in combined[0] for n in lv["chosen"] for o in lv["arms"][n]["overrides"])
+    assert lv["chosen"]  # (with these fake numbers) so the combined arm ran on every seed with their overrides
+    combined = [e for _, w, _, e in calls if "/arms/combined/" in w]
+    assert len(combined) == len(suite.seeds)
+    assert all(o in combined[0] for n in lv["chosen"] for o in lv["arms"][n]["overrides"])
     # sampling: the grid on validation, each model's best setting on the test block with its flags
+    assert sh["chosen"]["reference"] == [0.85, 0.95] and "reference@t0.85,p0.95" in result["models"]
     for m, setting in sh["chosen"].items():
         assert sh["val_composite"][m][sh["grid"].index(setting)] == max(sh["val_composite"][m])
         if tuple(setting) != (1.0, 1.0):
@@ -269,3 +274,29 @@ def test_arms_are_config_overrides_and_levers_combine_the_best_of_each_group():
     assert runs.combined(runs.choose_levers(0.8, val, arms)) is None
     with pytest.raises(SystemExit, match="--val_scenes"):  # a lever is chosen on the validation block
         cli.main(["--workdir=/nonexistent/x", "--arm=bc:align.bc_weight=1.0"])
+
+
+def test_levers_from_the_command_line_without_a_sweep(tmp_path, monkeypatch):
+    """``--arm`` levers without a learning-rate sweep: DPA-OMF's own validation run is their baseline, the reference
+    is scored there once and copied into each lever's folder, and the kept levers run on every seed."""
+    calls = []
+    monkeypatch.setattr(runs, "launch", _fake_launch(calls, tmp_path))
+    argv = [f"--workdir={tmp_path}", "--config=configs/align.py:smoke", "--methods=dpa_omf,ntp", "--seeds=0,1",
+            "--val_scenes=3", "--test_scenes=5", "--arm=warmup/w0:align.optim.warmup_steps=0",
+            "--arm=warmup/w2:align.optim.warmup_steps=2", "--arm=bc:align.bc_weight=1.0",
+            "--arm=data_2x:curate.rankings_per_example=0.16"]
+    assert cli.main(argv) == 0
+    result = json.loads((tmp_path / "study.json").read_text())
+    lv = result["levers"]
+    base = json.loads((tmp_path / "levers" / "base" / "evaluate" / "summary.json").read_text())
+    assert lv["base"] == base["models"]["dpa_omf"]["composite"]
+    for name in ("w0", "w2", "bc", "data_2x"):
+        ref = tmp_path / "levers" / name / "evaluate" / "models" / "reference.json"
+        assert ref.exists()
+        assert (tmp_path / "levers" / name / "curate").is_symlink() == (name != "data_2x")  # its own curation
+    assert set(lv["arms"]) == {"w0", "w2", "bc", "data_2x"} and lv["chosen"]
+    assert not {"w0", "w2"} <= set(lv["chosen"])  # alternatives: one at most
+    assert all(lv["arms"][n]["val_composite"] > lv["base"] for n in lv["chosen"])
+    assert "dpa_omf[combined]" in result["models"]
+    assert {s for _, w, s, _ in calls if "/arms/combined/" in w} == {0, 1}
+    assert (tmp_path / "alignment.json").exists() and "ntp" in result["models"]["dpa_omf"]["vs"]
