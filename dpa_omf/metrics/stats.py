@@ -111,3 +111,15 @@ def detectable_difference(standard_error: float, level: float = 0.95, power: flo
     the standard error of the measured difference: (z_{1-(1-level)/2} + z_power) * SE (2.80 SE at 95% / 80%)."""
     z = NormalDist()
     return float((z.inv_cdf(1 - (1 - level) / 2) + z.inv_cdf(power)) * standard_error)
+
+
+def scenes_needed(between_scenes: float, between_seeds: float, seeds: int, target: float, level: float = 0.95,
+                  power: float = 0.8) -> float:
+    """Test scenes needed for ``detectable_difference`` to reach ``target`` with ``seeds`` seeds, from ``spread``'s
+    two SDs: N = between_scenes^2 / ((target / z)^2 - between_seeds^2 / seeds); ``inf`` when the seeds' spread
+    alone keeps the detectable difference above the target (more seeds are needed, not more scenes)."""
+    z = detectable_difference(1.0, level, power)
+    room = (target / z) ** 2 - between_seeds ** 2 / seeds
+    if room <= 0:
+        return float("inf")
+    return float(between_scenes ** 2 / room)

@@ -69,6 +69,10 @@ def test_spread_and_the_detectable_difference(rng):
     assert sp["standard_error"] == pytest.approx(np.sqrt(b.var(ddof=1) / 256 + a.var(ddof=1) / 3))
     assert stats.detectable_difference(0.01) == pytest.approx(0.01 * (1.959964 + 0.841621), rel=1e-5)
     assert stats.spread(b[None])["between_seeds"] == 0.0
+    # the scenes that bring the detectable difference down to a target, and when seeds limit it instead
+    n = stats.scenes_needed(0.05, 0.005, 3, 0.018)
+    assert stats.detectable_difference(np.sqrt(0.05 ** 2 / n + 0.005 ** 2 / 3)) == pytest.approx(0.018)
+    assert stats.scenes_needed(0.05, 0.011, 3, 0.017) == float("inf")  # 2.80 * 0.011 / sqrt(3) = 0.0178 > 0.017
     with pytest.raises(ValueError, match="seeds, scenes"):
         stats.two_level_ci(b)
     with pytest.raises(ValueError, match="not the same seeds"):

@@ -63,6 +63,7 @@ def test_intervals_over_scenes_and_the_figure(tmp_path):
     p = r["protocol"]  # DPA-OMF - reference: 0 between scenes, 0.0071 between seeds
     assert p["between_scenes"] == pytest.approx(0.0) and p["between_seeds"] == pytest.approx(0.01 / np.sqrt(2))
     assert p["detectable_difference"] == pytest.approx(2.8016 * 0.005, rel=1e-3) and "detects" in text
+    assert p["scenes_for_paper_gain"] == 1 and "needs 1 test scenes" in text  # no scene spread: the seeds decide
     assert r["models"]["dpa_omf"]["vs"]["afd"]["mean"] == pytest.approx(0.035)
 
 

@@ -79,7 +79,11 @@ def aggregate(per_seed: dict[int, dict], aligned: dict[int, dict], methods: list
     if dpa is not None and ref is not None:
         sp = stats.spread(dpa - ref)
         out["protocol"] = sp | {"test_scenes": int(dpa.shape[1]), "seeds": len(seeds),
-                                "detectable_difference": stats.detectable_difference(sp["standard_error"])}
+                                "detectable_difference": stats.detectable_difference(sp["standard_error"]),
+                                "scenes_for_paper_gain": None}  # None: the seeds' spread alone is too large
+        n = stats.scenes_needed(sp["between_scenes"], sp["between_seeds"], len(seeds), PAPER_GAIN)
+        if np.isfinite(n):
+            out["protocol"]["scenes_for_paper_gain"] = max(1, int(np.ceil(n)))
     return out
 
 

@@ -58,7 +58,18 @@ def protocol_lines(protocol: dict | None) -> list[str]:
     return ["", f"Power: DPA-OMF - reference varies with SD {protocol['between_scenes']:.4f} between scenes and "
             f"{protocol['between_seeds']:.4f} between seeds; on {protocol['test_scenes']} scenes x "
             f"{protocol['seeds']} seeds its standard error is {protocol['standard_error']:.4f}, so the smallest "
-            f"difference this protocol detects (95% two-sided, 80% power) is {protocol['detectable_difference']:.4f}."]
+            f"difference this protocol detects (95% two-sided, 80% power) is {protocol['detectable_difference']:.4f}. "
+            + _paper_gain(protocol)]
+
+
+def _paper_gain(protocol: dict) -> str:
+    if "scenes_for_paper_gain" not in protocol:
+        return ""
+    n = protocol["scenes_for_paper_gain"]
+    if n is None:
+        return (f"With {protocol['seeds']} seeds the spread between seeds alone keeps it above the paper's "
+                f"+{results.PAPER_GAIN}: more seeds are needed, not more scenes.")
+    return f"Detecting the paper's +{results.PAPER_GAIN} with {protocol['seeds']} seeds needs {n} test scenes."
 
 
 def sweep_table(sw: dict) -> list[str]:
