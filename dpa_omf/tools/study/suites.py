@@ -127,6 +127,10 @@ SUITES = {
     #   combined levers on test, 3 seeds                            ~ 26 min
     #   data scale 0.5x / 2x / 4x (curation + 3 seeds each)         ~114 min
     #   total                                                       ~7.7-8.2 h (more when the CPU is shared)
+    # Power: with issue 20's spreads of DPA-OMF - reference (SD ~0.011 between seeds; between scenes at most the
+    # levels' ~0.10, less when paired) 3 seeds alone put the detectable difference (95%, 80% power) at
+    # 2.80 x 0.011 / sqrt(3) = 0.018, the paper's gain: scenes cannot lower it further, seeds can (5: 0.014, at
+    # ~1.5 h each); the report computes it from the measured spreads (``stats.scenes_needed``).
     "powered": Suite("configs/align.py", ("dpa_omf", "ntp", "sft_best_oa", "dpa_adef", "afd"), (0, 1, 2),
                      lrs=(1e-4, 3e-4, 1e-3), val_scenes=64, test_scenes=256,
                      extra=("--config.data.synthetic.num_valid=320",),
