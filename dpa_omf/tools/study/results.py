@@ -90,8 +90,8 @@ def aggregate(per_seed: dict[int, dict], aligned: dict[int, dict], methods: list
 def merge(per_seed: dict, aligned: dict, per_scene: dict, rows: dict[str, dict[int, dict]], model: str,
           align_of: str | None = None) -> list[str]:
     """Adds models run in other folders to the per-seed results: ``rows[name][seed] = {"summary", "per_scene",
-    ["align"]}`` whose evaluate summary holds ``model``; ``align_of``: a model whose alignment figures the row
-    shares (a sampled model: its checkpoint's). Returns the names added."""
+    ["align"]}`` whose evaluate summary and per-scene composites (``{model: [N]}``) hold ``model``; ``align_of``:
+    a model whose alignment figures the row shares (a sampled model: its checkpoint's). Returns the names added."""
     for name, by_seed in rows.items():
         for s, r in by_seed.items():
             per_seed[s]["models"][name] = r["summary"]["models"][model]
@@ -99,7 +99,7 @@ def merge(per_seed: dict, aligned: dict, per_scene: dict, rows: dict[str, dict[i
                 aligned[s][name] = r["align"]
             elif align_of and align_of in aligned.get(s, {}):
                 aligned[s][name] = aligned[s][align_of]
-            scenes = r["per_scene"].get(model) if isinstance(r["per_scene"], dict) else r["per_scene"]
+            scenes = r["per_scene"].get(model)
             if per_scene.get(s) and scenes is not None:
                 per_scene[s][name] = scenes
     return list(rows)

@@ -139,7 +139,7 @@ def sweep(root: pathlib.Path, shared: pathlib.Path, seed: int, methods: list[str
 def run_arm(arm: suites.Arm, folder, shared: pathlib.Path, seeds: list[int], config: str, extra: list[str],
             reference_from) -> dict[int, dict]:
     """DPA-OMF with an arm's overrides, every seed, in ``folder(seed)``; returns per seed ``{"summary", "align",
-    "per_scene"}`` (the arm's evaluate and align summaries, its per-scene composites).
+    "per_scene"}`` (the arm's evaluate and align summaries, ``{"dpa_omf": per-scene composites}``).
 
     An arm that curates builds its preference data in its first seed's folder (the others link it); the rest link
     the shared curation. ``reference_from(seed)``: a workdir whose reference evaluation (same checkpoint, scenes
@@ -157,7 +157,7 @@ def run_arm(arm: suites.Arm, folder, shared: pathlib.Path, seeds: list[int], con
             shutil.copy(ref, d / "evaluate" / "models" / "reference.json")
         summary = run_seed(s, d, ["dpa_omf"], config, extra + list(arm.overrides))
         out[s] = {"summary": summary, "align": read_json(d / "align" / "summary.json"),
-                  "per_scene": per_scene(d, ["dpa_omf"]).get("dpa_omf")}
+                  "per_scene": per_scene(d, ["dpa_omf"])}
     return out
 
 
