@@ -67,9 +67,12 @@ def _paper_gain(protocol: dict) -> str:
         return ""
     n = protocol["scenes_for_paper_gain"]
     if n is None:
-        return (f"With {protocol['seeds']} seeds the spread between seeds alone keeps it above the paper's "
+        return (f"With {protocol['seeds']} seed(s) the spread between seeds alone keeps it above the paper's "
                 f"+{results.PAPER_GAIN}: more seeds are needed, not more scenes.")
-    return f"Detecting the paper's +{results.PAPER_GAIN} with {protocol['seeds']} seeds needs {n} test scenes."
+    caveat = " (one seed: the spread between seeds is not measured, so this is a lower bound)" if (
+        protocol["seeds"] < 2) else ""
+    return (f"Detecting the paper's +{results.PAPER_GAIN} with {protocol['seeds']} seed(s) needs {n} test "
+            f"scenes{caveat}.")
 
 
 def sweep_table(sw: dict) -> list[str]:
