@@ -262,12 +262,6 @@ def _from(summary: dict) -> str:
     return f" (from scene {first})" if first else ""
 
 
-def _sampled(summary: dict) -> str:
-    s = summary.get("sampling", {"temperature": 1.0, "top_p": 1.0})
-    sharpened = (s["temperature"], s["top_p"]) != (1.0, 1.0)
-    return f", sampled at temperature {s['temperature']:g}, top-p {s['top_p']:g}" if sharpened else ""
-
-
 def print_table(workdir: str) -> None:
     """The before/after table of the finished evaluation (process 0 prints)."""
     summary = wd.read_summary(workdir, STAGE)
@@ -278,5 +272,5 @@ def print_table(workdir: str) -> None:
               else "pretrained in this workdir")
     print(f"reference = {origin}, {ref.get('steps')} steps; WOSAC {summary['challenge']} on "
           f"{summary['num_scenes']} held-out scenes{_from(summary)} x {summary['num_rollouts']} rollouts"
-          f"{_sampled(summary)}", flush=True)
+          f"{report.sampled(summary)}", flush=True)
     print(report.table(summary["models"]), flush=True)

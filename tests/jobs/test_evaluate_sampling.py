@@ -64,6 +64,9 @@ def test_the_table_names_a_sharpened_evaluation(tmp_path, capsys):
     (tmp_path / "evaluate" / "summary.json").write_text(json.dumps(summary))
     evaluate.print_table(str(tmp_path))
     assert "(from scene 256) x 4 rollouts, sampled at temperature 0.85, top-p 0.95" in capsys.readouterr().out
+    report.write_report(tmp_path / "evaluate", [], summary)
+    text = (tmp_path / "evaluate" / "report.md").read_text()
+    assert "4 rollouts each, sampled at temperature 0.85, top-p 0.95" in text
     summary["sampling"] = {"temperature": 1.0, "top_p": 1.0}  # the model's own distribution: nothing to say
     (tmp_path / "evaluate" / "summary.json").write_text(json.dumps(summary))
     evaluate.print_table(str(tmp_path))
