@@ -1,8 +1,8 @@
-"""``python -m dpa_omf.study ...``: the research study's entry point (dpa_omf/tools/study.py)."""
+"""``python -m dpa_omf.study ...``: the research study's entry point (the package dpa_omf/tools/study/)."""
 
 import sys
 
-from dpa_omf.tools.study import main
+from dpa_omf.tools.study.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,6 +8,14 @@ held-out scene are sampled on device and scored with the realism metric
 by default as in the paper's table). Scene metrics are averaged over scenes as
 the challenge does. The same rollout keys serve every model (a paired comparison).
 
+Sampling settings: ``evaluate.temperature`` / ``evaluate.top_p`` (1 / 1: the
+model's own distribution) shape every model's rollouts; the keys do not
+depend on them, so one model scored at several settings sees the same keys
+(the study's sharpening control). The setting is part of the evaluation's
+fingerprint: each setting is its own evaluation (one workdir per setting,
+its finished stages linked; the study's ``sampling/`` folders), and the
+summary records it (``sampling``).
+
 Pod scale: every process runs this job. The held-out scenes (the first
 ``evaluate.num_scenes`` of the valid split; 0: all of them) form fixed chunks of
 ``evaluate.scenes_per_chunk``; process p of P scores the chunks ``c % P == p``
@@ -30,7 +38,8 @@ fingerprints) it covers; per model: ``composite``, ``kinematic``,
 ``interactive``, ``map``, ``min_ade``, ``ade``, ``collision_rate``,
 ``offroad_rate``, ``traffic_light_violation_rate``, every official
 likelihood, ``composite_ci`` ``[lo, hi]`` and (not for the reference)
-``composite_vs_reference`` ``{mean, lo, hi}``. Also ``report.md`` and PNG plots.
+``composite_vs_reference`` ``{mean, lo, hi}``; and ``sampling``
+``{temperature, top_p}``. Also ``report.md`` and PNG plots.
 """
 
 from __future__ import annotations
@@ -236,6 +245,7 @@ def _aggregate(config, workdir: str, eval_fp: str, todo: dict[str, str], num_sce
         "first_scene": config.evaluate.first_scene,
         "num_rollouts": config.evaluate.num_rollouts,
         "challenge": config.evaluate.challenge,
+        "sampling": {"temperature": config.evaluate.temperature, "top_p": config.evaluate.top_p},
         "seconds": seconds,
         "processes": jax.process_count(),
         "config_fingerprint": fingerprint,
@@ -261,5 +271,6 @@ def print_table(workdir: str) -> None:
     origin = ("the packaged reference (dpa_omf/assets/reference)" if ref.get("source") == "packaged"
               else "pretrained in this workdir")
     print(f"reference = {origin}, {ref.get('steps')} steps; WOSAC {summary['challenge']} on "
-          f"{summary['num_scenes']} held-out scenes{_from(summary)} x {summary['num_rollouts']} rollouts", flush=True)
+          f"{summary['num_scenes']} held-out scenes{_from(summary)} x {summary['num_rollouts']} rollouts"
+          f"{report.sampled(summary)}", flush=True)
     print(report.table(summary["models"]), flush=True)

@@ -46,6 +46,15 @@ def table(models: dict[str, dict]) -> str:
     return "\n".join([head, sep, *rows])
 
 
+def sampled(summary: dict) -> str:
+    """``, sampled at temperature T, top-p P`` for an evaluation sampled other than at the model's own
+    distribution (summary ``sampling``), else ''."""
+    s = summary.get("sampling", {"temperature": 1.0, "top_p": 1.0})
+    if (s["temperature"], s["top_p"]) == (1.0, 1.0):
+        return ""
+    return f", sampled at temperature {s['temperature']:g}, top-p {s['top_p']:g}"
+
+
 def write_report(out: pathlib.Path, align_dirs: Sequence[pathlib.Path], summary: dict) -> str:
     """Writes ``report.md`` and the figures into ``out``; returns the markdown table.
 
@@ -57,8 +66,8 @@ def write_report(out: pathlib.Path, align_dirs: Sequence[pathlib.Path], summary:
         "# Evaluation",
         "",
         f"WOSAC {summary['challenge']} realism on {summary['num_scenes']} held-out scenes, "
-        f"{summary['num_rollouts']} rollouts each (higher is better for the likelihood columns, lower for "
-        "minADE and rates).",
+        f"{summary['num_rollouts']} rollouts each{sampled(summary)} (higher is better for the likelihood columns, "
+        "lower for minADE and rates).",
         "",
         text,
         "",

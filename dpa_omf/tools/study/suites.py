@@ -1,0 +1,158 @@
+"""What a study runs: methods, seeds, blocks, arms (config overrides), sampling grid; the presets (``SUITES``).
+
+An *arm* is a variant of DPA-OMF declared as config overrides (``--config.key=value`` flags), so any option of
+the config (the alignment's ``align.*``, the curation's ``curate.*``) becomes an arm without code. Its
+``table`` says where it runs and is reported:
+
+- ``features`` / ``data``: the paper's Table 2 (feature ablation) and Fig. 7 (preference-data scale); every
+  seed, test block.
+- ``levers``: a candidate lever, measured on the validation block (first seed); per ``group`` the best arm
+  that beats DPA-OMF on validation is kept, and the kept arms' overrides together form the arm ``combined``,
+  which then runs every seed on the test block. Arms of one group are alternatives (e.g. two learning
+  rates); arms of different groups must set different keys.
+
+An arm whose overrides touch ``curate.*`` curates its own preference data; the others reuse the shared one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+DEFAULT_METHODS = ("dpa_omf", "sft_best_oa", "dpa_adef", "afd")
+ALL_METHODS = ("dpa_omf", "dpa_adef", "sft_best_oa", "sft_best_ade", "afd", "dpo", "catk", "ntp", "online")
+TABLES = ("features", "data", "levers")
+COMBINED = "combined"
+# The sharpening control's grid: (temperature, top-p) of the evaluation's sampling, the best chosen on validation.
+SHARPENING_GRID = tuple((t, p) for t in (0.7, 0.85, 1.0) for p in (0.9, 0.95, 1.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """A variant of DPA-OMF: config ``overrides`` (``--config.key=value``), reported in ``table``
+    (module docstring); ``group``: levers that are alternatives of each other (default: the name)."""
+
+    name: str
+    overrides: tuple[str, ...]
+    table: str
+    group: str = ""
+
+    def __post_init__(self):
+        if self.table not in TABLES:
+            raise ValueError(f"arm {self.name}: table {self.table!r} is not one of {TABLES}")
+        bad = [o for o in self.overrides if not o.startswith("--config.") or "=" not in o]
+        if bad:
+            raise ValueError(f"arm {self.name}: overrides must be --config.key=value flags, got {bad}")
+
+    @property
+    def curates(self) -> bool:
+        """Whether the arm needs its own preference data."""
+        return any(o.startswith("--config.curate.") for o in self.overrides)
+
+    @property
+    def group_name(self) -> str:
+        return self.group or self.name
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    """A study preset: what ``--suite`` runs (see the package docstring)."""
+
+    config: str
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    lrs: tuple[float, ...] = ()
+    val_scenes: int = 0
+    test_scenes: int = 0
+    extra: tuple[str, ...] = ()
+    arms: tuple[Arm, ...] = ()
+    post_selection: tuple[int, int] | None = None  # (scenes, group size)
+    sampling: tuple[tuple[float, float], ...] = ()  # the sharpening control's (temperature, top-p) grid
+
+
+def parse_arm(text: str) -> Arm:
+    """``[GROUP/]NAME:key=value[;key=value...]`` (keys under ``config.``) -> a ``levers`` arm."""
+    head, sep, body = text.partition(":")
+    if not sep or not body:
+        raise ValueError(f"--arm {text!r}: expected [GROUP/]NAME:key=value[;key=value...]")
+    group, _, name = head.rpartition("/")
+    return Arm(name, tuple(f"--config.{kv.strip().removeprefix('--config.')}" for kv in body.split(";") if kv),
+               "levers", group)
+
+
+def weights(w: tuple[float, ...]) -> str:
+    return "--config.curate.feature_weights=(" + ",".join(f"{float(x):.1f}" for x in w) + ")"
+
+
+def scale_arms(base_rankings: float, factors=(0.5, 2, 4)) -> tuple[Arm, ...]:
+    """Fig. 7's data sizes (factors of the main job's rankings per training scene)."""
+    return tuple(Arm(f"data_{f:g}x", (f"--config.curate.rankings_per_example={base_rankings * f:g}",), "data")
+                 for f in factors)
+
+
+def feature_arms() -> tuple[Arm, ...]:
+    """Table 2's feature subsets (weights of collision, road distance, clearance, effort, speed)."""
+    return (Arm("collision_only", (weights((10, 0, 0, 0, 0)),), "features"),
+            Arm("progress_only", (weights((0, 0, 0, 0, 1)),), "features"),
+            Arm("comfort_only", (weights((0, 0, 0, 1, 0)),), "features"))
+
+
+def lever_arms() -> tuple[Arm, ...]:
+    """The optimizer and anchor levers that exist as config keys (issue 20's list; more come as ``--arm``)."""
+    return (Arm("warmup_0", ("--config.align.optim.warmup_steps=0",), "levers", "warmup"),
+            Arm("warmup_20", ("--config.align.optim.warmup_steps=20",), "levers", "warmup"),
+            Arm("steps_80", ("--config.align.num_steps=80",), "levers", "steps"),
+            Arm("weight_decay_0.01", ("--config.align.optim.weight_decay=0.01",), "levers", "weight_decay"),
+            Arm("bc_0.1", ("--config.align.bc_weight=0.1",), "levers", "anchor"),
+            Arm("bc_1", ("--config.align.bc_weight=1.0",), "levers", "anchor"))
+
+
+SUITES = {
+    # Every method, a 3-rate sweep on 64 validation scenes, 256 test scenes x 32 rollouts, 3 seeds, every arm
+    # and analysis, at the main job's sizes (BUILD_NOTES: its duration on the project's 2-core CPU).
+    "paper": Suite("configs/align.py", ALL_METHODS, (0, 1, 2), lrs=(3e-4, 1e-3, 3e-3), val_scenes=64,
+                   test_scenes=256, extra=("--config.data.synthetic.num_valid=320",),
+                   arms=feature_arms() + scale_arms(0.08), post_selection=(32, 8)),
+    # Issue 20's powered protocol: the controls (sharpened reference, NTP), the Table 1 baselines with the same
+    # learning-rate sweep, the levers chosen on validation and combined, the data scale; 256 test scenes x 3 seeds.
+    # Size on the 2-core CPU from BUILD_NOTES' measured stage times of the main job (evaluation 1.2-1.3 min for
+    # 2 models x 32 scenes x 32 rollouts, i.e. ~1.2 s per model and scene; alignment 40 steps 3.5-4 min, NTP ~2;
+    # curation 5.6 min for 80 scenes, ~4.2 s per scene; data ~1 min), one job at a time, an idle machine:
+    #   shared data + curation (80 scenes)                          ~  7 min
+    #   lr sweep: 5 methods x 3 rates, validation (64 scenes)        ~ 73 min
+    #   levers: 6 arms on validation (steps_80 aligns twice as long) ~ 36 min
+    #   sampling grid: 9 settings x 2 models, validation            ~ 28 min
+    #   3 seeds x (5 alignments + 6 models x 256 scenes)            ~146 min
+    #   sharpened reference / DPA-OMF on test, 3 seeds              ~ 31-61 min (one or two settings)
+    #   combined levers on test, 3 seeds                            ~ 26 min
+    #   data scale 0.5x / 2x / 4x (curation + 3 seeds each)         ~114 min
+    #   total                                                       ~7.7-8.2 h (more when the CPU is shared)
+    # Power: with issue 20's spreads of DPA-OMF - reference (SD ~0.011 between seeds; between scenes at most the
+    # levels' ~0.10, less when paired) 3 seeds alone put the detectable difference (95%, 80% power) at
+    # 2.80 x 0.011 / sqrt(3) = 0.018, the paper's gain: scenes cannot lower it further, seeds can (5: 0.014, at
+    # ~1.5 h each); the report computes it from the measured spreads (``stats.scenes_needed``).
+    "powered": Suite("configs/align.py", ("dpa_omf", "ntp", "sft_best_oa", "dpa_adef", "afd"), (0, 1, 2),
+                     lrs=(1e-4, 3e-4, 1e-3), val_scenes=64, test_scenes=256,
+                     extra=("--config.data.synthetic.num_valid=320",),
+                     arms=lever_arms() + scale_arms(0.08), sampling=SHARPENING_GRID),
+    # The same structure at :smoke sizes, for CPU minutes (its test checks the report's structure).
+    "quick": Suite("configs/align.py:smoke", ALL_METHODS, (0, 1), lrs=(1e-3, 3e-3), val_scenes=2, test_scenes=4,
+                   arms=(Arm("collision_only", (weights((10, 0, 0, 0, 0)),), "features"),
+                         Arm("data_2x", ("--config.curate.rankings_per_example=0.16",), "data"),
+                         Arm("warmup_0", ("--config.align.optim.warmup_steps=0",), "levers", "warmup"),
+                         Arm("warmup_2", ("--config.align.optim.warmup_steps=2",), "levers", "warmup"),
+                         Arm("bc_1", ("--config.align.bc_weight=1.0",), "levers", "anchor")),
+                   post_selection=(1, 2), sampling=((0.85, 0.95), (1.0, 1.0))),
+}
+
+
+def apply_suite(suite: Suite | None, args: argparse.Namespace, extra: list[str], given: list[str]) -> list[str]:
+    """A suite's settings into ``args`` (``--seeds`` still applies when given); returns the overrides."""
+    if suite is None:
+        return extra
+    if not any(a.startswith("--seeds") for a in given):
+        args.seeds = ",".join(map(str, suite.seeds))
+    args.methods, args.config = ",".join(suite.methods), suite.config
+    args.lrs = ",".join(f"{x:g}" for x in suite.lrs)
+    args.val_scenes, args.test_scenes = suite.val_scenes, suite.test_scenes
+    return list(suite.extra) + extra
