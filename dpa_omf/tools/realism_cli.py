@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenario_id", default=None)
     p.add_argument("--rollouts", required=True,
                    help="npz with x, y, z, heading [R, n_objects, 80] and object_id [n_objects]")
-    p.add_argument("--config", default="2025", choices=sorted(rc.CONFIGS))
+    # The project's default challenge: configs' evaluate.challenge, which RealismConfig's default mirrors (tested).
+    p.add_argument("--config", default=realism.RealismConfig().challenge, choices=sorted(rc.CONFIGS),
+                   help="WOSAC challenge config (default: %(default)s, as the evaluate stage)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--compilation_cache", default=None, help=compilation_cache.FLAG_HELP)
     args = p.parse_args(argv)

@@ -84,6 +84,7 @@ def test_each_process_reads_its_share_of_the_global_batch(smoke_model, method):
         make(0, 3)
 
 
+@pytest.mark.slow
 def test_main_job_smoke_end_to_end(tmp_path):
     wd = tmp_path / "wd"
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")

@@ -37,6 +37,7 @@ def _scene_batch(c, scenes, scene_indices, round_index):
     return dict(scenario=dt.stack_scenarios(scenes), keys=np.stack(jax.device_get(keys)).astype(np.uint32))
 
 
+@pytest.mark.slow
 def test_round_zero_ranks_as_curation_and_its_loss_is_offline_dpa_omf_on_the_same_pairs(smoke):
     c, model, params, scenes = smoke
     cfg = cfg_lib.align(c)
@@ -82,6 +83,7 @@ def test_round_zero_ranks_as_curation_and_its_loss_is_offline_dpa_omf_on_the_sam
         assert float(m["nll_preferred"][0]) > 0  # the sequences' own NLL, not the ratio's
 
 
+@pytest.mark.slow
 def test_sigterm_mid_round_then_restart_reaches_the_same_parameters(smoke, tmp_path):
     """Two updates per round; SIGTERM arrives while round 2's program runs: the round finishes, is saved, the
     job exits preempted, and the restart ends on the parameters of an uninterrupted run, bit for bit."""
@@ -126,6 +128,7 @@ def test_sigterm_mid_round_then_restart_reaches_the_same_parameters(smoke, tmp_p
     assert moved > 0
 
 
+@pytest.mark.slow
 def test_closest_among_top_k(smoke):
     """K = 1 is greedy decoding; K = 169 (every token) tracks the log to the tokenizer's precision, where
     sampling (this untrained model) drifts metres away. (K = 32 of an untrained model need not hold a good
@@ -156,6 +159,7 @@ def test_closest_among_top_k(smoke):
         sampling.RolloutConfig(closest_top_k=170)
 
 
+@pytest.mark.slow
 def test_a_round_on_a_two_device_mesh(smoke):
     """On a multi-device CPU mesh the round cannot call the host OT solver (a host callback inside a
     multi-device CPU program can deadlock): the config picks the on-device exact solver, and a round with an

@@ -29,6 +29,7 @@ def _evaluator(c, model, devices: int, per_device: int) -> realism_eval.Evaluato
     return realism_eval.Evaluator(model, cfg_lib.evaluate(c), mesh, per_device)
 
 
+@pytest.mark.slow
 def test_batch_and_devices_do_not_change_a_scene(smoke):
     c, model, params, scenes = smoke
     idx = [5, 6, 7]
@@ -42,6 +43,7 @@ def test_batch_and_devices_do_not_change_a_scene(smoke):
         assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_matches_the_per_scene_loop(smoke):
     c, model, params, scenes = smoke
     cfg = cfg_lib.evaluate(c)

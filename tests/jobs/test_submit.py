@@ -49,6 +49,7 @@ def submitted(tmp_path_factory) -> pathlib.Path:
     return wd
 
 
+@pytest.mark.slow
 def test_shards_hold_32_joint_scenes_of_exactly_the_sim_agents(submitted):
     out = submitted / FOLDER
     summary = json.loads((out / "summary.json").read_text())
@@ -99,6 +100,7 @@ def test_process_shares_are_disjoint_and_cover_every_shard():
         submit.shard_ranges(0, 3)
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_shards_and_reuses_the_stage(submitted, tmp_path):
     wd = tmp_path / "wd"
     shutil.copytree(submitted, wd)
@@ -116,6 +118,7 @@ def test_rerun_skips_finished_shards_and_reuses_the_stage(submitted, tmp_path):
     assert stages.ensure("submit", c, wd) == 0  # finished: reused
 
 
+@pytest.mark.slow
 @pytest.mark.shared
 def test_more_sim_agents_than_slots_is_refused_naming_the_scenario(submitted, tmp_path, shared_dir):
     wd = tmp_path / "wd"
