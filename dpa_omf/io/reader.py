@@ -116,6 +116,8 @@ class SceneReader:
       fmt: 'auto', 'example' or 'scenario'.
       require_slots: set False only to keep a tf.Example's own sizes (``read_scene``).
 
+    Picklable (worker processes): the open files are not part of the pickle.
+
     Attributes:
       files: the files, as strings, in the given order.
       num_records: records per file, ``[len(files)]`` int.
@@ -161,6 +163,12 @@ class SceneReader:
         for r in self._readers.values():
             r.close()
         self._readers.clear()
+
+    def __getstate__(self) -> dict:
+        """Pickled without its open files (grain worker processes reopen them on first read)."""
+        state = dict(self.__dict__)
+        state["_readers"], state["_formats"] = {}, {}
+        return state
 
     def __enter__(self) -> SceneReader:
         return self
