@@ -38,6 +38,7 @@ from collections.abc import Iterator, Sequence
 import grain
 import jax
 import numpy as np
+from absl import flags
 
 from dpa_omf import datatypes as dt
 from dpa_omf.io import prepared
@@ -264,6 +265,8 @@ class ScenarioPipeline:
         ds = grain.MapDataset.range(start, max(start, end)).map(self._maker)
         prefetch = self.config.prefetch
         if self.config.num_workers > 0:
+            if not flags.FLAGS.is_parsed():  # grain's workers read its absl flags: outside an absl app, the defaults
+                flags.FLAGS.mark_as_parsed()
             return ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)).mp_prefetch(
                 grain.MultiprocessingOptions(num_workers=self.config.num_workers,
                                              per_worker_buffer_size=max(1, prefetch)))
