@@ -1,6 +1,11 @@
 """Input pipeline: sharding, shuffling, resumable state, padding, mixed formats."""
 
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -11,6 +16,7 @@ from dpa_omf.io.tfrecord import DataError
 from dpa_omf.testing.womd import random_scenario, tree_equal
 
 NUM_FILES, PER_FILE = 3, 5
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +146,24 @@ def test_worker_processes_give_the_same_batches(shards, prepared_shards):
         got = take(workers, 5)
         workers.close()
         assert all(tree_equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+def test_prepared_batches_resume_by_step_and_need_no_tensorflow(prepared_shards):
+    """In a fresh process where TensorFlow cannot be imported: batch k after skip(k) is batch k of a full run."""
+    code = f"""
+import sys
+sys.modules["tensorflow"] = None  # any import of TensorFlow now fails
+from dpa_omf.io import pipeline
+from dpa_omf.testing.womd import tree_equal
+cfg = pipeline.PipelineConfig(file_patterns=({str(prepared_shards / "part-*.scenes")!r},), batch_size=4,
+                              max_agents=24, max_roadgraph_points=320, seed=7, prefetch=2)
+full = pipeline.ScenarioPipeline(cfg, 1, 2)
+batches = [next(full) for _ in range(8)]
+resumed = pipeline.ScenarioPipeline(cfg, 1, 2)
+resumed.skip(3)
+assert all(tree_equal(next(resumed), b) for b in batches[3:])
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 def test_mixed_raw_and_prepared_files_are_refused(shards, prepared_shards):
