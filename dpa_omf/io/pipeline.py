@@ -125,10 +125,8 @@ class RawScenes:
 
     def source(self, r: int) -> Source:
         """The file and record index of global record ``r``."""
-        if not 0 <= r < len(self):
-            raise IndexError(f"record {r} not in [0, {len(self)})")
-        f = int(np.searchsorted(self._first, r, side="right") - 1)
-        return Source(self.files[f], int(r - self._first[f]))
+        f, k = scene_reader.locate(self._first, r)
+        return Source(self.files[f], k)
 
     def __getitem__(self, r: int) -> dt.Scenario:
         return self._reader.read(self.source(int(r)))

@@ -260,10 +260,7 @@ class PreparedReader:
 
     def locate(self, r: int) -> tuple[int, int]:
         """``(file index, record index in that file)`` of global record ``r``."""
-        if not 0 <= r < len(self):
-            raise IndexError(f"record {r} not in [0, {len(self)})")
-        f = int(np.searchsorted(self._first, r, side="right") - 1)
-        return f, int(r - self._first[f])
+        return scene_reader.locate(self._first, r)
 
     def __getitem__(self, r: int) -> dt.Scenario:
         """The scene of global record ``r`` (read-only arrays)."""

@@ -1,6 +1,8 @@
 """The prepare stage: every data shard parsed and fitted once into prepared-scene files.
 
-  data -> prepare -> pretrain ...
+  python -m dpa_omf.launch --config=configs/pretrain.py[:variant] --config.job=prepare --workdir=DIR
+
+(the graph's ``prepare`` entry: after ``data``; fingerprinted by the data section).
 
 For each split, source shard k of ``data.split_files`` (raw WOMD TFRecords of
 either format, or the synthetic world's shards) becomes
@@ -18,7 +20,9 @@ ends with the same bytes. The summary records ``reader_fingerprint``
 
 Readers downstream (pretraining's pipeline) call :func:`split_files_or_raw`:
 the prepared files when this stage finished with the reader fingerprint of
-their config, otherwise the raw shards (same scenes, slower).
+their config, otherwise the raw shards (the same scenes bit for bit, ~25x
+slower to read). No stage needs ``prepare`` yet, so a job that does not ask
+for it reads the raw shards as before.
 """
 
 from __future__ import annotations
