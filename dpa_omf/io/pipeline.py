@@ -131,6 +131,10 @@ class RawScenes:
     def __getitem__(self, r: int) -> dt.Scenario:
         return self._reader.read(self.source(int(r)))
 
+    def read_batch(self, records: Sequence[int]) -> dt.Scenario:
+        """The scenes of global records ``records`` stacked into a batch ``[len(records), ...]``."""
+        return dt.stack_scenarios([self[r] for r in records])
+
     def close(self) -> None:
         self._reader.close()
 
@@ -185,7 +189,7 @@ class BatchMaker:
         return np.array([self.epoch_order(int(p // per))[p % per] for p in positions], np.int64)
 
     def __call__(self, k: int) -> dt.Scenario:
-        return dt.stack_scenarios([self.scenes[int(r)] for r in self.batch_records(int(k))])
+        return self.scenes.read_batch(self.batch_records(int(k)))
 
 
 class ScenarioPipeline:
