@@ -91,10 +91,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> in
                 written += 1
             if preempted:
                 break
-    if wd.any_process(preempted):  # every process stops together (also a barrier)
+    # A collective, so also the barrier after which every process's files exist (process 0 reads their headers).
+    if wd.any_process(preempted):  # every process stops together
         wd.say(f"[{STAGE}] preempted: finished files kept; run again to continue")
         return checkpointing.EXIT_PREEMPTED
-    wd.barrier("prepare_files")  # every process's files exist before process 0 reads the headers
     if wd.is_writer():
         for split in data_job.SPLITS:
             heads = [prepared.read_header(str(prepared_path(workdir, split, f)))
