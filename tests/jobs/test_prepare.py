@@ -2,6 +2,7 @@
 
 import shutil
 
+import job_processes as jp
 import pytest
 
 from configs import pretrain as pretrain_config
@@ -76,3 +77,17 @@ def test_preempted_prepare_resumes_to_the_same_bytes(data_workdir, tmp_path, mon
     assert prepare.run(c, str(wd), "fp") == 0
     assert wdir.read_summary(wd, prepare.STAGE)["files_kept_process0"] == 1
     assert _files(wd) == _files(whole) and len(_files(wd)) == 4  # 2 train + 2 valid shards
+
+
+@pytest.mark.slow  # two jax.distributed processes (~1 min)
+def test_two_processes_share_the_shards_and_write_the_same_files(data_workdir, tmp_path):
+    c = pretrain_config.get_config("smoke")
+    one = _copy(data_workdir, tmp_path, "one")
+    assert prepare.run(c, str(one), "fp") == 0
+    two = _copy(data_workdir, tmp_path, "two")
+    results = jp.wait(jp.two_processes(["--config=configs/pretrain.py:smoke", "--config.job=prepare"], two))
+    for i, (rc, err) in enumerate(results):
+        assert rc == 0, f"process {i}: {err[-3000:]}"
+    assert _files(two) == _files(one)
+    summary = wdir.read_summary(two, prepare.STAGE)
+    assert summary["files_written_process0"] == 2  # shard 0 of each split; process 1 wrote the other two
