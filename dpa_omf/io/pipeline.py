@@ -37,7 +37,7 @@ import dataclasses
 import glob
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import grain
 import jax
@@ -135,9 +135,10 @@ class RawScenes:
     def __getitem__(self, r: int) -> dt.Scenario:
         return self._reader.read(self.source(int(r)))
 
-    def read_batch(self, records: Sequence[int]) -> dt.Scenario:
-        """The scenes of global records ``records`` stacked into a batch ``[len(records), ...]``."""
-        return dt.stack_scenarios([self[r] for r in records])
+    def read_batch(self, records: Sequence[int], empty: Callable = np.empty) -> dt.Scenario:
+        """The scenes of global records ``records`` stacked into a batch ``[len(records), ...]`` made by ``empty``."""
+        scenes = [self[r] for r in records]
+        return jax.tree.map(lambda *xs: np.stack(xs, out=empty((len(xs), *xs[0].shape), xs[0].dtype)), *scenes)
 
     def close(self) -> None:
         self._reader.close()
@@ -161,12 +162,15 @@ class BatchMaker:
       scenes: the global-index scene source (``open_scenes``).
       config: the pipeline config (batch size, shuffling, seed, epochs).
       process_index, process_count: the process's shard.
+      shared_memory: make batches in shared memory (grain worker processes then pass them to the main process
+        without a copy).
     """
 
     scenes: RawScenes | prepared.PreparedReader
     config: PipelineConfig
     process_index: int
     process_count: int
+    shared_memory: bool = False
 
     def __post_init__(self):
         self.num_records = len(self.scenes)
@@ -193,7 +197,8 @@ class BatchMaker:
         return np.array([self.epoch_order(int(p // per))[p % per] for p in positions], np.int64)
 
     def __call__(self, k: int) -> dt.Scenario:
-        return self.scenes.read_batch(self.batch_records(int(k)))
+        empty = grain.multiprocessing.SharedMemoryArray if self.shared_memory else np.empty
+        return self.scenes.read_batch(self.batch_records(int(k)), empty)
 
 
 class ScenarioPipeline:
@@ -268,9 +273,11 @@ class ScenarioPipeline:
     def dataset(self, start: int = 0) -> grain.IterDataset:
         """The grain dataset of batches ``start, start + 1, ...`` (prefetch and workers from the config)."""
         end = self.num_batches if self.num_batches is not None else sys.maxsize
-        ds = grain.MapDataset.range(start, max(start, end)).map(self._maker)
+        workers = self.config.num_workers
+        maker = dataclasses.replace(self._maker, shared_memory=True) if workers else self._maker
+        ds = grain.MapDataset.range(start, max(start, end)).map(maker)
         prefetch = self.config.prefetch
-        if self.config.num_workers > 0:
+        if workers > 0:
             if not flags.FLAGS.is_parsed():  # grain's workers read its absl flags: outside an absl app, the defaults
                 flags.FLAGS.mark_as_parsed()
             return ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)).mp_prefetch(

@@ -273,13 +273,14 @@ class PreparedReader:
             raise DataError(self.files[f], k, None, f"truncated: {len(data)} of {self._size} bytes")
         return self._codec.decode(data)
 
-    def read_batch(self, records: Sequence[int]) -> dt.Scenario:
+    def read_batch(self, records: Sequence[int], empty: Callable = np.empty) -> dt.Scenario:
         """The scenes of global records ``records`` stacked into a batch ``[len(records), ...]``.
 
         Equal to ``stack_scenarios([self[r] for r in records])``, without its copies: each record is
-        read by one ``preadv`` straight into its rows of the batch's arrays.
+        read by one ``preadv`` straight into its rows of the batch's arrays, made by ``empty(shape, dtype)``
+        (e.g. shared memory in a worker process).
         """
-        leaves = [np.empty((len(records), *shape), d) for d, _, _, shape in self._codec._views]
+        leaves = [empty((len(records), *shape), d) for d, _, _, shape in self._codec._views]
         for i, r in enumerate(records):
             f, k = self.locate(int(r))
             got = os.preadv(self._fd(f), [x[i] for x in leaves], self._offset(f, k))
