@@ -17,7 +17,7 @@ sees exactly the batches it would have seen.
 Files are either raw WOMD TFRecords (tf.Example or Scenario protos, detected
 per file; read and fitted by ``reader.SceneReader``, the one reader every
 stage uses) or prepared-scene files (``prepared.SUFFIX``: the same scenes,
-fitted once by the prepare stage; ``prepared.PreparedReader``, 25-50x faster
+fitted once by the prepare stage; ``prepared.PreparedReader``, 20-60x faster
 on one process, see ``bench input``); the scenes, and so the batches, are bit
 for bit the same.
 
@@ -26,9 +26,10 @@ ahead by ``prefetch`` batches in a thread, and with ``num_workers > 0`` made in
 that many worker processes (``mp_prefetch``: worker w makes batches k0 + w,
 k0 + w + num_workers, ..., and the iterator yields them in order). Since each
 batch is a pure function of k, the batches are the same for every worker count.
-Workers pay a copy of each batch into shared memory: on prepared files one
-process is faster than workers (``bench input``); they are for the raw
-protos' CPU-bound parsing on hosts with idle cores.
+With workers a batch is made in shared memory and handed over without a copy;
+still, on prepared files one process was faster than 1 or 2 workers on the
+loaded 2-core VM (``bench input``): workers are for the raw protos' CPU-bound
+parsing on hosts with idle cores.
 """
 
 from __future__ import annotations

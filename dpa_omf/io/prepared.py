@@ -24,8 +24,9 @@ Why not ArrayRecord (grain's native format): measured on this 2-core VM with a
 real WOMD scene fitted to 128 agents x 30,000 road-graph samples (1.5 MB), one
 ArrayRecord read took 1.6-2.2 ms uncompressed and 4-5 ms with snappy / zstd,
 a ``pread`` of the same bytes 0.4 ms; the raw reader takes ~10 ms. Through the
-pipeline (``python -m dpa_omf.bench input``, load average ~8 on the 2 cores):
-969 prepared vs 19 raw scenes/s at those slots, 7,000 vs 270 at 32 x 4,096. Fixed-size
+pipeline (``python -m dpa_omf.bench input``, one process, load average ~8 on
+the 2 cores): 1,013 prepared vs 16 raw scenes/s at those slots, 11,700 vs 526
+at 32 x 4,096. Fixed-size
 records need no index and no decompression; the price is disk (uncompressed,
 1.5 MB per WOMD-sized scene; zstd would make it ~0.6 MB).
 
