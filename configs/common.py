@@ -155,7 +155,8 @@ def _pretrain(variants: set[str]) -> ml_collections.ConfigDict:
     p.async_checkpointing = True
     p.log_every = 10
     p.progress_bar = True
-    p.prefetch = 2  # batches parsed ahead by the pipeline's thread
+    p.prefetch = 2  # batches read ahead by the pipeline (its thread, or each worker)
+    p.num_workers = 0  # grain worker processes making training batches (same batches for any count)
     p.shuffle = True
     p.optim = optim_config.optim(learning_rate=1e-3, end_lr_ratio=0.05, weight_decay=0.01)
     if "smoke" in variants:

@@ -30,7 +30,7 @@ from dpa_omf.io.fit import DEFAULT_CONFIG, ReaderConfig, RecordInfo
 from dpa_omf.io.tfrecord import DataError, Source
 
 __all__ = ["FORMATS", "DataError", "ReaderConfig", "RecordInfo", "SceneReader", "Source", "detect_format",
-           "file_format", "parse_record", "read_scene", "read_scenes", "read_scenes_with_info"]
+           "file_format", "locate", "parse_record", "read_scene", "read_scenes", "read_scenes_with_info"]
 
 FORMATS = ("auto", "example", "scenario")
 
@@ -96,6 +96,19 @@ def read_scenes(path: str, config: ReaderConfig = DEFAULT_CONFIG, fmt: str = "au
         yield s
 
 
+def locate(first: np.ndarray, r: int) -> tuple[int, int]:
+    """``(file index, record index in that file)`` of global record ``r`` (records numbered file after file).
+
+    Args:
+      first: ``[num_files + 1]`` int, the global index of each file's first record, then the total
+        (``concatenate([[0], cumsum(records per file)])``).
+    """
+    if not 0 <= r < first[-1]:
+        raise IndexError(f"record {r} not in [0, {int(first[-1])})")
+    f = int(np.searchsorted(first, r, side="right") - 1)
+    return f, int(r - first[f])
+
+
 def read_scene(source: Source, config: ReaderConfig, fmt: str = "auto") -> dt.Scenario:
     """Reads the one record ``source`` = (file, record index), without reading the records before it.
 
@@ -115,6 +128,8 @@ class SceneReader:
         ``[max_roadgraph_points]`` whatever the file holds.
       fmt: 'auto', 'example' or 'scenario'.
       require_slots: set False only to keep a tf.Example's own sizes (``read_scene``).
+
+    Picklable (worker processes): the open files are not part of the pickle.
 
     Attributes:
       files: the files, as strings, in the given order.
@@ -161,6 +176,12 @@ class SceneReader:
         for r in self._readers.values():
             r.close()
         self._readers.clear()
+
+    def __getstate__(self) -> dict:
+        """Pickled without its open files (grain worker processes reopen them on first read)."""
+        state = dict(self.__dict__)
+        state["_readers"], state["_formats"] = {}, {}
+        return state
 
     def __enter__(self) -> SceneReader:
         return self

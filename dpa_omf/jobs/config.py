@@ -285,14 +285,15 @@ def pipeline(c: ml_collections.ConfigDict, patterns: tuple[str, ...], train: boo
              process_count: int) -> pipe.PipelineConfig:
     """This process's pipeline of a split: ``batch_size`` = global batch / process count.
 
-    Training: shuffled, repeating, prefetched. Held-out: the file order, no prefetch.
+    Training: shuffled, repeating, prefetched, ``pretrain.num_workers`` grain workers. Held-out: the file
+    order, no prefetch, no workers.
     """
     return pipe.PipelineConfig(
         file_patterns=tuple(patterns), batch_size=c.pretrain.batch_size // process_count,
         max_agents=c.data.num_agents, max_roadgraph_points=c.data.num_roadgraph_points,
         shuffle=train and c.pretrain.shuffle, seed=c.seed,
         num_epochs=None,  # repeat; evaluation takes a fixed number of batches
-        prefetch=c.pretrain.prefetch if train else 0)
+        prefetch=c.pretrain.prefetch if train else 0, num_workers=c.pretrain.num_workers if train else 0)
 
 
 def curate_solver(c: ml_collections.ConfigDict, backend: str | None = None) -> tuple[str, str]:

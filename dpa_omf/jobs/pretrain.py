@@ -42,8 +42,7 @@ import numpy as np
 from dpa_omf import datatypes as dt
 from dpa_omf.io import pipeline as pipe
 from dpa_omf.jobs import config as cfg_lib
-from dpa_omf.jobs import data as data_job
-from dpa_omf.jobs import realism_eval
+from dpa_omf.jobs import prepare, realism_eval
 from dpa_omf.jobs import workdir as wd
 from dpa_omf.model import motion_lm as mlm
 from dpa_omf.train import checkpointing, loop, sharding
@@ -119,7 +118,8 @@ def params_target(c: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Any:
 
 
 def _pipeline_config(c: ml_collections.ConfigDict, workdir: str, split: str) -> pipe.PipelineConfig:
-    return cfg_lib.pipeline(c, (data_job.split_pattern(c, workdir, split),), split == "train",
+    """The split's pipeline: the prepare stage's files when it ran for these slots, else the raw shards."""
+    return cfg_lib.pipeline(c, tuple(prepare.split_files_or_raw(c, workdir, split)), split == "train",
                             jax.process_count())
 
 

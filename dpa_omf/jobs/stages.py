@@ -27,7 +27,7 @@ from typing import Any
 
 import ml_collections
 
-from dpa_omf.jobs import align, curate, data, evaluate, pretrain, submit, workdir
+from dpa_omf.jobs import align, curate, data, evaluate, prepare, pretrain, submit, workdir
 
 RunFn = Callable[[ml_collections.ConfigDict, str, str], Any]
 
@@ -72,6 +72,7 @@ class Stage:
 _BASE = ("data", "tokenizer", "model", "pretrain")
 GRAPH: dict[str, Stage] = {
     "data": Stage("data", (), ("data",), data.run, all_processes=False),
+    "prepare": Stage("prepare", ("data",), ("data",), prepare.run, all_processes=True),
     "pretrain": Stage("pretrain", ("data",), _BASE, pretrain.run, all_processes=True, extra=pretrain.packaged_id),
     "curate": Stage("curate", ("pretrain",), _BASE + ("curate",), curate.run, all_processes=True),
     "align": Stage("align", ("curate",), _BASE + ("curate", "align"), align.run, all_processes=True,

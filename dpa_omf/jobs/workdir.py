@@ -35,6 +35,7 @@ SUMMARY = "summary.json"
 # finished stage look stale.
 NOT_FINGERPRINTED = (
     "data.synthetic.num_workers",
+    "pretrain.num_workers",
     "pretrain.log_every", "pretrain.progress_bar", "pretrain.prefetch", "pretrain.checkpoint_every",
     "pretrain.keep_checkpoints", "pretrain.async_checkpointing",
     "curate.scenes_per_device", "evaluate.scenes_per_device", "pretrain.realism_scenes", "align.realism_scenes",

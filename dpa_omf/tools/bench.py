@@ -77,7 +77,7 @@ from dpa_omf.preference import distance, ranking
 from dpa_omf.synthetic import dataset as synthetic
 from dpa_omf.testing import bench_scenes
 from dpa_omf.testing import scenes as fake_scenes
-from dpa_omf.tools import bench_online, bench_pod
+from dpa_omf.tools import bench_input, bench_online, bench_pod
 from dpa_omf.train import compilation_cache, loop
 
 os.environ.setdefault("POT_BACKEND_DISABLE_TENSORFLOW", "1")  # POT (imported later) would import TF otherwise
@@ -497,6 +497,7 @@ BENCHMARKS: dict[str, tuple[Callable, Callable]] = {
     "curate": (bench_pod.add_args, lambda args: bench_pod.run("curate", args)),
     "evaluate": (bench_pod.add_args, lambda args: bench_pod.run("evaluate", args)),
     "online": (bench_online.add_args, bench_online.run),
+    "input": (bench_input.add_args, bench_input.run),
 }
 
 

@@ -1,16 +1,22 @@
 """Input pipeline: sharding, shuffling, resumable state, padding, mixed formats."""
 
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
 
 from dpa_omf import datatypes as dt
-from dpa_omf.io import example_writer, pipeline, tfrecord
+from dpa_omf.io import example_writer, pipeline, prepared, tfrecord
 from dpa_omf.io.tfrecord import DataError
 from dpa_omf.testing.womd import random_scenario, tree_equal
 
 NUM_FILES, PER_FILE = 3, 5
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +112,65 @@ def test_resume_from_state_gives_the_same_batches(shards):
         assert tree_equal(next(r), expected[0])
         for it in (p, q, r):
             it.close()
+
+
+@pytest.fixture(scope="module")
+def prepared_shards(shards, tmp_path_factory):
+    """The shards prepared for ``config``'s slots (what the prepare stage writes)."""
+    folder, _ = shards
+    out = tmp_path_factory.mktemp("prepared")
+    for f in sorted(folder.glob("part-*.tfrecord")):
+        prepared.prepare_file(str(f), str(out / prepared.prepared_name(str(f))), config(folder).reader)
+    return out
+
+
+def test_prepared_files_give_the_raw_batches(shards, prepared_shards):
+    folder, _ = shards
+    prepared_pattern = (str(prepared_shards / f"part-*{prepared.SUFFIX}"),)
+    for pi, n in ((0, 1), (1, 2)):
+        raw = pipeline.ScenarioPipeline(config(folder), pi, n)
+        ready = pipeline.ScenarioPipeline(config(folder, file_patterns=prepared_pattern), pi, n)
+        assert ready.prepared and not raw.prepared
+        assert all(tree_equal(a, b) for a, b in zip(take(raw, 6), take(ready, 6), strict=True))
+
+
+@pytest.mark.slow  # spawning 2 grain workers (each imports jax) takes ~15 s on 2 shared cores
+def test_worker_processes_give_the_same_batches(shards, prepared_shards):
+    folder, _ = shards
+    for patterns in ((str(prepared_shards / f"part-*{prepared.SUFFIX}"),),):
+        inline = pipeline.ScenarioPipeline(config(folder, file_patterns=patterns), 1, 2)
+        inline.skip(2)
+        workers = pipeline.ScenarioPipeline(config(folder, file_patterns=patterns, num_workers=2, prefetch=2), 1, 2)
+        workers.skip(2)
+        expected = take(inline, 5)
+        got = take(workers, 5)
+        workers.close()
+        assert all(tree_equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+def test_prepared_batches_resume_by_step_and_need_no_tensorflow(prepared_shards):
+    """In a fresh process where TensorFlow cannot be imported: batch k after skip(k) is batch k of a full run."""
+    code = f"""
+import sys
+sys.modules["tensorflow"] = None  # any import of TensorFlow now fails
+from dpa_omf.io import pipeline
+from dpa_omf.testing.womd import tree_equal
+cfg = pipeline.PipelineConfig(file_patterns=({str(prepared_shards / "part-*.scenes")!r},), batch_size=4,
+                              max_agents=24, max_roadgraph_points=320, seed=7, prefetch=2)
+full = pipeline.ScenarioPipeline(cfg, 1, 2)
+batches = [next(full) for _ in range(8)]
+resumed = pipeline.ScenarioPipeline(cfg, 1, 2)
+resumed.skip(3)
+assert all(tree_equal(next(resumed), b) for b in batches[3:])
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_mixed_raw_and_prepared_files_are_refused(shards, prepared_shards):
+    folder, _ = shards
+    patterns = (str(folder / "part-0.tfrecord"), str(prepared_shards / f"part-1.tfrecord{prepared.SUFFIX}"))
+    with pytest.raises(ValueError, match="mix prepared"):
+        pipeline.ScenarioPipeline(config(folder, file_patterns=patterns), 0, 1)
 
 
 def test_state_refuses_other_settings(shards):
