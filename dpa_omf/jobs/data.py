@@ -57,7 +57,7 @@ def split_files(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, 
     if wd.read_summary(workdir, "data") is None:
         raise wd.UserError(f"no synthetic data in {wd.stage_dir(workdir, 'data')}; run the data job first "
                            "(configs/data.py)")
-    return [str(p) for p in wd.listed_outputs(workdir, "data", f"{split}/")]
+    return [str(p) for p in wd.listed_outputs(workdir, "data", f"{split}/synthetic.tfrecord-")]
 
 
 def check_womd(files: list[str], config: ml_collections.ConfigDict) -> dict[str, int]:

@@ -187,20 +187,26 @@ def check_resume(workdir: str | pathlib.Path, folder: str, wanted_config: dict, 
     """Refuses to resume an unfinished stage folder started with another config (its ``config.json``).
 
     A folder that holds nothing but its ``config.json`` (a stage that failed before writing anything, e.g. on a
-    bad input) holds nothing to resume, so the new config simply replaces it.
+    bad input) holds nothing to resume, so the new config simply replaces it. Process 0 decides (the others
+    could see the folder while process 0 writes into it) and every process stops when it refuses.
     """
-    out = stage_dir(workdir, folder)
+    problem = _resume_problem(stage_dir(workdir, folder), wanted_config, stage) if is_writer() else None
+    if any_process(problem is not None):
+        raise WorkdirError(problem or f"process 0 refused to resume the '{folder}' stage (see its message)")
+
+
+def _resume_problem(out: pathlib.Path, wanted_config: dict, stage: str) -> str | None:
     if not out.exists():
-        return
-    recorded = read_config(workdir, folder)
+        return None
+    recorded = read_json(out / CONFIG)
     if recorded == wanted_config:
-        return
+        return None
     if recorded is not None and not [p for p in out.iterdir() if p.name != CONFIG]:
-        return
+        return None
     why = ("records no config (made by an older version, or damaged)" if recorded is None
            else f"was started with another config: {config_diff(recorded, wanted_config)}")
-    raise WorkdirError(f"{out} holds an unfinished '{folder}' stage that {why}; resuming would mix two runs. "
-                       f"Run with the config it was started with, use another --workdir, or {restart_hint(stage)}")
+    return (f"{out} holds an unfinished '{out.name}' stage that {why}; resuming would mix two runs. "
+            f"Run with the config it was started with, use another --workdir, or {restart_hint(stage)}")
 
 
 def write_config(workdir: str | pathlib.Path, folder: str, recorded: dict) -> None:

@@ -63,7 +63,7 @@ def read_inputs(scenario_path: str, scenario_id: str | None, rollouts_path: str)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="WOSAC realism metric of rollouts on one scenario.")
+    p = argparse.ArgumentParser(prog="realism_cli", description="WOSAC realism metric of rollouts on one scenario.")
     p.add_argument("--scenario", required=True, help="Scenario-proto TFRecord file")
     p.add_argument("--scenario_id", default=None)
     p.add_argument("--rollouts", required=True,
@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # bad inputs (DataError is a ValueError)
         if args.verbosity >= 1:
             traceback.print_exc()
-        p.exit(2, f"{p.prog}: error: {e}\n")
+        missing = isinstance(e, FileNotFoundError) and not e.strerror
+        p.exit(2, f"{p.prog}: error: {e}{': no such file' if missing else ''}\n")
     out = realism.evaluate_scene(scenario, sim, realism.RealismConfig(challenge=args.config))
     if args.json:
         print(json.dumps(out))
