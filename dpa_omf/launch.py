@@ -134,7 +134,7 @@ def main(argv):
             import traceback
 
             traceback.print_exc()
-        print(f"FATAL: {e}", file=sys.stderr, flush=True)
+        print(f"FATAL: {e}{_hint(e)}", file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)
 
 
@@ -145,6 +145,17 @@ def is_user_error(e: BaseException) -> bool:
 
     return isinstance(e, (workdir.UserError, tfrecord.DataError, FileNotFoundError, NotADirectoryError,
                           PermissionError))
+
+
+def _hint(e: BaseException) -> str:
+    """What to do, where the message itself does not say it."""
+    from dpa_omf.io import tfrecord
+
+    if isinstance(e, tfrecord.DataError):
+        return " (bad input data: repair that file, or leave it out of data.womd.*_pattern)"
+    if isinstance(e, OSError) and not e.strerror:
+        return ": no such file"
+    return ""
 
 
 def run(config) -> None:

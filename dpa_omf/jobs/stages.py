@@ -34,6 +34,7 @@ from typing import Any
 import ml_collections
 
 from dpa_omf.jobs import align, curate, data, evaluate, pretrain, submit, workdir
+from dpa_omf.jobs import config as cfg_lib
 
 RunFn = Callable[[ml_collections.ConfigDict, str, str], Any]
 
@@ -125,12 +126,16 @@ def ensure(target: str, config: ml_collections.ConfigDict, root: str | pathlib.P
         workdir.say(f"[{folder}] restarting from scratch (--restart={target})")
         workdir.clear(root, folder)
         workdir.barrier(f"restart_{target}")
-    elif _sealed(root, folder, fp, recorded, target) and workdir.finished(
-            root, folder, fp, refuse_other=not stage.reuse_other, stage=target, wanted_config=recorded):
-        workdir.say(f"[{folder}] reused: finished earlier with this config ({workdir.stage_dir(root, folder)})")
-        return 0
-    elif not stage.reuse_other:
-        workdir.check_resume(root, folder, recorded, target)
+    else:
+        # A stage stopped between its summary (its last act) and the seal did finish: seal it now.
+        workdir.seal(root, folder, fp, recorded)
+        workdir.barrier(f"seal_{target}")
+        if workdir.finished(root, folder, fp, refuse_other=not stage.reuse_other, stage=target,
+                            wanted_config=recorded):
+            workdir.say(f"[{folder}] reused: finished earlier with this config ({workdir.stage_dir(root, folder)})")
+            return 0
+        if not stage.reuse_other:
+            workdir.check_resume(root, folder, recorded, target)
     partial = workdir.stage_dir(root, folder).exists() and workdir.read_config(root, folder) == recorded
     workdir.say(f"[{folder}] running: " + ("resuming an unfinished run" if partial else "not run yet in this workdir"))
     workdir.write_config(root, folder, recorded)
@@ -139,13 +144,6 @@ def ensure(target: str, config: ml_collections.ConfigDict, root: str | pathlib.P
         raise RuntimeError(f"stage {folder} ended without writing its summary with fingerprint {fp} "
                            f"({workdir.stage_dir(root, folder) / workdir.SUMMARY})")
     return code
-
-
-def _sealed(root: str | pathlib.Path, folder: str, fp: str, recorded: dict, name: str) -> bool:
-    """Seals a finished stage that was stopped before its seal (process 0); the others wait for it."""
-    workdir.seal(root, folder, fp, recorded)
-    workdir.barrier(f"seal_{name}")
-    return True
 
 
 def _run(stage: Stage, config: ml_collections.ConfigDict, root: str, fp: str) -> int:
@@ -188,7 +186,7 @@ def run_job(config: ml_collections.ConfigDict, root: str, job: str | None = None
     """
     job = job or config.job
     if job not in JOBS:
-        raise workdir.UserError(f"config.job={job!r} is not one of {JOBS}")
+        raise cfg_lib.ConfigError(f"config.job={job!r} is not one of {JOBS}")
     target = "evaluate" if job == "main" else job
     wrong = sorted(set(restart) - set(needed(target, config)))
     if wrong:
