@@ -129,11 +129,12 @@ def main(argv):
     except Exception as e:  # a user error becomes one line; any other keeps its traceback
         if not is_user_error(e):
             raise
-        logging.info("user error", exc_info=True)  # INFO: the log file only (the terminal keeps warnings)
         if flags.FLAGS.verbosity >= 1:
             import traceback
 
             traceback.print_exc()
+        else:
+            logging.info("user error", exc_info=True)  # INFO: the log file only (the terminal keeps warnings)
         print(f"FATAL: {e}{_hint(e)}", file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)
 
@@ -152,7 +153,7 @@ def _hint(e: BaseException) -> str:
     from dpa_omf.io import tfrecord
 
     if isinstance(e, tfrecord.DataError):
-        return " (bad input data: repair that file, or leave it out of data.womd.*_pattern)"
+        return " (repair or leave out that file (data.womd.*_pattern), or change the config value it names)"
     if isinstance(e, OSError) and not e.strerror:
         return ": no such file"
     return ""

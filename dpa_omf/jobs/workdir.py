@@ -2,9 +2,10 @@
 
 A stage writes into ``WORKDIR/<folder>/`` and is finished when
 ``WORKDIR/<folder>/summary.json`` exists (written atomically, as the stage's
-last act, by one process) and records the fingerprint of what the stage's
+last act, by one process), records the fingerprint of what the stage's
 output depends on: the config sections it reads (and the seed), less the keys
-that change how it runs but not what it produces (:data:`NOT_FINGERPRINTED`).
+that change how it runs but not what it produces (:data:`NOT_FINGERPRINTED`),
+and lists the stage's files, which verify (the seal, below).
 
 Processes (decided here, for every stage): summaries, reports and other
 single files are written by process 0 (:func:`is_writer`); stages that split
@@ -309,23 +310,24 @@ def hold_lock(workdir: str | pathlib.Path) -> Iterator[None]:
     (SIGKILL included), so no stale lock blocks the next run; the file itself stays, naming the last holder.
     """
     root = pathlib.Path(workdir)
-    fd, held_by = None, ""
+    fd, problem = None, None
     if is_writer():
         try:
             root.mkdir(parents=True, exist_ok=True)
             fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise WorkdirError(f"--workdir={workdir} is not a writable folder ({e.strerror}: {e.filename}); "
-                               "choose another --workdir") from e
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            held_by = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another job"
-            os.close(fd)
-            fd = None
-    if any_process(fd is None and is_writer()):
-        raise WorkdirError(f"--workdir={workdir} is in use by {held_by or 'another job'}; wait for it to end, "
-                           "or use another --workdir")
+            problem = (f"--workdir={workdir} is not a writable folder ({e.strerror}: {e.filename}); "
+                       "choose another --workdir")
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held_by = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another job"
+                os.close(fd)
+                fd = None
+                problem = f"--workdir={workdir} is in use by {held_by}; wait for it to end, or use another --workdir"
+    if any_process(problem is not None):  # every process stops when process 0 could not take it
+        raise WorkdirError(problem or f"process 0 could not lock --workdir={workdir} (see its message)")
     try:
         if fd is not None:
             now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
