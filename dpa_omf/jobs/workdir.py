@@ -311,7 +311,9 @@ def hold_lock(workdir: str | pathlib.Path) -> Iterator[None]:
     """
     root = pathlib.Path(workdir)
     fd, problem = None, None
-    if is_writer():
+    if is_writer() and root.exists() and not root.is_dir():
+        problem = f"--workdir={workdir} is not a folder (a file of that name exists); choose another --workdir"
+    elif is_writer():
         try:
             root.mkdir(parents=True, exist_ok=True)
             fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
