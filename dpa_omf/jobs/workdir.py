@@ -20,9 +20,10 @@ Safety (what keeps a workdir from being silently corrupted):
   when it matches; a mismatch names the differing keys with both values (:func:`config_diff`) and the
   launcher's ``--restart=STAGE`` flag, which deletes the folder and runs the stage from scratch.
 - Sealing: after a stage returns, process 0 adds ``outputs`` to its summary: every file of the folder
-  (relative path -> size, and sha256 when under :data:`HASH_LIMIT` bytes). A stage is finished only when
-  sealed with the wanted fingerprint and its outputs verify (sizes always, hashes where recorded); a missing
-  or damaged file is refused by name. Consumers read the listed files (:func:`listed_outputs`), never a glob.
+  (relative path -> size, and sha256 when the folder holds at most :data:`HASH_BUDGET` bytes). A stage is
+  finished only when sealed with the wanted fingerprint and its outputs verify (sizes always, hashes where
+  recorded); a missing or damaged file is refused by name. Consumers read the listed files
+  (:func:`listed_outputs`), never a glob.
 - One writer per workdir: :func:`hold_lock` takes an OS file lock (``flock``) for the job's life.
 - :class:`UserError`: mistakes a user can fix (config values, input files, the workdir, flags). The launcher
   prints their message on one line and exits 2; any other exception keeps its traceback.
@@ -52,9 +53,10 @@ from dpa_omf import atomic
 SUMMARY = "summary.json"
 CONFIG = "config.json"
 LOCK = ".lock"
-# Outputs up to this size get a sha256 in the seal and are hashed again on reuse; larger ones (big
-# checkpoints at scale) are checked by size only, which keeps reuse fast.
-HASH_LIMIT = 256 * 2**20
+# A stage folder of up to this many bytes gets a sha256 per file in its seal, checked again on every reuse
+# (about a second per GiB here); a larger one (real-data stages at scale) is checked by sizes only, which
+# keeps every job's start fast.
+HASH_BUDGET = 2**30
 # Never listed as outputs: the seal's own files, and atomic.writing's temporaries of an interrupted write.
 _NOT_OUTPUTS = (SUMMARY, CONFIG)
 
@@ -235,16 +237,17 @@ def _sha256(path: pathlib.Path) -> str:
 
 
 def list_outputs(out: str | pathlib.Path) -> dict[str, dict[str, Any]]:
-    """Every file under a stage folder (but its summary and config): relative path -> size (and sha256)."""
+    """Every file under a stage folder (but its summary and config): relative path -> size and sha256 (None
+    when the folder holds more than :data:`HASH_BUDGET` bytes)."""
     out = pathlib.Path(out)
-    files = {}
+    sizes = {}
     for path in sorted(p for p in out.rglob("*") if p.is_file()):
         rel = path.relative_to(out).as_posix()
         if rel in _NOT_OUTPUTS or (path.name.startswith(".") and path.name.endswith(".tmp")):
             continue
-        size = path.stat().st_size
-        files[rel] = {"size": size, "sha256": _sha256(path) if size <= HASH_LIMIT else None}
-    return files
+        sizes[rel] = path.stat().st_size
+    hashed = sum(sizes.values()) <= HASH_BUDGET
+    return {rel: {"size": size, "sha256": _sha256(out / rel) if hashed else None} for rel, size in sizes.items()}
 
 
 def verify_outputs(workdir: str | pathlib.Path, folder: str, outputs: dict[str, dict[str, Any]],

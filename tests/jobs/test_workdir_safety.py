@@ -122,6 +122,20 @@ def test_damaged_or_missing_outputs_are_refused_by_name(tmp_path, monkeypatch, d
     assert stages.ensure("data", _config(), tmp_path, restart=frozenset({"data"})) == 0
 
 
+def test_a_large_stage_is_checked_by_sizes_only(tmp_path, monkeypatch):
+    _stand_in(monkeypatch, "data", [])
+    monkeypatch.setattr(wd, "HASH_BUDGET", 149)  # the stand-in writes 150 bytes
+    assert stages.ensure("data", _config(), tmp_path) == 0
+    outputs = wd.read_summary(tmp_path, "data")["outputs"]
+    assert [o["sha256"] for o in outputs.values()] == [None, None]
+    path = tmp_path / "data" / "part-0.bin"
+    path.write_bytes(b"b" * 100)  # same size: not seen
+    assert stages.ensure("data", _config(), tmp_path) == 0
+    path.write_bytes(b"b" * 99)
+    with pytest.raises(wd.WorkdirError, match="has 99 bytes, the stage wrote 100"):
+        stages.ensure("data", _config(), tmp_path)
+
+
 def test_a_summary_written_but_not_sealed_is_sealed_on_the_next_run(tmp_path, monkeypatch):
     """A kill between the stage's summary (its last act) and the seal: the stage finished, and is reused."""
     calls = []
