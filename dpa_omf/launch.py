@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -130,8 +131,6 @@ def main(argv):
         if not is_user_error(e):
             raise
         if flags.FLAGS.verbosity >= 1:
-            import traceback
-
             traceback.print_exc()
         else:
             logging.info("user error", exc_info=True)  # INFO: the log file only (the terminal keeps warnings)
@@ -141,6 +140,7 @@ def main(argv):
 
 def is_user_error(e: BaseException) -> bool:
     """A mistake the user can fix: bad config values, input or workdir files, flags (not an internal error)."""
+    # Here, not at the top: the launcher loads the package (and JAX, through jobs.workdir) only inside main().
     from dpa_omf.io import tfrecord
     from dpa_omf.jobs import workdir
 
@@ -150,7 +150,7 @@ def is_user_error(e: BaseException) -> bool:
 
 def _hint(e: BaseException) -> str:
     """What to do, where the message itself does not say it."""
-    from dpa_omf.io import tfrecord
+    from dpa_omf.io import tfrecord  # here, like every package import of the launcher: inside main() only
 
     if isinstance(e, tfrecord.DataError):
         return " (repair or leave out that file (data.womd.*_pattern), or change the config value it names)"
