@@ -2,7 +2,7 @@ r"""The one entry point of every dpa_omf job.
 
   python -m dpa_omf.launch --config=configs/align.py[:variant] [--workdir=DIR] \
       [--config.train.num_steps=100 ...] [--multihost=auto|yes|no] [--dry_run] \
-      [--compilation_cache=DIR|off]
+      [--compilation_cache=DIR|off] [--restart=STAGE[,STAGE]] [--print_config]
 
 It parses flags, routes library logs to a file, applies process-wide JAX
 settings (among them the persistent compilation cache, before anything
@@ -11,6 +11,19 @@ runtime when (and only when) the process is part of a multi-host job, checks
 the config before any compute, and runs the stage graph up to ``config.job``
 (``dpa_omf/jobs/stages.py``; the main job, ``configs/align.py``, runs it up to
 evaluate and prints the realism table).
+
+One job at a time per workdir: process 0 holds an OS lock on ``WORKDIR/.lock``
+for the job's life (``jobs/workdir.py``); a second launch is refused. A stage
+folder made with another config is refused, naming the keys that differ;
+``--restart=STAGE`` deletes it and runs it from scratch. ``--print_config``
+prints the resolved config (after the variant and every override) and stops.
+
+User mistakes (a config value, a missing or corrupt input or workdir file, a
+bad workdir or flag: ``workdir.UserError``, ``io.tfrecord.DataError`` and
+missing files) end in one line, ``FATAL: <what, where, what to do>``, and exit
+code 2; their traceback goes to the log file, and to the terminal with
+``--verbosity=1``. Any other exception is an internal error and keeps its
+traceback.
 
 The terminal shows one line per stage (running or reused, and why), progress
 bars, warnings and the final table; everything else (orbax, absl, JAX INFO
@@ -22,6 +35,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -42,6 +56,12 @@ _DRY_RUN = flags.DEFINE_bool(
 _COMPILATION_CACHE = flags.DEFINE_string(
     "compilation_cache", None, "Folder of JAX's persistent compilation cache, or 'off' (default: "
     "$DPA_OMF_COMPILATION_CACHE, else $JAX_COMPILATION_CACHE_DIR, else $XDG_CACHE_HOME/dpa_omf/jax_compilation_cache).")
+_RESTART = flags.DEFINE_list(
+    "restart", [], "Stages to delete and run again from scratch (e.g. --restart=align): for a stage folder "
+    "made with another config, or damaged.")
+_PRINT_CONFIG = flags.DEFINE_bool("print_config", False, "Print the resolved config and stop.")
+EXIT_USER_ERROR = 2
+
 
 def multihost_from_env(env: dict[str, str] | None = None) -> bool:
     """Whether the environment says this process is one of several of a job."""
@@ -102,6 +122,45 @@ def main(argv):
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config is required, e.g. --config=configs/align.py")
+    if _PRINT_CONFIG.value:
+        print(config)
+        return
+    try:
+        run(config)
+    except Exception as e:  # a user error becomes one line; any other keeps its traceback
+        if not is_user_error(e):
+            raise
+        if flags.FLAGS.verbosity >= 1:
+            traceback.print_exc()
+        else:
+            logging.info("user error", exc_info=True)  # INFO: the log file only (the terminal keeps warnings)
+        print(f"FATAL: {e}{_hint(e)}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def is_user_error(e: BaseException) -> bool:
+    """A mistake the user can fix: bad config values, input or workdir files, flags (not an internal error)."""
+    # Here, not at the top: the launcher loads the package (and JAX, through jobs.workdir) only inside main().
+    from dpa_omf.io import tfrecord
+    from dpa_omf.jobs import workdir
+
+    return isinstance(e, (workdir.UserError, tfrecord.DataError, FileNotFoundError, NotADirectoryError,
+                          PermissionError))
+
+
+def _hint(e: BaseException) -> str:
+    """What to do, where the message itself does not say it."""
+    from dpa_omf.io import tfrecord  # here, like every package import of the launcher: inside main() only
+
+    if isinstance(e, tfrecord.DataError):
+        return " (repair or leave out that file (data.womd.*_pattern), or change the config value it names)"
+    if isinstance(e, OSError) and not e.strerror:
+        return ": no such file"
+    return ""
+
+
+def run(config) -> None:
+    """The job: JAX set-up, the config checks, the workdir lock, then the stage graph up to ``config.job``."""
     quiet = quiet_terminal()
     import jax  # after the logs are routed (JAX logs at import)
 
@@ -112,7 +171,7 @@ def main(argv):
     init_distributed(_MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     # Imported after jax.distributed.initialize, which must come before any JAX computation.
     from dpa_omf.jobs import config as cfg_lib
-    from dpa_omf.jobs import stages
+    from dpa_omf.jobs import stages, workdir
 
     # Unknown keys are refused by the locked config; combinations here (and the mesh and batches against the
     # devices for every job that trains), before anything is written.
@@ -120,15 +179,16 @@ def main(argv):
         cfg_lib.check(config)
     else:
         cfg_lib.check(config, jax.device_count(), jax.process_count())
-    if quiet:
-        route_logs(_WORKDIR.value)
-    if _DRY_RUN.value:
-        from dpa_omf.jobs import dry_run  # only --dry_run needs it
+    with workdir.hold_lock(_WORKDIR.value):  # refuses a second job on this workdir before it writes anything
+        if quiet:
+            route_logs(_WORKDIR.value)
+        if _DRY_RUN.value:
+            from dpa_omf.jobs import dry_run  # only --dry_run needs it
 
-        dry_run.run(config, _WORKDIR.value)
-        return
-    logging.info("job %s -> %s", config.job, _WORKDIR.value)
-    code = stages.run_job(config, _WORKDIR.value)
+            dry_run.run(config, _WORKDIR.value)
+            return
+        logging.info("job %s -> %s", config.job, _WORKDIR.value)
+        code = stages.run_job(config, _WORKDIR.value, restart=_RESTART.value)
     if code:
         sys.exit(code)
 
@@ -139,10 +199,11 @@ def _parse_flags(argv):
         return flags.FLAGS(argv)
     except (AttributeError, KeyError) as e:  # raised by ml_collections' config overrides, not flags.Error
         overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
-        sys.exit(f"FATAL: unknown config key {e} in {overrides}: the config is locked; every key lives in "
-                 "configs/common.py (or configs/post_training.py)")
+        print(f"FATAL: unknown config key {e} in {overrides}: the config is locked; every key lives in "
+              "configs/common.py (or configs/post_training.py)", file=sys.stderr)
     except flags.Error as e:
-        sys.exit(f"FATAL Flags parsing error: {e}")
+        print(f"FATAL Flags parsing error: {e}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
 
 
 def entry_point():

@@ -11,7 +11,8 @@ dataclass's ``__post_init__`` (``TokenizerConfig.token_hz`` divides 10,
 builds every dataclass of the config, collects every refusal, adds the rules
 that only make sense across sections or against the devices (mesh vs device
 count, batch vs processes, ``align.sft_top_k`` vs ``curate.num_rollouts``),
-and raises one ``ValueError`` listing them all, before any compute.
+and raises one :class:`ConfigError` (a ``ValueError``; a user error for the launcher: exit 2, no
+traceback) listing them all, before any compute.
 
 Sections -> dataclasses:
 
@@ -38,6 +39,7 @@ import numpy as np
 from configs import post_training
 from dpa_omf.io import pipeline as pipe
 from dpa_omf.io import reader as reader_lib
+from dpa_omf.jobs import workdir as wd
 from dpa_omf.metrics import submission as submission_lib
 from dpa_omf.metrics import wosac
 from dpa_omf.model import encoder as enc
@@ -380,6 +382,11 @@ def submit(c: ml_collections.ConfigDict) -> SubmitConfig:
 
 # ----------------------------------------------------------------------------- checks
 
+
+class ConfigError(wd.UserError, ValueError):
+    """A config refused by :func:`check`: every problem found, one per line."""
+
+
 # section name -> builder: every dataclass the jobs build from the config (their rules run here first).
 BUILDERS: dict[str, Callable[[ml_collections.ConfigDict], Any]] = {
     "data": reader,
@@ -413,7 +420,7 @@ def check(c: ml_collections.ConfigDict, num_devices: int | None = None, process_
     if num_devices is not None:
         errors += _check_devices(c, num_devices, process_count)
     if errors:
-        raise ValueError("invalid config:\n  " + "\n  ".join(errors))
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
 
 
 def _check_data(c) -> list[str]:

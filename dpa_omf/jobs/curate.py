@@ -89,11 +89,16 @@ def shard_name(k: int, n: int) -> str:
     return f"shard-{k:05d}-of-{n:05d}.npz"
 
 
-def shard_files(workdir: str) -> list[pathlib.Path]:
-    """The finished shards (never the partial files of a stopped run, which the pattern also matches)."""
-    files = sorted(p for p in wd.stage_dir(workdir, STAGE).glob("shard-*-of-*.npz") if not is_partial(p))
+def shard_files(workdir: str, num_shards: int | None = None) -> list[pathlib.Path]:
+    """The shards of the finished curate stage: exactly those its sealed summary lists (never a glob, so a
+    file deleted, added or left partial since is not silently read). ``num_shards``: the shards the running
+    stage wrote, by name (its own summary, before the seal)."""
+    if num_shards is not None:
+        return [wd.stage_dir(workdir, STAGE) / shard_name(k, num_shards) for k in range(num_shards)]
+    files = [p for p in wd.listed_outputs(workdir, STAGE, "shard-") if not is_partial(p)]
     if not files:
-        raise FileNotFoundError(f"no preference shards in {wd.stage_dir(workdir, STAGE)}")
+        raise wd.WorkdirError(f"the curate stage in {wd.stage_dir(workdir, STAGE)} lists no preference shards; "
+                              f"{wd.restart_hint(STAGE)}")
     return files
 
 
@@ -154,7 +159,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> in
     by_process = shards_by_process(ranked, num_shards)  # a collective too
     summary = {}
     if wd.is_writer():
-        summary = summarize(workdir, cfg)
+        summary = summarize(workdir, cfg, shard_files(workdir, num_shards))
         summary.update(seconds=time.time() - start, rankings_this_run_process0=done, config_fingerprint=fingerprint,
                        solver_choice=cfg_lib.curate_solver(config)[1], processes=jax.process_count(),
                        devices_per_process=jax.local_device_count(),
@@ -300,10 +305,10 @@ def portable_path(path: str | pathlib.Path, workdir: str | pathlib.Path) -> str:
         return str(p)
 
 
-def load_shards(workdir: str) -> dict[str, np.ndarray]:
-    """Every shard concatenated along the ranking axis (``files`` from the first
-    shard, resolved against the workdir)."""
-    parts = [dict(np.load(p)) for p in shard_files(workdir)]
+def load_shards(workdir: str, files: list[pathlib.Path] | None = None) -> dict[str, np.ndarray]:
+    """Every shard (``files``, default :func:`shard_files`) concatenated along the ranking axis (``files``
+    from the first shard, resolved against the workdir)."""
+    parts = [dict(np.load(p)) for p in (shard_files(workdir) if files is None else files)]
     out = {n: np.concatenate([p[n] for p in parts]) for n in parts[0] if n != "files"}
     files = [pathlib.Path(workdir) / f for f in parts[0]["files"].tolist()]  # absolute paths stay absolute
     missing = [str(f) for f in files if not f.exists()]
@@ -314,8 +319,8 @@ def load_shards(workdir: str) -> dict[str, np.ndarray]:
     return out
 
 
-def summarize(workdir: str, cfg: curation.CurationConfig) -> dict:
-    s = load_shards(workdir)
+def summarize(workdir: str, cfg: curation.CurationConfig, files: list[pathlib.Path]) -> dict:
+    s = load_shards(workdir, files)
     d = s["ot_distance"]
     pref = np.take_along_axis(d, s["preferred"], 1)
     unpref = np.take_along_axis(d, s["unpreferred"], 1)

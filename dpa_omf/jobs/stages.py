@@ -16,18 +16,25 @@ returning 0 when done (75 when preempted), whose last act is to write
 ``summary.json`` with ``config_fingerprint=fingerprint`` (``workdir.write_summary``; in a
 multi-process job process 0 writes it and the graph holds the others at a barrier until it exists),
 then add it to :data:`GRAPH` with its prerequisites and config sections.
+
+What the graph does for every stage (so a new stage gets it without code of its own): it writes the
+stage's ``config.json`` (the sections it fingerprints) when the stage starts, resumes an unfinished folder
+only when that file matches, seals the summary with the list of the files the stage wrote (sizes,
+sha256), reuses a finished stage only when those files verify, and deletes and reruns the stages named by
+the launcher's ``--restart``. See ``workdir.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ml_collections
 
 from dpa_omf.jobs import align, curate, data, evaluate, prepare, pretrain, submit, workdir
+from dpa_omf.jobs import config as cfg_lib
 
 RunFn = Callable[[ml_collections.ConfigDict, str, str], Any]
 
@@ -86,32 +93,55 @@ GRAPH: dict[str, Stage] = {
 JOBS = tuple(GRAPH) + ("main",)
 
 
+def recorded_config(stage: str, config: ml_collections.ConfigDict, root: str | pathlib.Path) -> dict:
+    """What ``stage``'s output depends on, as written to its ``config.json`` (the fingerprinted sections)."""
+    s = GRAPH[stage]
+    return workdir.recorded_config(config, s.sections, s.extra(config, str(root)) if s.extra else None)
+
+
 def fingerprint(stage: str, config: ml_collections.ConfigDict, root: str | pathlib.Path) -> str:
     """The fingerprint a finished ``stage`` records in its summary's ``config_fingerprint``."""
-    s = GRAPH[stage]
-    return workdir.fingerprint(config, s.sections, s.extra(config, str(root)) if s.extra else None)
+    return workdir.digest(recorded_config(stage, config, root))
 
 
 def ensure(target: str, config: ml_collections.ConfigDict, root: str | pathlib.Path,
-           _seen: set[str] | None = None) -> int:
-    """Runs the missing stages up to ``target``, prerequisites first; returns 0, or 75 when one was preempted."""
+           _seen: set[str] | None = None, restart: frozenset[str] = frozenset()) -> int:
+    """Runs the missing stages up to ``target``, prerequisites first; returns 0, or 75 when one was preempted.
+
+    A stage in ``restart`` (the launcher's ``--restart``) is deleted and run from scratch. Otherwise a finished
+    stage is reused only when its fingerprint matches and its listed outputs verify, and an unfinished one is
+    resumed only when its ``config.json`` matches (``workdir.finished``, ``workdir.check_resume``).
+    """
     seen = set() if _seen is None else _seen
     stage = GRAPH[target]
     for need in stage.needs_of(config):
         if need not in seen:
-            code = ensure(need, config, root, seen)
+            code = ensure(need, config, root, seen, restart)
             if code:
                 return code
     seen.add(target)
     folder = stage.folder_of(config)
-    fp = fingerprint(target, config, root)
-    if workdir.finished(root, folder, fp, refuse_other=not stage.reuse_other):
-        workdir.say(f"[{folder}] reused: finished earlier with this config ({workdir.stage_dir(root, folder)})")
-        return 0
-    partial = workdir.stage_dir(root, folder).exists()
+    recorded = recorded_config(target, config, root)
+    fp = workdir.digest(recorded)
+    if target in restart:
+        workdir.say(f"[{folder}] restarting from scratch (--restart={target})")
+        workdir.clear(root, folder)
+        workdir.barrier(f"restart_{target}")
+    else:
+        # A stage stopped between its summary (its last act) and the seal did finish: seal it now.
+        workdir.seal(root, folder, fp, recorded)
+        workdir.barrier(f"seal_{target}")
+        if workdir.finished(root, folder, fp, refuse_other=not stage.reuse_other, stage=target,
+                            wanted_config=recorded):
+            workdir.say(f"[{folder}] reused: finished earlier with this config ({workdir.stage_dir(root, folder)})")
+            return 0
+        if not stage.reuse_other:
+            workdir.check_resume(root, folder, recorded, target)
+    partial = workdir.stage_dir(root, folder).exists() and workdir.read_config(root, folder) == recorded
     workdir.say(f"[{folder}] running: " + ("resuming an unfinished run" if partial else "not run yet in this workdir"))
+    workdir.write_config(root, folder, recorded)
     code = _run(stage, config, str(root), fp)
-    if code == 0 and not workdir.finished(root, folder, fp, refuse_other=False):
+    if code == 0 and not workdir.finished(root, folder, fp, refuse_other=False, stage=target):
         raise RuntimeError(f"stage {folder} ended without writing its summary with fingerprint {fp} "
                            f"({workdir.stage_dir(root, folder) / workdir.SUMMARY})")
     return code
@@ -122,8 +152,12 @@ def _run(stage: Stage, config: ml_collections.ConfigDict, root: str, fp: str) ->
         code = _exit_code(stage.run(config, root, fp))
     else:
         code = _exit_code(stage.run(config, root, fp)) if workdir.is_writer() else 0
-    # Process 0 writes the summary as the stage's last act: the others wait for it before checking it.
+    # Process 0 writes the summary as the stage's last act: the others wait for it, then for its seal (the
+    # list of the files the stage wrote), before checking it.
     workdir.barrier(f"stage_{stage.name}")
+    if code == 0:
+        workdir.seal(root, stage.folder_of(config), fp)
+        workdir.barrier(f"sealed_{stage.name}")
     return code
 
 
@@ -131,12 +165,35 @@ def _exit_code(result: Any) -> int:
     return result if isinstance(result, int) else 0
 
 
-def run_job(config: ml_collections.ConfigDict, root: str, job: str | None = None) -> int:
-    """The launcher's job ``config.job``: the graph up to that stage ('main': up to evaluate, then the table)."""
+def needed(target: str, config: ml_collections.ConfigDict) -> list[str]:
+    """``target`` and every stage it needs, prerequisites first."""
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        for need in GRAPH[name].needs_of(config):
+            visit(need)
+        if name not in order:
+            order.append(name)
+
+    visit(target)
+    return order
+
+
+def run_job(config: ml_collections.ConfigDict, root: str, job: str | None = None,
+            restart: Sequence[str] = ()) -> int:
+    """The launcher's job ``config.job``: the graph up to that stage ('main': up to evaluate, then the table).
+
+    ``restart``: stages to delete and run from scratch (each must be one this job runs).
+    """
     job = job or config.job
     if job not in JOBS:
-        raise ValueError(f"config.job={job!r} is not one of {JOBS}")
-    code = ensure("evaluate" if job == "main" else job, config, root)
+        raise cfg_lib.ConfigError(f"config.job={job!r} is not one of {JOBS}")
+    target = "evaluate" if job == "main" else job
+    wrong = sorted(set(restart) - set(needed(target, config)))
+    if wrong:
+        raise workdir.UserError(f"--restart={','.join(wrong)}: not a stage of the {job!r} job (its stages: "
+                                f"{', '.join(needed(target, config))})")
+    code = ensure(target, config, root, restart=frozenset(restart))
     if code == 0 and job in ("main", "evaluate"):
         evaluate.print_table(root)
     return code

@@ -134,6 +134,7 @@ def test_curate_shards_name_data_files_relative_to_the_workdir(tmp_path, monkeyp
     store synthetic data paths relative to it (real WOMD paths stay absolute)."""
 
     from dpa_omf.jobs import curate
+    from dpa_omf.jobs import workdir as workdir_lib
 
     wd = tmp_path / "wd"
     data = wd / "data" / "train"
@@ -145,6 +146,8 @@ def test_curate_shards_name_data_files_relative_to_the_workdir(tmp_path, monkeyp
     (wd / "curate").mkdir()
     np.savez(wd / "curate" / "shard-00000-of-00001.npz", files=np.asarray(["data/train/a.tfrecord"]),
              tokens=np.zeros((1, 2), np.int16))
+    (wd / "curate" / "summary.json").write_text('{"config_fingerprint": "x"}')
+    workdir_lib.seal(wd, "curate", "x")  # the stage graph lists the shards; consumers read that list
     moved = tmp_path / "moved"
     wd.rename(moved)
     monkeypatch.chdir("/")

@@ -211,9 +211,10 @@ def test_a_non_writing_process_checks_the_summary_only_after_the_barrier(tmp_pat
     fp = stages.fingerprint("data", c, tmp_path)
     monkeypatch.setattr(workdir, "is_writer", lambda: False)
     monkeypatch.setattr(workdir, "barrier",
-                        lambda name: (workdir.stage_dir(tmp_path, "data").mkdir(parents=True, exist_ok=True),
-                                      (workdir.stage_dir(tmp_path, "data") / workdir.SUMMARY).write_text(
-                                          f'{{"config_fingerprint": "{fp}"}}')))
+                        lambda name: name == "stage_data" and (
+                            workdir.stage_dir(tmp_path, "data").mkdir(parents=True, exist_ok=True),
+                            (workdir.stage_dir(tmp_path, "data") / workdir.SUMMARY).write_text(
+                                f'{{"config_fingerprint": "{fp}", "outputs": {{}}}}')))  # written and sealed
     stage = dataclasses.replace(stages.GRAPH["data"], run=lambda *a: 0, all_processes=all_processes)
     monkeypatch.setitem(stages.GRAPH, "data", stage)
     assert stages.ensure("data", c, tmp_path) == 0

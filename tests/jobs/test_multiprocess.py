@@ -101,8 +101,13 @@ def test_two_processes_killed_with_sigterm_resume(tmp_path, data_workdir):
     assert saved and 3 <= saved[-1] < 400
 
     # The rerun resumes from that checkpoint. To keep the test short it ends 2 steps later (the step
-    # count only shapes the learning-rate schedule; exact resumption is checked in test_pretrain).
+    # count only shapes the learning-rate schedule; exact resumption is checked in test_pretrain): the
+    # stage's recorded config is edited to that count, since a resume with another config is refused.
     end = saved[-1] + 2
+    recorded = json.loads((wd / "pretrain" / "config.json").read_text())
+    assert recorded["pretrain"]["num_steps"] == 400
+    recorded["pretrain"]["num_steps"] = end
+    (wd / "pretrain" / "config.json").write_text(json.dumps(recorded))
     results = jp.wait(_two_processes(wd, [f"--config.pretrain.num_steps={end}",
                                           "--config.pretrain.checkpoint_every=1000"]))
     for i, (rc, err) in enumerate(results):

@@ -159,6 +159,7 @@ def test_sigterm_and_restart_give_the_uninterrupted_params(tmp_path, data_workdi
 
     cut = _with_data(tmp_path, data_workdir, "cut")
     fp = stages.fingerprint("pretrain", c, cut)
+    wdir.write_config(cut, "pretrain", stages.recorded_config("pretrain", c, cut))  # as the graph does first
     assert pretrain.run(c, str(cut), fp, hooks=[sigterm_at_3]) == checkpointing.EXIT_PREEMPTED
     assert not (cut / "pretrain" / "summary.json").exists()
     assert stages.ensure("pretrain", c, cut) == 0
