@@ -194,7 +194,7 @@ def ranked_cpl_loss(lp: jax.Array, valid: jax.Array, distance: jax.Array, cfg: C
         top = jnp.swapaxes(ok & (rank < n_ok // 2), 1, 2)[..., None]  # [B, R, A, 1]
         bottom = jnp.swapaxes(ok & (rank >= n_ok - n_ok // 2), 1, 2)[..., None]
     else:
-        s = sequence_score(lp, valid, cfg.score, agent_weight)  # [B, R]
+        s = sequence_score(lp, valid, cfg.score, None if agent_weight is None else agent_weight[:, None])  # [B, R]
         better = distance[:, :, None] < distance[:, None, :]  # [B, i, j]: i preferred over j
         w = None
         rank = jnp.argsort(jnp.argsort(distance, axis=1, stable=True), axis=1, stable=True)  # 0 = closest
