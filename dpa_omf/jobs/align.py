@@ -270,7 +270,7 @@ class PairBatches:
 
 
 # ----------------------------------------------------------------------------- losses
-def _sequence_log_probs(model: mlm.MotionLM, params, scenario: dt.Scenario, seqs: jax.Array,
+def sequence_log_probs(model: mlm.MotionLM, params, scenario: dt.Scenario, seqs: jax.Array,
                         valid: jax.Array) -> tuple[jax.Array, jax.Array]:
     """log pi of P sequences of ONE scene, encoding the scene once.
 
@@ -289,7 +289,7 @@ def _sequence_log_probs(model: mlm.MotionLM, params, scenario: dt.Scenario, seqs
 
 def _batched_log_probs(model, params, scenario, seqs, valid):
     """``[B, P, A, S]`` log-probs and logits for a batch of scenes."""
-    return jax.vmap(functools.partial(_sequence_log_probs, model, params))(scenario, seqs, valid)
+    return jax.vmap(functools.partial(sequence_log_probs, model, params))(scenario, seqs, valid)
 
 
 def _expert(model: mlm.MotionLM, scenario: dt.Scenario) -> tuple[jax.Array, jax.Array]:
