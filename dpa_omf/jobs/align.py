@@ -271,7 +271,7 @@ class PairBatches:
 
 # ----------------------------------------------------------------------------- losses
 def sequence_log_probs(model: mlm.MotionLM, params, scenario: dt.Scenario, seqs: jax.Array,
-                        valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+                       valid: jax.Array) -> tuple[jax.Array, jax.Array]:
     """log pi of P sequences of ONE scene, encoding the scene once.
 
     Args:
