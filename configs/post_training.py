@@ -41,6 +41,13 @@ def curate(variants: set[str]) -> ml_collections.ConfigDict:
     # 'sinkhorn' (entropic, fixed iterations) | 'ott' (ott-jax, configured like ours)
     c.rescore_window = 0  # approximate solvers: re-score exactly this many ranks around each boundary
     c.feature_weights = (10.0, 5.0, 2.0, 1.0, 1.0)  # collision, road distance, clearance, effort, speed
+    # Cost scaling (dpa_omf/preference/distance.py). weight_mode 'scale': c = ||w * (u - v)|| (weights inside the
+    # norm, features in raw units) | 'quadratic': c = sqrt(sum_k w_k (u_k - v_k)^2). feature_scaling 'none' |
+    # 'expert_std': each feature first divided by the scene's expert spread (its standard deviation over the
+    # scored agents' logged steps), at least spread_floor (feature units; 1.0 keeps the 0/1 collision flag as is).
+    c.weight_mode = "scale"
+    c.feature_scaling = "none"
+    c.spread_floor = (1.0, 0.1, 0.1, 0.1, 0.1)
     c.clearance_cap = 10.0  # m
     c.road_distance_clip = 5.0  # m
     c.pictures = True
@@ -71,6 +78,15 @@ def align(variants: set[str]) -> ml_collections.ConfigDict:
     c.pairs_per_scene = 4  # pairs (or sequences) drawn per scene per step
     c.sft_top_k = 32
     c.heldout_fraction = 0.1  # last share of the curated scenes: held-out pairs for the accuracy
+    # Levers of the offline CPL methods (dpa_omf, dpa_adef; dpa_omf/jobs/align.py). The defaults are the paper's.
+    c.credit = "scene"  # 'scene': one label per joint rollout | 'agent' (dpa_omf): each agent ranks the rollouts by
+    # its own OT distance and is scored alone, S_i = alpha * sum_t gamma^t log pi(a_t^i | ...)
+    c.offline_loss = "pairs"  # 'pairs' (pairs_per_scene (k-th best, k-th worst) pairs) | 'top_bottom'
+    # (pairs_per_scene closest x as many farthest, every cross pair) | 'ranked' (ranked CPL over ranked_rollouts)
+    c.ranked_rollouts = 0  # 'ranked': rollouts decoded per scene per step (0: all curate.num_rollouts)
+    c.kl_weight = 0.0  # per-token KL(policy || reference) on the trained sequences (0: off)
+    c.reference_ratio = False  # score log pi - log pi_ref (DPO-style anchor)
+    c.eval_agent_weight = 1.0  # weight of the agents WOSAC evaluates (eval_mask) against the others (1: none)
     # Online DPA-OMF (method 'online'): align.num_steps rounds of align.batch_size scenes. At the main job's
     # sizes 16 rollouts per scene per round sample as many rollouts as offline curation does (40 rounds x 8
     # scenes x 16 = 80 curated scenes x 64), and with steps_per_round=1 the same number of updates.

@@ -32,6 +32,17 @@ rollout keys come from the global scene index and the round only (round 0 of a
 scene uses the curate job's key for it): a resumed run prepares exactly the
 same rounds.
 
+Levers of the offline CPL methods (dpa_omf, dpa_adef; ``configs/post_training.py``, defaults = the
+paper's loss): ``align.offline_loss`` ('pairs': ``pairs_per_scene`` (k-th closest, k-th farthest)
+pairs per scene; 'top_bottom': ``pairs_per_scene`` of the closest and as many of the farthest, every
+cross pair; 'ranked': ``ranked_rollouts`` of the R stored rollouts (0: all), CPL over every ordered pair
+by their stored distance; both through ``losses.ranked_cpl_loss``, online's ranked loss);
+``align.credit='agent'`` (dpa_omf: each agent ranks the decoded rollouts by its own stored OT distance
+and is scored alone; with 'pairs' each pair is a ranking of two); the anchors ``align.kl_weight`` and
+``align.reference_ratio`` (online's, the same code: :func:`_anchored_log_probs`); and
+``align.eval_agent_weight``, the weight of the agents the realism metric evaluates (inside the scene
+score under scene credit, on their comparisons under agent credit).
+
 Every method trains with the shared sharded loop (``dpa_omf.train.loop``):
 same mesh, checkpoints, resume, preemption and logs as pretraining. The
 reference parameters are restored once from ``WORKDIR/pretrain/checkpoints``,
@@ -131,6 +142,14 @@ class PairBatches:
     validity ``[B_local, P, A, S]``. The pair draws are made for the whole global
     batch on every process (a few integers per scene) and each keeps its share,
     so the global batch does not depend on the number of processes.
+
+    With ``align.offline_loss`` 'top_bottom' / 'ranked' a scene's rollouts are
+    one ranking instead: ``all [B_local, M, A, S]``, ``all_valid`` and their
+    ``distance [B_local, M]`` (the method's stored distance; 'top_bottom': 0 for
+    the closest drawn, 1 for the farthest). Agent credit adds each agent's
+    stored OT distance and counted mask, ``[B_local, P, A]`` per side
+    (``pos_agent_distance``, ``pos_agent_counted``, ``neg_...``) or ``[B_local,
+    M, A]`` (``agent_distance``, ``agent_counted``).
     """
 
     def __init__(self, shards: dict, rows: np.ndarray, store: reader.SceneReader, cfg: cfg_lib.AlignConfig,
@@ -152,6 +171,9 @@ class PairBatches:
                                            zip(shards["file_index"], shards["record_index"])], np.int64)
         else:
             self.pos_idx, self.neg_idx = side_indices(shards, cfg)
+        if cfg.cpl.credit == "agent" and "ot_agent_distance" not in shards:
+            raise ValueError("align.credit='agent' needs per-agent OT distances (ot_agent_distance), which these "
+                             "curated shards lack (written before they were stored): re-run the curate stage")
 
     def _order(self, epoch: int) -> np.ndarray:
         if not self.shuffle:
@@ -166,7 +188,10 @@ class PairBatches:
         if self.scene_only:
             return self._scene_batch([rows[i] for i in self.local], k)
         rng = np.random.default_rng([self.seed, 1_000_003, k])
+        if self.cfg.offline_loss != "pairs" and self.cfg.method in cfg_lib.CPL_METHODS:
+            return self._ranking_batch(rows, rng)
         scenes, pos, neg = [], [], []
+        extra = {n: [] for n in self._agent_keys(("pos_", "neg_"))}
         p = self.cfg.pairs_per_scene
         for i, row in enumerate(rows):
             kp, kn = self.pos_idx[row], self.neg_idx[row]
@@ -180,11 +205,53 @@ class PairBatches:
             toks = self.shards["tokens"][row].astype(np.int32)
             pos.append(toks[kp[j]])
             neg.append(toks[kn[jn]])
+            for side, idx in (("pos_", kp[j]), ("neg_", kn[jn])):
+                self._append_agent(extra, side, row, idx)
         scenario = dt.stack_scenarios(scenes)
         sim = np.asarray(scenario.agents.sim_mask, bool)[:, None, :, None]
         pos, neg = np.stack(pos), np.stack(neg)
         valid = np.broadcast_to(sim, pos.shape)
-        return dict(scenario=scenario, pos=pos, neg=neg, pos_valid=valid, neg_valid=valid)
+        return dict(scenario=scenario, pos=pos, neg=neg, pos_valid=valid, neg_valid=valid,
+                    **{n: np.stack(v) for n, v in extra.items()})
+
+    def _agent_keys(self, prefixes: tuple[str, ...]) -> list[str]:
+        """The per-agent batch entries agent credit needs (none under scene credit)."""
+        if self.cfg.cpl.credit != "agent":
+            return []
+        return [p + n for p in prefixes for n in ("agent_distance", "agent_counted")]
+
+    def _append_agent(self, extra: dict, prefix: str, row: int, idx: np.ndarray) -> None:
+        if self.cfg.cpl.credit == "agent":
+            extra[prefix + "agent_distance"].append(self.shards["ot_agent_distance"][row][idx])
+            extra[prefix + "agent_counted"].append(self.shards["ot_agent_counted"][row][idx])
+
+    def _ranking_batch(self, rows: list[int], rng: np.random.Generator) -> dict:
+        """'top_bottom' / 'ranked': each scene's drawn rollouts as one ranking (see the class docstring)."""
+        cfg, p = self.cfg, self.cfg.pairs_per_scene
+        scenes, seqs, dists = [], [], []
+        extra = {n: [] for n in self._agent_keys(("",))}
+        for i, row in enumerate(rows):
+            if cfg.offline_loss == "top_bottom":
+                kp, kn = self.pos_idx[row], self.neg_idx[row]
+                idx = np.concatenate([kp[rng.choice(len(kp), size=p, replace=len(kp) < p)],
+                                      kn[rng.choice(len(kn), size=p, replace=len(kn) < p)]])
+                d = np.repeat(np.asarray([0.0, 1.0], np.float32), p)
+            else:
+                r = self.shards["tokens"].shape[1]
+                idx = rng.choice(r, size=cfg.ranked_rollouts or r, replace=False)
+                d = self.shards[RANKED_BY[cfg.method]][row][idx].astype(np.float32)
+            if i not in self.local:
+                continue  # another process's scene: its draws were made, to keep the generator's sequence
+            fi, ri = int(self.shards["file_index"][row]), int(self.shards["record_index"][row])
+            scenes.append(self.store.read(reader.Source(self.store.files[fi], ri)))
+            seqs.append(self.shards["tokens"][row][idx].astype(np.int32))
+            dists.append(d)
+            self._append_agent(extra, "", row, idx)
+        scenario = dt.stack_scenarios(scenes)
+        seqs = np.stack(seqs)
+        valid = np.broadcast_to(np.asarray(scenario.agents.sim_mask, bool)[:, None, :, None], seqs.shape)
+        return dict(scenario=scenario, all=seqs, all_valid=valid, distance=np.stack(dists),
+                    **{n: np.stack(v) for n, v in extra.items()})
 
     def _scene_batch(self, rows: list[int], k: int) -> dict:
         """Scene-only methods: the scenes and their rollout keys for round ``k`` (raw key data ``[B, 2]``):
@@ -203,8 +270,8 @@ class PairBatches:
 
 
 # ----------------------------------------------------------------------------- losses
-def _sequence_log_probs(model: mlm.MotionLM, params, scenario: dt.Scenario, seqs: jax.Array,
-                        valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+def sequence_log_probs(model: mlm.MotionLM, params, scenario: dt.Scenario, seqs: jax.Array,
+                       valid: jax.Array) -> tuple[jax.Array, jax.Array]:
     """log pi of P sequences of ONE scene, encoding the scene once.
 
     Args:
@@ -222,7 +289,7 @@ def _sequence_log_probs(model: mlm.MotionLM, params, scenario: dt.Scenario, seqs
 
 def _batched_log_probs(model, params, scenario, seqs, valid):
     """``[B, P, A, S]`` log-probs and logits for a batch of scenes."""
-    return jax.vmap(functools.partial(_sequence_log_probs, model, params))(scenario, seqs, valid)
+    return jax.vmap(functools.partial(sequence_log_probs, model, params))(scenario, seqs, valid)
 
 
 def _expert(model: mlm.MotionLM, scenario: dt.Scenario) -> tuple[jax.Array, jax.Array]:
@@ -261,10 +328,57 @@ def _flat(x: jax.Array) -> jax.Array:
     return x.reshape((-1, *x.shape[2:]))
 
 
+def _agent_weight(scenario: dt.Scenario, cfg: cfg_lib.AlignConfig) -> jax.Array | None:
+    """``[B, A]`` weights: ``eval_agent_weight`` on the agents the realism metric evaluates, 1 on the
+    others; None when that weight is 1 (the unweighted loss)."""
+    if cfg.eval_agent_weight == 1.0:
+        return None
+    evaluated = scenario.agents.eval_mask & scenario.agents.sim_mask
+    return jnp.where(evaluated, cfg.eval_agent_weight, 1.0).astype(jnp.float32)
+
+
+def _per_pair(x: jax.Array | None, p: int) -> jax.Array | None:
+    """``[B, ...] -> [B * P, ...]``: a scene's value once per pair."""
+    return None if x is None else jnp.repeat(x, p, axis=0)
+
+
 def _cpl_loss(lp: _LogProbs, cfg: cfg_lib.AlignConfig):
-    lp_neg = lp.policy("neg")
-    lp_pos = lp.policy("pos")
-    return losses.cpl_loss(_flat(lp_pos), _flat(lp.valid("pos")), _flat(lp_neg), _flat(lp.valid("neg")), cfg.cpl)
+    """The offline CPL methods: CPL on the drawn pairs or rankings, with the configured credit, anchors and
+    agent weights (the defaults: :func:`losses.cpl_loss` on the pairs, scene credit, no anchor)."""
+    b = lp.batch
+    weight = _agent_weight(b["scenario"], cfg)
+    if cfg.offline_loss != "pairs":
+        score, raw, kl = _anchored_log_probs(lp, "all", cfg.kl_weight, cfg.reference_ratio)
+        ranked = functools.partial(losses.ranked_cpl_loss, valid=b["all_valid"], cfg=cfg.cpl, agent_weight=weight,
+                                   distance=b["agent_distance"] if cfg.cpl.credit == "agent" else b["distance"],
+                                   counted=b.get("agent_counted"))
+        loss, m = ranked(score)
+        if score is not raw:  # the NLLs of the sequences themselves, not of the ratio
+            m = {**m, **{k: v for k, v in ranked(raw)[1].items() if k.startswith(("nll_", "tokens_"))}}
+        return _with_kl(loss, m, kl, cfg.kl_weight)
+    sn, rn, kln = _anchored_log_probs(lp, "neg", cfg.kl_weight, cfg.reference_ratio)
+    sp, rp, klp = _anchored_log_probs(lp, "pos", cfg.kl_weight, cfg.reference_ratio)
+    p = b["pos"].shape[1]
+    if cfg.cpl.credit == "agent":  # each pair is a ranking of two, per agent
+        two = lambda x, y: _flat(jnp.stack([x, y], axis=2))  # [B, P, ...] x 2 -> [B * P, 2, ...]
+        loss, m = losses.ranked_cpl_loss(
+            two(sp, sn), two(lp.valid("pos"), lp.valid("neg")), two(b["pos_agent_distance"], b["neg_agent_distance"]),
+            cfg.cpl, agent_weight=_per_pair(weight, p), counted=two(b["pos_agent_counted"], b["neg_agent_counted"]))
+    else:
+        loss, m = losses.cpl_loss(_flat(sp), _flat(lp.valid("pos")), _flat(sn), _flat(lp.valid("neg")), cfg.cpl,
+                                  agent_weight=_per_pair(weight, p))
+    if sp is not rp or cfg.cpl.credit == "agent":  # the NLLs of each side's sequences themselves
+        m["nll_preferred_sum"], m["tokens_preferred"] = losses.token_nll(rp, lp.valid("pos"))
+        m["nll_unpreferred_sum"], m["tokens_unpreferred"] = losses.token_nll(rn, lp.valid("neg"))
+    return _with_kl(loss, m, (klp[0] + kln[0], klp[1] + kln[1]), cfg.kl_weight)
+
+
+def _with_kl(loss: jax.Array, m: dict, kl: tuple, kl_weight: float) -> tuple[jax.Array, dict]:
+    """Adds the KL anchor ``kl_weight`` x (KL sum / count) and its metrics (nothing at weight 0)."""
+    if kl_weight:
+        loss = loss + kl_weight * kl[0] / jnp.maximum(kl[1], 1)
+        m["kl_sum"], m["kl_tokens"] = kl
+    return loss, m
 
 
 def _dpo_loss(lp: _LogProbs, cfg: cfg_lib.AlignConfig):
@@ -285,23 +399,24 @@ def _afd_loss(lp: _LogProbs, cfg: cfg_lib.AlignConfig):
     return losses.afd_loss(lp_exp, exp_valid, lp_neg, lp.valid("neg"), cfg.cpl)
 
 
-def _anchored_log_probs(lp: _LogProbs, side: str, cfg: cfg_lib.AlignConfig) -> tuple[jax.Array, jax.Array, tuple]:
-    """Online: (log-probs the score uses, raw log-probs, (KL sum, count)) of ``batch[side]``.
+def _anchored_log_probs(lp: _LogProbs, side: str, kl_weight: float, reference_ratio: bool
+                        ) -> tuple[jax.Array, jax.Array, tuple]:
+    """(log-probs the score uses, raw log-probs, (KL sum, count)) of ``batch[side]``: the anchors to the
+    reference of online DPA-OMF (``align.online.*``) and of the offline CPL methods (``align.*``).
 
-    With ``online.reference_ratio`` the score uses log pi - log pi_ref (DPO-style); with
-    ``online.kl_weight`` the per-token KL(policy || reference) on those sequences' contexts.
+    With ``reference_ratio`` the score uses log pi - log pi_ref (DPO-style); with
+    ``kl_weight`` the per-token KL(policy || reference) on those sequences' contexts.
     """
-    o = cfg.online
     b = lp.batch
     raw, logits = _batched_log_probs(lp.model, lp.params, b["scenario"], b[side], b[f"{side}_valid"])
     kl = (jnp.zeros([]), jnp.zeros([]))
-    if not (o.reference_ratio or o.kl_weight):
+    if not (reference_ratio or kl_weight):
         return raw, raw, kl
     ref, ref_logits = jax.lax.stop_gradient(
         _batched_log_probs(lp.model, lp.frozen, b["scenario"], b[side], b[f"{side}_valid"]))
-    if o.kl_weight:
+    if kl_weight:
         kl = losses.token_kl(logits, ref_logits, b[f"{side}_valid"])
-    return (raw - ref if o.reference_ratio else raw), raw, kl
+    return (raw - ref if reference_ratio else raw), raw, kl
 
 
 def online_pairs(batch: dict, rng: jax.Array, num: int) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -325,7 +440,7 @@ def _online_loss(lp: _LogProbs, cfg: cfg_lib.AlignConfig):
     if o.loss == "ranked":
         lp = _LogProbs(lp.model, lp.params, lp.frozen, {**b, "all": b["tokens"],
                                                        "all_valid": _sim_valid(s, b["tokens"])}, lp.rng)
-        score_lp, raw, kl = _anchored_log_probs(lp, "all", cfg)
+        score_lp, raw, kl = _anchored_log_probs(lp, "all", o.kl_weight, o.reference_ratio)
         loss, m = losses.ranked_cpl_loss(score_lp, lp.batch["all_valid"], b["distance"], cfg.cpl)
         if score_lp is not raw:  # the NLLs of the sequences themselves, not of the ratio
             _, m_raw = losses.ranked_cpl_loss(raw, lp.batch["all_valid"], b["distance"], cfg.cpl)
@@ -334,15 +449,13 @@ def _online_loss(lp: _LogProbs, cfg: cfg_lib.AlignConfig):
         pos, neg, _ = online_pairs(b, lp.rng, cfg.pairs_per_scene)
         lp = _LogProbs(lp.model, lp.params, lp.frozen, {**b, "pos": pos, "neg": neg, "pos_valid": _sim_valid(s, pos),
                                                        "neg_valid": _sim_valid(s, neg)}, lp.rng)
-        (sp, rp, klp), (sn, rn, kln) = _anchored_log_probs(lp, "pos", cfg), _anchored_log_probs(lp, "neg", cfg)
+        (sp, rp, klp), (sn, rn, kln) = (_anchored_log_probs(lp, side, o.kl_weight, o.reference_ratio)
+                                        for side in ("pos", "neg"))
         loss, m = losses.cpl_loss(_flat(sp), _flat(lp.valid("pos")), _flat(sn), _flat(lp.valid("neg")), cfg.cpl)
         m["nll_preferred_sum"], m["tokens_preferred"] = losses.token_nll(rp, lp.valid("pos"))
         m["nll_unpreferred_sum"], m["tokens_unpreferred"] = losses.token_nll(rn, lp.valid("neg"))
         kl = (klp[0] + kln[0], klp[1] + kln[1])
-    if o.kl_weight:
-        loss = loss + o.kl_weight * kl[0] / jnp.maximum(kl[1], 1)
-        m["kl_sum"], m["kl_tokens"] = kl
-    return loss, m
+    return _with_kl(loss, m, kl, o.kl_weight)
 
 
 def _expert_loss(lp: _LogProbs, cfg: cfg_lib.AlignConfig):
@@ -421,6 +534,10 @@ METHODS: dict[str, Method] = {
     "catk": Method(None, _sft_loss, paired=False, prepare=_catk_prepare),  # SFT on CAT-K rollouts
     "ntp": Method(None, _expert_loss, paired=False),  # compute-matched control: NTP on the logs
 }
+
+
+# The stored distance that orders a CPL method's rollouts ('ranked' offline loss).
+RANKED_BY = {"dpa_omf": "ot_distance", "dpa_adef": "ade_distance"}
 
 
 def side_indices(shards: dict, cfg: cfg_lib.AlignConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -505,7 +622,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> in
             extra = {"online_solver": ccfg.ot.solver, "online_solver_choice": why}
     extra["rollouts_sampled"] = rollouts_sampled(config, n - n_held)
     # Held-out evaluation always uses the OT pairs: the preference the paper's accuracy measures.
-    eval_cfg = dataclasses.replace(cfg, method="dpa_omf")
+    eval_cfg = dataclasses.replace(cfg, method="dpa_omf", offline_loss="pairs",
+                                   cpl=dataclasses.replace(cfg.cpl, credit="scene"))
     held = PairBatches(shards, held_rows if len(held_rows) else train_rows, store, eval_cfg, b,
                        config.seed, shuffle=False)
     n_eval = max(1, min(config.align.eval_batches, -(-len(held.rows) // b)))

@@ -54,6 +54,8 @@ from dpa_omf.train import loop, losses, optim, sharding
 
 ALIGN_METHODS = post_training.ALIGN_METHODS  # the one list of alignment methods (configs/post_training.py)
 SFT_METHODS = ("sft_best_oa", "sft_best_ade")
+CPL_METHODS = ("dpa_omf", "dpa_adef")  # CPL on curated rankings: the offline levers (align.offline_loss, ...)
+OFFLINE_LOSSES = ("pairs", "top_bottom", "ranked")
 
 
 # ----------------------------------------------------------------------------- stage-level dataclasses
@@ -105,6 +107,13 @@ class AlignConfig:
       heldout_fraction: the last share of the curated scenes, never trained on (held-out accuracy).
       online: online DPA-OMF's rounds and anchors.
       catk_top_k: CAT-K: the closest to the log among this many most likely tokens.
+      offline_loss: the offline CPL methods' comparisons per scene per step: 'pairs' (``pairs_per_scene``
+        (k-th closest, k-th farthest) pairs), 'top_bottom' (``pairs_per_scene`` of the closest x as many of the
+        farthest: every cross pair) or 'ranked' (``ranked_rollouts`` of the R rollouts: every ordered pair).
+      ranked_rollouts: 'ranked': rollouts drawn per scene per step (0: all R).
+      kl_weight: offline CPL methods: weight of the per-token KL(policy || reference) on the trained sequences.
+      reference_ratio: offline CPL methods: scores of log pi - log pi_ref (a DPO-style anchor).
+      eval_agent_weight: offline CPL methods: weight of the agents the realism metric evaluates (1: as any).
     """
 
     method: str
@@ -115,6 +124,11 @@ class AlignConfig:
     heldout_fraction: float
     online: OnlineConfig = OnlineConfig()
     catk_top_k: int = 32
+    offline_loss: str = "pairs"
+    ranked_rollouts: int = 0
+    kl_weight: float = 0.0
+    reference_ratio: bool = False
+    eval_agent_weight: float = 1.0
 
     def __post_init__(self):
         if self.method not in ALIGN_METHODS:
@@ -125,6 +139,23 @@ class AlignConfig:
             raise ValueError("align.pairs_per_scene and align.sft_top_k must be >= 1")
         if not 1 <= self.catk_top_k <= tok.NUM_TOKENS:
             raise ValueError(f"align.catk_top_k={self.catk_top_k} must be in [1, {tok.NUM_TOKENS}]")
+        self._check_levers()
+
+    def _check_levers(self):
+        """The offline CPL levers apply to the CPL methods on curated rankings; agent credit needs per-agent OT."""
+        if self.offline_loss not in OFFLINE_LOSSES:
+            raise ValueError(f"align.offline_loss={self.offline_loss!r} must be one of {OFFLINE_LOSSES}")
+        if self.ranked_rollouts < 0 or self.kl_weight < 0 or self.eval_agent_weight < 0:
+            raise ValueError("align.ranked_rollouts, align.kl_weight and align.eval_agent_weight must be >= 0")
+        levers = {"offline_loss": self.offline_loss != "pairs", "kl_weight": self.kl_weight > 0,
+                  "reference_ratio": self.reference_ratio, "eval_agent_weight": self.eval_agent_weight != 1.0}
+        used = [k for k, on in levers.items() if on]
+        if used and self.method not in CPL_METHODS:
+            raise ValueError(f"align.{', align.'.join(used)} apply to the offline CPL methods {CPL_METHODS}, "
+                             f"not align.method={self.method!r}")
+        if self.cpl.credit == "agent" and self.method != "dpa_omf":
+            raise ValueError(f"align.credit='agent' ranks by per-agent OT distances: method 'dpa_omf' only, "
+                             f"not {self.method!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,7 +344,8 @@ def curation_config(c: ml_collections.ConfigDict, backend: str | None = None) ->
         rollout=sampling.RolloutConfig(num_rollouts=cc.num_rollouts, rollout_chunk=cc.rollout_chunk,
                                        temperature=cc.temperature, top_p=cc.top_p),
         ot=dist.OTConfig(solver=curate_solver(c, backend)[0], feature_weights=tuple(cc.feature_weights),
-                         rescore_window=cc.rescore_window, num_pairs=cc.num_pairs),
+                         rescore_window=cc.rescore_window, num_pairs=cc.num_pairs, weight_mode=cc.weight_mode,
+                         feature_scaling=cc.feature_scaling, spread_floor=tuple(cc.spread_floor)),
         features=feat.FeatureConfig(clearance_cap=cc.clearance_cap, road_distance_clip=cc.road_distance_clip),
         num_pairs=cc.num_pairs)
 
@@ -321,10 +353,13 @@ def curation_config(c: ml_collections.ConfigDict, backend: str | None = None) ->
 def align(c: ml_collections.ConfigDict) -> AlignConfig:
     a = c.align
     score = losses.ScoreConfig(alpha=a.alpha, gamma=a.gamma, normalize=a.normalize)
-    cpl = losses.CPLConfig(score=score, conservative_lambda=a.conservative_lambda, bc_weight=a.bc_weight)
+    cpl = losses.CPLConfig(score=score, conservative_lambda=a.conservative_lambda, bc_weight=a.bc_weight,
+                           credit=a.credit)
     return AlignConfig(method=a.method, cpl=cpl, dpo_beta=a.dpo_beta, pairs_per_scene=a.pairs_per_scene,
                        sft_top_k=a.sft_top_k, heldout_fraction=a.heldout_fraction,
-                       online=OnlineConfig(**a.online.to_dict()), catk_top_k=a.catk_top_k)
+                       online=OnlineConfig(**a.online.to_dict()), catk_top_k=a.catk_top_k,
+                       offline_loss=a.offline_loss, ranked_rollouts=a.ranked_rollouts, kl_weight=a.kl_weight,
+                       reference_ratio=a.reference_ratio, eval_agent_weight=a.eval_agent_weight)
 
 
 def online_curation(c: ml_collections.ConfigDict, num_devices: int, backend: str | None = None
@@ -454,6 +489,9 @@ def _check_stages(c) -> list[str]:
     for name in ("batch_size", "eval_batches"):
         if p[name] < 1:
             errors.append(f"pretrain.{name}={p[name]} must be >= 1")
+    if c.align.offline_loss == "ranked" and c.align.ranked_rollouts > c.curate.num_rollouts:
+        errors.append(f"align.ranked_rollouts={c.align.ranked_rollouts} exceeds curate.num_rollouts="
+                      f"{c.curate.num_rollouts}")
     if c.align.method in SFT_METHODS and c.align.sft_top_k > c.curate.num_rollouts:
         errors.append(f"align.sft_top_k={c.align.sft_top_k} exceeds curate.num_rollouts={c.curate.num_rollouts}")
     if c.evaluate.first_scene < 0:

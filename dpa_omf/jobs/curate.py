@@ -35,6 +35,10 @@ Shard arrays (N rankings of one shard, R rollouts, A agent slots, S token steps)
   tokens: int16 ``[N, R, A, S]`` sampled tokens.
   ot_distance, ade_distance: float32 ``[N, R]``.
   preferred, unpreferred: int32 ``[N, K]`` rollout indices (pair k = k-th closest vs k-th farthest).
+  ot_agent_distance: float32 ``[N, R, A]`` each agent's OT distance (0 where not counted; ot_distance is
+    its mean over the counted agents); ot_agent_counted: bool ``[N, R, A]``, the counted agents.
+  eval_mask: bool ``[N, A]`` the simulated agents the realism metric evaluates (WOSAC's eval agents).
+Shards written before per-agent credit lack the last three (``align.credit='agent'`` refuses them).
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ import matplotlib.pyplot as plt
 
 STAGE = "curate"
 PARTIAL_SUFFIX = ".partial.npz"
+STORED_AS = {"per_agent": "ot_agent_distance", "per_agent_counted": "ot_agent_counted"}  # ranking -> shard names
 
 
 def ranking_jobs(num_scenes: int, rankings_per_example: float) -> list[tuple[int, int]]:
@@ -212,7 +217,8 @@ class Ranker:
     for it). A short step is padded with copies of its last scene (dropped).
     """
 
-    ROW_KEYS = ("tokens", "ot_distance", "ade_distance", "preferred", "unpreferred")
+    ROW_KEYS = ("tokens", "ot_distance", "ade_distance", "preferred", "unpreferred", "per_agent",
+                "per_agent_counted", "eval_mask")
 
     def __init__(self, model, params, cfg: curation.CurationConfig, mesh: jax.sharding.Mesh,
                  scenes_per_device: int):
@@ -281,6 +287,7 @@ class _ShardRanker:
         sources = [self.sources[si] for si, _ in step]
         scenarios = [self.scenes.read(src) for src in sources]
         res = self.ranker.rank(scenarios, [self.key(si, rep) for si, rep in step])
+        res = {STORED_AS.get(k, k): v for k, v in res.items()}
         if not np.isfinite(res["ot_distance"]).all():
             bad = [str(sources[j]) for j in range(len(step)) if not np.isfinite(res["ot_distance"][j]).all()]
             raise FloatingPointError(f"curate: non-finite OT distance for scene(s) {bad}")
@@ -362,12 +369,15 @@ def draw_pictures(out: pathlib.Path, scenario: dt.Scenario, res: dict, cfg: cura
     # Coupling of the agent whose cost differs most between the best and the worst rollout.
     agent = int(np.argmax(np.where(sim, res["per_agent"][worst] - res["per_agent"][best], -np.inf)))
     phi_e, valid_e = feat.expert_features(scenario, cfg.features)
+    spread = dist.expert_spread(phi_e, valid_e, jnp.asarray(sim), cfg.ot) if cfg.ot.feature_scaling != "none" \
+        else None
     fig, axes = plt.subplots(1, 2, figsize=(11, 5))
     for ax, (name, idx) in zip(axes, (("best", best), ("worst", worst))):
         phi_r, valid_r = feat.rollout_features(
             scenario, *(jnp.asarray(res[k][idx:idx + 1]) for k in ("x", "y", "heading", "vel_x", "vel_y")),
             cfg.features)
-        cost, plan = dist.ot_coupling(phi_r[0, agent], valid_r[0, agent], phi_e[agent], valid_e[agent], cfg.ot)
+        cost, plan = dist.ot_coupling(phi_r[0, agent], valid_r[0, agent], phi_e[agent], valid_e[agent], cfg.ot,
+                                      spread)
         im = ax.imshow(np.asarray(plan), cmap="magma", aspect="auto")
         ax.set_title(f"{name} rollout, agent slot {agent}: cost {float(cost):.3f}")
         ax.set_xlabel("expert step")

@@ -55,7 +55,8 @@ def featurize_batch(model: mlm.MotionLM, params, scenarios: dt.Scenario, keys: j
 
     Returns a dict of ``tokens [B, R, A, S]``, ``rollout_phi [B, R, A, 80, 5]``,
     ``rollout_valid [B, R, A, 80]``, ``expert_phi [B, A, 80, 5]``,
-    ``expert_valid [B, A, 80]``, ``agents [B, A]`` (simulated), ``ade_distance [B, R]``
+    ``expert_valid [B, A, 80]``, ``agents [B, A]`` (simulated), ``eval_mask [B, A]``
+    (simulated and evaluated by the realism metric), ``ade_distance [B, R]``
     (and the rollouts' states with ``states``): the input of :func:`rank_features`.
     """
     r = jax.vmap(lambda s, k: sampling.sample(model, params, s, k, cfg.rollout))(scenarios, keys)
@@ -69,7 +70,8 @@ def featurize_batch(model: mlm.MotionLM, params, scenarios: dt.Scenario, keys: j
         return ranking.ade_distance(jnp.stack([r.x, r.y], -1), expert_xy, valid_e & agents[:, None])[0]
 
     out = dict(tokens=r.tokens, rollout_phi=phi_r, rollout_valid=valid_r, expert_phi=phi_e, expert_valid=valid_e,
-               agents=agents, ade_distance=jax.vmap(ade)(scenarios, r, valid_e, agents))
+               agents=agents, eval_mask=scenarios.agents.eval_mask & agents,
+               ade_distance=jax.vmap(ade)(scenarios, r, valid_e, agents))
     if states:
         out.update(x=r.x, y=r.y, heading=r.heading, vel_x=r.vel_x, vel_y=r.vel_y)
     return out
@@ -79,18 +81,23 @@ def rank_features(feats: dict, cfg: CurationConfig) -> dict:
     """The OT half of :func:`rank_batch`: distances and pairs of B scenes from :func:`featurize_batch`.
 
     Returns ``tokens``, ``ot_distance [B, R]``, ``ade_distance [B, R]``,
-    ``preferred [B, K]``, ``unpreferred [B, K]``, ``per_agent [B, R, A]``
-    (and the states when ``feats`` has them). With the exact host solver the
-    OT problems of all B scenes go to the host in one callback.
+    ``preferred [B, K]``, ``unpreferred [B, K]``, ``per_agent [B, R, A]`` (each
+    agent's OT cost, 0 where not counted), ``per_agent_counted [B, R, A]`` (the
+    agents the scene distance averages: ``distance.counted_agents``), ``eval_mask
+    [B, A]`` (the agents the realism metric evaluates), and the states when
+    ``feats`` has them. With the exact host solver the OT problems of all B
+    scenes go to the host in one callback.
     """
     def score(phi_r, valid_r, phi_e, valid_e, agents):
         scene_d, per_agent = dist.ot_distance(phi_r, valid_r, phi_e, valid_e, agents, cfg.ot)
         pref, unpref = ranking.rank_and_pair(scene_d, cfg.num_pairs)
-        return dict(ot_distance=scene_d, preferred=pref, unpreferred=unpref, per_agent=per_agent)
+        counted = dist.counted_agents(jnp.broadcast_to(valid_r, phi_r.shape[:-1]), valid_e, agents)
+        return dict(ot_distance=scene_d, preferred=pref, unpreferred=unpref, per_agent=per_agent,
+                    per_agent_counted=counted)
 
     out = jax.vmap(score)(*(feats[k] for k in ("rollout_phi", "rollout_valid", "expert_phi", "expert_valid",
                                                "agents")))
-    keep = ("tokens", "ade_distance", "x", "y", "heading", "vel_x", "vel_y")
+    keep = ("tokens", "ade_distance", "eval_mask", "x", "y", "heading", "vel_x", "vel_y")
     return {**out, **{k: v for k, v in feats.items() if k in keep}}
 
 
@@ -112,7 +119,8 @@ def rank_batch(model: mlm.MotionLM, params, scenarios: dt.Scenario, keys: jax.Ar
     Returns:
       dict of ``tokens [B, R, A, S]``, ``ot_distance [B, R]``,
       ``ade_distance [B, R]``, ``preferred [B, K]``, ``unpreferred [B, K]``,
-      ``per_agent [B, R, A]`` (OT cost per agent); with ``states`` also
+      ``per_agent [B, R, A]`` (OT cost per agent), ``per_agent_counted [B, R, A]``,
+      ``eval_mask [B, A]``; with ``states`` also
       ``x, y, heading, vel_x, vel_y [B, R, A, 80]``. Each scene's values are
       those it gets alone (a batch of one): the batch changes the speed only.
     """

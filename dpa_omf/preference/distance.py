@@ -15,6 +15,13 @@ collision-status mismatch (1) costs as much as 10 m/s of speed difference, 1 m o
 road-boundary distance as 5 m/s. Both modes are the Euclidean distance between
 rescaled features (by ``w`` or ``sqrt(w)``), so every solver sees point clouds.
 
+Cost scaling (``feature_scaling="expert_std"``; default ``"none"``): before the
+weights, each feature is divided by the scene's expert spread sigma_k (the
+standard deviation of the logged feature over the valid steps of the scored
+agents, at least ``spread_floor[k]``), so a weight trades standard deviations
+rather than units: c(u, v) = || w * (u - v) / sigma ||_2 (``"quadratic"``:
+sqrt(w)). :func:`expert_spread` is the one place sigma is computed.
+
 The scene distance is the mean of the per-agent costs over the agents that are in
 ``agent_mask`` and have at least one valid step in both the rollout and the
 expert (NaN when a scene has no such agent).
@@ -50,6 +57,7 @@ from dpa_omf.preference import ot_device, ot_host
 SOLVERS = ("exact_host", "exact", "sinkhorn", "ott", "ott_default")
 CONFIG_SOLVERS = ("auto",) + SOLVERS  # what the config may name; 'auto' is resolved by solver_for_backend
 EXACT_SOLVERS = ("exact_host", "exact")
+FEATURE_SCALINGS = ("none", "expert_std")
 FEATURE_NAMES = feat.FEATURE_NAMES
 
 
@@ -76,6 +84,9 @@ class OTConfig:
         two ranking boundaries (0: off) with ``rescore_solver``. Needs ``num_pairs`` and R >= 2 *
         num_pairs.
       num_pairs: preferred / unpreferred set size used by the re-scoring.
+      feature_scaling: ``"none"`` or ``"expert_std"`` (features divided by the
+        scene's expert spread, :func:`expert_spread`, before the weights).
+      spread_floor: per-feature lower bound of that spread (feature units).
       rollout_chunk: rollouts per chunk of the Sinkhorn solvers (bounds
         memory and keeps a chunk's [chunk, A, T, T] float32 costs in cache);
         0 = all at once. The exact solver always takes all rollouts at once
@@ -96,8 +107,16 @@ class OTConfig:
     rescore_solver: str = "exact_host"
     num_pairs: int = 16
     rollout_chunk: int = 8
+    feature_scaling: str = "none"
+    spread_floor: tuple[float, ...] = (1.0, 0.1, 0.1, 0.1, 0.1)
 
     def __post_init__(self):
+        if self.feature_scaling not in FEATURE_SCALINGS:
+            raise ValueError(f"OTConfig.feature_scaling must be one of {FEATURE_SCALINGS}, "
+                             f"got {self.feature_scaling!r}")
+        if len(self.spread_floor) != len(self.feature_weights) or any(f <= 0 for f in self.spread_floor):
+            raise ValueError(f"OTConfig.spread_floor needs {len(self.feature_weights)} values > 0, "
+                             f"got {self.spread_floor}")
         if self.solver not in SOLVERS:
             raise ValueError(f"OTConfig.solver must be one of {SOLVERS}, got {self.solver!r}")
         if self.rescore_solver not in EXACT_SOLVERS:
@@ -128,12 +147,37 @@ def solver_for_backend(solver: str, backend: str) -> tuple[str, str]:
 
 
 # ----------------------------------------------------------------- ground cost
-def scale_features(phi: jax.Array, config: OTConfig) -> jax.Array:
-    """``[..., F]`` features -> ``[..., F]`` rescaled so the cost is plain L2."""
+def scale_features(phi: jax.Array, config: OTConfig, spread: jax.Array | None = None) -> jax.Array:
+    """``[..., F]`` features -> ``[..., F]`` rescaled so the cost is plain L2.
+
+    ``spread``: ``[F]`` divisors of the features (``feature_scaling="expert_std"``:
+    :func:`expert_spread` of the scene); required then, ignored otherwise.
+    """
     w = jnp.asarray(config.feature_weights, jnp.float32)
     if phi.shape[-1] != w.shape[0]:
         raise ValueError(f"features have {phi.shape[-1]} channels, feature_weights {w.shape[0]}")
-    return phi * (w if config.weight_mode == "scale" else jnp.sqrt(w))
+    factor = w if config.weight_mode == "scale" else jnp.sqrt(w)
+    if config.feature_scaling == "expert_std":
+        if spread is None:
+            raise ValueError("feature_scaling='expert_std' needs the scene's expert spread")
+        factor = factor / spread
+    return phi * factor
+
+
+def expert_spread(expert_phi: jax.Array, expert_valid: jax.Array, agent_mask: jax.Array,
+                  config: OTConfig) -> jax.Array:
+    """Per-feature spread ``[F]`` of a scene's expert: the standard deviation of
+    ``expert_phi [A, T, F]`` over the valid steps (``expert_valid [A, T]``) of the
+    agents in ``agent_mask [A]``, at least ``config.spread_floor`` (also when no
+    step is valid). Sums in index order (:func:`ordered_sum`), so a scene's spread
+    does not depend on the batch it is ranked in.
+    """
+    phi = expert_phi.astype(jnp.float32)
+    v = (expert_valid & agent_mask[:, None]).astype(jnp.float32)[..., None]  # [A, T, 1]
+    n = ordered_sum(ordered_sum(v, 1), 0)  # [1]
+    mean = ordered_sum(ordered_sum(phi * v, 1), 0) / jnp.maximum(n, 1.0)
+    var = ordered_sum(ordered_sum(jnp.square(phi - mean) * v, 1), 0) / jnp.maximum(n, 1.0)
+    return jnp.maximum(jnp.sqrt(var), jnp.asarray(config.spread_floor, jnp.float32))
 
 
 def pairwise_cost(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -320,12 +364,21 @@ def _broadcast_inputs(rollout_phi, rollout_valid, expert_phi, expert_valid, agen
     return rollout_valid, expert_valid
 
 
+def counted_agents(rollout_valid: jax.Array, expert_valid: jax.Array, agent_mask: jax.Array) -> jax.Array:
+    """``[R, A]`` bool: the agents whose per-agent distance counts (in ``agent_mask [A]``, with a valid step
+    in the rollout ``rollout_valid [R, A, T]`` and in the expert ``expert_valid [A, T]``)."""
+    return agent_mask[None, :] & rollout_valid.any(-1) & expert_valid.any(-1)[None, :]
+
+
 def _per_agent(rollout_phi, rollout_valid, expert_phi, expert_valid, agent_mask, config):
     """Per-agent costs ``[R, A]`` and the mask of counted agents ``[R, A]``."""
     r, a, t, _ = rollout_phi.shape
-    x = scale_features(rollout_phi.astype(jnp.float32), config)
-    y = scale_features(expert_phi.astype(jnp.float32), config)
-    counted = agent_mask[None, :] & rollout_valid.any(-1) & expert_valid.any(-1)[None, :]
+    spread = None
+    if config.feature_scaling == "expert_std":
+        spread = expert_spread(expert_phi, expert_valid, agent_mask, config)
+    x = scale_features(rollout_phi.astype(jnp.float32), config, spread)
+    y = scale_features(expert_phi.astype(jnp.float32), config, spread)
+    counted = counted_agents(rollout_valid, expert_valid, agent_mask)
     # Uncounted agents solve a 1-point problem (finite, then masked out).
     one = jnp.zeros([t], bool).at[0].set(True)
     vx = jnp.where(counted[..., None], rollout_valid, one)
@@ -407,19 +460,21 @@ def ot_distance(rollout_phi, rollout_valid, expert_phi, expert_valid, agent_mask
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def _coupling(rollout_phi, rollout_valid, expert_phi, expert_valid, config):
-    x = scale_features(rollout_phi.astype(jnp.float32), config)[None]
-    y = scale_features(expert_phi.astype(jnp.float32), config)[None]
+def _coupling(rollout_phi, rollout_valid, expert_phi, expert_valid, spread, config):
+    x = scale_features(rollout_phi.astype(jnp.float32), config, spread)[None]
+    y = scale_features(expert_phi.astype(jnp.float32), config, spread)[None]
     cost, plan = solve_plans(x, y, rollout_valid[None], expert_valid[None], config)
     return cost[0], plan[0]
 
 
-def ot_coupling(rollout_phi, rollout_valid, expert_phi, expert_valid, config: OTConfig = OTConfig()):
+def ot_coupling(rollout_phi, rollout_valid, expert_phi, expert_valid, config: OTConfig = OTConfig(),
+                spread=None):
     """Coupling matrix of one agent (the paper's Figure-2 heatmap).
 
     Args:
       rollout_phi: ``[T, F]``; rollout_valid: bool ``[T]``;
       expert_phi: ``[T, F]``; expert_valid: bool ``[T]`` (each >= 1 valid).
+      spread: ``[F]``, the scene's :func:`expert_spread` (``feature_scaling="expert_std"`` only).
     Returns:
       ``(cost, plan [T, T])``: plan[i, j] is the mass moved from rollout step
       i to expert step j (zero rows / columns at invalid steps; sums to 1).
@@ -427,7 +482,8 @@ def ot_coupling(rollout_phi, rollout_valid, expert_phi, expert_valid, config: OT
     rv, ev = jnp.asarray(rollout_valid, bool), jnp.asarray(expert_valid, bool)
     if not (bool(rv.any()) and bool(ev.any())):
         raise ValueError("ot_coupling needs at least one valid step on each side")
-    return _coupling(jnp.asarray(rollout_phi), rv, jnp.asarray(expert_phi), ev, config)
+    return _coupling(jnp.asarray(rollout_phi), rv, jnp.asarray(expert_phi), ev,
+                     None if spread is None else jnp.asarray(spread, jnp.float32), config)
 
 
 # ----------------------------------------------------------------- boundary re-scoring

@@ -14,6 +14,18 @@ discounted per-agent sequence log-likelihood, whose scale (16 tokens x ~2 nats
 x alpha=0.1 ~ 3) matches single-agent CPL and does not change with the number
 of agents in a scene. ``'sum'`` keeps the raw sum (scale alpha instead),
 ``'tokens'`` divides by the valid token count.
+
+Credit (``CPLConfig.credit``). ``'scene'``: one score per joint sequence and
+one label per scene (the paper). ``'agent'``: each agent i gets its own score
+S_i = alpha * sum_t gamma^t log pi(a_t^i | A_<t, scene) (:func:`agent_scores`;
+the normalization then applies per agent) and its own ranking of the rollouts,
+by its own OT distance; every (agent, better, worse) comparison is one CPL
+term (:func:`ranked_cpl_loss`).
+
+Agent weights (``agent_weight [..., A]``, optional): scene credit weights each
+agent's terms inside the score (a weighted per-agent mean under 'agents'),
+agent credit weights each agent's comparisons in the mean; None is the
+unweighted loss (the jobs weight the agents the realism metric evaluates).
 """
 
 from __future__ import annotations
@@ -35,30 +47,48 @@ class ScoreConfig:
             raise ValueError(f"normalize={self.normalize!r} must be 'agents', 'tokens' or 'sum'")
 
 
+CREDITS = ("scene", "agent")
+
+
 @dataclasses.dataclass(frozen=True)
 class CPLConfig:
     score: ScoreConfig = ScoreConfig()
     conservative_lambda: float = 0.5  # lambda in (0, 1]: weight of the unpreferred score
     bc_weight: float = 0.0  # optional behaviour cloning (mean NLL per token of the preferred side)
+    credit: str = "scene"  # 'scene' (one label per joint sequence) | 'agent' (per-agent scores and rankings)
 
     def __post_init__(self):
         if not 0.0 < self.conservative_lambda <= 1.0:
             raise ValueError(f"conservative_lambda={self.conservative_lambda} must be in (0, 1]")
+        if self.credit not in CREDITS:
+            raise ValueError(f"credit={self.credit!r} must be one of {CREDITS}")
 
 
-def sequence_score(log_probs: jax.Array, valid: jax.Array, cfg: ScoreConfig) -> jax.Array:
+def sequence_score(log_probs: jax.Array, valid: jax.Array, cfg: ScoreConfig,
+                   agent_weight: jax.Array | None = None) -> jax.Array:
     """CPL segment score S(tau) of joint sequences.
 
     Args:
       log_probs: ``[..., A, S]`` log pi of each agent's token at each step.
       valid: ``[..., A, S]`` bool, token is modelled (agent valid, step valid).
       cfg: alpha, gamma and the normalization.
+      agent_weight: optional ``[..., A]`` (broadcastable) weight of each agent's
+        terms; the normalization counts weighted agents (tokens). None: all 1.
     Returns:
-      ``[...]`` scores: alpha * sum_{t, i} gamma^t * log pi, normalized.
+      ``[...]`` scores: alpha * sum_{t, i} w_i gamma^t * log pi, normalized
+      (0 for a sequence with no valid token, or no weight).
     """
     num_steps = log_probs.shape[-1]
     discount = cfg.gamma ** jnp.arange(num_steps, dtype=log_probs.dtype)
     masked = jnp.where(valid, log_probs, 0.0) * discount
+    if agent_weight is not None:
+        w = jnp.broadcast_to(agent_weight, valid.shape[:-1]).astype(masked.dtype)
+        total = cfg.alpha * (masked.sum(-1) * w).sum(-1)
+        if cfg.normalize == "sum":
+            return total
+        per_agent = jnp.any(valid, -1) if cfg.normalize == "agents" else valid.sum(-1)
+        count = (per_agent * w).sum(-1)
+        return jnp.where(count > 0, total / jnp.where(count > 0, count, 1.0), 0.0)
     total = cfg.alpha * masked.sum(axis=(-2, -1))
     if cfg.normalize == "agents":
         count = jnp.any(valid, axis=-1).sum(axis=-1)
@@ -69,27 +99,40 @@ def sequence_score(log_probs: jax.Array, valid: jax.Array, cfg: ScoreConfig) -> 
     return total / jnp.maximum(count, 1).astype(total.dtype)
 
 
+def agent_scores(log_probs: jax.Array, valid: jax.Array, cfg: ScoreConfig) -> jax.Array:
+    """Per-agent CPL scores S_i = alpha * sum_t gamma^t log pi(a_t^i | ...), normalized per agent.
+
+    ``[..., A, S]`` -> ``[..., A]``: :func:`sequence_score` of each agent alone
+    ('agents': the agent's discounted sum; 'tokens': divided by its valid tokens).
+    """
+    return sequence_score(log_probs[..., None, :], valid[..., None, :], cfg)
+
+
 def token_nll(log_probs: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Masked sum of -log pi and the valid-token count (over all axes)."""
     return -jnp.where(valid, log_probs, 0.0).sum(), valid.sum()
 
 
 def cpl_loss(lp_pos: jax.Array, valid_pos: jax.Array, lp_neg: jax.Array, valid_neg: jax.Array,
-             cfg: CPLConfig) -> tuple[jax.Array, dict]:
-    """Multi-agent contrastive preference learning (Hejna et al.) on pairs.
+             cfg: CPLConfig, agent_weight: jax.Array | None = None) -> tuple[jax.Array, dict]:
+    """Multi-agent contrastive preference learning (Hejna et al.) on pairs, scene credit.
 
     loss = -log( exp S+ / (exp S+ + exp(lambda S-)) ) = -log sigmoid(S+ - lambda S-),
     averaged over pairs, plus ``bc_weight`` x the mean per-token NLL of the
-    preferred sequences.
+    preferred sequences. (Agent credit on pairs: :func:`ranked_cpl_loss` with
+    the two sides as a ranking of two.)
 
     Args:
       lp_pos, lp_neg: ``[P, A, S]`` log-probs of the preferred / unpreferred side.
       valid_pos, valid_neg: ``[P, A, S]`` bool masks.
+      agent_weight: optional ``[P, A]`` weight of each agent in the scores.
     Returns:
       (scalar loss, metrics of masked sums and counts).
     """
-    s_pos = sequence_score(lp_pos, valid_pos, cfg.score)
-    s_neg = sequence_score(lp_neg, valid_neg, cfg.score)
+    if cfg.credit != "scene":
+        raise ValueError("cpl_loss scores whole sequences (credit='scene'); agent credit: ranked_cpl_loss")
+    s_pos = sequence_score(lp_pos, valid_pos, cfg.score, agent_weight)
+    s_neg = sequence_score(lp_neg, valid_neg, cfg.score, agent_weight)
     per_pair = -jax.nn.log_sigmoid(s_pos - cfg.conservative_lambda * s_neg)
     loss = per_pair.mean()
     nll_pos, n_pos = token_nll(lp_pos, valid_pos)
@@ -106,39 +149,72 @@ def cpl_loss(lp_pos: jax.Array, valid_pos: jax.Array, lp_neg: jax.Array, valid_n
     return loss, metrics
 
 
-def ranked_cpl_loss(lp: jax.Array, valid: jax.Array, distance: jax.Array, cfg: CPLConfig
+def ranked_cpl_loss(lp: jax.Array, valid: jax.Array, distance: jax.Array, cfg: CPLConfig,
+                    agent_weight: jax.Array | None = None, counted: jax.Array | None = None
                     ) -> tuple[jax.Array, dict]:
     """CPL over every ordered pair of a ranking (CPL's ranked variant): every rollout is used.
 
-    For each scene's R ranked sequences, every pair (i, j) with ``distance_i <
-    distance_j`` is a comparison with i preferred: loss = the mean over all such
-    pairs of all scenes of -log sigmoid(S_i - lambda S_j) (ties make no pair), plus
-    ``bc_weight`` x the mean NLL per token of the better half. Each sequence is
-    decoded once: the R scores make all R (R - 1) / 2 comparisons.
+    Scene credit (``cfg.credit='scene'``): for each scene's R ranked sequences,
+    every pair (i, j) with ``distance_i < distance_j`` is a comparison with i
+    preferred, of the scores S_i, S_j (:func:`sequence_score`). Agent credit
+    (``'agent'``): each agent a of each scene ranks the R rollouts by its own
+    distance ``distance[:, :, a]``, and every (a, i, j) with ``distance_ia <
+    distance_ja`` compares the agent scores S_a(i), S_a(j) (:func:`agent_scores`);
+    only rollouts where the agent has a valid token and a ``counted`` distance
+    take part. loss = the (``agent_weight``-weighted, agent credit) mean over
+    all comparisons of -log sigmoid(S_better - lambda S_worse) (ties make none),
+    plus ``bc_weight`` x the mean NLL per token of the better half of each
+    ranking. Each sequence is decoded once: R scores make all R (R - 1) / 2
+    comparisons. A ranking of two (the sides of a pair) is the pair loss.
 
     Args:
       lp, valid: ``[B, R, A, S]`` log-probs and masks of the R sequences of B scenes.
-      distance: ``[B, R]`` their distance to the expert (lower is preferred).
+      distance: their distance to the expert (lower is preferred): ``[B, R]``
+        (scene credit) or ``[B, R, A]`` (agent credit: each agent's own).
+      agent_weight: optional ``[B, A]``: scene credit weighs the agents inside
+        the scores, agent credit weighs each agent's comparisons.
+      counted: agent credit, optional bool ``[B, R, A]``: the agent's distance
+        in that rollout is defined (None: wherever the agent has a valid token).
     Returns:
-      (scalar loss, metrics of masked sums and counts: the pairs' loss and
-      accuracy; the NLL of the better and the worse half of each ranking).
+      (scalar loss, metrics of masked sums and counts: the comparisons' loss and
+      accuracy (unweighted); the NLL of the better and the worse half of each ranking).
     """
-    s = sequence_score(lp, valid, cfg.score)  # [B, R]
-    better = distance[:, :, None] < distance[:, None, :]  # [B, i, j]: i preferred over j
-    per_pair = -jax.nn.log_sigmoid(s[:, :, None] - cfg.conservative_lambda * s[:, None, :])
-    n_pairs = better.sum()
-    loss = jnp.where(better, per_pair, 0.0).sum() / jnp.maximum(n_pairs, 1)
     r = distance.shape[1]
-    rank = jnp.argsort(jnp.argsort(distance, axis=1, stable=True), axis=1, stable=True)  # 0 = closest
-    top = (rank < r // 2)[..., None, None]
-    bottom = (rank >= r - r // 2)[..., None, None]
+    if cfg.credit == "agent":
+        if distance.shape != valid.shape[:3]:
+            raise ValueError(f"agent credit needs per-agent distances {valid.shape[:3]}, got {distance.shape}")
+        entry = jnp.any(valid, -1) if counted is None else jnp.any(valid, -1) & counted  # [B, R, A]
+        s = jnp.swapaxes(agent_scores(lp, valid, cfg.score), 1, 2)  # [B, A, R]: one ranking per agent
+        d = jnp.swapaxes(jnp.where(entry, distance, jnp.inf), 1, 2)
+        ok = jnp.swapaxes(entry, 1, 2)
+        better = ok[..., :, None] & ok[..., None, :] & (d[..., :, None] < d[..., None, :])  # [B, A, i, j]
+        w = None if agent_weight is None else agent_weight[..., None, None]
+        rank = jnp.argsort(jnp.argsort(d, axis=-1, stable=True), axis=-1, stable=True)
+        n_ok = ok.sum(-1, keepdims=True)
+        top = jnp.swapaxes(ok & (rank < n_ok // 2), 1, 2)[..., None]  # [B, R, A, 1]
+        bottom = jnp.swapaxes(ok & (rank >= n_ok - n_ok // 2), 1, 2)[..., None]
+    else:
+        s = sequence_score(lp, valid, cfg.score, None if agent_weight is None else agent_weight[:, None])  # [B, R]
+        better = distance[:, :, None] < distance[:, None, :]  # [B, i, j]: i preferred over j
+        w = None
+        rank = jnp.argsort(jnp.argsort(distance, axis=1, stable=True), axis=1, stable=True)  # 0 = closest
+        top = (rank < r // 2)[..., None, None]
+        bottom = (rank >= r - r // 2)[..., None, None]
+    per_pair = -jax.nn.log_sigmoid(s[..., :, None] - cfg.conservative_lambda * s[..., None, :])
+    n_pairs = better.sum()
+    pair_sum = jnp.where(better, per_pair, 0.0).sum()
+    if w is None:
+        loss = pair_sum / jnp.maximum(n_pairs, 1)
+    else:
+        total_w = jnp.where(better, w, 0.0).sum()
+        loss = jnp.where(better, w * per_pair, 0.0).sum() / jnp.where(total_w > 0, total_w, 1.0)
     nll_pos, n_pos = token_nll(lp, valid & top)
     nll_neg, n_neg = token_nll(lp, valid & bottom)
     if cfg.bc_weight:
         loss = loss + cfg.bc_weight * nll_pos / jnp.maximum(n_pos, 1)
     metrics = {
-        "pref_loss_sum": jnp.where(better, per_pair, 0.0).sum(),
-        "pref_accuracy_sum": (better & (s[:, :, None] > s[:, None, :])).sum(),
+        "pref_loss_sum": pair_sum,
+        "pref_accuracy_sum": (better & (s[..., :, None] > s[..., None, :])).sum(),
         "pairs": n_pairs,
         "nll_preferred_sum": nll_pos, "tokens_preferred": n_pos,
         "nll_unpreferred_sum": nll_neg, "tokens_unpreferred": n_neg,

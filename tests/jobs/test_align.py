@@ -57,18 +57,32 @@ class _Store:
         return self.scenes[source.record]
 
 
-@pytest.mark.parametrize("method", ["dpa_omf", "afd", "online"])
+def _shards(scenes, n: int = 6, k: int = 8, seed: int = 0) -> dict:
+    """Curated shards of ``n`` rankings of ``k`` rollouts of the given scenes (random tokens and distances)."""
+    rng = np.random.default_rng(seed)
+    agents = np.shape(scenes[0].agents.sim_mask)[-1]
+    ot = rng.random((n, k))
+    order = np.argsort(ot, 1)
+    return {"ot_distance": ot, "ade_distance": rng.random((n, k)), "preferred": order[:, :2],
+            "unpreferred": order[:, ::-1][:, :2], "tokens": rng.integers(0, 169, (n, k, agents, 5)).astype(np.int16),
+            "file_index": np.arange(n) % 2, "record_index": np.arange(n) % len(scenes),
+            "ot_agent_distance": rng.random((n, k, agents)).astype(np.float32),
+            "ot_agent_counted": rng.random((n, k, agents)) < 0.8}
+
+
+# Offline levers as 'method:override=value,...'.
+LEVERS = {"dpa_omf:offline_loss=ranked,ranked_rollouts=5": {"offline_loss": "ranked", "ranked_rollouts": 5},
+          "dpa_omf:offline_loss=top_bottom,credit=agent": {"offline_loss": "top_bottom", "credit": "agent"},
+          "dpa_omf:credit=agent": {"credit": "agent"}}
+
+
+@pytest.mark.parametrize("method", ["dpa_omf", "afd", "online", *LEVERS])
 def test_each_process_reads_its_share_of_the_global_batch(smoke_model, method):
     # 2 processes: the halves of every global batch, with the pair draws and rollout keys of one process.
     scenes = smoke_model[2]
-    rng = np.random.default_rng(0)
-    n, k, agents = 6, 8, np.shape(scenes[0].agents.sim_mask)[-1]
-    ot = rng.random((n, k))
-    order = np.argsort(ot, 1)
-    shards = {"ot_distance": ot, "ade_distance": rng.random((n, k)), "preferred": order[:, :2],
-              "unpreferred": order[:, ::-1][:, :2], "tokens": rng.integers(0, 169, (n, k, agents, 5)).astype(np.int16),
-              "file_index": np.arange(n) % 2, "record_index": np.arange(n) % len(scenes)}
-    cfg = _align_cfg(method, pairs_per_scene=3)
+    n = 6
+    shards = _shards(scenes, n)
+    cfg = _align_cfg(method.split(":")[0], pairs_per_scene=3, **LEVERS.get(method, {}))
     make = lambda p, count: align.PairBatches(shards, np.arange(n), _Store(scenes), cfg, 4, seed=5, key_seed=7,
                                               process_index=p, process_count=count)
     one, halves = make(0, 1), [make(0, 2), make(1, 2)]
@@ -82,6 +96,65 @@ def test_each_process_reads_its_share_of_the_global_batch(smoke_model, method):
                 np.testing.assert_array_equal(want[key], np.concatenate([g[key] for g in got]), err_msg=key)
     with pytest.raises(ValueError, match="not divisible by the 3 processes"):
         make(0, 3)
+
+
+def test_offline_lever_batches_hold_the_drawn_rollouts_and_their_distances(smoke_model):
+    scenes = smoke_model[2]
+    shards = _shards(scenes)
+    store, rows = _Store(scenes), np.arange(6)
+    pb = align.PairBatches(shards, rows, store, _align_cfg("dpa_omf", offline_loss="ranked", credit="agent"), 2,
+                           seed=3)
+    ranked = pb.batch(0)
+    top_bottom = align.PairBatches(shards, rows, store, _align_cfg("dpa_omf", offline_loss="top_bottom",
+                                                                   pairs_per_scene=2), 2, seed=3).batch(0)
+    # 'ranked' with ranked_rollouts 0: every one of the R rollouts, each with its stored distances.
+    assert ranked["all"].shape[1] == 8 and ranked["distance"].shape == (2, 8)
+    for b, row in enumerate(pb._order(0)[:2]):
+        stored = shards["ot_distance"][row].astype(np.float32)
+        idx = [int(np.flatnonzero(stored == d)[0]) for d in ranked["distance"][b]]
+        assert sorted(idx) == list(range(8))
+        np.testing.assert_array_equal(ranked["all"][b], shards["tokens"][row][idx])
+        np.testing.assert_array_equal(ranked["agent_distance"][b], shards["ot_agent_distance"][row][idx])
+        np.testing.assert_array_equal(ranked["agent_counted"][b], shards["ot_agent_counted"][row][idx])
+    # 'top_bottom': pairs_per_scene of the preferred (level 0) then as many of the unpreferred (level 1).
+    np.testing.assert_array_equal(top_bottom["distance"], [[0, 0, 1, 1]] * 2)
+    assert "agent_distance" not in top_bottom  # scene credit needs no per-agent arrays
+    old = {k: v for k, v in shards.items() if not k.startswith("ot_agent")}
+    with pytest.raises(ValueError, match="re-run the curate stage"):
+        align.PairBatches(old, rows, store, _align_cfg("dpa_omf", credit="agent"), 2, seed=3)
+
+
+def test_offline_levers_at_the_reference(smoke_model):
+    """Every offline lever runs through the loss; anchored at the reference (policy = reference) the DPO-style
+    ratio scores are 0, so every comparison costs log 2 (pairs, rankings, per agent, weighted), and the KL is 0."""
+    model, params, scenes = smoke_model
+    shards = _shards(scenes[:2], n=2)
+    store = _Store(scenes)
+    for levers in ({}, {"offline_loss": "ranked", "ranked_rollouts": 4}, {"offline_loss": "top_bottom"},
+                   {"credit": "agent"}, {"offline_loss": "ranked", "ranked_rollouts": 4, "credit": "agent"}):
+        plain = _align_cfg("dpa_omf", pairs_per_scene=2, **levers)
+        anchored = _align_cfg("dpa_omf", pairs_per_scene=2, reference_ratio=True, kl_weight=0.5,
+                              eval_agent_weight=3.0, **levers)
+        batch = align.PairBatches(shards, np.arange(2), store, plain, 2, seed=1).batch(0)
+        loss, m = jax.jit(align.make_loss_fn(model, anchored))(params, batch, jax.random.key(0), params)
+        assert float(loss) == pytest.approx(np.log(2.0), abs=1e-5), levers
+        assert float(m["kl_anchor"][0]) == pytest.approx(0.0, abs=1e-6) and float(m["kl_anchor"][1]) > 0
+        assert float(m["nll_preferred"][0]) > 0 and float(m["pref_accuracy"][1]) > 0  # the sequences' own NLL
+
+
+def test_offline_levers_are_refused_where_they_do_not_apply():
+    with pytest.raises(ValueError, match="offline CPL methods"):
+        _align_cfg("sft_best_oa", offline_loss="ranked")
+    with pytest.raises(ValueError, match="offline CPL methods"):
+        _align_cfg("online", kl_weight=1.0)
+    with pytest.raises(ValueError, match="per-agent OT"):
+        _align_cfg("dpa_adef", credit="agent")
+    with pytest.raises(ValueError, match="offline_loss"):
+        _align_cfg("dpa_omf", offline_loss="all")
+    c = align_config.get_config("smoke")
+    c.align.offline_loss, c.align.ranked_rollouts = "ranked", 9
+    with pytest.raises(ValueError, match="ranked_rollouts=9 exceeds"):
+        cfg_lib.check(c)
 
 
 @pytest.mark.slow

@@ -27,8 +27,16 @@ def test_rank_batch_equals_scene_by_scene(smoke):
     batch = jax.device_get(curation.rank_batch(model, params, dt.stack_scenarios(scenes), jnp.stack(keys), cfg))
     for b, (s, k) in enumerate(zip(scenes, keys)):
         one = jax.device_get(curation.rank_scene(model, params, s, k, cfg))
-        for name in ("tokens", "ot_distance", "ade_distance", "preferred", "unpreferred", "per_agent"):
+        for name in ("tokens", "ot_distance", "ade_distance", "preferred", "unpreferred", "per_agent",
+                     "per_agent_counted", "eval_mask"):
             np.testing.assert_array_equal(batch[name][b], one[name], err_msg=name)  # bit for bit
+        # What the shards store for per-agent credit: the scene distance is the counted agents' mean, and the
+        # evaluated agents are simulated ones.
+        counted = one["per_agent_counted"]
+        assert counted.any(1).all() and not one["per_agent"][~counted].any()
+        np.testing.assert_allclose(one["ot_distance"], one["per_agent"].sum(1) / counted.sum(1), rtol=1e-5)
+        sim = np.asarray(s.agents.sim_mask)
+        np.testing.assert_array_equal(one["eval_mask"], np.asarray(s.agents.eval_mask) & sim)
 
 
 def test_feature_batches_equal_single_scenes(smoke):

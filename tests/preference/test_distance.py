@@ -135,6 +135,49 @@ def test_ot_distance_shapes_masks_and_scene_mean(rng, solver):
     assert np.all(np.isnan(np.asarray(scene0)))
 
 
+def test_expert_spread_scaling_hand_computed(rng):
+    """feature_scaling='expert_std': each feature divided by the expert's standard deviation over the scored
+    agents' valid steps (at least the floor) before the weights; the cost is then plain L2 of the result."""
+    r, a, t = 2, 3, 8
+    rp = rng.normal(size=(r, a, t, 5)).astype(np.float32)
+    ep = (rng.normal(size=(a, t, 5)) * np.array([0.0, 3.0, 0.5, 0.01, 2.0])).astype(np.float32)
+    ev = np.ones((a, t), bool)
+    ev[1, 5:] = False
+    ep[1, 5:] = 1e3  # invalid steps take no part
+    mask = np.array([True, True, False])
+    ep[2] = -1e3  # nor do unscored agents
+    w = (10.0, 5.0, 2.0, 1.0, 1.0)
+    floor = (1.0, 0.1, 0.1, 0.1, 0.1)
+    cfg = D.OTConfig(feature_weights=w, feature_scaling="expert_std", spread_floor=floor)
+    pooled = ep[:2][ev[:2]].astype(np.float64)  # [steps, 5]
+    want = np.maximum(pooled.std(0), floor)
+    np.testing.assert_allclose(D.expert_spread(ep, ev, mask, cfg), want, rtol=1e-5)
+    assert want[0] == 1.0 and want[3] == pytest.approx(0.1)  # floored: no spread / too little
+    _, per_agent = D.ot_distance(rp, np.ones((a, t), bool), ep, ev, mask, cfg)
+    for i in range(r):
+        for j in range(2):
+            ref, _ = _reference_cost(rp[i, j], ep[j], np.ones(t, bool), ev[j], np.asarray(w) / want)
+            np.testing.assert_allclose(float(per_agent[i, j]), ref, rtol=1e-4)
+    # A scene's spread does not depend on the batch it is ranked in (bit for bit).
+    eps = np.stack([ep, ep[::-1] * 2.0, ep + 1.0])
+    evs = np.stack([ev, ev[::-1], ev])
+    masks = np.stack([mask, mask[::-1], mask])
+    batched = jax.jit(jax.vmap(lambda e, v, m: D.expert_spread(e, v, m, cfg)))(eps, evs, masks)
+    for b in range(3):
+        np.testing.assert_array_equal(batched[b], jax.jit(D.expert_spread, static_argnames="config")(
+            eps[b], evs[b], masks[b], config=cfg))
+    # The default ('none') is today's cost: weights on raw units.
+    _, raw = D.ot_distance(rp, np.ones((a, t), bool), ep, ev, mask, D.OTConfig(feature_weights=w))
+    ref, _ = _reference_cost(rp[0, 0], ep[0], np.ones(t, bool), ev[0], w)
+    np.testing.assert_allclose(float(raw[0, 0]), ref, rtol=1e-4)
+    with pytest.raises(ValueError, match="spread"):
+        D.scale_features(rp, cfg)
+    with pytest.raises(ValueError, match="feature_scaling"):
+        D.OTConfig(feature_scaling="minmax")
+    with pytest.raises(ValueError, match="spread_floor"):
+        D.OTConfig(spread_floor=(1.0, 0.0, 1.0, 1.0, 1.0))
+
+
 def _synthetic_scene(rng, r=64, a=12, t=40):
     """Rollouts = expert + noise of clearly different magnitudes per rollout."""
     expert = rng.normal(size=(a, t, 5)).astype(np.float32) * np.array([0.3, 1, 5, 1, 5], np.float32)

@@ -120,3 +120,69 @@ def test_ranked_cpl_loss_equals_a_hand_computed_value():
     two, _ = losses.ranked_cpl_loss(lp[:, :2], valid[:, :2], distance[:, :2], cfg)
     pair, _ = losses.cpl_loss(lp[0, :1], valid[0, :1], lp[0, 1:2], valid[0, 1:2], cfg)
     assert float(two) == pytest.approx(float(pair), rel=1e-6)
+
+
+def _nll_sigmoid(x: float) -> float:
+    return math.log1p(math.exp(-x))
+
+
+def test_per_agent_ranked_loss_equals_a_hand_computed_value():
+    """Agent credit: each agent ranks the rollouts by its own distance and is scored alone,
+    S_i = alpha * sum_t gamma^t log pi(a_t^i); every (agent, better, worse) is one CPL term."""
+    # [B=1, R=3, A=2, S=2]; alpha 0.5, gamma 0.5, 'agents' normalization (per agent: no division).
+    lp = _lp([[[[-1.0, -2.0], [-0.5, -0.5]],
+               [[-2.0, -2.0], [-1.0, -3.0]],
+               [[-0.2, -0.4], [-9.0, -9.0]]]])
+    valid = jnp.ones(lp.shape, bool)
+    score = losses.ScoreConfig(alpha=0.5, gamma=0.5, normalize="agents")
+    s = {(r, a): 0.5 * (lp[0, r, a, 0] + 0.5 * lp[0, r, a, 1]) for r in range(3) for a in range(2)}
+    np.testing.assert_allclose(losses.agent_scores(lp, valid, score)[0],
+                               [[s[r, 0], s[r, 1]] for r in range(3)], rtol=1e-6)
+    # Agent 0 ranks 0 < 2 < 1; agent 1 ranks 1 < 0, and its distance in rollout 2 is not counted.
+    distance = jnp.asarray([[[0.1, 0.5], [0.3, 0.4], [0.2, 0.0]]])
+    counted = jnp.asarray([[[True, True], [True, True], [True, False]]])
+    cfg = losses.CPLConfig(score=score, conservative_lambda=0.5, credit="agent")
+    loss, m = losses.ranked_cpl_loss(lp, valid, distance, cfg, counted=counted)
+    terms = [_nll_sigmoid(float(s[i, a] - 0.5 * s[j, a])) for a, i, j in ((0, 0, 1), (0, 0, 2), (0, 2, 1), (1, 1, 0))]
+    assert float(loss) == pytest.approx(sum(terms) / 4, rel=1e-6)
+    assert int(m["pairs"]) == 4
+    assert int(m["pref_accuracy_sum"]) == sum(float(s[i, a]) > float(s[j, a])
+                                               for a, i, j in ((0, 0, 1), (0, 0, 2), (0, 2, 1), (1, 1, 0)))
+    # Better half of each agent's ranking (rank < n // 2): agent 0 rollout 0, agent 1 rollout 1 (of 2 counted).
+    assert float(m["nll_preferred_sum"]) == pytest.approx(3.0 + 4.0) and int(m["tokens_preferred"]) == 4
+    # The evaluated-agent weight weighs agent 1's comparison twice.
+    weighted, _ = losses.ranked_cpl_loss(lp, valid, distance, cfg, agent_weight=jnp.asarray([[1.0, 2.0]]),
+                                         counted=counted)
+    assert float(weighted) == pytest.approx((sum(terms[:3]) + 2 * terms[3]) / 5, rel=1e-6)
+    with pytest.raises(ValueError, match="per-agent distances"):
+        losses.ranked_cpl_loss(lp, valid, distance[..., 0], cfg)
+    with pytest.raises(ValueError, match="credit"):
+        losses.cpl_loss(lp[0, :1], valid[0, :1], lp[0, 1:2], valid[0, 1:2], cfg)
+
+
+def test_agent_weights_in_the_scene_score():
+    # 1 sequence, 2 agents, 1 step: agent 1 weighted 3x.
+    lp = _lp([[[-1.0], [-5.0]]])
+    valid = jnp.ones(lp.shape, bool)
+    w = jnp.asarray([[1.0, 3.0]])
+    agents = losses.ScoreConfig(alpha=1.0, normalize="agents")
+    np.testing.assert_allclose(losses.sequence_score(lp, valid, agents, w), [(-1.0 - 15.0) / 4], rtol=1e-6)
+    np.testing.assert_allclose(losses.sequence_score(lp, valid, losses.ScoreConfig(alpha=1.0, normalize="sum"), w),
+                               [-16.0], rtol=1e-6)
+    # Unit weights are the unweighted score.
+    np.testing.assert_allclose(losses.sequence_score(lp, valid, agents, jnp.ones_like(w)),
+                               losses.sequence_score(lp, valid, agents), rtol=1e-6)
+    pos, neg = lp, _lp([[[-2.0], [-1.0]]])
+    cfg = losses.CPLConfig(score=agents, conservative_lambda=1.0)
+    loss, _ = losses.cpl_loss(pos, valid, neg, valid, cfg, agent_weight=w)
+    assert float(loss) == pytest.approx(_nll_sigmoid(-4.0 - (-5.0 / 4)), rel=1e-6)
+
+
+def test_top_k_by_bottom_k_is_the_ranked_loss_on_two_levels():
+    """Every (closest, farthest) cross pair: the ranked loss with the top drawn at distance 0, the bottom at 1."""
+    lp = _lp([[[[-1.0]], [[-2.0]], [[-3.0]], [[-4.0]]]])  # [1, R=4, A=1, S=1]: S = -1, -2, -3, -4
+    valid = jnp.ones(lp.shape, bool)
+    cfg = losses.CPLConfig(score=losses.ScoreConfig(alpha=1.0, normalize="sum"), conservative_lambda=0.5)
+    loss, m = losses.ranked_cpl_loss(lp, valid, jnp.asarray([[0.0, 0.0, 1.0, 1.0]]), cfg)
+    want = sum(_nll_sigmoid(-p + 0.5 * n) for p in (1.0, 2.0) for n in (3.0, 4.0)) / 4
+    assert float(loss) == pytest.approx(want, rel=1e-6) and int(m["pairs"]) == 4
