@@ -1,14 +1,9 @@
 """Preference data from implicit feedback: rollouts -> features -> OT distance -> pairs.
 
-  python -m dpa_omf.launch --config=configs/curate.py[:smoke] --workdir=DIR
-
-Runs the missing earlier stages (data, pretrain) first.
+The config file users pass to the launcher (`--config=configs/curate.py[:variant]`); its defaults and variants live in
+`dpa_omf/configs/curate.py`, inside the installed package.
 """
 
-from configs import common
+from dpa_omf.configs.curate import get_config
 
-
-def get_config(arg: str | None = None):
-    c = common.base_config(common.parse_variants(arg, ("smoke", "womd")))
-    c.job = "curate"
-    return c
+__all__ = ["get_config"]

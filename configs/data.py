@@ -1,12 +1,9 @@
 """Generates the embedded synthetic world into WORKDIR/data.
 
-  python -m dpa_omf.launch --config=configs/data.py[:smoke|:womd] --workdir=DIR
+The config file users pass to the launcher (`--config=configs/data.py[:variant]`); its defaults and variants live in
+`dpa_omf/configs/data.py`, inside the installed package.
 """
 
-from configs import common
+from dpa_omf.configs.data import get_config
 
-
-def get_config(arg: str | None = None):
-    c = common.base_config(common.parse_variants(arg, common.VARIANTS))
-    c.job = "data"
-    return c
+__all__ = ["get_config"]

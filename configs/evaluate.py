@@ -1,13 +1,9 @@
 """WOSAC realism of the reference and every aligned model found in the workdir.
 
-  python -m dpa_omf.launch --config=configs/evaluate.py[:smoke] --workdir=DIR
+The config file users pass to the launcher (`--config=configs/evaluate.py[:variant]`); its defaults and variants live in
+`dpa_omf/configs/evaluate.py`, inside the installed package.
 """
 
-from configs import common
+from dpa_omf.configs.evaluate import get_config
 
-
-def get_config(arg: str | None = None):
-    c = common.base_config(common.parse_variants(arg, ("smoke", "womd")))
-    c.job = "evaluate"
-    c.evaluate.challenge = "2024"
-    return c
+__all__ = ["get_config"]

@@ -1,17 +1,9 @@
 """Pretrains the reference MotionLM by next-token prediction into WORKDIR/pretrain.
 
-  python -m dpa_omf.launch --config=configs/pretrain.py[:smoke|:womd] --workdir=DIR
-  python -m dpa_omf.launch --config=configs/pretrain.py:womd --workdir=DIR --dry_run   # memory check
-
-Runs the data stage first when WORKDIR/data lacks it (synthetic source).
-Variants: `smoke` (seconds on CPU, used by tests), `womd` (128 agents, real
-WOMD files from data.womd.*_pattern, bf16 compute, batch 64).
+The config file users pass to the launcher (`--config=configs/pretrain.py[:variant]`); its defaults and variants live in
+`dpa_omf/configs/pretrain.py`, inside the installed package.
 """
 
-from configs import common
+from dpa_omf.configs.pretrain import get_config
 
-
-def get_config(arg: str | None = None):
-    c = common.base_config(common.parse_variants(arg, common.VARIANTS))
-    c.job = "pretrain"
-    return c
+__all__ = ["get_config"]

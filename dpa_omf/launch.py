@@ -200,7 +200,7 @@ def _parse_flags(argv):
     except (AttributeError, KeyError) as e:  # raised by ml_collections' config overrides, not flags.Error
         overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
         print(f"FATAL: unknown config key {e} in {overrides}: the config is locked; every key lives in "
-              "configs/common.py (or configs/post_training.py)", file=sys.stderr)
+              "dpa_omf/configs/common.py (or dpa_omf/configs/post_training.py)", file=sys.stderr)
     except flags.Error as e:
         print(f"FATAL Flags parsing error: {e}", file=sys.stderr)
     sys.exit(EXIT_USER_ERROR)

@@ -61,7 +61,7 @@ def smoke_model():
     ``(model, params, scenes)``, shared by the tests that need a small model and real-shaped scenes."""
     import jax  # here, not at the top: the test setup stays free of JAX
 
-    from configs import align as align_config
+    from dpa_omf.configs import align as align_config
     from dpa_omf.jobs import config as cfg_lib
     from dpa_omf.jobs import pretrain
     from dpa_omf.model import motion_lm as mlm

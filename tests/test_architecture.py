@@ -4,6 +4,8 @@ kernel whose comment says why it stays whole, no import hidden inside a function
 
 import ast
 import pathlib
+import sys
+import tomllib
 
 import pytest
 
@@ -93,3 +95,18 @@ def test_imports_inside_functions_say_why(path):
                     if "#" not in line and not any(x.startswith("#") for x in above) and "import" not in doc:
                         bad.append(f"line {inner.lineno}: {line.strip()}")
     assert not bad, f"{_name(path)}: imports inside functions without a reason: {bad}"
+
+
+def test_no_module_is_named_like_a_standard_library_module():
+    """`train/logging.py` had to be imported as `stage_logging` everywhere: no module shadows a stdlib name."""
+    # Module files only: the package names (`io`, ...) are the fixed top level of DESIGN.md, always imported as
+    # `from dpa_omf import io` or `dpa_omf.io.x`, never alone.
+    clash = [_name(p) for p in _modules() if p.stem != "__init__" and p.stem in sys.stdlib_module_names]
+    assert not clash, f"modules named like stdlib modules: {clash}"
+
+
+def test_only_dpa_omf_is_installed_as_a_top_level_package():
+    """`pip install -e .` must not install `configs` (or anything else) as a top-level package beside `dpa_omf`."""
+    pyproject = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())
+    assert pyproject["tool"]["setuptools"]["packages"]["find"]["include"] == ["dpa_omf*"]
+    assert not (PACKAGE.parent / "configs" / "__init__.py").exists()

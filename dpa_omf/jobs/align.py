@@ -32,14 +32,14 @@ rollout keys come from the global scene index and the round only (round 0 of a
 scene uses the curate job's key for it): a resumed run prepares exactly the
 same rounds.
 
-Levers of the offline CPL methods (dpa_omf, dpa_adef; ``configs/post_training.py``, defaults = the
+Levers of the offline CPL methods (dpa_omf, dpa_adef; ``dpa_omf/configs/post_training.py``, defaults = the
 paper's loss): ``align.offline_loss`` ('pairs': ``pairs_per_scene`` (k-th closest, k-th farthest)
 pairs per scene; 'top_bottom': ``pairs_per_scene`` of the closest and as many of the farthest, every
 cross pair; 'ranked': ``ranked_rollouts`` of the R stored rollouts (0: all), CPL over every ordered pair
 by their stored distance; both through ``losses.ranked_cpl_loss``, online's ranked loss);
 ``align.credit='agent'`` (dpa_omf: each agent ranks the decoded rollouts by its own stored OT distance
 and is scored alone; with 'pairs' each pair is a ranking of two); the anchors ``align.kl_weight`` and
-``align.reference_ratio`` (online's, the same code: :func:`_anchored_log_probs`); and
+``align.reference_ratio`` (online's, the same code: :func:`align_losses.anchored_log_probs`); and
 ``align.eval_agent_weight``, the weight of the agents the realism metric evaluates (inside the scene
 score under scene credit, on their comparisons under agent credit).
 
@@ -64,7 +64,6 @@ sequences, and KL(policy || reference) per token on the expert contexts.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from collections.abc import Callable
 
@@ -75,13 +74,10 @@ import numpy as np
 
 from dpa_omf import datatypes as dt
 from dpa_omf.io import reader
+from dpa_omf.jobs import align_losses, curate, pretrain, realism_eval
 from dpa_omf.jobs import config as cfg_lib
-from dpa_omf.jobs import curate, pretrain, realism_eval
 from dpa_omf.jobs import workdir as wd
-from dpa_omf.model import decoder as dec
 from dpa_omf.model import motion_lm as mlm
-from dpa_omf.model import sampling
-from dpa_omf.preference import curation
 from dpa_omf.train import loop, losses
 
 
@@ -269,239 +265,7 @@ class PairBatches:
             k += 1
 
 
-# ----------------------------------------------------------------------------- losses
-def sequence_log_probs(model: mlm.MotionLM, params, scenario: dt.Scenario, seqs: jax.Array,
-                       valid: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """log pi of P sequences of ONE scene, encoding the scene once.
-
-    Args:
-      scenario: one scene; seqs, valid: ``[P, A, S]``.
-    Returns:
-      (log-probs ``[P, A, S]`` (0 where invalid), logits ``[P, A, S, V]``).
-    """
-    encoded = model.encode_scene(params, scenario)
-    inputs = dec.input_tokens(seqs, valid)
-    logits = jax.vmap(lambda inp: model.decode_full(params, encoded, inp))(inputs)
-    lp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
-    lp = jnp.take_along_axis(lp, jnp.clip(seqs, 0, lp.shape[-1] - 1)[..., None], -1)[..., 0]
-    return jnp.where(valid, lp, 0.0), logits
-
-
-def _batched_log_probs(model, params, scenario, seqs, valid):
-    """``[B, P, A, S]`` log-probs and logits for a batch of scenes."""
-    return jax.vmap(functools.partial(sequence_log_probs, model, params))(scenario, seqs, valid)
-
-
-def _expert(model: mlm.MotionLM, scenario: dt.Scenario) -> tuple[jax.Array, jax.Array]:
-    """The logged future's tokens as ``[B, 1, A, S]`` sequences and their validity."""
-    tokens, valid = mlm.tokenize_scenario(scenario, model.config.tokenizer)
-    valid = valid & scenario.agents.sim_mask[..., None]
-    return tokens[:, None], valid[:, None]
-
-
-class _LogProbs:
-    """The log-probabilities a loss asks for, computed once each: ``policy('pos' | 'neg')``,
-    ``reference('pos' | 'neg')`` (the frozen reference) and ``expert()`` (the logged future)."""
-
-    def __init__(self, model: mlm.MotionLM, params, frozen, batch: dict, rng: jax.Array | None = None):
-        self.model, self.params, self.frozen, self.batch, self.rng = model, params, frozen, batch, rng
-
-    def valid(self, side: str) -> jax.Array:
-        return self.batch[f"{side}_valid"]
-
-    def policy(self, side: str) -> jax.Array:
-        return _batched_log_probs(self.model, self.params, self.batch["scenario"], self.batch[side],
-                                  self.valid(side))[0]
-
-    def reference(self, side: str) -> jax.Array:
-        return _batched_log_probs(self.model, self.frozen, self.batch["scenario"], self.batch[side],
-                                  self.valid(side))[0]
-
-    def expert(self) -> tuple[jax.Array, jax.Array]:
-        tokens, valid = _expert(self.model, self.batch["scenario"])
-        lp, _ = _batched_log_probs(self.model, self.params, self.batch["scenario"], tokens, valid)
-        return lp[:, 0], valid[:, 0]
-
-
-def _flat(x: jax.Array) -> jax.Array:
-    """``[B, P, ...] -> [B * P, ...]``: every pair of every scene."""
-    return x.reshape((-1, *x.shape[2:]))
-
-
-def _agent_weight(scenario: dt.Scenario, cfg: cfg_lib.AlignConfig) -> jax.Array | None:
-    """``[B, A]`` weights: ``eval_agent_weight`` on the agents the realism metric evaluates, 1 on the
-    others; None when that weight is 1 (the unweighted loss)."""
-    if cfg.eval_agent_weight == 1.0:
-        return None
-    evaluated = scenario.agents.eval_mask & scenario.agents.sim_mask
-    return jnp.where(evaluated, cfg.eval_agent_weight, 1.0).astype(jnp.float32)
-
-
-def _per_pair(x: jax.Array | None, p: int) -> jax.Array | None:
-    """``[B, ...] -> [B * P, ...]``: a scene's value once per pair."""
-    return None if x is None else jnp.repeat(x, p, axis=0)
-
-
-def _cpl_loss(lp: _LogProbs, cfg: cfg_lib.AlignConfig):
-    """The offline CPL methods: CPL on the drawn pairs or rankings, with the configured credit, anchors and
-    agent weights (the defaults: :func:`losses.cpl_loss` on the pairs, scene credit, no anchor)."""
-    b = lp.batch
-    weight = _agent_weight(b["scenario"], cfg)
-    if cfg.offline_loss != "pairs":
-        score, raw, kl = _anchored_log_probs(lp, "all", cfg.kl_weight, cfg.reference_ratio)
-        ranked = functools.partial(losses.ranked_cpl_loss, valid=b["all_valid"], cfg=cfg.cpl, agent_weight=weight,
-                                   distance=b["agent_distance"] if cfg.cpl.credit == "agent" else b["distance"],
-                                   counted=b.get("agent_counted"))
-        loss, m = ranked(score)
-        if score is not raw:  # the NLLs of the sequences themselves, not of the ratio
-            m = {**m, **{k: v for k, v in ranked(raw)[1].items() if k.startswith(("nll_", "tokens_"))}}
-        return _with_kl(loss, m, kl, cfg.kl_weight)
-    sn, rn, kln = _anchored_log_probs(lp, "neg", cfg.kl_weight, cfg.reference_ratio)
-    sp, rp, klp = _anchored_log_probs(lp, "pos", cfg.kl_weight, cfg.reference_ratio)
-    p = b["pos"].shape[1]
-    if cfg.cpl.credit == "agent":  # each pair is a ranking of two, per agent
-        two = lambda x, y: _flat(jnp.stack([x, y], axis=2))  # [B, P, ...] x 2 -> [B * P, 2, ...]
-        loss, m = losses.ranked_cpl_loss(
-            two(sp, sn), two(lp.valid("pos"), lp.valid("neg")), two(b["pos_agent_distance"], b["neg_agent_distance"]),
-            cfg.cpl, agent_weight=_per_pair(weight, p), counted=two(b["pos_agent_counted"], b["neg_agent_counted"]))
-    else:
-        loss, m = losses.cpl_loss(_flat(sp), _flat(lp.valid("pos")), _flat(sn), _flat(lp.valid("neg")), cfg.cpl,
-                                  agent_weight=_per_pair(weight, p))
-    if sp is not rp or cfg.cpl.credit == "agent":  # the NLLs of each side's sequences themselves
-        m["nll_preferred_sum"], m["tokens_preferred"] = losses.token_nll(rp, lp.valid("pos"))
-        m["nll_unpreferred_sum"], m["tokens_unpreferred"] = losses.token_nll(rn, lp.valid("neg"))
-    return _with_kl(loss, m, (klp[0] + kln[0], klp[1] + kln[1]), cfg.kl_weight)
-
-
-def _with_kl(loss: jax.Array, m: dict, kl: tuple, kl_weight: float) -> tuple[jax.Array, dict]:
-    """Adds the KL anchor ``kl_weight`` x (KL sum / count) and its metrics (nothing at weight 0)."""
-    if kl_weight:
-        loss = loss + kl_weight * kl[0] / jnp.maximum(kl[1], 1)
-        m["kl_sum"], m["kl_tokens"] = kl
-    return loss, m
-
-
-def _dpo_loss(lp: _LogProbs, cfg: cfg_lib.AlignConfig):
-    lp_neg, lp_pos = lp.policy("neg"), lp.policy("pos")
-    ref_pos, ref_neg = lp.reference("pos"), lp.reference("neg")
-    return losses.dpo_loss(_flat(lp_pos), _flat(lp.valid("pos")), _flat(lp_neg), _flat(lp.valid("neg")),
-                           _flat(ref_pos), _flat(ref_neg), cfg.dpo_beta)
-
-
-def _sft_loss(lp: _LogProbs, cfg: cfg_lib.AlignConfig):
-    del cfg
-    return losses.sft_loss(lp.policy("pos"), lp.valid("pos"))
-
-
-def _afd_loss(lp: _LogProbs, cfg: cfg_lib.AlignConfig):
-    lp_neg = lp.policy("neg")
-    lp_exp, exp_valid = lp.expert()
-    return losses.afd_loss(lp_exp, exp_valid, lp_neg, lp.valid("neg"), cfg.cpl)
-
-
-def _anchored_log_probs(lp: _LogProbs, side: str, kl_weight: float, reference_ratio: bool
-                        ) -> tuple[jax.Array, jax.Array, tuple]:
-    """(log-probs the score uses, raw log-probs, (KL sum, count)) of ``batch[side]``: the anchors to the
-    reference of online DPA-OMF (``align.online.*``) and of the offline CPL methods (``align.*``).
-
-    With ``reference_ratio`` the score uses log pi - log pi_ref (DPO-style); with
-    ``kl_weight`` the per-token KL(policy || reference) on those sequences' contexts.
-    """
-    b = lp.batch
-    raw, logits = _batched_log_probs(lp.model, lp.params, b["scenario"], b[side], b[f"{side}_valid"])
-    kl = (jnp.zeros([]), jnp.zeros([]))
-    if not (reference_ratio or kl_weight):
-        return raw, raw, kl
-    ref, ref_logits = jax.lax.stop_gradient(
-        _batched_log_probs(lp.model, lp.frozen, b["scenario"], b[side], b[f"{side}_valid"]))
-    if kl_weight:
-        kl = losses.token_kl(logits, ref_logits, b[f"{side}_valid"])
-    return (raw - ref if reference_ratio else raw), raw, kl
-
-
-def online_pairs(batch: dict, rng: jax.Array, num: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``num`` of each scene's K (closest, farthest) pairs, drawn with ``rng``: (pos, neg ``[B, num, A, S]``,
-    the drawn pair indices ``[B, num]``)."""
-    b, k = batch["preferred"].shape
-    keys = jax.random.split(rng, b)
-    j = jax.vmap(lambda kk: jax.random.choice(kk, k, (num,), replace=num > k))(keys)
-    take = lambda idx: jnp.take_along_axis(batch["tokens"], jnp.take_along_axis(idx, j, 1)[:, :, None, None], 1)
-    return take(batch["preferred"]), take(batch["unpreferred"]), j
-
-
-def _sim_valid(scenario: dt.Scenario, seqs: jax.Array) -> jax.Array:
-    return jnp.broadcast_to(scenario.agents.sim_mask[:, None, :, None], seqs.shape)
-
-
-def _online_loss(lp: _LogProbs, cfg: cfg_lib.AlignConfig):
-    """Online DPA-OMF on the round's ranked rollouts (``lp.batch`` from :func:`_online_prepare`)."""
-    b, o = lp.batch, cfg.online
-    s = b["scenario"]
-    if o.loss == "ranked":
-        lp = _LogProbs(lp.model, lp.params, lp.frozen, {**b, "all": b["tokens"],
-                                                       "all_valid": _sim_valid(s, b["tokens"])}, lp.rng)
-        score_lp, raw, kl = _anchored_log_probs(lp, "all", o.kl_weight, o.reference_ratio)
-        loss, m = losses.ranked_cpl_loss(score_lp, lp.batch["all_valid"], b["distance"], cfg.cpl)
-        if score_lp is not raw:  # the NLLs of the sequences themselves, not of the ratio
-            _, m_raw = losses.ranked_cpl_loss(raw, lp.batch["all_valid"], b["distance"], cfg.cpl)
-            m = {**m, **{k: v for k, v in m_raw.items() if k.startswith(("nll_", "tokens_"))}}
-    else:
-        pos, neg, _ = online_pairs(b, lp.rng, cfg.pairs_per_scene)
-        lp = _LogProbs(lp.model, lp.params, lp.frozen, {**b, "pos": pos, "neg": neg, "pos_valid": _sim_valid(s, pos),
-                                                       "neg_valid": _sim_valid(s, neg)}, lp.rng)
-        (sp, rp, klp), (sn, rn, kln) = (_anchored_log_probs(lp, side, o.kl_weight, o.reference_ratio)
-                                        for side in ("pos", "neg"))
-        loss, m = losses.cpl_loss(_flat(sp), _flat(lp.valid("pos")), _flat(sn), _flat(lp.valid("neg")), cfg.cpl)
-        m["nll_preferred_sum"], m["tokens_preferred"] = losses.token_nll(rp, lp.valid("pos"))
-        m["nll_unpreferred_sum"], m["tokens_unpreferred"] = losses.token_nll(rn, lp.valid("neg"))
-        kl = (klp[0] + kln[0], klp[1] + kln[1])
-    return _with_kl(loss, m, kl, o.kl_weight)
-
-
-def _expert_loss(lp: _LogProbs, cfg: cfg_lib.AlignConfig):
-    """The compute-matched control: next-token prediction of the logged futures."""
-    del cfg
-    lp_exp, valid = lp.expert()
-    return losses.sft_loss(lp_exp, valid)
-
-
-def _online_prepare(model: mlm.MotionLM, cfg: cfg_lib.AlignConfig, ccfg: curation.CurationConfig):
-    """Round data: R rollouts per scene from the CURRENT params, ranked by OT (``curation.rank_batch``)."""
-    def prepare(params, batch, rng, frozen):
-        del rng, frozen
-        s = batch["scenario"]
-        r = curation.rank_batch(model, params, s, jax.random.wrap_key_data(batch["keys"]), ccfg)
-        d = r["ot_distance"]
-        out = dict(scenario=s, tokens=r["tokens"], distance=d, preferred=r["preferred"],
-                   unpreferred=r["unpreferred"])
-        metrics = {"round_ot_distance": (d.sum(), d.size), "round_best_ot_distance": (d.min(1).sum(), d.shape[0]),
-                   "round_ade": (r["ade_distance"].sum(), d.size)}
-        return out, metrics
-
-    return prepare
-
-
-def _catk_prepare(model: mlm.MotionLM, cfg: cfg_lib.AlignConfig, ccfg: curation.CurationConfig):
-    """Round data: ``pairs_per_scene`` CAT-K rollouts per scene from the frozen reference."""
-    del ccfg
-    rcfg = sampling.RolloutConfig(num_rollouts=cfg.pairs_per_scene, rollout_chunk=cfg.pairs_per_scene,
-                                  closest_top_k=cfg.catk_top_k)
-
-    def prepare(params, batch, rng, frozen):
-        del params, rng
-        s = batch["scenario"]
-        r = jax.vmap(lambda sc, k: sampling.sample(model, frozen, sc, k, rcfg))(
-            s, jax.random.wrap_key_data(batch["keys"]))
-        valid = _sim_valid(s, r.tokens)
-        fut = slice(dt.NUM_HISTORY, dt.NUM_STEPS)
-        logged = (s.agents.valid[..., fut] & s.agents.sim_mask[..., None])[:, None]  # [B, 1, A, 80]
-        err = jnp.hypot(r.x - s.agents.x[:, None, :, fut], r.y - s.agents.y[:, None, :, fut])
-        metrics = {"catk_ade": (jnp.where(logged, err, 0.0).sum(), jnp.broadcast_to(logged, err.shape).sum())}
-        return dict(scenario=s, pos=r.tokens, pos_valid=valid, neg=r.tokens, neg_valid=valid), metrics
-
-    return prepare
-
-
+# ----------------------------------------------------------------------------- the method registry
 @dataclasses.dataclass(frozen=True)
 class Method:
     """An alignment method: the two sides it compares and the loss it optimizes.
@@ -516,23 +280,24 @@ class Method:
     """
 
     sides: Callable[[dict, cfg_lib.AlignConfig], tuple[np.ndarray, np.ndarray]] | None
-    loss: Callable[[_LogProbs, cfg_lib.AlignConfig], tuple[jax.Array, dict]]
+    loss: Callable[[align_losses.LogProbs, cfg_lib.AlignConfig], tuple[jax.Array, dict]]
     paired: bool
     prepare: Callable | None = None
 
 
-# The alignment methods. Adding one: an entry here and its name in configs/post_training.py:ALIGN_METHODS
+# The alignment methods. Adding one: an entry here and its name in dpa_omf/configs/post_training.py:ALIGN_METHODS
 # (which makes the configs/align.py:<name> variant, the align_<name> folder and its evaluation row).
 METHODS: dict[str, Method] = {
-    "dpa_omf": Method(_stored_pairs, _cpl_loss, paired=True),  # CPL on the OT-ranked pairs (the paper)
-    "dpa_adef": Method(_ade_pairs, _cpl_loss, paired=True),  # CPL on ADE-ranked pairs
-    "sft_best_oa": Method(_top_k("ot_distance"), _sft_loss, paired=False),  # SFT on the closest by OT
-    "sft_best_ade": Method(_top_k("ade_distance"), _sft_loss, paired=False),  # SFT on the closest by ADE
-    "afd": Method(_every_rollout, _afd_loss, paired=False),  # the expert preferred over every rollout
-    "dpo": Method(_stored_pairs, _dpo_loss, paired=True),  # DPO against the frozen reference
-    "online": Method(None, _online_loss, paired=True, prepare=_online_prepare),  # ranks its own rollouts
-    "catk": Method(None, _sft_loss, paired=False, prepare=_catk_prepare),  # SFT on CAT-K rollouts
-    "ntp": Method(None, _expert_loss, paired=False),  # compute-matched control: NTP on the logs
+    "dpa_omf": Method(_stored_pairs, align_losses.cpl_loss, paired=True),  # CPL on the OT-ranked pairs (the paper)
+    "dpa_adef": Method(_ade_pairs, align_losses.cpl_loss, paired=True),  # CPL on ADE-ranked pairs
+    "sft_best_oa": Method(_top_k("ot_distance"), align_losses.sft_loss, paired=False),  # SFT on the closest by OT
+    "sft_best_ade": Method(_top_k("ade_distance"), align_losses.sft_loss, paired=False),  # SFT on the closest by ADE
+    "afd": Method(_every_rollout, align_losses.afd_loss, paired=False),  # the expert preferred over every rollout
+    "dpo": Method(_stored_pairs, align_losses.dpo_loss, paired=True),  # DPO against the frozen reference
+    # online ranks its own rollouts; catk: SFT on the reference's CAT-K rollouts
+    "online": Method(None, align_losses.online_loss, paired=True, prepare=align_losses.online_prepare),
+    "catk": Method(None, align_losses.sft_loss, paired=False, prepare=align_losses.catk_prepare),
+    "ntp": Method(None, align_losses.expert_loss, paired=False),  # compute-matched control: NTP on the logs
 }
 
 
@@ -549,7 +314,7 @@ def make_loss_fn(model: mlm.MotionLM, cfg: cfg_lib.AlignConfig) -> loop.LossFn:
     method = METHODS[cfg.method]
 
     def loss_fn(params, batch, rng, frozen):
-        loss, m = method.loss(_LogProbs(model, params, frozen, batch, rng), cfg)
+        loss, m = method.loss(align_losses.LogProbs(model, params, frozen, batch, rng), cfg)
         return loss, _pairs(m)
 
     return loss_fn
@@ -577,11 +342,11 @@ def make_eval_fn(model: mlm.MotionLM, cfg: cfg_lib.AlignConfig):
         del rng
         s = batch["scenario"]
         pv, nv = batch["pos_valid"], batch["neg_valid"]
-        lp_pos, _ = _batched_log_probs(model, params, s, batch["pos"], pv)
-        lp_neg, _ = _batched_log_probs(model, params, s, batch["neg"], nv)
-        exp_tok, exp_valid = _expert(model, s)
-        lp_exp, logits = _batched_log_probs(model, params, s, exp_tok, exp_valid)
-        _, ref_logits = _batched_log_probs(model, frozen, s, exp_tok, exp_valid)
+        lp_pos, _ = align_losses.batched_log_probs(model, params, s, batch["pos"], pv)
+        lp_neg, _ = align_losses.batched_log_probs(model, params, s, batch["neg"], nv)
+        exp_tok, exp_valid = align_losses.expert_sequences(model, s)
+        lp_exp, logits = align_losses.batched_log_probs(model, params, s, exp_tok, exp_valid)
+        _, ref_logits = align_losses.batched_log_probs(model, frozen, s, exp_tok, exp_valid)
         s_pos = losses.sequence_score(lp_pos, pv, score)
         s_neg = losses.sequence_score(lp_neg, nv, score)
         kl, kl_n = losses.token_kl(logits, ref_logits, exp_valid)

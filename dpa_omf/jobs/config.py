@@ -1,6 +1,6 @@
 """The one config boundary: ``ml_collections.ConfigDict`` in, frozen dataclasses out.
 
-Every default lives in ``configs/`` (a test fails when a dataclass default
+Every default lives in ``dpa_omf/configs/`` (a test fails when a dataclass default
 disagrees with the default config). Below this module no code sees a
 ConfigDict: jitted code gets the hashable dataclasses built here.
 
@@ -36,7 +36,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from configs import post_training
+from dpa_omf.configs import post_training
 from dpa_omf.io import pipeline as pipe
 from dpa_omf.io import reader as reader_lib
 from dpa_omf.jobs import workdir as wd
@@ -52,7 +52,7 @@ from dpa_omf.preference import features as feat
 from dpa_omf.synthetic import dataset as synthetic
 from dpa_omf.train import loop, losses, optim, sharding
 
-ALIGN_METHODS = post_training.ALIGN_METHODS  # the one list of alignment methods (configs/post_training.py)
+ALIGN_METHODS = post_training.ALIGN_METHODS  # the one list of alignment methods (dpa_omf/configs/post_training.py)
 SFT_METHODS = ("sft_best_oa", "sft_best_ade")
 CPL_METHODS = ("dpa_omf", "dpa_adef")  # CPL on curated rankings: the offline levers (align.offline_loss, ...)
 OFFLINE_LOSSES = ("pairs", "top_bottom", "ranked")

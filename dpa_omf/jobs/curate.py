@@ -66,9 +66,8 @@ from dpa_omf.jobs import workdir as wd
 from dpa_omf.preference import curation
 from dpa_omf.preference import distance as dist
 from dpa_omf.preference import features as feat
-from dpa_omf.train import checkpointing, sharding
-from dpa_omf.train import logging as stage_logging
-from dpa_omf.viz import scene as plot
+from dpa_omf.train import checkpointing, sharding, stage_log
+from dpa_omf.viz import scene_plot as plot
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -135,7 +134,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> in
     per_shard = config.curate.scenes_per_shard
     num_shards = math.ceil(len(jobs) / per_shard)
     mine = wd.process_share(num_shards)
-    logger = stage_logging.StageLogger(out, total_steps=sum(len(jobs[k * per_shard:(k + 1) * per_shard])
+    logger = stage_log.StageLogger(out, total_steps=sum(len(jobs[k * per_shard:(k + 1) * per_shard])
                                                             for k in mine), initial_step=0)
     start, done, preempted, ranked = time.time(), 0, False, []
     with checkpointing.PreemptionFlag() as flag:
@@ -190,7 +189,7 @@ def shards_by_process(ranked: list[int], num_shards: int) -> list[list[int]]:
     return [np.flatnonzero(m).tolist() for m in np.asarray(multihost_utils.process_allgather(mine))]
 
 
-def _log_shard(logger: stage_logging.StageLogger, k: int, stack: dict) -> None:
+def _log_shard(logger: stage_log.StageLogger, k: int, stack: dict) -> None:
     d = stack["ot_distance"]
     logger.log(k + 1, {"preferred_distance": float(np.take_along_axis(d, stack["preferred"], 1).mean()),
                        "unpreferred_distance": float(np.take_along_axis(d, stack["unpreferred"], 1).mean()),

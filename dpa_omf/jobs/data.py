@@ -25,7 +25,7 @@ from dpa_omf.io import reader, tfrecord
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import workdir as wd
 from dpa_omf.synthetic import dataset as synthetic
-from dpa_omf.synthetic import statistics as synthetic_statistics
+from dpa_omf.synthetic import scene_stats as synthetic_statistics
 
 SPLITS = ("train", "valid")
 # Dataset seed of a split: 2 * config.seed + offset. Scene seeds are dataset_seed * 10^7 + index

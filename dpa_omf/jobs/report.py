@@ -17,7 +17,7 @@ import matplotlib
 import numpy as np
 
 from dpa_omf import atomic
-from dpa_omf.train import logging as stage_logging
+from dpa_omf.train import stage_log
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -100,7 +100,7 @@ def _bucket_plot(path: pathlib.Path, models: dict[str, dict]) -> None:
 def _nll_plot(path: pathlib.Path, align_dirs: Sequence[pathlib.Path]) -> bool:
     runs = []
     for d in align_dirs:
-        recs = [r for r in stage_logging.read_metrics(d / stage_logging.METRICS_FILE) if NLL_KEYS[0][0] in r]
+        recs = [r for r in stage_log.read_metrics(d / stage_log.METRICS_FILE) if NLL_KEYS[0][0] in r]
         if recs:
             runs.append((d.name, recs))
     if not runs:

@@ -16,7 +16,7 @@
    traffic-light slots, WOMD reader conventions (zeros at invalid entries).
 
 ``generate_dataset`` writes TFRecord shards through ``dpa_omf.io.example_writer``.
-Neither imports JAX; ``synthetic.statistics`` (JAX) measures interactivity,
+Neither imports JAX; ``synthetic.scene_stats`` (JAX) measures interactivity,
 collisions and off-road steps of generated scenes.
 """
 

@@ -64,9 +64,9 @@ import numpy as np
 from scipy import optimize
 from scipy.spatial import distance as spatial_distance
 
-from configs import pretrain as pretrain_config
 from dpa_omf import atomic
 from dpa_omf import datatypes as dt
+from dpa_omf.configs import pretrain as pretrain_config
 from dpa_omf.io import reader
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import pretrain

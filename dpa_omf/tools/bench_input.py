@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 
-from configs import pretrain as pretrain_config
+from dpa_omf.configs import pretrain as pretrain_config
 from dpa_omf.io import pipeline as pipe
 from dpa_omf.io import prepared, reader, tfrecord
 from dpa_omf.jobs import config as cfg_lib

@@ -34,8 +34,8 @@ import time
 import jax
 import numpy as np
 
-from configs import align as align_config
 from dpa_omf import datatypes as dt
+from dpa_omf.configs import align as align_config
 from dpa_omf.jobs import align, curate, pretrain
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.model import motion_lm as mlm

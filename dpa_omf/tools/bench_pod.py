@@ -36,8 +36,8 @@ import time
 import jax
 import numpy as np
 
-from configs import align as align_config
 from dpa_omf import datatypes as dt
+from dpa_omf.configs import align as align_config
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import curate, pretrain, realism_eval
 from dpa_omf.metrics import model_realism

@@ -33,9 +33,9 @@ import matplotlib
 import ml_collections
 import numpy as np
 
-from configs import align as align_config
 from dpa_omf import atomic
 from dpa_omf import datatypes as dt
+from dpa_omf.configs import align as align_config
 from dpa_omf.io import reader
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import curate

@@ -33,10 +33,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import align as align_config
 from dpa_omf import datatypes as dt
+from dpa_omf.configs import align as align_config
 from dpa_omf.io import reader
-from dpa_omf.jobs import align, curate, pretrain
+from dpa_omf.jobs import align_losses, curate, pretrain
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.model import tokenizer as tok
 from dpa_omf.preference import distance as dist
@@ -100,7 +100,7 @@ def diagnose(config, workdir: str, num_scenes: int) -> dict:
     store = reader.SceneReader([str(f) for f in shards["files"]], cfg_lib.reader(config))
     ccfg = cfg_lib.curation_config(config)
     tcfg = cfg_lib.tokenizer(config)
-    log_probs = jax.jit(lambda p, s, q, v: align.sequence_log_probs(model, p, s, q, v)[0])
+    log_probs = jax.jit(lambda p, s, q, v: align_losses.sequence_log_probs(model, p, s, q, v)[0])
     totals: dict[str, list[int]] = {}
     shares = {name: [] for name in SCALINGS}
     n = min(num_scenes, len(shards["tokens"]))

@@ -30,16 +30,15 @@ import jax
 import matplotlib
 import ml_collections
 
-from configs import align as align_config
-from configs import pretrain as pretrain_config
 from dpa_omf import atomic
+from dpa_omf.configs import align as align_config
+from dpa_omf.configs import pretrain as pretrain_config
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import data as data_job
 from dpa_omf.jobs import evaluate, pretrain, realism_eval
 from dpa_omf.jobs import workdir as wd
 from dpa_omf.model import motion_lm as mlm
-from dpa_omf.train import checkpointing, sharding
-from dpa_omf.train import logging as stage_logging
+from dpa_omf.train import checkpointing, sharding, stage_log
 
 matplotlib.use("Agg")
 import itertools
@@ -62,7 +61,7 @@ def _ckpt_dir(run: pathlib.Path) -> pathlib.Path:
 def heldout_at(run: pathlib.Path) -> dict[int, dict]:
     """step -> the held-out figures the pretraining loop logged at that step."""
     out = {}
-    for r in stage_logging.read_metrics(wd.stage_dir(run, pretrain.STAGE) / stage_logging.METRICS_FILE):
+    for r in stage_log.read_metrics(wd.stage_dir(run, pretrain.STAGE) / stage_log.METRICS_FILE):
         if "eval_nll" in r:
             out.setdefault(int(r["step"]), {}).update(heldout_nll=r["eval_nll"],
                                                       heldout_accuracy=r.get("eval_accuracy"))

@@ -58,8 +58,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from dpa_omf.train import checkpointing, optim, sharding
-from dpa_omf.train import logging as stage_logging
+from dpa_omf.train import checkpointing, optim, sharding, stage_log
 from dpa_omf.train import step as step_lib
 
 PyTree = Any
@@ -349,7 +348,7 @@ def _restore_or_init(trainer: Trainer, ckpt: checkpointing.Checkpointer, stage_n
     return state, start
 
 
-def _run_steps(trainer: Trainer, ckpt: checkpointing.Checkpointer, logger: stage_logging.StageLogger,
+def _run_steps(trainer: Trainer, ckpt: checkpointing.Checkpointer, logger: stage_log.StageLogger,
                state: TrainState, start: int, batches: Iterator[PyTree], flag: checkpointing.PreemptionFlag,
                hooks: Sequence[Hook], evaluate: Callable[[PyTree], dict[str, float]] | None,
                stage_name: str, data_start: int) -> tuple[TrainState, int, str, dict[str, float]]:
@@ -486,7 +485,7 @@ def train(
     data_start = int(jax.device_get(state.data_index))
 
     # -- the steps, each followed by its log, hooks, evaluation and checkpoint
-    logger = stage_logging.StageLogger(stage_dir, total_steps=config.num_steps, initial_step=start,
+    logger = stage_log.StageLogger(stage_dir, total_steps=config.num_steps, initial_step=start,
                                        progress_bar=config.progress_bar)
     evaluate = _evaluator(trainer, eval_batches_fn, extra_eval)
     batches = None

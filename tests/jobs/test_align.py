@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import align as align_config
+from dpa_omf.configs import align as align_config
 from dpa_omf.io import reader
 from dpa_omf.jobs import align
 from dpa_omf.jobs import config as cfg_lib
@@ -232,5 +232,5 @@ def test_curate_shards_name_data_files_relative_to_the_workdir(tmp_path, monkeyp
 
 
 def test_every_configured_method_has_one_implementation():
-    """The method names live in configs/post_training.py; each has exactly one entry in align.METHODS."""
+    """The method names live in dpa_omf/configs/post_training.py; each has exactly one entry in align.METHODS."""
     assert tuple(align.METHODS) == cfg_lib.ALIGN_METHODS

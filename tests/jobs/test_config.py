@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from configs import align as align_config
-from configs import data as data_config
-from configs import pretrain as pretrain_config
+from dpa_omf.configs import align as align_config
+from dpa_omf.configs import data as data_config
+from dpa_omf.configs import pretrain as pretrain_config
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import stages
 from dpa_omf.model import encoder as enc

@@ -16,11 +16,10 @@ import job_processes as jp
 import numpy as np
 import pytest
 
-from configs import curate as curate_config
+from dpa_omf.configs import curate as curate_config
 from dpa_omf.jobs import curate, stages
 from dpa_omf.jobs import workdir as wd
-from dpa_omf.train import checkpointing, sharding
-from dpa_omf.train import logging as stage_logging
+from dpa_omf.train import checkpointing, sharding, stage_log
 
 NUM_SHARDS = 4  # 16 scenes, 4 per shard
 OVERRIDES = {"rankings_per_example": 1.0, "scenes_per_shard": 4, "pictures": False}
@@ -184,7 +183,7 @@ def test_partial_files_are_no_shards(tmp_path, reference):
 
 
 def _align_losses(workdir, folder: str) -> list[tuple[int, float]]:
-    return [(r["step"], r["loss"]) for r in stage_logging.read_metrics(workdir / folder / "metrics.jsonl")
+    return [(r["step"], r["loss"]) for r in stage_log.read_metrics(workdir / folder / "metrics.jsonl")
             if "loss" in r]
 
 

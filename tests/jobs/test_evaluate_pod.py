@@ -16,7 +16,7 @@ import job_processes as jp
 import numpy as np
 import pytest
 
-from configs import evaluate as evaluate_config
+from dpa_omf.configs import evaluate as evaluate_config
 from dpa_omf.jobs import evaluate, realism_eval, stages
 from dpa_omf.train import checkpointing
 

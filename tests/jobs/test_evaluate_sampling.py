@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import align as align_config
+from dpa_omf.configs import align as align_config
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import evaluate, report
 from dpa_omf.jobs import workdir as wd

@@ -15,7 +15,7 @@ import job_processes as jp
 import numpy as np
 import pytest
 
-from dpa_omf.train import logging as stage_logging
+from dpa_omf.train import stage_log
 
 CONFIG = "--config=configs/pretrain.py:smoke"
 # Tiny mesh-friendly batch: 8 global = 4 per process = 2 per device.
@@ -31,7 +31,7 @@ def _two_processes(workdir, extra=()) -> list[subprocess.Popen]:
 
 
 def _train_losses(stage_dir) -> list[float]:
-    return [r["loss"] for r in stage_logging.read_metrics(stage_dir / "metrics.jsonl") if "loss" in r]
+    return [r["loss"] for r in stage_log.read_metrics(stage_dir / "metrics.jsonl") if "loss" in r]
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path, data_workdi
     files = sorted(p.name for p in (multi / "pretrain").iterdir())
     assert [f for f in files if f.startswith("events.out.tfevents")] == files[1:2], files
     assert set(files) - {files[1]} == {"checkpoints", "metrics.jsonl", "summary.json"}, files
-    steps = [r["step"] for r in stage_logging.read_metrics(multi / "pretrain" / "metrics.jsonl") if "loss" in r]
+    steps = [r["step"] for r in stage_log.read_metrics(multi / "pretrain" / "metrics.jsonl") if "loss" in r]
     assert steps == [1, 2, 3, 4]
     assert not (multi / "aot").exists()
 
@@ -87,7 +87,7 @@ def test_two_processes_killed_with_sigterm_resume(tmp_path, data_workdir):
     procs = _two_processes(wd, extra)
     metrics = wd / "pretrain" / "metrics.jsonl"
     deadline = time.time() + 300
-    while not any(r.get("step", 0) >= 3 for r in stage_logging.read_metrics(metrics)):
+    while not any(r.get("step", 0) >= 3 for r in stage_log.read_metrics(metrics)):
         assert time.time() < deadline, "training did not start"
         assert all(p.poll() is None for p in procs), [p.communicate()[1][-2000:] for p in procs]
         time.sleep(0.5)

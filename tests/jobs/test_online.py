@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import align as align_config
 from dpa_omf import datatypes as dt
-from dpa_omf.jobs import align, curate
+from dpa_omf.configs import align as align_config
+from dpa_omf.jobs import align, align_losses, curate
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.model import decoder as dec
 from dpa_omf.model import sampling
@@ -60,7 +60,7 @@ def test_round_zero_ranks_as_curation_and_its_loss_is_offline_dpa_omf_on_the_sam
     # The online loss (its rng draws which pairs) equals offline DPA-OMF's loss on those pairs.
     rng = jax.random.key(2)
     online_loss, online_m = align.make_loss_fn(model, cfg)(params, prepared, rng, params)
-    _, _, j = align.online_pairs(prepared, rng, cfg.pairs_per_scene)
+    _, _, j = align_losses.online_pairs(prepared, rng, cfg.pairs_per_scene)
     j = np.asarray(j)
     tok = offline["tokens"].astype(np.int32)
     pos = np.stack([tok[b][offline["preferred"][b][j[b]]] for b in range(2)])

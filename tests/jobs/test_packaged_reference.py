@@ -4,7 +4,7 @@ stage installs it, and it samples rollouts; configs it does not serve train from
 import jax
 import numpy as np
 
-from configs import align as align_config
+from dpa_omf.configs import align as align_config
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import pretrain, stages
 from dpa_omf.model import motion_lm as mlm

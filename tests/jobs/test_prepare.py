@@ -5,7 +5,7 @@ import shutil
 import job_processes as jp
 import pytest
 
-from configs import pretrain as pretrain_config
+from dpa_omf.configs import pretrain as pretrain_config
 from dpa_omf.io import pipeline as pipe
 from dpa_omf.io import prepared, reader
 from dpa_omf.jobs import config as cfg_lib

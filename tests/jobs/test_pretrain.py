@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import pretrain as pretrain_config
+from dpa_omf.configs import pretrain as pretrain_config
 from dpa_omf.io import pipeline as pipe
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import data as data_job

@@ -13,8 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs import submit as submit_config
 from dpa_omf import datatypes as dt
+from dpa_omf.configs import submit as submit_config
 from dpa_omf.io import reader
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import data as data_job

@@ -20,8 +20,8 @@ import sys
 import numpy as np
 import pytest
 
-from configs import align as align_config
-from configs import data as data_config
+from dpa_omf.configs import align as align_config
+from dpa_omf.configs import data as data_config
 from dpa_omf.io import example_writer, tfrecord
 from dpa_omf.jobs import curate, stages
 from dpa_omf.jobs import data as data_job

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import align as align_config
 from dpa_omf import datatypes as dt
+from dpa_omf.configs import align as align_config
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.preference import curation
 from dpa_omf.preference import distance as dist

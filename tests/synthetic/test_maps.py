@@ -5,7 +5,7 @@ import pytest
 
 from dpa_omf.synthetic import dataset as syn
 from dpa_omf.synthetic import maps as smap
-from dpa_omf.synthetic import statistics as stats
+from dpa_omf.synthetic import scene_stats as stats
 from dpa_omf.synthetic.config import SyntheticConfig
 
 

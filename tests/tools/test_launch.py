@@ -39,7 +39,7 @@ def test_single_process_never_initializes(monkeypatch):
 
 
 def test_unknown_job_is_refused(tmp_path):
-    from configs import data as data_config
+    from dpa_omf.configs import data as data_config
     from dpa_omf.jobs import stages
 
     with pytest.raises(ValueError, match="not one of"):

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import align as align_config
+from dpa_omf.configs import align as align_config
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.metrics import model_realism
 from dpa_omf.model import sampling

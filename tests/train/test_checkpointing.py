@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 from test_trainer import batch_factory, eval_batches, init_params, loss_curve, mse_loss, params_leaves, toy_config
 
-from dpa_omf.train import checkpointing, loop, sharding
-from dpa_omf.train import logging as stage_logging
+from dpa_omf.train import checkpointing, loop, sharding, stage_log
 
 NUM_STEPS = 12
 
@@ -75,7 +74,7 @@ def test_crash_resumes_from_last_checkpoint_keep_n(tmp_path, uninterrupted):
         loop.train(mse_loss, init_params, batch_factory(), _config(), tmp_path, "toy", hooks=[crash_at_8])
     ckpt_dir = tmp_path / "toy" / "checkpoints"
     assert checkpointing.Checkpointer(ckpt_dir).all_steps() == [3, 6]
-    logged = [r["step"] for r in stage_logging.read_metrics(tmp_path / "toy" / "metrics.jsonl")]
+    logged = [r["step"] for r in stage_log.read_metrics(tmp_path / "toy" / "metrics.jsonl")]
     assert logged == list(range(1, 9))
 
     seen = []
@@ -83,7 +82,7 @@ def test_crash_resumes_from_last_checkpoint_keep_n(tmp_path, uninterrupted):
                         hooks=[lambda step, state: seen.append(step)])
     assert seen == list(range(7, NUM_STEPS + 1))
     assert result.summary["resumed_from_step"] == 6
-    logged = [r["step"] for r in stage_logging.read_metrics(tmp_path / "toy" / "metrics.jsonl")]
+    logged = [r["step"] for r in stage_log.read_metrics(tmp_path / "toy" / "metrics.jsonl")]
     assert logged == list(range(1, NUM_STEPS + 1))  # 7, 8 of the crashed run replaced, not duplicated
     assert checkpointing.Checkpointer(ckpt_dir).all_steps() == [9, 12]  # keep-N
     _assert_same_run(result, tmp_path, uninterrupted)
@@ -139,7 +138,7 @@ def test_preemption_flag_sets_on_signal_and_restores_handlers():
 
 
 def test_logger_disabled_writes_nothing(tmp_path):
-    logger = stage_logging.StageLogger(tmp_path / "stage", total_steps=3, enabled=False)
+    logger = stage_log.StageLogger(tmp_path / "stage", total_steps=3, enabled=False)
     logger.log(1, {"loss": 1.0})
     logger.write_summary({"final_loss": 1.0})
     logger.close()
@@ -150,10 +149,10 @@ def test_metrics_file_torn_last_line_dropped(tmp_path):
     path = tmp_path / "stage" / "metrics.jsonl"
     path.parent.mkdir()
     path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
-    logger = stage_logging.StageLogger(tmp_path / "stage", total_steps=5, initial_step=2, progress_bar=False)
+    logger = stage_log.StageLogger(tmp_path / "stage", total_steps=5, initial_step=2, progress_bar=False)
     logger.log(3, {"loss": float("nan"), "acc": 0.5})
     logger.close()
-    records = stage_logging.read_metrics(path)
+    records = stage_log.read_metrics(path)
     assert records == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 3, "loss": None, "acc": 0.5}]
 
 
@@ -185,7 +184,7 @@ def test_sigterm_from_outside_in_a_subprocess(tmp_path, uninterrupted):
     child = subprocess.Popen(cmd + ["slow"], env=env, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "toy" / "metrics.jsonl"
     deadline = time.monotonic() + 300
-    while not any(r.get("step", 0) >= 3 for r in stage_logging.read_metrics(metrics)):
+    while not any(r.get("step", 0) >= 3 for r in stage_log.read_metrics(metrics)):
         assert child.poll() is None, child.stderr.read()
         assert time.monotonic() < deadline, "child made no progress"
         time.sleep(0.05)

@@ -16,8 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dpa_omf.train import logging as stage_logging
-from dpa_omf.train import loop, optim, sharding, step
+from dpa_omf.train import loop, optim, sharding, stage_log, step
 
 NUM_EXAMPLES = 64
 BATCH = 16  # divisible by the 8 fake devices
@@ -98,7 +97,7 @@ def toy_config(**overrides) -> loop.TrainConfig:
 
 
 def loss_curve(stage_dir) -> list[float]:
-    return [r["loss"] for r in stage_logging.read_metrics(stage_dir / "metrics.jsonl") if "loss" in r]
+    return [r["loss"] for r in stage_log.read_metrics(stage_dir / "metrics.jsonl") if "loss" in r]
 
 
 def params_leaves(state) -> list[np.ndarray]:
@@ -121,7 +120,7 @@ def test_overfit_loss_falls_and_outputs_written(tmp_path):
     stage = tmp_path / "toy"
     summary = json.loads((stage / "summary.json").read_text())
     assert summary["steps"] == 200 and summary["eval_loss"] == pytest.approx(s["eval_loss"])
-    records = stage_logging.read_metrics(stage / "metrics.jsonl")
+    records = stage_log.read_metrics(stage / "metrics.jsonl")
     train_steps = [r["step"] for r in records if "loss" in r]
     assert train_steps == [1] + list(range(20, 201, 20))
     assert all({"loss", "lr", "steps_per_s", "mse", "grad_norm"} <= set(r) for r in records if "loss" in r)
@@ -223,7 +222,7 @@ def test_frozen_pytree_reaches_loss_and_is_never_saved(tmp_path):
 
     result = loop.train(anchored_loss, init_params, batch_factory(5), toy_config(num_steps=3), tmp_path, "align",
                         frozen=reference, initial_params=reference)
-    records = stage_logging.read_metrics(tmp_path / "align" / "metrics.jsonl")
+    records = stage_log.read_metrics(tmp_path / "align" / "metrics.jsonl")
     assert records[0]["drift"] == 0.0  # started exactly at the reference
     assert records[-1]["drift"] > 0.0
     step_dir = tmp_path / "align" / "checkpoints" / "3"

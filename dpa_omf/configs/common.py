@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import optim as optim_config
-from configs import post_training
+from dpa_omf.configs import optim as optim_config
+from dpa_omf.configs import post_training
 
 VARIANTS = ("smoke", "womd", "long")
 

@@ -1,4 +1,4 @@
-"""`python -m dpa_omf.tools.inspect`: summaries of both formats, JSON output, PNG rendering."""
+"""`python -m dpa_omf.tools.inspect_file`: summaries of both formats, JSON output, PNG rendering."""
 
 import json
 import os
@@ -11,8 +11,8 @@ import pytest
 from dpa_omf import datatypes as dt
 from dpa_omf.io import example_writer
 from dpa_omf.testing.womd import random_scenario
-from dpa_omf.tools import inspect as inspect_cli
-from dpa_omf.viz import scene as plot
+from dpa_omf.tools import inspect_file as inspect_cli
+from dpa_omf.viz import scene_plot as plot
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -52,7 +52,7 @@ def test_big_scenario_file_keeps_every_track(shared_dir, capsys):
 def test_example_file_cli_subprocess(shared_dir, tmp_path):
     """The module runs as a program and prints one JSON object."""
     png = tmp_path / "example.png"
-    out = subprocess.run([sys.executable, "-m", "dpa_omf.tools.inspect", str(shared_dir /
+    out = subprocess.run([sys.executable, "-m", "dpa_omf.tools.inspect_file", str(shared_dir /
                           "womd/motion_data_one_example.tfrecord"), "--json", "--png", str(png)],
                          capture_output=True, text=True, check=True, env={**os.environ, "JAX_PLATFORMS": "cpu",
                                                                            "TF_CPP_MIN_LOG_LEVEL": "3"})

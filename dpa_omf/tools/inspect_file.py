@@ -1,13 +1,13 @@
 """Summarize (and render) a TFRecord of WOMD tf.Examples or Scenario protos.
 
-    python -m dpa_omf.tools.inspect FILE [--json] [--png OUT.png] [--record K] [--limit N]
+    python -m dpa_omf.tools.inspect_file FILE [--json] [--png OUT.png] [--record K] [--limit N]
 
 Per record: scenario id, agents (tracks of a Scenario proto; non-padding slots,
 i.e. slots with a valid step, of a tf.Example), agents valid at the current
 step (to simulate), agents to evaluate (SDC + tracks_to_predict), valid
 road-graph samples and traffic-light slots. ``--json`` prints one JSON object
 ``{"file", "format", "num_records", "records": [...]}``; ``--png`` renders
-record K (default 0) with ``viz.scene.plot_scenario``.
+record K (default 0) with ``viz.scene_plot.plot_scenario``.
 
 Records are parsed by the project's reader (``io.reader.parse_record``), with
 one difference: every agent of a Scenario proto is kept here (as many agent
@@ -27,7 +27,7 @@ import numpy as np
 
 from dpa_omf import datatypes as dt
 from dpa_omf.io import protos, reader, tfrecord, womd_scenario
-from dpa_omf.viz import scene as viz_scene
+from dpa_omf.viz import scene_plot as viz_scene
 
 
 def summarize_record(s: dt.Scenario, info: reader.RecordInfo) -> dict:
@@ -101,7 +101,7 @@ def _print_text(summary: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dpa_omf.tools.inspect", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dpa_omf.tools.inspect_file", description=__doc__.split("\n")[0])
     parser.add_argument("file", help="a TFRecord of WOMD tf.Examples or Scenario protos")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--png", metavar="OUT.png", help="render a record to this PNG")

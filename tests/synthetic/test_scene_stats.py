@@ -1,4 +1,4 @@
-"""Scene statistics and their detectors (dpa_omf.synthetic.statistics)."""
+"""Scene statistics and their detectors (dpa_omf.synthetic.scene_stats)."""
 
 import dataclasses
 
@@ -7,7 +7,7 @@ import numpy as np
 from dpa_omf import datatypes as dt
 from dpa_omf.synthetic import dataset as syn
 from dpa_omf.synthetic import maps as smap
-from dpa_omf.synthetic import statistics as stats
+from dpa_omf.synthetic import scene_stats as stats
 from dpa_omf.synthetic.config import SyntheticConfig
 
 CFG = SyntheticConfig()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import optim as optim_config
+from dpa_omf.configs import optim as optim_config
 
 # submit.description when left empty: what the submitted model is ({method}: the alignment method).
 DESCRIPTIONS = {
