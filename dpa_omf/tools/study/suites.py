@@ -98,13 +98,24 @@ def feature_arms() -> tuple[Arm, ...]:
 
 
 def lever_arms() -> tuple[Arm, ...]:
-    """The optimizer and anchor levers that exist as config keys (issue 20's list; more come as ``--arm``)."""
+    """Issue 20's levers as arms: optimizer, anchors, the use of every ranked rollout, per-agent credit, cost
+    scaling and the weight of the evaluated agents (``dpa_omf/configs/post_training.py`` documents each key)."""
     return (Arm("warmup_0", ("--config.align.optim.warmup_steps=0",), "levers", "warmup"),
             Arm("warmup_20", ("--config.align.optim.warmup_steps=20",), "levers", "warmup"),
             Arm("steps_80", ("--config.align.num_steps=80",), "levers", "steps"),
             Arm("weight_decay_0.01", ("--config.align.optim.weight_decay=0.01",), "levers", "weight_decay"),
-            Arm("bc_0.1", ("--config.align.bc_weight=0.1",), "levers", "anchor"),
-            Arm("bc_1", ("--config.align.bc_weight=1.0",), "levers", "anchor"))
+            Arm("bc_0.1", ("--config.align.bc_weight=0.1",), "levers", "bc"),
+            Arm("bc_1", ("--config.align.bc_weight=1.0",), "levers", "bc"),
+            Arm("kl_0.1", ("--config.align.kl_weight=0.1",), "levers", "kl"),
+            Arm("kl_1", ("--config.align.kl_weight=1.0",), "levers", "kl"),
+            Arm("reference_ratio", ("--config.align.reference_ratio=True",), "levers", "ratio"),
+            Arm("ranked_16", ("--config.align.offline_loss=ranked", "--config.align.ranked_rollouts=16"),
+                "levers", "every_rollout"),
+            Arm("top_bottom", ("--config.align.offline_loss=top_bottom",), "levers", "every_rollout"),
+            Arm("agent_credit", ("--config.align.credit=agent",), "levers", "credit"),
+            Arm("eval_agents_x3", ("--config.align.eval_agent_weight=3.0",), "levers", "eval_weight"),
+            Arm("cost_expert_std", ("--config.curate.feature_scaling=expert_std",), "levers", "cost"),
+            Arm("cost_quadratic", ("--config.curate.weight_mode=quadratic",), "levers", "cost"))
 
 
 SUITES = {
@@ -120,13 +131,15 @@ SUITES = {
     # curation 5.6 min for 80 scenes, ~4.2 s per scene; data ~1 min), one job at a time, an idle machine:
     #   shared data + curation (80 scenes)                          ~  7 min
     #   lr sweep: 5 methods x 3 rates, validation (64 scenes)        ~ 73 min
-    #   levers: 6 arms on validation (steps_80 aligns twice as long) ~ 36 min
+    #   levers: 15 arms on validation (steps_80 aligns twice as long,
+    #           ranked_16 decodes 4x the sequences, the two cost arms curate again) ~110 min
     #   sampling grid: 9 settings x 2 models, validation            ~ 28 min
     #   3 seeds x (5 alignments + 6 models x 256 scenes)            ~146 min
     #   sharpened reference / DPA-OMF on test, 3 seeds              ~ 31-61 min (one or two settings)
     #   combined levers on test, 3 seeds                            ~ 26 min
     #   data scale 0.5x / 2x / 4x (curation + 3 seeds each)         ~114 min
-    #   total                                                       ~7.7-8.2 h (more when the CPU is shared)
+    #   total                                                       ~9-9.5 h (more when the CPU is shared; the
+    #   speed-up of issue 21 is not in these figures)
     # Power: with issue 20's spreads of DPA-OMF - reference (SD ~0.011 between seeds; between scenes at most the
     # levels' ~0.10, less when paired) 3 seeds alone put the detectable difference (95%, 80% power) at
     # 2.80 x 0.011 / sqrt(3) = 0.018, the paper's gain: scenes cannot lower it further, seeds can (5: 0.014, at
