@@ -21,8 +21,9 @@ ends with the same bytes. The summary records ``reader_fingerprint``
 Readers downstream (pretraining's pipeline) call :func:`split_files_or_raw`:
 the prepared files when this stage finished with the reader fingerprint of
 their config, otherwise the raw shards (the same scenes bit for bit, ~25x
-slower to read). No stage needs ``prepare`` yet, so a job that does not ask
-for it reads the raw shards as before.
+slower to read). Pretraining needs it when it trains a reference (not for the
+packaged one, which reads no data); curation, alignment and evaluation still
+read the raw shards.
 """
 
 from __future__ import annotations

@@ -193,6 +193,12 @@ def packaged_mismatch(c: ml_collections.ConfigDict) -> str | None:
         f" (+{len(diff) - 4} more)" if len(diff) > 4 else "")
 
 
+def needs(c: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """More prerequisites (the graph's ``more_needs``): the prepared scenes when a reference is trained here; the
+    packaged reference reads no data."""
+    return () if packaged_mismatch(c) is None else ("prepare",)
+
+
 def packaged_id(c: ml_collections.ConfigDict, workdir: str) -> dict | None:
     """The packaged reference's identity when it serves this config (the stage graph fingerprints it)."""
     del workdir

@@ -1,7 +1,9 @@
 """The pipeline as a stage graph, owned here:
 
-  data -> pretrain -> curate -> align[_<method>] -> evaluate
-                       +--------------------------> submit_<model> (after align when the model is aligned)
+  data -> [prepare ->] pretrain -> curate -> align[_<method>] -> evaluate
+                                    +--------------------------> submit_<model> (after align when aligned)
+
+(prepare: every shard parsed and fitted once, when pretraining trains a reference; the packaged one reads no data)
 
 Each :class:`Stage` declares the stages it needs, the config sections its
 output depends on (fingerprinted, see ``workdir.py``), the folder it writes and
@@ -80,7 +82,8 @@ _BASE = ("data", "tokenizer", "model", "pretrain")
 GRAPH: dict[str, Stage] = {
     "data": Stage("data", (), ("data",), data.run, all_processes=False),
     "prepare": Stage("prepare", ("data",), ("data",), prepare.run, all_processes=True),
-    "pretrain": Stage("pretrain", ("data",), _BASE, pretrain.run, all_processes=True, extra=pretrain.packaged_id),
+    "pretrain": Stage("pretrain", ("data",), _BASE, pretrain.run, all_processes=True, extra=pretrain.packaged_id,
+                      more_needs=pretrain.needs),
     "curate": Stage("curate", ("pretrain",), _BASE + ("curate",), curate.run, all_processes=True),
     "align": Stage("align", ("curate",), _BASE + ("curate", "align"), align.run, all_processes=True,
                    folder=lambda c: align.folder_name(c.align.method)),
