@@ -53,6 +53,7 @@ _SLACK_M = 0.05
 _MARGIN_M = 5.0  # grid extends this far beyond the segments' bounding box
 _TIE_REL, _TIE_ABS_M2 = 1e-5, 1e-8  # two candidates closer than this are a tie (squared distances)
 _BUILD_CHUNK = 1 << 21  # cells x segments evaluated at once while building
+_FALLBACK_ELEMENTS = 1 << 24  # queries x segments per exhaustive fallback pass (~64 MB of float32)
 
 
 @struct.dataclass
@@ -136,7 +137,7 @@ def _candidate_search(points: Array, seg: geo.Segments, index: SegmentIndex, z_s
 
 
 def nearest_segment(points: Array, seg: geo.Segments, index: SegmentIndex, z_stretch: float = 1.0,
-                    valid: Array | None = None, fallback_chunk: int = 2048) -> tuple[Array, Array]:
+                    valid: Array | None = None, fallback_chunk: int = 256) -> tuple[Array, Array]:
     """``shapes.nearest_segment_3d`` through the index: the same indices, exactly.
 
     Args:
@@ -145,8 +146,9 @@ def nearest_segment(points: Array, seg: geo.Segments, index: SegmentIndex, z_str
       z_stretch: vertical scaling.
       valid: optional bool ``[...]``: invalid points get an arbitrary segment
         and are neither counted nor sent to the fallback.
-      fallback_chunk: uncertified queries searched exhaustively per pass
-        (``[fallback_chunk, S]`` temporaries).
+      fallback_chunk: least uncertified queries searched exhaustively per
+        pass (more when the segments are few: ``[chunk, S]`` temporaries of
+        at most ~2^24 elements beyond ``fallback_chunk``).
     Returns:
       (int32 ``[...]`` segment index, int32 scalar count of valid queries
       that needed the exhaustive fallback).
@@ -158,15 +160,19 @@ def nearest_segment(points: Array, seg: geo.Segments, index: SegmentIndex, z_str
     todo = ok & ~certified & jnp.any(seg.valid)
     n_fallback = jnp.sum(todo, dtype=jnp.int32)
     q = pts.shape[0]
-    chunk = min(fallback_chunk, q)
+    s = seg.valid.shape[0]
+    chunk = min(q, max(fallback_chunk, _FALLBACK_ELEMENTS // s))
+    # The uncertified queries first (one pass), then searched a chunk at a time.
+    (order,) = jnp.nonzero(todo, size=q, fill_value=q)
+    order = jnp.concatenate([order, jnp.full(-q % chunk, q, order.dtype)])
 
     def body(carry):
-        j, todo = carry
-        (sel,) = jnp.nonzero(todo, size=chunk, fill_value=q)
+        i, j = carry
+        sel = jax.lax.dynamic_slice(order, (i * chunk,), (chunk,))
         jf = geo.nearest_segment_3d(pts[jnp.minimum(sel, q - 1)], seg, z_stretch)
-        return j.at[sel].set(jf, mode="drop"), todo.at[sel].set(False, mode="drop")
+        return i + 1, j.at[sel].set(jf, mode="drop")
 
-    j, _ = jax.lax.while_loop(lambda c: jnp.any(c[1]), body, (j, todo))
+    _, j = jax.lax.while_loop(lambda c: c[0] * chunk < n_fallback, body, (jnp.int32(0), j))
     # No valid segment at all: the exhaustive search's answer (index 0).
     j = jnp.where(jnp.any(seg.valid), j, 0)
     return j.reshape(shape), n_fallback
