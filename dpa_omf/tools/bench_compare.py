@@ -79,6 +79,8 @@ def run(args: argparse.Namespace) -> dict:
     if metric is None:
         raise SystemExit(f"bench compare: no default metric for {bench[0]!r}; pass --metric")
     baseline = _git("rev-parse", "--verify", f"{args.baseline}^{{commit}}")
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    current = _git("rev-parse", "HEAD") + ("+dirty" if dirty else "")  # the tree as the runs start
     values: dict[str, list[float]] = {"baseline": [], "current": []}
     with tempfile.TemporaryDirectory(prefix="dpa_omf_baseline_") as tmp:
         old = pathlib.Path(tmp) / "tree"
@@ -91,9 +93,8 @@ def run(args: argparse.Namespace) -> dict:
                 values[side].append(v)
                 print(f"round {r}: {side} {metric} = {v:.4g}", file=sys.stderr, flush=True)
     med = {k: statistics.median(v) for k, v in values.items()}
-    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
     return {"benchmark": bench[0], "bench_args": bench[1:], "metric": metric, "rounds": args.rounds,
-            "baseline_commit": baseline, "current_commit": _git("rev-parse", "HEAD") + ("+dirty" if dirty else ""),
+            "baseline_commit": baseline, "current_commit": current,
             "values": values, "median": med, "ratio": med["current"] / med["baseline"],
             "command": " ".join(["python -m dpa_omf.bench compare", *sys.argv[2:]])}
 
