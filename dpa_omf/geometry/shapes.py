@@ -116,7 +116,16 @@ def seg_dist2_2d(vx: Array, vy: Array, ex: Array, ey: Array, inv_ee: Array) -> A
     return dx * dx + dy * dy
 
 
-def segment_dist2(points: Array, start: Array, end: Array, valid: Array, z_stretch: float = 1.0) -> Array:
+def segment_terms(start: Array, end: Array) -> Array:
+    """``[..., 4]`` per-segment terms of ``segment_dist2``: the direction (ex, ey, ez) and ``1 / (ex^2 + ey^2)``.
+
+    Materialized once (an optimization barrier) so that every search reads the same rounded values.
+    """
+    ex, ey, ez = (end[..., c] - start[..., c] for c in range(3))
+    return jax.lax.optimization_barrier(jnp.stack([ex, ey, ez, safe_inverse(ex * ex + ey * ey)], axis=-1))
+
+
+def segment_dist2(points: Array, start: Array, terms: Array, valid: Array, z_stretch: float = 1.0) -> Array:
     """Squared distance from points to segments: planar projection, z-stretched 3D offset.
 
     The one point-to-segment distance of the nearest-segment searches
@@ -125,14 +134,14 @@ def segment_dist2(points: Array, start: Array, end: Array, valid: Array, z_stret
     projected point is measured in 3D with its vertical part scaled.
 
     Args:
-      points: ``[..., 3]``; start, end: ``[..., 3]``; valid: bool ``[...]``
-        (all broadcastable against each other after the last axis).
+      points: ``[..., 3]``; start: ``[..., 3]``; terms: ``[..., 4]``
+        (``segment_terms``); valid: bool ``[...]`` (all broadcastable against
+        each other after the last axis).
       z_stretch: factor on vertical offsets.
     Returns:
       ``[...]`` squared distance (+inf for invalid segments), m^2.
     """
-    ex, ey, ez = (end[..., c] - start[..., c] for c in range(3))
-    inv_ee = safe_inverse(ex * ex + ey * ey)
+    ex, ey, ez, inv_ee = (terms[..., c] for c in range(4))
     vx, vy, vz = (points[..., c] - start[..., c] for c in range(3))
     t = jnp.clip((vx * ex + vy * ey) * inv_ee, 0.0, 1.0)
     ox, oy, oz = vx - ex * t, vy - ey * t, (vz - ez * t) * z_stretch
@@ -359,7 +368,8 @@ def nearest_segment_3d(points: Array, seg: Segments, z_stretch: float = 1.0) -> 
     Returns:
       int32 ``[...]`` segment index (ties: lowest index).
     """
-    d2 = segment_dist2(points[..., None, :], seg.start, seg.end, seg.valid, z_stretch)  # [..., S]
+    terms = segment_terms(seg.start, seg.end)
+    d2 = segment_dist2(points[..., None, :], seg.start, terms, seg.valid, z_stretch)  # [..., S]
     return jnp.argmin(d2, axis=-1).astype(jnp.int32)
 
 
