@@ -1,5 +1,10 @@
 """``python -m dpa_omf.bench {ot,train,rollout,realism,...}``: the benchmarks' entry point (dpa_omf/tools/bench.py)."""
 
+from dpa_omf import allocator
+
+if __name__ == "__main__":
+    allocator.ensure()  # before the benchmarks import JAX: glibc reads its malloc settings only at start
+
 from dpa_omf.tools.bench import main
 
 if __name__ == "__main__":

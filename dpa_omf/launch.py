@@ -40,6 +40,8 @@ import traceback
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from dpa_omf import allocator
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file, optionally ':variant'.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "workdir", "Folder for every stage's outputs.")
@@ -218,4 +220,5 @@ def entry_point():
 
 
 if __name__ == "__main__":
+    allocator.ensure()  # first: glibc reads its malloc settings only at process start
     entry_point()

@@ -1,4 +1,4 @@
-"""Test setup: 8 fake CPU devices, set before JAX is imported anywhere."""
+"""Test setup: 8 fake CPU devices and the allocator settings, set before JAX is imported anywhere."""
 
 import os
 import pathlib
@@ -11,6 +11,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Tests (and the jobs they start as subprocesses) never write to the user's compilation cache; the tests of the
 # cache give their own folder (dpa_omf/train/compilation_cache.py).
 os.environ.setdefault("DPA_OMF_COMPILATION_CACHE", "off")
+# The allocator settings of every entry point (dpa_omf/allocator.py): this process reads them too late, but the
+# xdist workers, started after this file is loaded, and the jobs the tests start get them from birth.
+from dpa_omf import allocator  # standard library only: imports no JAX
+
+if allocator.wanted():
+    os.environ.update(allocator.SETTINGS)
 
 import numpy as np
 import pytest

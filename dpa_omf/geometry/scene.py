@@ -12,7 +12,9 @@ metric that judges them agree:
   corner to the road-edge polylines (negative on the road); above
   ``OFFROAD_DISTANCE_THRESHOLD`` is off-road. The road edges come from
   ``road_edge_segments``, which reproduces the official padding artefact of
-  the sign rule (closed polylines wrap only at the longest road-edge length).
+  the sign rule (closed polylines wrap only at the longest road-edge length),
+  and the nearest edge is found through ``road_edge_index``, a per-scene grid
+  (``geometry.segment_index``) whose answers equal the exhaustive search's.
 
 Pure JAX on fixed shapes (jit- and vmap-able), built on ``geometry.shapes``.
 """
@@ -21,9 +23,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from dpa_omf import datatypes as dt
+from dpa_omf.geometry import segment_index
 from dpa_omf.geometry import shapes as geo
 
 Array = Any
@@ -67,6 +71,11 @@ def polyline_lengths(ids: Array, keep: Array) -> tuple[Array, Array, Array, Arra
     return first, last, same_next, n, jnp.max(n)
 
 
+def road_edge_index(edges: geo.Segments, cells: int = 64, k: int = 64) -> segment_index.SegmentIndex:
+    """The scene's road-edge grid (``segment_index.build_segment_index``), built once and reused by every query."""
+    return segment_index.build_segment_index(edges, cells, k)
+
+
 def road_edge_segments(rg: dt.RoadGraph, max_points: int | None = None) -> tuple[geo.Segments, Array]:
     """Road-edge segments of one scene, with the official wrap rule.
 
@@ -108,29 +117,28 @@ def distance_to_nearest_object(
     return jnp.min(jnp.where(ok, d, geo.EXTREMELY_LARGE_DISTANCE), axis=1)
 
 
-def distance_to_road_edge(eval_tr: dict, edges: geo.Segments, block: int | None = None,
-                          k: int = 16, steps_per_group: int = 10) -> tuple[Array, Array]:
+def distance_to_road_edge(eval_tr: dict, edges: geo.Segments,
+                          index: segment_index.SegmentIndex | None = None) -> tuple[Array, Array]:
     """Signed distance of the most off-road bottom corner.
 
     Args:
       eval_tr: dict of ``[E, T]`` trajectories (x, y, z, length, width,
         height, heading, valid).
       edges: road-edge ``Segments`` (``road_edge_segments``).
-      block, k: block pruning of the nearest-segment search (None: exhaustive);
-        queries are grouped by ``steps_per_group`` steps x 4 corners.
+      index: the scene's ``road_edge_index`` (None: exhaustive search); the
+        distances are the same either way.
     Returns:
-      (``[E, T]`` metres, bool exactness of the pruned search, all True when
-      exhaustive).
+      (``[E, T]`` metres, int32 scalar: corner queries of valid boxes the
+      index could not certify, searched exhaustively; 0 without an index).
+      There are ``4 * sum(valid)`` corner queries.
     """
     names = ("x", "y", "z", "length", "width", "height", "heading")
-    corners = geo.box_bottom_corners_3d(*(eval_tr[name] for name in names))
-    e, t = corners.shape[:2]
-    if block is None or t % steps_per_group:
-        d = geo.signed_distance_to_polylines(corners, edges, Z_STRETCH)  # [E, T, 4]
-        return jnp.max(d, axis=-1), jnp.ones((e, t), bool)
-    g = e * t // steps_per_group
-    grouped = corners.reshape(g, steps_per_group * 4, 3)
-    pv = jnp.broadcast_to(eval_tr["valid"][..., None], (e, t, 4)).reshape(g, steps_per_group * 4)
-    j, exact = geo.nearest_segment_3d_grouped(grouped, edges, Z_STRETCH, block, k, pv)
-    d = geo.signed_distance_to_polylines(corners, edges, Z_STRETCH, nearest=j.reshape(e, t, 4))
-    return jnp.max(d, axis=-1), exact.reshape(e, t, 4).all(-1) | ~eval_tr["valid"]
+    corners = geo.box_bottom_corners_3d(*(eval_tr[name] for name in names))  # [E, T, 4, 3]
+    if index is None:
+        return jnp.max(geo.signed_distance_to_polylines(corners, edges, Z_STRETCH), axis=-1), jnp.int32(0)
+    # Corners materialized once, as the exhaustive search's reduction does: fused
+    # into the gathers below, XLA would round some of them differently (1 ulp).
+    corners = jax.lax.optimization_barrier(corners)
+    j, fallbacks = segment_index.nearest_segment(corners, edges, index, Z_STRETCH, eval_tr["valid"][..., None])
+    d = geo.signed_distance_to_polylines(corners, edges, Z_STRETCH, nearest=j)
+    return jnp.max(d, axis=-1), fallbacks

@@ -104,11 +104,48 @@ def box_bottom_corners_3d(
     return jnp.concatenate([xy, jnp.broadcast_to(zc[..., None, None], (*xy.shape[:-1], 1))], axis=-1)
 
 
-def _seg_dist2(vx: Array, vy: Array, ex: Array, ey: Array, inv_ee: Array) -> Array:
-    """Squared distance from point v (relative to a segment start) to segment e."""
+def safe_inverse(x: Array) -> Array:
+    """``1 / x`` where ``x > 0``, else 0 (degenerate segments: squared lengths of 0)."""
+    return jnp.where(x > 0, 1.0 / jnp.where(x > 0, x, 1.0), 0.0)
+
+
+def seg_dist2_2d(vx: Array, vy: Array, ex: Array, ey: Array, inv_ee: Array) -> Array:
+    """Squared planar distance from point v (relative to a segment start) to segment e (``inv_ee = 1 / |e|^2``)."""
     t = jnp.clip((vx * ex + vy * ey) * inv_ee, 0.0, 1.0)
     dx, dy = vx - ex * t, vy - ey * t
     return dx * dx + dy * dy
+
+
+def segment_terms(start: Array, end: Array) -> Array:
+    """``[..., 4]`` per-segment terms of ``segment_dist2``: the direction (ex, ey, ez) and ``1 / (ex^2 + ey^2)``.
+
+    Materialized once (an optimization barrier) so that every search reads the same rounded values.
+    """
+    ex, ey, ez = (end[..., c] - start[..., c] for c in range(3))
+    return jax.lax.optimization_barrier(jnp.stack([ex, ey, ez, safe_inverse(ex * ex + ey * ey)], axis=-1))
+
+
+def segment_dist2(points: Array, start: Array, terms: Array, valid: Array, z_stretch: float = 1.0) -> Array:
+    """Squared distance from points to segments: planar projection, z-stretched 3D offset.
+
+    The one point-to-segment distance of the nearest-segment searches
+    (exhaustive and indexed alike, so that both round the same way): the
+    projection parameter is taken in 2D (as officially) and the offset from the
+    projected point is measured in 3D with its vertical part scaled.
+
+    Args:
+      points: ``[..., 3]``; start: ``[..., 3]``; terms: ``[..., 4]``
+        (``segment_terms``); valid: bool ``[...]`` (all broadcastable against
+        each other after the last axis).
+      z_stretch: factor on vertical offsets.
+    Returns:
+      ``[...]`` squared distance (+inf for invalid segments), m^2.
+    """
+    ex, ey, ez, inv_ee = (terms[..., c] for c in range(4))
+    vx, vy, vz = (points[..., c] - start[..., c] for c in range(3))
+    t = jnp.clip((vx * ex + vy * ey) * inv_ee, 0.0, 1.0)
+    ox, oy, oz = vx - ex * t, vy - ey * t, (vz - ez * t) * z_stretch
+    return jnp.where(valid, ox * ox + oy * oy + oz * oz, jnp.inf)
 
 
 def convex_polygon_signed_distance(poly_a: Array, poly_b: Array) -> Array:
@@ -138,7 +175,7 @@ def convex_polygon_signed_distance(poly_a: Array, poly_b: Array) -> Array:
         ex = [px[(i + 1) % k] - px[i] for i in range(k)]
         ey = [py[(i + 1) % k] - py[i] for i in range(k)]
         ee = [x * x + y * y for x, y in zip(ex, ey, strict=False)]
-        inv_ee = [jnp.where(e > 0, 1.0 / jnp.where(e > 0, e, 1.0), 0.0) for e in ee]
+        inv_ee = [safe_inverse(e) for e in ee]
         inv_len = [jnp.where(e > 0, jax.lax.rsqrt(jnp.where(e > 0, e, 1.0)), 0.0) for e in ee]
         return ex, ey, inv_ee, inv_len
 
@@ -161,9 +198,9 @@ def convex_polygon_signed_distance(poly_a: Array, poly_b: Array) -> Array:
     for i in range(n):
         for j in range(m):
             # vertex b_j vs edge a_i (vector a_i -> b_j = d[i][j]);
-            gaps.append(_seg_dist2(dx[i][j], dy[i][j], eax[i], eay[i], ia[i]))
+            gaps.append(seg_dist2_2d(dx[i][j], dy[i][j], eax[i], eay[i], ia[i]))
             # vertex a_i vs edge b_j (vector b_j -> a_i = -d[i][j]).
-            gaps.append(_seg_dist2(-dx[i][j], -dy[i][j], ebx[j], eby[j], ib[j]))
+            gaps.append(seg_dist2_2d(-dx[i][j], -dy[i][j], ebx[j], eby[j], ib[j]))
     gap = jnp.sqrt(functools.reduce(jnp.minimum, gaps))
     return jnp.where(max_sep <= 0.0, max_sep, gap)
 
@@ -319,10 +356,10 @@ def _segment_offset(points: Array, start: Array, end: Array) -> tuple[Array, Arr
 
 
 def nearest_segment_3d(points: Array, seg: Segments, z_stretch: float = 1.0) -> Array:
-    """Index of the closest valid segment, distance measured in 3D with z scaled.
+    """Index of the closest valid segment by ``segment_dist2``: the exhaustive search.
 
-    The projection parameter is taken in 2D (as officially) and the offset from
-    the projected point is measured in 3D with its vertical part scaled.
+    ``geometry.segment_index.nearest_segment`` gives the same indices through a
+    per-scene grid.
 
     Args:
       points: ``[..., 3]`` query points.
@@ -331,26 +368,9 @@ def nearest_segment_3d(points: Array, seg: Segments, z_stretch: float = 1.0) -> 
     Returns:
       int32 ``[...]`` segment index (ties: lowest index).
     """
-    # Coordinates kept in separate [..., S] arrays so XLA vectorizes over S.
-    sx, sy, sz = (seg.start[:, k] for k in range(3))
-    ex, ey, ez = (seg.end[:, k] - seg.start[:, k] for k in range(3))
-    ee = ex * ex + ey * ey
-    inv_ee = jnp.where(ee > 0, 1.0 / jnp.where(ee > 0, ee, 1.0), 0.0)
-    vx, vy, vz = (points[..., k, None] - c for k, c in enumerate((sx, sy, sz)))
-    t = jnp.clip((vx * ex + vy * ey) * inv_ee, 0.0, 1.0)
-    ox, oy, oz = vx - ex * t, vy - ey * t, (vz - ez * t) * z_stretch
-    d2 = jnp.where(seg.valid, ox * ox + oy * oy + oz * oz, jnp.inf)
+    terms = segment_terms(seg.start, seg.end)
+    d2 = segment_dist2(points[..., None, :], seg.start, terms, seg.valid, z_stretch)  # [..., S]
     return jnp.argmin(d2, axis=-1).astype(jnp.int32)
-
-
-def _segment_d2(px, py, pz, sx, sy, sz, ex, ey, ez, valid, z_stretch):
-    """Squared z-stretched distance, broadcasting point coords against segments."""
-    ee = ex * ex + ey * ey
-    inv_ee = jnp.where(ee > 0, 1.0 / jnp.where(ee > 0, ee, 1.0), 0.0)
-    vx, vy, vz = px - sx, py - sy, pz - sz
-    t = jnp.clip((vx * ex + vy * ey) * inv_ee, 0.0, 1.0)
-    ox, oy, oz = vx - ex * t, vy - ey * t, (vz - ez * t) * z_stretch
-    return jnp.where(valid, ox * ox + oy * oy + oz * oz, jnp.inf)
 
 
 def pruned_argmin(points: Array, lo: Array, hi: Array, dist2_fn, block: int, k: int,
@@ -406,40 +426,6 @@ def pad_blocks(a: Array, block: int, value) -> Array:
     return jnp.concatenate([a, jnp.full((pad, *a.shape[1:]), value, a.dtype)]) if pad else a
 
 
-def nearest_segment_3d_grouped(
-    points: Array, seg: Segments, z_stretch: float = 1.0, block: int = 32, k: int = 8,
-    point_valid: Array | None = None,
-) -> tuple[Array, Array]:
-    """``nearest_segment_3d`` with exact block pruning (see ``pruned_argmin``).
-
-    Args:
-      points: ``[G, n, 3]`` query points in G groups of n (spatially close
-        points per group make the pruning effective).
-      seg: ``Segments`` with ``[S]`` arrays.
-      z_stretch: vertical scaling.
-      block, k: block size and number of blocks searched per group.
-      point_valid: optional bool ``[G, n]``.
-    Returns:
-      (index int32 ``[G, n]``, exact bool ``[G, n]``: the index is the global
-      nearest; when False it is the nearest among the searched blocks).
-    """
-    start, end = pad_blocks(seg.start, block, 0.0), pad_blocks(seg.end, block, 0.0)
-    valid = pad_blocks(seg.valid, block, False)
-    nb = valid.shape[0] // block
-    # The closest point of a segment lies in the box of its end points.
-    lo = jnp.where(valid[:, None], jnp.minimum(start, end), jnp.inf).reshape(nb, block, 3).min(1)
-    hi = jnp.where(valid[:, None], jnp.maximum(start, end), -jnp.inf).reshape(nb, block, 3).max(1)
-
-    def dist2(p, items):
-        st, va = start[items], valid[items]  # [G, C, 3]
-        e = end[items] - st
-        return _segment_d2(*(p[..., c, None] for c in range(3)), *(st[:, None, :, c] for c in range(3)),
-                           *(e[:, None, :, c] for c in range(3)), va[:, None, :], z_stretch)
-
-    scale = jnp.asarray([1.0, 1.0, z_stretch], jnp.float32)
-    return pruned_argmin(points, lo, hi, dist2, block, k, point_valid, scale)
-
-
 def signed_distance_to_polylines(
     points: Array, seg: Segments, z_stretch: float = 3.0, nearest: Array | None = None
 ) -> Array:
@@ -458,7 +444,7 @@ def signed_distance_to_polylines(
       seg: ``Segments`` with ``[S]`` arrays (at least one valid segment).
       z_stretch: vertical scaling when choosing the closest segment.
       nearest: optional int ``[...]`` closest-segment indices already found
-        (e.g. by ``nearest_segment_3d_grouped``).
+        (e.g. by ``segment_index.nearest_segment``).
     Returns:
       ``[...]`` signed distance, metres.
     """

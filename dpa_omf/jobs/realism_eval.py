@@ -74,8 +74,8 @@ class Evaluator:
         rc = self.cfg.realism.fitted(dt.stack_scenarios(scenarios))
         out = self._run(params, scenarios, indices, rc)
         redo = np.flatnonzero(out["map_search_inexact"])
-        if redo.size:  # rare (agents far off the map): exhaustive searches for those scenes only
-            exhaustive = dataclasses.replace(rc, road_edge_block=None, lane_block=None)
+        if redo.size:  # rare (agents far off the map): exhaustive lane search for those scenes only
+            exhaustive = dataclasses.replace(rc, lane_block=None)
             again = self._run(params, [scenarios[j] for j in redo], [indices[j] for j in redo], exhaustive)
             for k in out:
                 out[k][redo] = again[k]

@@ -76,10 +76,11 @@ class RealismConfig:
       max_road_edge_points, max_lane_points: compact the road-edge / lane
         samples into this many slots before the brute-force nearest-segment
         searches (None: keep all road-graph slots). Overflow is flagged.
-      road_edge_block, road_edge_blocks_searched: exact block pruning of the
-        nearest-road-edge search (``geometry.nearest_segment_3d_grouped``);
-        block None searches every segment. When pruning cannot certify a
-        query, ``map_search_inexact`` is flagged (re-run with None).
+      road_edge_grid, road_edge_candidates: the per-scene road-edge index
+        (``geometry.segment_index``: cells per side, candidates per cell;
+        grid None: exhaustive search). Exact either way: queries the index
+        cannot certify are searched exhaustively and counted
+        (``road_edge_fallbacks`` of ``road_edge_queries``).
       lane_block, lane_blocks_searched: the same for the lane assignment of
         the traffic-light feature (lanes are denser: more blocks searched).
     """
@@ -89,8 +90,8 @@ class RealismConfig:
     rollout_batch: int = 8
     max_road_edge_points: int | None = None
     max_lane_points: int | None = None
-    road_edge_block: int | None = 32
-    road_edge_blocks_searched: int = 16
+    road_edge_grid: int | None = 64
+    road_edge_candidates: int = 64
     lane_block: int | None = 32
     lane_blocks_searched: int = 32
 
@@ -162,8 +163,7 @@ def _rollout_features(tr: dict, log_xyz: Array, log_valid: Array, eval_index: Ar
     ttc = wf.time_to_collision(eval_boxes, speed_2d[eval_index][:, fut], all_boxes, speed_2d[:, fut], all_valid)
 
     ev_fut = {k: v[:, fut] for k, v in ev.items()}
-    road, road_exact = scene.distance_to_road_edge(ev_fut, md.edges, config.road_edge_block,
-                                             config.road_edge_blocks_searched)
+    road, road_fallbacks = scene.distance_to_road_edge(ev_fut, md.edges, md.edge_index)
     road = jnp.where(ev_valid, road, -wf.LARGE)
 
     c = dt.CURRENT_INDEX
@@ -177,7 +177,8 @@ def _rollout_features(tr: dict, log_xyz: Array, log_valid: Array, eval_index: Ar
         "distance_to_nearest_object": dist, "collision_per_step": dist < scene.COLLISION_DISTANCE_THRESHOLD,
         "time_to_collision": ttc, "distance_to_road_edge": road,
         "offroad_per_step": road > scene.OFFROAD_DISTANCE_THRESHOLD, "traffic_light_violation_per_step": tl,
-        "map_search_inexact": jnp.any(ev_valid & ~road_exact) | jnp.any(~lane_exact),
+        "map_search_inexact": jnp.any(~lane_exact),
+        "road_edge_queries": 4 * jnp.sum(ev_valid, dtype=jnp.int32), "road_edge_fallbacks": road_fallbacks,
     }
 
 
@@ -192,11 +193,12 @@ def _features_for(scenario: dt.Scenario, future_xyzh: Array, future_valid: Array
                           eval_index=eval_index, md=md, sig=sig, config=config)
     out = jax.lax.map(f, tr, batch_size=min(batch_size, future_xyzh.shape[0]))
     inexact = jnp.any(out.pop("map_search_inexact"))
+    counts = {k: jnp.sum(out.pop(k)) for k in ("road_edge_queries", "road_edge_fallbacks")}
     return wf.Features(
         eval_index=eval_index, eval_valid=eval_valid, object_id=a.id[eval_index],
         object_type=a.type[eval_index], valid=tr["valid"][:, eval_index, dt.NUM_HISTORY:],
         **out,
-    ), inexact
+    ), inexact, counts
 
 
 DEFAULT_CONFIG = RealismConfig()
@@ -216,23 +218,27 @@ def compute_features(scenario: dt.Scenario, sim_xyzh: Array, config: RealismConf
         ``scenario.agents.sim_mask``, the official rule).
     Returns:
       (log features with B = 1, sim features with B = R, flags) where flags
-      holds bool ``eval_overflow``, ``map_overflow`` and ``map_search_inexact``.
+      holds bool ``eval_overflow``, ``map_overflow`` and ``map_search_inexact``
+      (the lane search), and the int32 counts ``road_edge_queries`` and
+      ``road_edge_fallbacks`` (log and rollouts, see ``RealismConfig``).
     """
     if sim_mask is not None:
         scenario = scenario.replace(agents=scenario.agents.replace(sim_mask=sim_mask))
     a = scenario.agents
     eval_index, eval_valid, eval_over = _eval_slots(a, config.max_eval_agents)
-    md = wf.prepare_map(scenario.roadgraph, config.max_road_edge_points, config.max_lane_points)
+    md = wf.prepare_map(scenario.roadgraph, config.max_road_edge_points, config.max_lane_points,
+                        config.road_edge_grid, config.road_edge_candidates)
     sig = wf.prepare_signals(scenario.traffic_lights, md)
     h = dt.NUM_HISTORY
     log_future = jnp.stack([a.x, a.y, a.z, a.heading], axis=-1)[None, :, h:]
-    log, log_inexact = _features_for(scenario, log_future, a.valid[None, :, h:], eval_index, eval_valid,
+    log, log_inexact, log_counts = _features_for(scenario, log_future, a.valid[None, :, h:], eval_index, eval_valid,
                                      md, sig, config, 1)
     sim_valid = jnp.ones(sim_xyzh.shape[:3], bool)
-    sim, sim_inexact = _features_for(scenario, sim_xyzh.astype(jnp.float32), sim_valid, eval_index,
+    sim, sim_inexact, sim_counts = _features_for(scenario, sim_xyzh.astype(jnp.float32), sim_valid, eval_index,
                                      eval_valid, md, sig, config, config.rollout_batch)
     return log, sim, {"eval_overflow": eval_over, "map_overflow": md.overflow,
-                      "map_search_inexact": log_inexact | sim_inexact}
+                      "map_search_inexact": log_inexact | sim_inexact,
+                      **{k: log_counts[k] + sim_counts[k] for k in log_counts}}
 
 
 # ==================================================================== estimators
@@ -392,7 +398,7 @@ def features_checked(scenario: dt.Scenario, sim_xyzh: np.ndarray,
     """Host-side ``compute_features`` of one concrete scene with safe sizes.
 
     Fits the static sizes to the scene, and re-runs with an exhaustive
-    road-edge search when the pruned one could not certify every query (e.g.
+    lane search when the pruned one could not certify every query (e.g.
     agents far off the map). Returns (log, sim, flags, config used).
     """
     config = config.fitted(scenario)
@@ -401,8 +407,8 @@ def features_checked(scenario: dt.Scenario, sim_xyzh: np.ndarray,
         return dataclasses.replace(c, challenge="2025")
 
     log, sim, flags = jax.device_get(_jitted_features(key(config))(scenario, sim_xyzh))
-    if bool(flags["map_search_inexact"]) and (config.road_edge_block or config.lane_block):
-        config = dataclasses.replace(config, road_edge_block=None, lane_block=None)
+    if bool(flags["map_search_inexact"]) and config.lane_block:
+        config = dataclasses.replace(config, lane_block=None)
         log, sim, flags = jax.device_get(_jitted_features(key(config))(scenario, sim_xyzh))
     return log, sim, flags, config
 

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from dpa_omf import datatypes as dt
-from dpa_omf.geometry import scene
+from dpa_omf.geometry import scene, segment_index
 from dpa_omf.geometry import shapes as geo
 
 Array = Any
@@ -201,12 +201,15 @@ class MapData:
     """Road-graph data prepared once per scene for the map features.
 
       edges: ``geo.Segments`` of the road edges ``[Se]`` (official wrap rule).
+      edge_index: the road edges' grid (``geometry.segment_index``), or None
+        (exhaustive road-edge search).
       lane_start, lane_end: ``[Sl, 2]`` lane "segments" as the official
         traffic-light code forms them; lane_valid bool ``[Sl]``; lane_id ``[Sl]``.
       overflow: bool, a compaction dropped road-edge or lane points.
     """
 
     edges: geo.Segments
+    edge_index: segment_index.SegmentIndex | None
     lane_start: Array
     lane_end: Array
     lane_valid: Array
@@ -215,22 +218,26 @@ class MapData:
 
 
 def prepare_map(rg: dt.RoadGraph, max_road_edge_points: int | None = None,
-                max_lane_points: int | None = None) -> MapData:
-    """Road-edge segments and lane segments of one scene (``[P]`` road graph).
+                max_lane_points: int | None = None, road_edge_grid: int | None = None,
+                road_edge_candidates: int = 64) -> MapData:
+    """Road-edge segments (and their index) and lane segments of one scene (``[P]`` road graph).
 
     Args:
       rg: the scene's road graph.
       max_road_edge_points, max_lane_points: slots after compaction (None:
         every road-graph slot); see ``wosac.RealismConfig``.
+      road_edge_grid, road_edge_candidates: the road-edge index (grid None:
+        none, exhaustive search).
     """
     edges, e_over = scene.road_edge_segments(rg, max_road_edge_points)
+    index = None if road_edge_grid is None else scene.road_edge_index(edges, road_edge_grid, road_edge_candidates)
     is_lane = rg.valid & (rg.type == dt.RG_LANE_SURFACE_STREET)
     lxyz, lid, lkeep, l_over = scene.compact_points(rg, is_lane, max_lane_points)
     _, _, same_next, ln, lmax = scene.polyline_lengths(lid, lkeep)
     nxt = jnp.concatenate([lxyz[1:, :2], lxyz[-1:, :2]], axis=0)
     lane_end = jnp.where(same_next[:, None], nxt, 0.0)
     lane_valid = lkeep & (ln >= 2) & (same_next | (ln < lmax))
-    return MapData(edges=edges, lane_start=lxyz[:, :2], lane_end=lane_end, lane_valid=lane_valid,
+    return MapData(edges=edges, edge_index=index, lane_start=lxyz[:, :2], lane_end=lane_end, lane_valid=lane_valid,
                    lane_id=lid, overflow=e_over | l_over)
 
 

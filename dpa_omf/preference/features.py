@@ -43,36 +43,27 @@ class FeatureConfig:
       single integration glitch cannot dominate a distance.
     max_road_edge_points: road-edge slots after compaction (None: every
       road-graph slot); see ``geometry.scene.road_edge_segments``.
-    road_edge_block, road_edge_blocks_searched: the metric's exact block
-      pruning of the nearest-road-edge search (None: exhaustive). When the
-      pruning cannot certify every query of a scene, the scene is recomputed
-      exhaustively, so the result never depends on these knobs.
+    road_edge_grid, road_edge_candidates: the metric's per-scene road-edge
+      index (``geometry.segment_index``: grid cells per side, candidates per
+      cell; grid None: exhaustive search). Queries the index cannot certify
+      are searched exhaustively, so the features never depend on these knobs.
     """
 
     clearance_cap: float = 10.0
     road_distance_clip: float = 5.0
     effort_cap: float = 10.0
     max_road_edge_points: int | None = None
-    road_edge_block: int | None = 32
-    road_edge_blocks_searched: int = 16
+    road_edge_grid: int | None = 64
+    road_edge_candidates: int = 64
 
 
-def _road_distance(tr: dict, edges: geo.Segments, config: FeatureConfig) -> jax.Array:
-    """Signed road-edge distance of the most off-road box corner, ``[E, T]`` from ``[E, T]`` trajectories."""
-    d, exact = _road_distance_pruned(tr, edges, config)
-    return jax.lax.cond(jnp.all(exact), lambda: d, lambda: _road_distance_exhaustive(tr, edges))
-
-
-def _road_distance_pruned(tr: dict, edges: geo.Segments, config: FeatureConfig) -> tuple[jax.Array, jax.Array]:
-    """The block-pruned search (exhaustive when ``road_edge_block`` is None) and its exactness ``[E, T]``."""
-    if config.road_edge_block is None:
+def _road_distance(tr: dict, edges: geo.Segments, config: FeatureConfig) -> tuple[jax.Array, jax.Array]:
+    """Signed road-edge distance of the most off-road box corner, ``[E, T]`` from ``[E, T]`` trajectories,
+    through the scene's index built once here; and the count of corner queries it sent to the fallback."""
+    if config.road_edge_grid is None:
         return scene.distance_to_road_edge(tr, edges)
-    return scene.distance_to_road_edge(tr, edges, block=config.road_edge_block,
-                                       k=config.road_edge_blocks_searched)
-
-
-def _road_distance_exhaustive(tr: dict, edges: geo.Segments) -> jax.Array:
-    return scene.distance_to_road_edge(tr, edges)[0]
+    index = scene.road_edge_index(edges, config.road_edge_grid, config.road_edge_candidates)
+    return scene.distance_to_road_edge(tr, edges, index)
 
 
 def _trajectories(scenario: dt.Scenario, x, y, heading, valid) -> dict:
@@ -137,17 +128,13 @@ def expert_features(scenario: dt.Scenario, config: FeatureConfig = FeatureConfig
     """
     scenario = jax.tree.map(jnp.asarray, scenario)  # numpy in, traced indexing below
     tr, edges = _expert_boxes(scenario, config)
-    return _expert_phi(scenario, edges, _road_distance(tr, edges, config), config)
+    return _expert_phi(scenario, edges, _road_distance(tr, edges, config)[0], config)
 
 
 def expert_features_batch(scenarios: dt.Scenario, config: FeatureConfig = FeatureConfig()
                           ) -> tuple[jax.Array, jax.Array]:
-    """:func:`expert_features` of B scenes (``[B, ...]``); see :func:`rollout_features_batch`."""
-    scenarios = jax.tree.map(jnp.asarray, scenarios)
-    tr, edges = jax.vmap(lambda s: _expert_boxes(s, config))(scenarios)
-    d, exact = jax.vmap(lambda t, e: _road_distance_pruned(t, e, config))(tr, edges)
-    road = jax.lax.cond(jnp.all(exact), lambda: d, lambda: jax.vmap(_road_distance_exhaustive)(tr, edges))
-    return jax.vmap(lambda s, e, r: _expert_phi(s, e, r, config))(scenarios, edges, road)
+    """:func:`expert_features` of B scenes (``[B, ...]``), the same values scene by scene."""
+    return jax.vmap(lambda s: expert_features(s, config))(jax.tree.map(jnp.asarray, scenarios))
 
 
 def _expert_boxes(scenario: dt.Scenario, config: FeatureConfig) -> tuple[dict, geo.Segments]:
@@ -179,30 +166,32 @@ def rollout_features(scenario: dt.Scenario, x: jax.Array, y: jax.Array, heading:
     Returns:
       (``[R, A, 80, 5]`` features, bool ``[R, A, 80]`` valid).
     """
+    return rollout_features_stats(scenario, x, y, heading, vel_x, vel_y, config)[:2]
+
+
+def rollout_features_stats(scenario: dt.Scenario, x: jax.Array, y: jax.Array, heading: jax.Array,
+                           vel_x: jax.Array, vel_y: jax.Array, config: FeatureConfig = FeatureConfig()
+                           ) -> tuple[jax.Array, jax.Array, dict]:
+    """:func:`rollout_features` and the road-edge index's statistics: int32 ``road_edge_queries`` (box
+    corners of valid boxes) and ``road_edge_fallbacks`` (those searched exhaustively)."""
     scenario = jax.tree.map(jnp.asarray, scenario)
     tr, edges = _rollout_boxes(scenario, x, y, heading, config)
-    road = _road_distance(tr, edges, config)
-    return _rollout_phi(scenario, edges, x, y, heading, vel_x, vel_y, road, config)
+    road, fallbacks = _road_distance(tr, edges, config)
+    phi, valid = _rollout_phi(scenario, edges, x, y, heading, vel_x, vel_y, road, config)
+    stats = {"road_edge_queries": 4 * jnp.sum(tr["valid"], dtype=jnp.int32), "road_edge_fallbacks": fallbacks}
+    return phi, valid, stats
 
 
 def rollout_features_batch(scenarios: dt.Scenario, x: jax.Array, y: jax.Array, heading: jax.Array,
                            vel_x: jax.Array, vel_y: jax.Array, config: FeatureConfig = FeatureConfig()
                            ) -> tuple[jax.Array, jax.Array]:
-    """:func:`rollout_features` of B scenes at once (``[B, ...]`` everything), the same values scene by scene.
+    """:func:`rollout_features` of B scenes at once (``[B, ...]`` everything), the same values scene by scene
+    (each scene's road-edge index is its own; the exhaustive fallback is a loop, not a ``cond``, so a scene's
+    features do not depend on its batch-mates and vmap runs no search it does not need)."""
+    def one(s, *v):
+        return rollout_features(s, *v, config)
 
-    ``jax.vmap(rollout_features)`` would turn the exhaustive fallback of the
-    road-edge search (a ``lax.cond``) into a select that always runs the
-    exhaustive search; here the pruned search runs for every scene and the
-    exhaustive one only when some scene of the batch could not be certified.
-    Both give the same distances where the pruned one is exact, so a scene's
-    features do not depend on its batch-mates.
-    """
-    scenarios = jax.tree.map(jnp.asarray, scenarios)
-    tr, edges = jax.vmap(lambda s, *v: _rollout_boxes(s, *v, config))(scenarios, x, y, heading)
-    d, exact = jax.vmap(lambda t, e: _road_distance_pruned(t, e, config))(tr, edges)
-    road = jax.lax.cond(jnp.all(exact), lambda: d, lambda: jax.vmap(_road_distance_exhaustive)(tr, edges))
-    return jax.vmap(lambda s, e, *v: _rollout_phi(s, e, *v, config))(scenarios, edges, x, y, heading, vel_x,
-                                                                        vel_y, road)
+    return jax.vmap(one)(jax.tree.map(jnp.asarray, scenarios), x, y, heading, vel_x, vel_y)
 
 
 def _rollout_boxes(scenario: dt.Scenario, x, y, heading, config: FeatureConfig) -> tuple[dict, geo.Segments]:

@@ -42,7 +42,9 @@ recompute-the-prefix sampling. ``realism``: the WOSAC metric on one scene and
 on a vmapped batch. ``curate`` / ``evaluate``: the batched, sharded post-training
 paths vs the per-scene loop, on 1 and 8 devices (``dpa_omf/tools/bench_pod.py``).
 ``online``: seconds per online DPA-OMF round split into sampling, features, OT
-and update (``dpa_omf/tools/bench_online.py``).
+and update (``dpa_omf/tools/bench_online.py``). ``compare --baseline=COMMIT -- BENCH ...``:
+that benchmark on an older commit and on this tree, alternating, and the ratio
+(``dpa_omf/tools/bench_compare.py``).
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ from dpa_omf.preference import distance, ranking
 from dpa_omf.synthetic import dataset as synthetic
 from dpa_omf.testing import bench_scenes
 from dpa_omf.testing import scenes as fake_scenes
-from dpa_omf.tools import bench_input, bench_online, bench_pod
+from dpa_omf.tools import bench_compare, bench_input, bench_online, bench_pod
 from dpa_omf.train import compilation_cache, loop
 
 os.environ.setdefault("POT_BACKEND_DISABLE_TENSORFLOW", "1")  # POT (imported later) would import TF otherwise
@@ -502,6 +504,9 @@ BENCHMARKS: dict[str, tuple[Callable, Callable]] = {
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["compare"]:  # a benchmark on an older commit and on this tree (its own flags)
+        return bench_compare.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m dpa_omf.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--compilation_cache", default=None, help=compilation_cache.FLAG_HELP)

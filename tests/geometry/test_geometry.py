@@ -2,7 +2,6 @@
 
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -128,23 +127,3 @@ def test_polyline_segments_from_padded_flat_list():
     np.testing.assert_array_equal(seg.valid, [1, 1, 0, 1, 1, 0, 0, 0])
     np.testing.assert_array_equal(seg.has_prev, [0, 1, 0, 0, 1, 0, 0, 0])
     np.testing.assert_array_equal(seg.has_next, [1, 0, 0, 1, 0, 0, 0, 0])
-
-
-def test_grouped_pruned_search_matches_exhaustive(rng):
-    # Six wavy roads 8 m apart, 0.5 m sampling; queries in tight groups.
-    x = np.arange(100, dtype=np.float32) * 0.5
-    pts = np.concatenate([np.stack([x, 8.0 * k + np.sin(x / 5), 0.1 * x], -1) for k in range(6)])
-    ids = np.repeat(np.arange(6), 100)
-    seg = geo.polyline_segments(jnp.asarray(pts), jnp.asarray(ids), jnp.ones(600, bool))
-    q = pts[rng.integers(0, 600, 32)][:, None] + rng.normal(0, 1, (32, 8, 3)).astype(np.float32)
-    full = geo.nearest_segment_3d(jnp.asarray(q), seg, 3.0)
-    j, exact = jax.jit(geo.nearest_segment_3d_grouped, static_argnums=(2, 3, 4))(jnp.asarray(q), seg, 3.0, 16, 4)
-    exact = np.asarray(exact)
-    assert exact.mean() > 0.9
-    np.testing.assert_array_equal(np.asarray(j)[exact], np.asarray(full)[exact])
-    # At the centre of a ring every block is about as close: not certified.
-    ang = np.linspace(0, 2 * np.pi, 257)[:-1]
-    ring = np.stack([10 * np.cos(ang), 10 * np.sin(ang), 0 * ang], -1).astype(np.float32)
-    rseg = geo.polyline_segments(jnp.asarray(ring), jnp.zeros(256, jnp.int32), jnp.ones(256, bool))
-    _, ex_c = geo.nearest_segment_3d_grouped(jnp.zeros((1, 1, 3)), rseg, 3.0, 16, 4)
-    assert not bool(ex_c.any())

@@ -7,6 +7,7 @@ os.environ.setdefault("POT_BACKEND_DISABLE_TENSORFLOW", "1")  # POT would import
 
 import pytest
 
+from dpa_omf import allocator
 from dpa_omf.model import encoder as enc
 from dpa_omf.model import motion_lm as mlm
 from dpa_omf.tools import bench
@@ -66,3 +67,27 @@ def test_bench_train_times_the_pretraining_step(tmp_path):
     (one,) = r["results"]
     assert one["num_agents"] == 8 and one["batch"] == 8 and len(one["step_s_all"]) == 3
     assert one["step_s_median"] > 0 and one["tokens_per_s"] > 0 and one["param_count"] > 10_000
+
+
+def test_bench_compare_alternates_and_reports_the_ratio(tmp_path, monkeypatch):
+    from dpa_omf.tools import bench_compare
+
+    calls = []
+
+    def fake_run(tree, bench, out, metric):
+        calls.append(("current" if tree == bench_compare.REPO else "baseline", bench, metric))
+        return 2.0 if tree == bench_compare.REPO else 1.0 + 0.1 * len(calls)
+
+    monkeypatch.setattr(bench_compare, "_run_once", fake_run)
+    monkeypatch.setattr(bench_compare, "_extract", lambda commit, dest: None)
+    out = tmp_path / "cmp.json"
+    bench_compare.main(["--baseline=HEAD", "--rounds", "3", "--json", str(out), "--", "curate", "--scenes", "2"])
+    res = json.loads(out.read_text())
+    assert [c[0] for c in calls] == ["baseline", "current", "current", "baseline", "baseline", "current"]
+    assert all(c[1] == ["curate", "--scenes", "2"] and c[2] == "scenes_per_second.batched" for c in calls)
+    assert res["values"]["baseline"] == [1.1, 1.4, 1.5] and res["median"]["baseline"] == 1.4
+    assert abs(res["ratio"] - 2.0 / 1.4) < 1e-12
+    assert bench_compare.metric_value({"results": [{"scenes_per_s": 3}]}, "results.0.scenes_per_s") == 3.0
+    env = bench_compare._child_env(tmp_path)
+    assert all(env.get(k) != v for k, v in allocator.SETTINGS.items())
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(tmp_path)
