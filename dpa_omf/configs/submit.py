@@ -8,7 +8,7 @@ Variants (comma-separated):
   smoke          seconds-scale run (tests): 4 scenarios in 2 shards
   womd           real WOMD (128 agent slots; set data.womd.*_pattern or submit.scenario_pattern)
   reference      submit the pretrained reference instead of the DPA-OMF model
-  <align method> submit that alignment (dpa_adef, sft_best_oa, sft_best_ade, afd, dpo); the default is dpa_omf
+  <align method> submit that alignment (any of post_training.ALIGN_METHODS); the default is dpa_omf
 """
 
 from dpa_omf.configs import common, post_training

@@ -301,3 +301,12 @@ def test_levers_from_the_command_line_without_a_sweep(tmp_path, monkeypatch):
     assert "dpa_omf[combined]" in result["models"]
     assert {s for _, w, s, _ in calls if "/arms/combined/" in w} == {0, 1}
     assert (tmp_path / "alignment.json").exists() and "ntp" in result["models"]["dpa_omf"]["vs"]
+
+
+def test_the_study_lists_no_methods_of_its_own():
+    """A new alignment method is one entry in align.METHODS and its name in ALIGN_METHODS: the study's choices are
+    exactly those, and every method a suite runs is one of them."""
+    assert tuple(align.METHODS) == suites.ALL_METHODS
+    for suite in suites.SUITES.values():
+        assert set(suite.methods) <= set(suites.ALL_METHODS)
+    assert set(suites.DEFAULT_METHODS) <= set(suites.ALL_METHODS)

@@ -19,8 +19,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from dpa_omf.configs import post_training
+
 DEFAULT_METHODS = ("dpa_omf", "sft_best_oa", "dpa_adef", "afd")
-ALL_METHODS = ("dpa_omf", "dpa_adef", "sft_best_oa", "sft_best_ade", "afd", "dpo", "catk", "ntp", "online")
+ALL_METHODS = post_training.ALIGN_METHODS  # the one list of alignment methods
 TABLES = ("features", "data", "levers")
 COMBINED = "combined"
 # The sharpening control's grid: (temperature, top-p) of the evaluation's sampling, the best chosen on validation.
