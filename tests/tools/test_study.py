@@ -301,6 +301,7 @@ def test_levers_from_the_command_line_without_a_sweep(tmp_path, monkeypatch):
     assert "dpa_omf[combined]" in result["models"]
     assert {s for _, w, s, _ in calls if "/arms/combined/" in w} == {0, 1}
     assert (tmp_path / "alignment.json").exists() and "ntp" in result["models"]["dpa_omf"]["vs"]
+    assert json.loads((tmp_path / "levers.json").read_text())["chosen"] == lv["chosen"]  # written as chosen
 
 
 def test_the_study_lists_no_methods_of_its_own():
@@ -310,3 +311,28 @@ def test_the_study_lists_no_methods_of_its_own():
     for suite in suites.SUITES.values():
         assert set(suite.methods) <= set(suites.ALL_METHODS)
     assert set(suites.DEFAULT_METHODS) <= set(suites.ALL_METHODS)
+
+
+def test_a_test_arm_reuses_the_curation_of_a_lever_with_the_same_curate_overrides(tmp_path, monkeypatch):
+    """The data-scale lever (validation) and the data table's arm (test) share one preference dataset: the arm
+    links the lever's finished curation instead of curating again; its later seeds link its first seed's."""
+    calls = []
+    monkeypatch.setattr(runs, "launch", _fake_launch(calls, tmp_path))
+    shared, lever = tmp_path / "seed_0", tmp_path / "levers" / "data_4x"
+    for d in (shared, lever):
+        for stage in runs.SHARED_STAGES:
+            (d / stage).mkdir(parents=True)
+    (lever / "curate" / "summary.json").write_text("{}")
+    a = suites.scale_arms(0.08, (4,))[0]
+    b = next(x for x in suites.lever_arms(0.08) if x.group_name == "data_scale")
+    assert a.curates and a.curate_overrides == b.curate_overrides and a.table != b.table
+    rows = runs.run_arm(a, lambda s: tmp_path / "arms" / a.name / f"seed_{s}", shared, [0, 1], "configs/align.py",
+                        [], lambda s: shared, curate_from=lever)
+    assert set(rows) == {0, 1}
+    first, second = (tmp_path / "arms" / a.name / f"seed_{s}" / "curate" for s in (0, 1))
+    assert first.is_symlink() and first.resolve() == (lever / "curate").resolve()
+    assert second.is_symlink() and second.resolve() == first.resolve()
+    # without a finished curation to reuse, the arm curates its own (nothing linked)
+    other = runs.run_arm(a, lambda s: tmp_path / "own" / f"seed_{s}", shared, [0], "configs/align.py", [],
+                         lambda s: shared, curate_from=tmp_path / "missing")
+    assert other and not (tmp_path / "own" / "seed_0" / "curate").is_symlink()

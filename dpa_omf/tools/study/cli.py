@@ -179,6 +179,9 @@ def run(plan: Plan, wall0: float, cpu0: float) -> int:
         per_method = {m: [runs.lr_flag(lr)] for m, lr in sw["chosen"].items()}
     lr_dpa = per_method.get("dpa_omf", [])
     lv = levers(plan, sw, lr_dpa)
+    if lv:  # the choices are written as they are made (a long study's partial results)
+        atomic.write_json(plan.root / "levers.json", lv | {"combined": lv["combined"] and
+                                                            dataclasses.asdict(lv["combined"])})
     per_seed, aligned, per_scene = {}, {}, {}
     for s in plan.seeds:
         seed_dir = plan.root / f"seed_{s}"
@@ -189,10 +192,14 @@ def run(plan: Plan, wall0: float, cpu0: float) -> int:
         per_scene[s] = runs.per_scene(seed_dir, ["reference", *plan.methods])
     setup = {k: per_seed[plan.seeds[0]][k] for k in ("challenge", "num_scenes", "num_rollouts")}
     sh, sampled = sharpening(plan, lr_dpa)
+    if sh:
+        atomic.write_json(plan.root / "sharpening.json", sh)
     test_arms = plan.arms("features", "data") + ([lv["combined"]] if lv and lv["combined"] else [])
+    curated = {a.curate_overrides: plan.root / "levers" / a.name for a in plan.arms("levers") if a.curates}
     arm_rows = {f"dpa_omf[{a.name}]": runs.run_arm(
         a, lambda s, a=a: plan.root / "arms" / a.name / f"seed_{s}", plan.shared, plan.seeds, plan.config,
-        plan.extra + plan.test_flags + lr_dpa, lambda s: plan.root / f"seed_{s}") for a in test_arms}
+        plan.extra + plan.test_flags + lr_dpa, lambda s: plan.root / f"seed_{s}", curated.get(a.curate_overrides))
+        for a in test_arms}
     names = results.merge(per_seed, aligned, per_scene, arm_rows, "dpa_omf")
     for m, rows in sampled.items():
         names += results.merge(per_seed, aligned, per_scene, rows, m, align_of=m if m != "reference" else None)

@@ -137,20 +137,23 @@ def sweep(root: pathlib.Path, shared: pathlib.Path, seed: int, methods: list[str
 
 
 def run_arm(arm: suites.Arm, folder, shared: pathlib.Path, seeds: list[int], config: str, extra: list[str],
-            reference_from) -> dict[int, dict]:
+            reference_from, curate_from: pathlib.Path | None = None) -> dict[int, dict]:
     """DPA-OMF with an arm's overrides, every seed, in ``folder(seed)``; returns per seed ``{"summary", "align",
     "per_scene"}`` (the arm's evaluate and align summaries, ``{"dpa_omf": per-scene composites}``).
 
     An arm that curates builds its preference data in its first seed's folder (the others link it); the rest link
     the shared curation. ``reference_from(seed)``: a workdir whose reference evaluation (same checkpoint, scenes
     and keys) is copied in, so the reference is scored once (the evaluate job checks its fingerprint and re-scores
-    it only if anything differs)."""
+    it only if anything differs). ``curate_from``: a workdir whose finished curation has the arm's preference data
+    (another arm with the same ``curate.*`` overrides), linked instead of curating again."""
     out = {}
     for s in seeds:
         d = folder(s)
         link(shared, d, ("data", "pretrain") if arm.curates else SHARED_STAGES)
         if arm.curates and s != seeds[0]:
             link(folder(seeds[0]), d, ("curate",))
+        elif arm.curates and curate_from is not None and (curate_from / "curate" / "summary.json").exists():
+            link(curate_from, d, ("curate",))
         ref = reference_from(s) / "evaluate" / "models" / "reference.json"
         if ref.exists() and not (d / "evaluate" / "models" / "reference.json").exists():
             (d / "evaluate" / "models").mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,11 @@ class Arm:
         return any(o.startswith("--config.curate.") for o in self.overrides)
 
     @property
+    def curate_overrides(self) -> tuple[str, ...]:
+        """The overrides that decide the arm's preference data (two arms with the same ones share it)."""
+        return tuple(sorted(o for o in self.overrides if o.startswith("--config.curate.")))
+
+    @property
     def group_name(self) -> str:
         return self.group or self.name
 
@@ -99,10 +104,13 @@ def feature_arms() -> tuple[Arm, ...]:
             Arm("comfort_only", (weights((0, 0, 0, 1, 0)),), "features"))
 
 
-def lever_arms() -> tuple[Arm, ...]:
-    """Issue 20's levers as arms: optimizer, anchors, the use of every ranked rollout, per-agent credit, cost
-    scaling and the weight of the evaluated agents (``dpa_omf/configs/post_training.py`` documents each key)."""
-    return (Arm("warmup_0", ("--config.align.optim.warmup_steps=0",), "levers", "warmup"),
+def lever_arms(base_rankings: float) -> tuple[Arm, ...]:
+    """Issue 20's levers as arms: preference-data scale, optimizer, anchors, the use of every ranked rollout,
+    per-agent credit, cost scaling and the weight of the evaluated agents (``dpa_omf/configs/post_training.py``
+    documents each key). The data-scale lever is the data table's ``data_4x`` arm, whose curation the test rows
+    then reuse."""
+    return (Arm("data_4x", (f"--config.curate.rankings_per_example={base_rankings * 4:g}",), "levers", "data_scale"),
+            Arm("warmup_0", ("--config.align.optim.warmup_steps=0",), "levers", "warmup"),
             Arm("warmup_20", ("--config.align.optim.warmup_steps=20",), "levers", "warmup"),
             Arm("steps_80", ("--config.align.num_steps=80",), "levers", "steps"),
             Arm("weight_decay_0.01", ("--config.align.optim.weight_decay=0.01",), "levers", "weight_decay"),
@@ -133,13 +141,14 @@ SUITES = {
     # curation 5.6 min for 80 scenes, ~4.2 s per scene; data ~1 min), one job at a time, an idle machine:
     #   shared data + curation (80 scenes)                          ~  7 min
     #   lr sweep: 5 methods x 3 rates, validation (64 scenes)        ~ 73 min
-    #   levers: 15 arms on validation (steps_80 aligns twice as long,
-    #           ranked_16 decodes 4x the sequences, the two cost arms curate again) ~110 min
+    #   levers: 16 arms on validation (steps_80 aligns twice as long,
+    #           ranked_16 decodes 4x the sequences, the two cost arms curate again,
+    #           data_4x curates 320 scenes, which the data table's data_4x reuses) ~135 min
     #   sampling grid: 9 settings x 2 models, validation            ~ 28 min
     #   3 seeds x (5 alignments + 6 models x 256 scenes)            ~146 min
     #   sharpened reference / DPA-OMF on test, 3 seeds              ~ 31-61 min (one or two settings)
     #   combined levers on test, 3 seeds                            ~ 26 min
-    #   data scale 0.5x / 2x / 4x (curation + 3 seeds each)         ~114 min
+    #   data scale 0.5x / 2x / 4x (curation but 4x's + 3 seeds each) ~ 92 min
     #   total                                                       ~9-9.5 h (more when the CPU is shared; the
     #   speed-up of issue 21 is not in these figures)
     # Power: with issue 20's spreads of DPA-OMF - reference (SD ~0.011 between seeds; between scenes at most the
@@ -149,7 +158,7 @@ SUITES = {
     "powered": Suite("configs/align.py", ("dpa_omf", "ntp", "sft_best_oa", "dpa_adef", "afd"), (0, 1, 2),
                      lrs=(1e-4, 3e-4, 1e-3), val_scenes=64, test_scenes=256,
                      extra=("--config.data.synthetic.num_valid=320",),
-                     arms=lever_arms() + scale_arms(0.08), sampling=SHARPENING_GRID),
+                     arms=lever_arms(0.08) + scale_arms(0.08), sampling=SHARPENING_GRID),
     # The same structure at :smoke sizes, for CPU minutes (its test checks the report's structure).
     "quick": Suite("configs/align.py:smoke", ALL_METHODS, (0, 1), lrs=(1e-3, 3e-3), val_scenes=2, test_scenes=4,
                    arms=(Arm("collision_only", (weights((10, 0, 0, 0, 0)),), "features"),
