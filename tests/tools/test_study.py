@@ -215,7 +215,14 @@ def test_quick_suite_report_has_every_table_figure_and_method_row(tmp_path, monk
     combined = [e for _, w, _, e in calls if "/arms/combined/" in w]
     assert len(combined) == len(suite.seeds)
     assert all(o in combined[0] for n in lv["chosen"] for o in lv["arms"][n]["overrides"])
-    # sampling: the grid on validation, each model's best setting on the test block with its flags
+    # sampling: the grid on validation, each model's best setting on the test block with its flags; the combined
+    # levers run on validation too and get their own setting (their reference row copied, not re-scored)
+    assert lv["combined_val_composite"] is not None and len(sh["val_composite"][runs.COMBINED_ROW]) == len(sh["grid"])
+    comb_val = [e for _, w, _, e in calls if "/sampling/val/combined/" in w]
+    assert len(comb_val) == len(sh["grid"]) and all(o in comb_val[0] for n in lv["chosen"]
+                                                     for o in lv["arms"][n]["overrides"])
+    assert all((tmp_path / "sampling" / "val" / "combined" / f"t{t:g}_p{p:g}" / f"seed_{suite.seeds[0]}" / "evaluate"
+                / "models" / "reference.json").exists() for t, p in sh["grid"])
     assert sh["chosen"]["reference"] == [0.85, 0.95] and "reference@t0.85,p0.95" in result["models"]
     for m, setting in sh["chosen"].items():
         assert sh["val_composite"][m][sh["grid"].index(setting)] == max(sh["val_composite"][m])

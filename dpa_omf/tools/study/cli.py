@@ -104,36 +104,57 @@ def levers(plan: Plan, sw: dict | None, lr_dpa: list[str]) -> dict | None:
                          lambda s: ref_dir)
         val[a.name] = r[s0]["summary"]["models"]["dpa_omf"]["composite"]
     chosen = runs.choose_levers(base, val, arms)
-    return {"base": base, "chosen": [a.name for a in chosen], "combined": runs.combined(chosen),
+    both = runs.combined(chosen)
+    combined_val = None
+    if both is not None:  # the combined arm on validation too: its own sampling setting is chosen there
+        curated = {a.curate_overrides: plan.root / "levers" / a.name for a in arms if a.curates}
+        r = runs.run_arm(both, lambda s: plan.root / "levers" / both.name, plan.shared, [s0], plan.config, flags,
+                         lambda s: ref_dir, curated.get(both.curate_overrides))
+        combined_val = r[s0]["summary"]["models"]["dpa_omf"]["composite"]
+    return {"base": base, "chosen": [a.name for a in chosen], "combined": both, "combined_val_composite": combined_val,
             "arms": {a.name: {"group": a.group_name, "overrides": list(a.overrides), "val_composite": val[a.name]}
                      for a in arms}}
 
 
-def sharpening(plan: Plan, lr_dpa: list[str]) -> tuple[dict | None, dict]:
-    """The sampling grid on the validation block (the first seed's reference and DPA-OMF), the best setting per
-    model, then each model at its best setting on the test block, every seed. Returns the record
-    (``tables.sampling_table``) and the test rows ``{model: {name: {seed: {"summary", "per_scene"}}}}``."""
+def sharpening(plan: Plan, lr_dpa: list[str], combined: suites.Arm | None = None) -> tuple[dict | None, dict]:
+    """The sampling grid on the validation block (the first seed's reference and DPA-OMF, and DPA-OMF with the
+    ``combined`` levers when there is such an arm), the best setting per model, then each model at its best setting
+    on the test block, every seed. Returns the record (``tables.sampling_table``) and the test rows
+    ``{name: (model in the summaries, {row: {seed: {"summary", "per_scene"}}})}``."""
     grid = plan.sampling
     if not grid:
         return None, {}
-    s0 = plan.seeds[0]
-    val: dict[str, list[float]] = {"reference": [], "dpa_omf": []}
+    s0, comb = plan.seeds[0], runs.COMBINED_ROW
+    # per model: (its folder for a seed and block, its overrides, the sampling folders' sub-folder)
+    models = {"reference": None, "dpa_omf": (lambda s, block: plan.root / f"seed_{s}", [], "")}
+    if combined is not None:
+        models[comb] = (lambda s, block: plan.root / ("levers/combined" if block == "val" else
+                                                      f"arms/combined/seed_{s}"), list(combined.overrides), "combined")
+    val: dict[str, list[float]] = {m: [] for m in models}
     for setting in grid:
         r = runs.run_sampling(plan.root, "val", setting, s0, plan.root / f"seed_{s0}", plan.config,
                               plan.extra + plan.val_flags + lr_dpa)
-        for m in val:
+        for m in ("reference", "dpa_omf"):
             val[m].append(r["summary"]["models"][m]["composite"])
+        if comb in models:
+            folder, overrides, sub = models[comb]
+            r = runs.run_sampling(plan.root, "val", setting, s0, folder(s0, "val"), plan.config,
+                                  plan.extra + plan.val_flags + lr_dpa + overrides, sub)
+            val[comb].append(r["summary"]["models"]["dpa_omf"]["composite"])
     chosen = {m: grid[max(range(len(grid)), key=lambda i, v=v: v[i])] for m, v in val.items()}
-    rows: dict[str, dict] = {m: {} for m in val}
-    done: dict[tuple, dict] = {}  # one evaluation per (setting, seed) scores both models
+    rows: dict[str, tuple[str, dict]] = {}
+    done: dict[tuple, dict] = {}  # one evaluation per (folder, setting, seed) scores the reference and a model
     for m, setting in chosen.items():
         if tuple(setting) == (1.0, 1.0):
             continue  # the plain row already is this model at its best setting
+        folder, overrides, sub = models[m] or models["dpa_omf"]
         for s in plan.seeds:
-            if (setting, s) not in done:
-                done[setting, s] = runs.run_sampling(plan.root, "test", setting, s, plan.root / f"seed_{s}",
-                                                     plan.config, plan.extra + plan.test_flags + lr_dpa)
-        rows[m][runs.sampled_name(m, setting)] = {s: done[setting, s] for s in plan.seeds}
+            if (sub, setting, s) not in done:
+                done[sub, setting, s] = runs.run_sampling(plan.root, "test", setting, s, folder(s, "test"),
+                                                          plan.config, plan.extra + plan.test_flags + lr_dpa
+                                                          + overrides, sub)
+        model = "reference" if m == "reference" else "dpa_omf"
+        rows[m] = (model, {runs.sampled_name(m, setting): {s: done[sub, setting, s] for s in plan.seeds}})
     return {"grid": [list(s) for s in grid], "val_composite": val, "chosen": chosen}, rows
 
 
@@ -191,18 +212,20 @@ def run(plan: Plan, wall0: float, cpu0: float) -> int:
         aligned[s] = {m: runs.read_json(seed_dir / align.folder_name(m) / "summary.json") for m in plan.methods}
         per_scene[s] = runs.per_scene(seed_dir, ["reference", *plan.methods])
     setup = {k: per_seed[plan.seeds[0]][k] for k in ("challenge", "num_scenes", "num_rollouts")}
-    sh, sampled = sharpening(plan, lr_dpa)
-    if sh:
-        atomic.write_json(plan.root / "sharpening.json", sh)
-    test_arms = plan.arms("features", "data") + ([lv["combined"]] if lv and lv["combined"] else [])
+    combined = lv["combined"] if lv else None
+    test_arms = plan.arms("features", "data") + ([combined] if combined else [])
     curated = {a.curate_overrides: plan.root / "levers" / a.name for a in plan.arms("levers") if a.curates}
     arm_rows = {f"dpa_omf[{a.name}]": runs.run_arm(
         a, lambda s, a=a: plan.root / "arms" / a.name / f"seed_{s}", plan.shared, plan.seeds, plan.config,
         plan.extra + plan.test_flags + lr_dpa, lambda s: plan.root / f"seed_{s}", curated.get(a.curate_overrides))
         for a in test_arms}
+    sh, sampled = sharpening(plan, lr_dpa, combined)
+    if sh:
+        atomic.write_json(plan.root / "sharpening.json", sh)
     names = results.merge(per_seed, aligned, per_scene, arm_rows, "dpa_omf")
-    for m, rows in sampled.items():
-        names += results.merge(per_seed, aligned, per_scene, rows, m, align_of=m if m != "reference" else None)
+    for m, (model, rows) in sampled.items():
+        names += results.merge(per_seed, aligned, per_scene, rows, model,
+                               align_of=m if m != "reference" else None)
     result = results.aggregate(per_seed, aligned, plan.methods + names,
                                per_scene if all(per_scene.values()) else None)
     result |= {"setup": setup, "methods": plan.methods, "suite": plan.name or None, "sweep": sw,

@@ -136,7 +136,7 @@ def alignment_json(result: dict) -> dict:
 def headline(name: str) -> bool:
     """The DPA-OMF models whose claims the results document judges: the method, its combined levers, and its
     sampled rows (the feature and data arms are analyses, not candidates)."""
-    return name in ("dpa_omf", "dpa_omf[combined]") or name.startswith("dpa_omf@")
+    return name in ("dpa_omf", "dpa_omf[combined]") or name.startswith(("dpa_omf@", "dpa_omf[combined]@"))
 
 
 def verdicts(doc: dict) -> list[tuple[str, str]]:

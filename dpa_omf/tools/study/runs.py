@@ -24,6 +24,7 @@ from dpa_omf.tools.study import suites
 from dpa_omf.train import checkpointing
 
 SHARED_STAGES = ("data", "pretrain", "curate")
+COMBINED_ROW = f"dpa_omf[{suites.COMBINED}]"  # DPA-OMF with the levers kept on validation
 
 
 def log(msg: str) -> None:
@@ -182,12 +183,19 @@ def combined(chosen: list[suites.Arm]) -> suites.Arm | None:
 
 
 def run_sampling(root: pathlib.Path, block: str, setting: tuple[float, float], seed: int, seed_dir: pathlib.Path,
-                 config: str, extra: list[str]) -> dict:
+                 config: str, extra: list[str], sub: str = "") -> dict:
     """The reference and DPA-OMF of ``seed_dir`` (its finished alignment, linked) scored at a sampling ``setting``
     (temperature, top-p) with the seed's rollout keys; ``extra`` holds the block and DPA-OMF's own overrides (its
-    alignment's fingerprint must match). Returns ``{"summary", "per_scene"}``."""
-    d = root / "sampling" / block / f"t{setting[0]:g}_p{setting[1]:g}" / f"seed_{seed}"
+    alignment's fingerprint must match). ``sub``: a DPA-OMF variant's sub-folder (``combined``), whose reference
+    row is copied from the plain folder of the same setting when that one is scored. Returns ``{"summary",
+    "per_scene"}``."""
+    plain = root / "sampling" / block / f"t{setting[0]:g}_p{setting[1]:g}" / f"seed_{seed}"
+    d = root / "sampling" / block / sub / f"t{setting[0]:g}_p{setting[1]:g}" / f"seed_{seed}" if sub else plain
     link(seed_dir, d, (*SHARED_STAGES, align.folder_name("dpa_omf")))
+    ref = plain / "evaluate" / "models" / "reference.json"
+    if sub and ref.exists() and not (d / "evaluate" / "models" / "reference.json").exists():
+        (d / "evaluate" / "models").mkdir(parents=True, exist_ok=True)
+        shutil.copy(ref, d / "evaluate" / "models" / "reference.json")
     summary = run_seed(seed, d, ["dpa_omf"], config, extra + sampling_flags(setting))
     return {"summary": summary, "per_scene": per_scene(d, ["reference", "dpa_omf"])}
 
