@@ -26,6 +26,22 @@ from dpa_omf.configs import post_training
 
 VARIANTS = ("smoke", "womd", "long")
 
+# Keys renamed so that one idea has one word (docs/architecture.md, "Glossary"): old key -> new key. An override of
+# an old key is refused by the launcher with the new one's name (renamed_keys_error), never silently dropped.
+RENAMED_KEYS = {
+    "curate.num_pairs": "curate.top_k",
+    "align.online.num_pairs": "align.online.top_k",
+    "submit.scenarios_per_shard": "submit.scenes_per_shard",
+    "data.num_roadgraph_points": "data.max_roadgraph_points",
+}
+
+
+def renamed_keys_error(keys: list[str]) -> str | None:
+    """The refusal of overridden ``keys`` (dotted, e.g. 'curate.num_pairs') that were renamed; None when none was."""
+    old = [k for k in keys if k in RENAMED_KEYS]
+    if not old:
+        return None
+    return "; ".join(f"config key {k} was renamed: use --config.{RENAMED_KEYS[k]}" for k in old)
 
 
 def parse_variants(arg: str | None, allowed: tuple[str, ...]) -> set[str]:
@@ -63,7 +79,7 @@ def _data(variants: set[str]) -> ml_collections.ConfigDict:
     d = ml_collections.ConfigDict()
     d.source = "synthetic"  # 'synthetic' (embedded default, generated into WORKDIR/data) or 'womd'
     d.num_agents = 32  # agent slots per scene (WOMD tf.Example: 128)
-    d.num_roadgraph_points = 4096  # road-graph samples per scene (WOMD: 20,000 or 30,000)
+    d.max_roadgraph_points = 4096  # road-graph samples per scene (WOMD: 20,000 or 30,000)
     # The embedded synthetic world: generated once into WORKDIR/data by the data job.
     d.synthetic = ml_collections.ConfigDict()
     d.synthetic.num_train = 1000
@@ -76,7 +92,7 @@ def _data(variants: set[str]) -> ml_collections.ConfigDict:
     d.womd.valid_pattern = ""
     if "smoke" in variants:
         d.num_agents = 16
-        d.num_roadgraph_points = 1024
+        d.max_roadgraph_points = 1024
         d.synthetic.num_train = 16
         d.synthetic.num_valid = 8
         d.synthetic.num_shards = 2
@@ -88,7 +104,7 @@ def _data(variants: set[str]) -> ml_collections.ConfigDict:
     if "womd" in variants:
         d.source = "womd"
         d.num_agents = 128
-        d.num_roadgraph_points = 30000
+        d.max_roadgraph_points = 30000
         d.womd.train_pattern = "/data/womd/training/*.tfrecord*"
         d.womd.valid_pattern = "/data/womd/validation/*.tfrecord*"
     return d

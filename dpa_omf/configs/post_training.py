@@ -24,7 +24,9 @@ ALIGN_METHODS = ("dpa_omf", "dpa_adef", "sft_best_oa", "sft_best_ade", "afd", "d
 def curate(variants: set[str]) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.num_rollouts = 64  # rollouts ranked per scene
-    c.num_pairs = 16  # the 16 closest are preferred, the 16 farthest unpreferred
+    # K of the ranking (not a sampling top-k): the K closest rollouts are preferred, the K farthest unpreferred,
+    # and pair k is (k-th closest, k-th farthest), so K is also the pair count per scene
+    c.top_k = 16
     c.rollout_chunk = 16  # rollouts sampled together (bounds memory)
     c.temperature = 1.0
     c.top_p = 1.0
@@ -57,7 +59,7 @@ def curate(variants: set[str]) -> ml_collections.ConfigDict:
         c.scenes_per_device = 4
     if "smoke" in variants:
         c.num_rollouts = 8
-        c.num_pairs = 2
+        c.top_k = 2
         c.rollout_chunk = 8
         c.scenes_per_shard = 4
         c.scenes_per_device = 1
@@ -92,7 +94,7 @@ def align(variants: set[str]) -> ml_collections.ConfigDict:
     # scenes x 16 = 80 curated scenes x 64), and with steps_per_round=1 the same number of updates.
     c.online = ml_collections.ConfigDict()
     c.online.num_rollouts = 16
-    c.online.num_pairs = 4
+    c.online.top_k = 4  # K of each round's ranking: the K closest vs the K farthest (as curate.top_k)
     c.online.rollout_chunk = 16
     c.online.steps_per_round = 1
     c.online.loss = "pairs"  # 'pairs' (pairs_per_scene of the K pairs per update) | 'ranked' (every ordered pair)
@@ -125,7 +127,7 @@ def align(variants: set[str]) -> ml_collections.ConfigDict:
         c.optim.warmup_steps = 1
         c.sft_top_k = 2  # of curate's 8 rollouts at :smoke
         c.online.num_rollouts = 8  # = curate's at :smoke (round 0 then ranks as curation did)
-        c.online.num_pairs = 2
+        c.online.top_k = 2
         c.online.rollout_chunk = 8
         c.catk_top_k = 8
     return c
@@ -173,7 +175,7 @@ def submit(variants: set[str]) -> ml_collections.ConfigDict:
     c.seed = 0  # rollout seed, combined with the global seed; keys fold in the global scenario index
     # ~40 KB per sim agent per scenario (32 x 80 x 4 float32), ~2.5 MB for a typical WOMD scenario: 100 per shard
     # keeps each file near 250 MB (WOMD testing: ~450 shards).
-    c.scenarios_per_shard = 100
+    c.scenes_per_shard = 100
     # Submission metadata (SimAgentsChallengeSubmission). account_name must be the challenge account's e-mail:
     # the job refuses to run without it.
     c.account_name = ""
@@ -190,6 +192,6 @@ def submit(variants: set[str]) -> ml_collections.ConfigDict:
     c.acknowledge_complies_with_closed_loop_requirement = True  # tokens sampled step by step from the model's own past
     if "smoke" in variants:
         c.max_scenarios = 4
-        c.scenarios_per_shard = 2
+        c.scenes_per_shard = 2
         c.rollout_chunk = 32
     return c

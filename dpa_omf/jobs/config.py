@@ -67,7 +67,7 @@ class OnlineConfig:
 
     Attributes:
       num_rollouts: R rollouts of the current policy ranked per scene per round.
-      num_pairs: K: the K closest vs the K farthest are the round's pairs ('pairs' loss).
+      top_k: K: the K closest vs the K farthest are the round's pairs ('pairs' loss).
       rollout_chunk: rollouts sampled together (bounds memory).
       steps_per_round: optimizer updates on each round's data.
       loss: 'pairs' (``align.pairs_per_scene`` of the K pairs per update) or 'ranked' (CPL over every
@@ -77,7 +77,7 @@ class OnlineConfig:
     """
 
     num_rollouts: int = 16
-    num_pairs: int = 4
+    top_k: int = 4
     rollout_chunk: int = 16
     steps_per_round: int = 1
     loss: str = "pairs"
@@ -87,9 +87,9 @@ class OnlineConfig:
     def __post_init__(self):
         if self.loss not in ("pairs", "ranked"):
             raise ValueError(f"align.online.loss={self.loss!r} must be 'pairs' or 'ranked'")
-        if self.num_pairs < 1 or self.num_rollouts < 2 * self.num_pairs:
-            raise ValueError(f"align.online: num_rollouts={self.num_rollouts} must be >= 2 * num_pairs="
-                             f"{self.num_pairs} >= 2")
+        if self.top_k < 1 or self.num_rollouts < 2 * self.top_k:
+            raise ValueError(f"align.online: num_rollouts={self.num_rollouts} must be >= 2 * top_k="
+                             f"{self.top_k} >= 2")
         if self.steps_per_round < 1 or self.kl_weight < 0:
             raise ValueError("align.online: steps_per_round must be >= 1 and kl_weight >= 0")
 
@@ -198,7 +198,7 @@ class SubmitConfig:
       reader: the scenes' slots (``max_agents`` must hold every sim agent of a scenario).
       rollout: sampling; ``num_rollouts`` is the challenge's 32.
       seed: the rollout keys' seed (scenario i samples with ``fold_in(key(seed), i)``).
-      scenarios_per_shard: scenarios per ``submission.binproto`` shard (bounds a file's size).
+      scenes_per_shard: scenes (WOSAC scenarios) per ``submission.binproto`` shard (bounds a file's size).
       metadata: the submission's metadata less ``num_model_parameters`` when that is '' (the job counts them).
     """
 
@@ -209,7 +209,7 @@ class SubmitConfig:
     reader: reader_lib.ReaderConfig
     rollout: sampling.RolloutConfig
     seed: int
-    scenarios_per_shard: int
+    scenes_per_shard: int
     metadata: tuple[tuple[str, Any], ...]
 
     def __post_init__(self):
@@ -220,8 +220,8 @@ class SubmitConfig:
         if self.rollout.num_rollouts != submission_lib.NUM_ROLLOUTS:
             raise ValueError(f"submit.num_rollouts={self.rollout.num_rollouts}: the challenge takes exactly "
                              f"{submission_lib.NUM_ROLLOUTS}")
-        if self.max_scenarios < 0 or self.scenarios_per_shard < 1:
-            raise ValueError("submit.max_scenarios must be >= 0 and submit.scenarios_per_shard >= 1")
+        if self.max_scenarios < 0 or self.scenes_per_shard < 1:
+            raise ValueError("submit.max_scenarios must be >= 0 and submit.scenes_per_shard >= 1")
         # SubmissionMetadata's own rules (the parameter count's format, ...); the account name is checked
         # only for the submit job (_check_stages), so other jobs run with its empty default.
         _metadata({**dict(self.metadata), "account_name": dict(self.metadata)["account_name"] or "unset"}, 1)
@@ -247,7 +247,7 @@ def derived_seed(*parts: int) -> int:
 
 def reader(c: ml_collections.ConfigDict) -> reader_lib.ReaderConfig:
     """Every scene of every stage is fitted to the configured slots."""
-    return reader_lib.ReaderConfig(max_agents=c.data.num_agents, max_roadgraph_points=c.data.num_roadgraph_points)
+    return reader_lib.ReaderConfig(max_agents=c.data.num_agents, max_roadgraph_points=c.data.max_roadgraph_points)
 
 
 def synthetic_world(c: ml_collections.ConfigDict) -> synthetic.SyntheticConfig:
@@ -258,15 +258,15 @@ def synthetic_world(c: ml_collections.ConfigDict) -> synthetic.SyntheticConfig:
     vehicles and pedestrians, so the extra slots hold traffic, not padding.
     """
     base = synthetic.SyntheticConfig()
-    a, p = c.data.num_agents, c.data.num_roadgraph_points
+    a, p = c.data.num_agents, c.data.max_roadgraph_points
     if a <= base.pool_size:
-        return synthetic.SyntheticConfig(num_agents=a, num_points=p)
+        return synthetic.SyntheticConfig(num_agents=a, max_roadgraph_points=p)
     scale = a / base.num_agents
 
     def grow(lo_hi: tuple[int, int]) -> tuple[int, int]:
         return tuple(int(v * scale) for v in lo_hi)
 
-    return synthetic.SyntheticConfig(num_agents=a, num_points=p, pool_size=a,
+    return synthetic.SyntheticConfig(num_agents=a, max_roadgraph_points=p, pool_size=a,
                                      initial_vehicles=grow(base.initial_vehicles),
                                      initial_pedestrians=grow(base.initial_pedestrians))
 
@@ -323,7 +323,7 @@ def pipeline(c: ml_collections.ConfigDict, patterns: tuple[str, ...], train: boo
     """
     return pipe.PipelineConfig(
         file_patterns=tuple(patterns), batch_size=c.pretrain.batch_size // process_count,
-        max_agents=c.data.num_agents, max_roadgraph_points=c.data.num_roadgraph_points,
+        max_agents=c.data.num_agents, max_roadgraph_points=c.data.max_roadgraph_points,
         shuffle=train and c.pretrain.shuffle, seed=c.seed,
         num_epochs=None,  # repeat; evaluation takes a fixed number of batches
         prefetch=c.pretrain.prefetch if train else 0, num_workers=c.pretrain.num_workers if train else 0)
@@ -344,10 +344,10 @@ def curation_config(c: ml_collections.ConfigDict, backend: str | None = None) ->
         rollout=sampling.RolloutConfig(num_rollouts=cc.num_rollouts, rollout_chunk=cc.rollout_chunk,
                                        temperature=cc.temperature, top_p=cc.top_p),
         ot=dist.OTConfig(solver=curate_solver(c, backend)[0], feature_weights=tuple(cc.feature_weights),
-                         rescore_window=cc.rescore_window, num_pairs=cc.num_pairs, weight_mode=cc.weight_mode,
+                         rescore_window=cc.rescore_window, top_k=cc.top_k, weight_mode=cc.weight_mode,
                          feature_scaling=cc.feature_scaling, spread_floor=tuple(cc.spread_floor)),
         features=feat.FeatureConfig(clearance_cap=cc.clearance_cap, road_distance_clip=cc.road_distance_clip),
-        num_pairs=cc.num_pairs)
+        top_k=cc.top_k)
 
 
 def align(c: ml_collections.ConfigDict) -> AlignConfig:
@@ -375,7 +375,7 @@ def online_curation(c: ml_collections.ConfigDict, num_devices: int, backend: str
                                "deadlock: the on-device exact solver instead"
     cfg = dataclasses.replace(
         base, rollout=dataclasses.replace(base.rollout, num_rollouts=o.num_rollouts, rollout_chunk=o.rollout_chunk),
-        ot=dataclasses.replace(base.ot, solver=solver, num_pairs=o.num_pairs), num_pairs=o.num_pairs)
+        ot=dataclasses.replace(base.ot, solver=solver, top_k=o.top_k), top_k=o.top_k)
     return cfg, why
 
 
@@ -409,10 +409,10 @@ def submit(c: ml_collections.ConfigDict) -> SubmitConfig:
     kind = "reference" if s.model == "reference" else "aligned"
     meta["description"] = meta["description"] or post_training.DESCRIPTIONS[kind].format(method=s.model)
     reader_cfg = reader_lib.ReaderConfig(max_agents=s.num_agents or c.data.num_agents,
-                                         max_roadgraph_points=c.data.num_roadgraph_points)
+                                         max_roadgraph_points=c.data.max_roadgraph_points)
     return SubmitConfig(model=s.model, split=s.split, scenario_pattern=s.scenario_pattern,
                         max_scenarios=s.max_scenarios, reader=reader_cfg, rollout=rollout, seed=submit_seed(c),
-                        scenarios_per_shard=s.scenarios_per_shard, metadata=tuple(meta.items()))
+                        scenes_per_shard=s.scenes_per_shard, metadata=tuple(meta.items()))
 
 
 # ----------------------------------------------------------------------------- checks

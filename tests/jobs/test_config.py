@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from dpa_omf.configs import align as align_config
+from dpa_omf.configs import common
 from dpa_omf.configs import data as data_config
 from dpa_omf.configs import pretrain as pretrain_config
 from dpa_omf.jobs import config as cfg_lib
@@ -144,6 +145,29 @@ def test_unknown_key_is_refused_by_the_launcher_before_anything_is_written(tmp_p
     assert "unknown config key" in out.stderr and "nope" in out.stderr
     assert "Traceback" not in out.stderr
     assert not wd.exists()
+
+
+def test_a_renamed_key_is_refused_naming_its_new_key(tmp_path):
+    """An old key (--config.curate.num_pairs) ends in one FATAL line that names the new key, before anything runs."""
+    c = align_config.get_config()
+    for old, new in common.RENAMED_KEYS.items():
+        section, _, name = new.rpartition(".")
+        assert name in _section(c, section), new
+        assert old.rpartition(".")[2] not in _section(c, old.rpartition(".")[0]), old
+    wd = tmp_path / "wd"
+    out = subprocess.run([sys.executable, "-m", "dpa_omf.launch", "--config=configs/align.py:smoke",
+                          f"--workdir={wd}", "--config.curate.num_pairs=8"], cwd=REPO, capture_output=True,
+                         text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "FATAL: config key curate.num_pairs was renamed: use --config.curate.top_k"]
+    assert not wd.exists()
+
+
+def _section(c, dotted: str):
+    for part in dotted.split("."):
+        c = c[part]
+    return c
 
 
 def test_impossible_combination_is_refused_by_the_launcher(tmp_path):
