@@ -71,6 +71,7 @@ NOT_FINGERPRINTED = (
     "pretrain.keep_checkpoints", "pretrain.async_checkpointing",
     "curate.scenes_per_device", "evaluate.scenes_per_device", "pretrain.realism_scenes", "align.realism_scenes",
     "align.log_every", "align.progress_bar", "align.checkpoint_every", "align.keep_checkpoints",
+    "pretrain.preemption_sync_every", "align.preemption_sync_every",
 )
 
 

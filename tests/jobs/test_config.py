@@ -93,6 +93,48 @@ def test_every_dataclass_default_agrees_with_the_default_config():
     assert not problems, "\n".join(problems)
 
 
+def _dataclasses_in(x, out: set) -> set:
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        out.add(type(x))
+        for f in dataclasses.fields(x):
+            _dataclasses_in(getattr(x, f.name), out)
+    elif isinstance(x, tuple):
+        for v in x:
+            _dataclasses_in(v, out)
+    return out
+
+
+# Every dataclass a job gets from the boundary, built from the default config.
+JOB_BUILDERS = {**cfg_lib.BUILDERS,
+                "pipeline": lambda c: cfg_lib.pipeline(c, ("train-*",), True, 1),
+                "online_curation": lambda c: cfg_lib.online_curation(c, 1)[0]}
+
+
+@pytest.mark.parametrize("variant", [None, "smoke", "womd"])
+def test_the_boundary_sets_every_field_from_the_config(variant, monkeypatch):
+    """No job runs on a silent dataclass default: every field of every dataclass the boundary builds is passed
+    explicitly (so its value is the config's, shown by --print_config), never left to the dataclass."""
+    c = align_config.get_config(variant)
+    classes = set()
+    for build in JOB_BUILDERS.values():
+        _dataclasses_in(build(c), classes)
+    calls = []
+    for cls in classes:
+        names = [f.name for f in dataclasses.fields(cls) if f.init]
+
+        def init(self, *args, _init=cls.__init__, _names=tuple(names), _cls=cls, **kwargs):
+            calls.append((_cls.__name__, set(_names) - set(_names[:len(args)]) - set(kwargs)))
+            _init(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "__init__", init)
+    unset = []
+    for section, build in JOB_BUILDERS.items():
+        calls.clear()
+        build(c)
+        unset += [f"{section}: {name}.{sorted(missing)}" for name, missing in calls if missing]
+    assert len(classes) >= 15 and not unset, "\n".join(unset)
+
+
 def test_every_violation_is_listed_at_once():
     c = align_config.get_config()
     c.tokenizer.token_hz = 3
