@@ -1,8 +1,10 @@
 """The one config boundary: ``ml_collections.ConfigDict`` in, frozen dataclasses out.
 
-Every default lives in ``dpa_omf/configs/`` (a test fails when a dataclass default
-disagrees with the default config). Below this module no code sees a
-ConfigDict: jitted code gets the hashable dataclasses built here.
+Every default lives in ``dpa_omf/configs/``: the builders below pass every field of every
+dataclass explicitly (a test fails on a field left to its dataclass default, and on a
+dataclass default that disagrees with the default config). A config value ``0`` becomes
+``None`` ("off" / "exhaustive") for the fields that take ``None``. Below this module no code
+sees a ConfigDict: jitted code gets the hashable dataclasses built here.
 
 Each rule about a value lives once, next to the code that relies on it: in the
 dataclass's ``__post_init__`` (``TokenizerConfig.token_hz`` divides 10,
