@@ -8,11 +8,11 @@ only its own sections. Variants are comma-separated names after the colon:
 Sections (each becomes frozen dataclasses at the one config boundary, `dpa_omf/jobs/config.py`, which
 also checks every rule before any compute):
 
-  data       the input (synthetic world or WOMD patterns), read by the data job and the pipeline
+  data       the input (slots, the synthetic world and its map field by field, or WOMD patterns)
   tokenizer  dpa_omf.model.tokenizer.TokenizerConfig, field by field
   model      dpa_omf.model.motion_lm.ModelConfig (model.encoder: encoder.EncoderConfig)
   pretrain   batch, steps, evaluation, checkpoints, logging (pretrain.optim: train.optim.OptimConfig)
-  mesh       dpa_omf.train.sharding.MeshConfig (data, model axis sizes)
+  mesh       dpa_omf.train.sharding.MeshConfig (the data axis size, the logical-axis rules)
   aot        the --dry_run memory check
   curate, align, evaluate, submit   the post-training stages (configs/post_training.py)
 """
