@@ -196,7 +196,15 @@ def run(config) -> None:
 
 
 def _parse_flags(argv):
-    """absl flag parsing with a clear message for keys the locked config does not have."""
+    """absl flag parsing with a clear message for keys the locked config does not have (renamed ones name their new
+    key)."""
+    from dpa_omf.configs import common  # ml_collections only: the package's JAX modules load inside main()
+
+    renamed = common.renamed_keys_error([a.split("=")[0].removeprefix("--config.") for a in argv[1:]
+                                         if a.startswith("--config.")])
+    if renamed:
+        print(f"FATAL: {renamed}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
     try:
         return flags.FLAGS(argv)
     except (AttributeError, KeyError) as e:  # raised by ml_collections' config overrides, not flags.Error

@@ -8,11 +8,11 @@ only its own sections. Variants are comma-separated names after the colon:
 Sections (each becomes frozen dataclasses at the one config boundary, `dpa_omf/jobs/config.py`, which
 also checks every rule before any compute):
 
-  data       the input (synthetic world or WOMD patterns), read by the data job and the pipeline
+  data       the input (slots, the synthetic world and its map field by field, or WOMD patterns)
   tokenizer  dpa_omf.model.tokenizer.TokenizerConfig, field by field
   model      dpa_omf.model.motion_lm.ModelConfig (model.encoder: encoder.EncoderConfig)
   pretrain   batch, steps, evaluation, checkpoints, logging (pretrain.optim: train.optim.OptimConfig)
-  mesh       dpa_omf.train.sharding.MeshConfig (data, model axis sizes)
+  mesh       dpa_omf.train.sharding.MeshConfig (the data axis size, the logical-axis rules)
   aot        the --dry_run memory check
   curate, align, evaluate, submit   the post-training stages (configs/post_training.py)
 """
@@ -26,6 +26,22 @@ from dpa_omf.configs import post_training
 
 VARIANTS = ("smoke", "womd", "long")
 
+# Keys renamed so that one idea has one word (docs/architecture.md, "Glossary"): old key -> new key. An override of
+# an old key is refused by the launcher with the new one's name (renamed_keys_error), never silently dropped.
+RENAMED_KEYS = {
+    "curate.num_pairs": "curate.top_k",
+    "align.online.num_pairs": "align.online.top_k",
+    "submit.scenarios_per_shard": "submit.scenes_per_shard",
+    "data.num_roadgraph_points": "data.max_roadgraph_points",
+}
+
+
+def renamed_keys_error(keys: list[str]) -> str | None:
+    """The refusal of overridden ``keys`` (dotted, e.g. 'curate.num_pairs') that were renamed; None when none was."""
+    old = [k for k in keys if k in RENAMED_KEYS]
+    if not old:
+        return None
+    return "; ".join(f"config key {k} was renamed: use --config.{RENAMED_KEYS[k]}" for k in old)
 
 
 def parse_variants(arg: str | None, allowed: tuple[str, ...]) -> set[str]:
@@ -46,6 +62,8 @@ def base_config(variants: set[str]) -> ml_collections.ConfigDict:
     c.pretrain = _pretrain(variants)
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # the data-parallel mesh axis; -1 = every device (the ~1M-parameter model is replicated)
+    # Logical axis -> mesh axis ('data') or None (replicated): batches split their 'batch' axis over the data axis.
+    c.mesh.rules = (("batch", "data"),)
     c.aot = ml_collections.ConfigDict()
     # Memory per device for the --dry_run check, GiB. 0 = ask the device (memory_stats), or on CPU
     # (no stats) the physical RAM divided among this process's devices.
@@ -63,20 +81,21 @@ def _data(variants: set[str]) -> ml_collections.ConfigDict:
     d = ml_collections.ConfigDict()
     d.source = "synthetic"  # 'synthetic' (embedded default, generated into WORKDIR/data) or 'womd'
     d.num_agents = 32  # agent slots per scene (WOMD tf.Example: 128)
-    d.num_roadgraph_points = 4096  # road-graph samples per scene (WOMD: 20,000 or 30,000)
+    d.max_roadgraph_points = 4096  # road-graph samples per scene (WOMD: 20,000 or 30,000)
     # The embedded synthetic world: generated once into WORKDIR/data by the data job.
     d.synthetic = ml_collections.ConfigDict()
     d.synthetic.num_train = 1000
     d.synthetic.num_valid = 100
     d.synthetic.num_shards = 8
     d.synthetic.num_workers = 2
+    _world(d.synthetic)
     # Real WOMD: file patterns (tf.Example or Scenario-proto TFRecords; format detected per file).
     d.womd = ml_collections.ConfigDict()
     d.womd.train_pattern = ""
     d.womd.valid_pattern = ""
     if "smoke" in variants:
         d.num_agents = 16
-        d.num_roadgraph_points = 1024
+        d.max_roadgraph_points = 1024
         d.synthetic.num_train = 16
         d.synthetic.num_valid = 8
         d.synthetic.num_shards = 2
@@ -88,10 +107,40 @@ def _data(variants: set[str]) -> ml_collections.ConfigDict:
     if "womd" in variants:
         d.source = "womd"
         d.num_agents = 128
-        d.num_roadgraph_points = 30000
+        d.max_roadgraph_points = 30000
         d.womd.train_pattern = "/data/womd/training/*.tfrecord*"
         d.womd.valid_pattern = "/data/womd/validation/*.tfrecord*"
     return d
+
+
+def _world(s: ml_collections.ConfigDict) -> None:
+    """The synthetic world's parameters (``synthetic.config.SyntheticConfig`` and its ``map``, field by field, less
+    the slots, which come from ``data.num_agents`` / ``data.max_roadgraph_points``)."""
+    s.template_weights = (0.15, 0.2, 0.45, 0.2)  # probabilities of (straight, curved, four_way, t_junction)
+    s.burn_in_steps = 20  # steps (0.1 s) simulated before the recorded 91
+    s.pool_size = 48  # agents simulated (the recorded ones fill data.num_agents slots); more slots: pool = slots
+    s.initial_vehicles = (16, 24)  # agents at the start, inclusive range, for initial_slots slots
+    s.initial_pedestrians = (3, 7)
+    # The slot count initial_vehicles / initial_pedestrians are sized for: with more slots than pool_size (WOMD's
+    # 128), both ranges scale by data.num_agents / initial_slots, so the extra slots hold traffic, not padding.
+    s.initial_slots = 32
+    s.cyclist_prob = 0.12  # chance that a vehicle slot on a bike-able lane is a cyclist
+    s.entering_share = 0.5  # share of the pool left to agents entering later
+    s.max_eval_agents = 4  # agents to evaluate besides the SDC
+    s.lane_change_prob = 0.3  # chance a vehicle on a multi-lane straight route plans a lane change
+    s.dropout_prob = 0.05  # chance an agent (not SDC / evaluated) loses a few steps of track
+    s.lookahead_points = 16  # path samples per agent for leader detection
+    s.min_roadgraph_spacing = 0.5  # m, the finest road-graph sample spacing
+    s.map = ml_collections.ConfigDict()  # procedural map geometry (synthetic.maps.MapConfig), m; pairs are ranges
+    s.map.lane_width = (3.3, 3.8)
+    s.map.arm_length = (60.0, 80.0)
+    s.map.corridor_length = (140.0, 180.0)
+    s.map.median_prob = 0.35
+    s.map.median_width = (1.5, 3.0)
+    s.map.sidewalk_offset = 3.0  # pedestrian line beyond the road edge
+    s.map.corner_radius = 2.5
+    s.map.crosswalk_width = 3.0
+    s.map.min_turn_radius = (80.0, 250.0)  # curved corridors
 
 
 def _tokenizer() -> ml_collections.ConfigDict:
@@ -152,6 +201,9 @@ def _pretrain(variants: set[str]) -> ml_collections.ConfigDict:
     p.realism_scenes = 4
     p.checkpoint_every = 40
     p.keep_checkpoints = 3
+    # Multi-process jobs agree on a pending preemption (SIGTERM) every this many steps (a collective, so not every
+    # step); the saved step and the result do not depend on it.
+    p.preemption_sync_every = 10
     p.async_checkpointing = True
     p.log_every = 10
     p.progress_bar = True

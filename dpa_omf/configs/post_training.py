@@ -24,7 +24,9 @@ ALIGN_METHODS = ("dpa_omf", "dpa_adef", "sft_best_oa", "sft_best_ade", "afd", "d
 def curate(variants: set[str]) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.num_rollouts = 64  # rollouts ranked per scene
-    c.num_pairs = 16  # the 16 closest are preferred, the 16 farthest unpreferred
+    # K of the ranking (not a sampling top-k): the K closest rollouts are preferred, the K farthest unpreferred,
+    # and pair k is (k-th closest, k-th farthest), so K is also the pair count per scene
+    c.top_k = 16
     c.rollout_chunk = 16  # rollouts sampled together (bounds memory)
     c.temperature = 1.0
     c.top_p = 1.0
@@ -40,6 +42,22 @@ def curate(variants: set[str]) -> ml_collections.ConfigDict:
     # the host CPU, numba; fastest exact on a CPU, see BUILD_NOTES) | 'exact' (on-device JAX auction/SSP) |
     # 'sinkhorn' (entropic, fixed iterations) | 'ott' (ott-jax, configured like ours)
     c.rescore_window = 0  # approximate solvers: re-score exactly this many ranks around each boundary
+    c.rescore_solver = "exact_host"  # the exact solver of that re-scoring: 'exact_host' | 'exact'
+    # Solver settings (dpa_omf/preference/distance.py: OTConfig). The exact on-device auction: costs scaled to
+    # integers up to auction_levels (2**16 keeps int32 prices safe), epsilon divided by auction_eps_factor per
+    # phase; problems with unequal valid counts gathered ragged_chunk at a time.
+    c.auction_levels = 2**16
+    c.auction_eps_factor = 8.0
+    c.ragged_chunk = 1024
+    # Sinkhorn: a fixed iteration count (a vmapped batch never waits for its slowest problem), epsilon annealed
+    # from sinkhorn_eps_init to sinkhorn_eps_final (fractions of the mean cost) over sinkhorn_anneal_fraction of
+    # the iterations (DESIGN: 0.5% cost error in 100 iterations); ot_rollout_chunk rollouts per Sinkhorn chunk
+    # (bounds memory; 0: all at once; the exact solvers take every rollout at once).
+    c.sinkhorn_iterations = 100
+    c.sinkhorn_eps_init = 0.5
+    c.sinkhorn_eps_final = 0.005
+    c.sinkhorn_anneal_fraction = 0.7
+    c.ot_rollout_chunk = 8
     c.feature_weights = (10.0, 5.0, 2.0, 1.0, 1.0)  # collision, road distance, clearance, effort, speed
     # Cost scaling (dpa_omf/preference/distance.py). weight_mode 'scale': c = ||w * (u - v)|| (weights inside the
     # norm, features in raw units) | 'quadratic': c = sqrt(sum_k w_k (u_k - v_k)^2). feature_scaling 'none' |
@@ -48,8 +66,17 @@ def curate(variants: set[str]) -> ml_collections.ConfigDict:
     c.weight_mode = "scale"
     c.feature_scaling = "none"
     c.spread_floor = (1.0, 0.1, 0.1, 0.1, 0.1)
+    # Feature caps (dpa_omf/preference/features.py: FeatureConfig): clearance above clearance_cap is "no
+    # interaction"; the signed road-edge distance is clipped to +-road_distance_clip; accelerations to effort_cap.
     c.clearance_cap = 10.0  # m
     c.road_distance_clip = 5.0  # m
+    c.effort_cap = 10.0  # m/s^2
+    # The road-edge search of the distance feature (exact either way: queries the index cannot certify are searched
+    # exhaustively): road-edge slots after compaction (0: every road-graph slot), the per-scene index's grid cells
+    # per side (0: exhaustive search) and candidates per cell.
+    c.max_road_edge_points = 0
+    c.road_edge_grid = 64
+    c.road_edge_candidates = 64
     c.pictures = True
     if "womd" in variants:
         c.rankings_per_example = 1.0
@@ -57,7 +84,7 @@ def curate(variants: set[str]) -> ml_collections.ConfigDict:
         c.scenes_per_device = 4
     if "smoke" in variants:
         c.num_rollouts = 8
-        c.num_pairs = 2
+        c.top_k = 2
         c.rollout_chunk = 8
         c.scenes_per_shard = 4
         c.scenes_per_device = 1
@@ -92,7 +119,7 @@ def align(variants: set[str]) -> ml_collections.ConfigDict:
     # scenes x 16 = 80 curated scenes x 64), and with steps_per_round=1 the same number of updates.
     c.online = ml_collections.ConfigDict()
     c.online.num_rollouts = 16
-    c.online.num_pairs = 4
+    c.online.top_k = 4  # K of each round's ranking: the K closest vs the K farthest (as curate.top_k)
     c.online.rollout_chunk = 16
     c.online.steps_per_round = 1
     c.online.loss = "pairs"  # 'pairs' (pairs_per_scene of the K pairs per update) | 'ranked' (every ordered pair)
@@ -110,6 +137,7 @@ def align(variants: set[str]) -> ml_collections.ConfigDict:
     c.realism_scenes = 4  # WOSAC realism of the first N held-out scenes at every evaluation (0 = off)
     c.checkpoint_every = 100
     c.keep_checkpoints = 2
+    c.preemption_sync_every = 10  # as pretrain.preemption_sync_every
     c.progress_bar = True
     # lr tuned on the main job: 1e-5 / 1e-4 barely move the policy (BUILD_NOTES: alignment tuning)
     c.optim = optim_config.optim(learning_rate=1e-3, end_lr_ratio=0.1, weight_decay=0.0)
@@ -125,7 +153,7 @@ def align(variants: set[str]) -> ml_collections.ConfigDict:
         c.optim.warmup_steps = 1
         c.sft_top_k = 2  # of curate's 8 rollouts at :smoke
         c.online.num_rollouts = 8  # = curate's at :smoke (round 0 then ranks as curation did)
-        c.online.num_pairs = 2
+        c.online.top_k = 2
         c.online.rollout_chunk = 8
         c.catk_top_k = 8
     return c
@@ -142,6 +170,20 @@ def evaluate(variants: set[str]) -> ml_collections.ConfigDict:
     c.scenes_per_chunk = 8  # scenes per file of per-scene results (the unit processes split and a restart skips)
     c.scenes_per_device = 1  # scenes each device scores per step (speed only, not fingerprinted)
     c.challenge = "2024"  # '2024' (the paper's table) or '2025'
+    # The realism metric's settings (dpa_omf/metrics/wosac.py: RealismConfig; exact whatever their values, except
+    # max_eval_agents): evaluated-agent slots per scene (WOMD: the SDC and at most 8 tracks to predict; more are
+    # flagged eval_overflow and ignored), rollouts processed together (memory vs speed), road-edge and lane slots
+    # after compaction (0: every road-graph slot), the road-edge index (grid cells per side, 0: exhaustive search;
+    # candidates per cell) and the lane search of the traffic-light feature (lanes per block, 0: exhaustive; blocks
+    # searched).
+    c.max_eval_agents = 16
+    c.rollout_batch = 8
+    c.max_road_edge_points = 0
+    c.max_lane_points = 0
+    c.road_edge_grid = 64
+    c.road_edge_candidates = 64
+    c.lane_block = 32
+    c.lane_blocks_searched = 32
     c.seed = 0  # rollout sampling seed (combined with the global seed); the same for every model
     c.temperature = 1.0
     c.top_p = 1.0
@@ -173,7 +215,7 @@ def submit(variants: set[str]) -> ml_collections.ConfigDict:
     c.seed = 0  # rollout seed, combined with the global seed; keys fold in the global scenario index
     # ~40 KB per sim agent per scenario (32 x 80 x 4 float32), ~2.5 MB for a typical WOMD scenario: 100 per shard
     # keeps each file near 250 MB (WOMD testing: ~450 shards).
-    c.scenarios_per_shard = 100
+    c.scenes_per_shard = 100
     # Submission metadata (SimAgentsChallengeSubmission). account_name must be the challenge account's e-mail:
     # the job refuses to run without it.
     c.account_name = ""
@@ -190,6 +232,6 @@ def submit(variants: set[str]) -> ml_collections.ConfigDict:
     c.acknowledge_complies_with_closed_loop_requirement = True  # tokens sampled step by step from the model's own past
     if "smoke" in variants:
         c.max_scenarios = 4
-        c.scenarios_per_shard = 2
+        c.scenes_per_shard = 2
         c.rollout_chunk = 32
     return c

@@ -134,7 +134,7 @@ class PairBatches:
     Global batch k holds ``batch_size`` (B) scenes; this process's batch is its
     contiguous share of them, ``B_local = B / process_count`` scenes (process p
     takes positions ``p * B_local ..``): numpy ``Scenario [B_local, ...]``,
-    ``pos`` / ``neg`` int32 token sequences ``[B_local, P, A, S]`` and their
+    ``preferred`` / ``unpreferred`` int32 token sequences ``[B_local, P, A, S]`` and their
     validity ``[B_local, P, A, S]``. The pair draws are made for the whole global
     batch on every process (a few integers per scene) and each keeps its share,
     so the global batch does not depend on the number of processes.
@@ -144,7 +144,7 @@ class PairBatches:
     ``distance [B_local, M]`` (the method's stored distance; 'top_bottom': 0 for
     the closest drawn, 1 for the farthest). Agent credit adds each agent's
     stored OT distance and counted mask, ``[B_local, P, A]`` per side
-    (``pos_agent_distance``, ``pos_agent_counted``, ``neg_...``) or ``[B_local,
+    (``preferred_agent_distance``, ``preferred_agent_counted``, ``unpreferred_...``) or ``[B_local,
     M, A]`` (``agent_distance``, ``agent_counted``).
     """
 
@@ -166,7 +166,7 @@ class PairBatches:
             self.scene_index = np.asarray([index[(files[int(f)], int(r))] for f, r in
                                            zip(shards["file_index"], shards["record_index"])], np.int64)
         else:
-            self.pos_idx, self.neg_idx = side_indices(shards, cfg)
+            self.preferred_idx, self.unpreferred_idx = side_indices(shards, cfg)
         if cfg.cpl.credit == "agent" and "ot_agent_distance" not in shards:
             raise ValueError("align.credit='agent' needs per-agent OT distances (ot_agent_distance), which these "
                              "curated shards lack (written before they were stored): re-run the curate stage")
@@ -186,11 +186,11 @@ class PairBatches:
         rng = np.random.default_rng([self.seed, 1_000_003, k])
         if self.cfg.offline_loss != "pairs" and self.cfg.method in cfg_lib.CPL_METHODS:
             return self._ranking_batch(rows, rng)
-        scenes, pos, neg = [], [], []
-        extra = {n: [] for n in self._agent_keys(("pos_", "neg_"))}
+        scenes, preferred, unpreferred = [], [], []
+        extra = {n: [] for n in self._agent_keys(("preferred_", "unpreferred_"))}
         p = self.cfg.pairs_per_scene
         for i, row in enumerate(rows):
-            kp, kn = self.pos_idx[row], self.neg_idx[row]
+            kp, kn = self.preferred_idx[row], self.unpreferred_idx[row]
             j = rng.choice(len(kp), size=p, replace=len(kp) < p)
             # Paired methods keep the (k-th best, k-th worst) pairing; the others draw negatives apart.
             jn = j if METHODS[self.cfg.method].paired else rng.choice(len(kn), size=p, replace=len(kn) < p)
@@ -199,16 +199,16 @@ class PairBatches:
             fi, ri = int(self.shards["file_index"][row]), int(self.shards["record_index"][row])
             scenes.append(self.store.read(reader.Source(self.store.files[fi], ri)))
             toks = self.shards["tokens"][row].astype(np.int32)
-            pos.append(toks[kp[j]])
-            neg.append(toks[kn[jn]])
-            for side, idx in (("pos_", kp[j]), ("neg_", kn[jn])):
+            preferred.append(toks[kp[j]])
+            unpreferred.append(toks[kn[jn]])
+            for side, idx in (("preferred_", kp[j]), ("unpreferred_", kn[jn])):
                 self._append_agent(extra, side, row, idx)
         scenario = dt.stack_scenarios(scenes)
         sim = np.asarray(scenario.agents.sim_mask, bool)[:, None, :, None]
-        pos, neg = np.stack(pos), np.stack(neg)
-        valid = np.broadcast_to(sim, pos.shape)
-        return dict(scenario=scenario, pos=pos, neg=neg, pos_valid=valid, neg_valid=valid,
-                    **{n: np.stack(v) for n, v in extra.items()})
+        preferred, unpreferred = np.stack(preferred), np.stack(unpreferred)
+        valid = np.broadcast_to(sim, preferred.shape)
+        return dict(scenario=scenario, preferred=preferred, unpreferred=unpreferred, preferred_valid=valid,
+                    unpreferred_valid=valid, **{n: np.stack(v) for n, v in extra.items()})
 
     def _agent_keys(self, prefixes: tuple[str, ...]) -> list[str]:
         """The per-agent batch entries agent credit needs (none under scene credit)."""
@@ -228,7 +228,7 @@ class PairBatches:
         extra = {n: [] for n in self._agent_keys(("",))}
         for i, row in enumerate(rows):
             if cfg.offline_loss == "top_bottom":
-                kp, kn = self.pos_idx[row], self.neg_idx[row]
+                kp, kn = self.preferred_idx[row], self.unpreferred_idx[row]
                 idx = np.concatenate([kp[rng.choice(len(kp), size=p, replace=len(kp) < p)],
                                       kn[rng.choice(len(kn), size=p, replace=len(kn) < p)]])
                 d = np.repeat(np.asarray([0.0, 1.0], np.float32), p)
@@ -271,9 +271,9 @@ class Method:
     """An alignment method: the two sides it compares and the loss it optimizes.
 
     Attributes:
-      sides: ``(shards, cfg) -> (pos [N, K], neg [N, K])`` rollout indices per curated scene.
+      sides: ``(shards, cfg) -> (preferred [N, K], unpreferred [N, K])`` rollout indices per curated scene.
       loss: ``(log_probs, cfg) -> (loss, metrics)``; ``log_probs`` computes what the loss asks for.
-      paired: draw the k-th ``pos`` with the k-th ``neg`` (ranked pairs); else negatives are drawn apart.
+      paired: draw the k-th ``preferred`` with the k-th ``unpreferred`` (ranked pairs); else negatives are drawn apart.
         None for the scene-only methods (their batches hold scenes and rollout keys).
       prepare: scene-only methods that make their data in the step: ``(model, cfg, curation cfg) ->
         prepare_fn`` (``loop.train``'s contract); None: train on the loaded batch.
@@ -341,20 +341,20 @@ def make_eval_fn(model: mlm.MotionLM, cfg: cfg_lib.AlignConfig):
     def eval_fn(params, batch, rng, frozen):
         del rng
         s = batch["scenario"]
-        pv, nv = batch["pos_valid"], batch["neg_valid"]
-        lp_pos, _ = align_losses.batched_log_probs(model, params, s, batch["pos"], pv)
-        lp_neg, _ = align_losses.batched_log_probs(model, params, s, batch["neg"], nv)
+        pv, nv = batch["preferred_valid"], batch["unpreferred_valid"]
+        lp_preferred, _ = align_losses.batched_log_probs(model, params, s, batch["preferred"], pv)
+        lp_unpreferred, _ = align_losses.batched_log_probs(model, params, s, batch["unpreferred"], nv)
         exp_tok, exp_valid = align_losses.expert_sequences(model, s)
         lp_exp, logits = align_losses.batched_log_probs(model, params, s, exp_tok, exp_valid)
         _, ref_logits = align_losses.batched_log_probs(model, frozen, s, exp_tok, exp_valid)
-        s_pos = losses.sequence_score(lp_pos, pv, score)
-        s_neg = losses.sequence_score(lp_neg, nv, score)
+        s_preferred = losses.sequence_score(lp_preferred, pv, score)
+        s_unpreferred = losses.sequence_score(lp_unpreferred, nv, score)
         kl, kl_n = losses.token_kl(logits, ref_logits, exp_valid)
         nll = lambda lp, v: (-jnp.where(v, lp, 0.0).sum(), v.sum())
         return {
-            "pref_accuracy": ((s_pos > s_neg).sum(), s_pos.size),
-            "nll_preferred": nll(lp_pos, pv),
-            "nll_unpreferred": nll(lp_neg, nv),
+            "pref_accuracy": ((s_preferred > s_unpreferred).sum(), s_preferred.size),
+            "nll_preferred": nll(lp_preferred, pv),
+            "nll_unpreferred": nll(lp_unpreferred, nv),
             "nll_expert": nll(lp_exp, exp_valid),
             "kl_to_reference": (kl, kl_n),
         }

@@ -2,7 +2,7 @@
 
 Every loss has the signature ``(log_probs: LogProbs, cfg: AlignConfig) -> (loss, metrics)``: ``LogProbs``
 decodes, on demand and once each, the batch's sequences under the policy and the frozen reference
-(``pos`` / ``neg`` ``[B, P, A, S]``, ``all`` ``[B, M, A, S]``, the expert's ``[B, 1, A, S]``); metrics are
+(``preferred`` / ``unpreferred`` ``[B, P, A, S]``, ``all`` ``[B, M, A, S]``, the expert's ``[B, 1, A, S]``); metrics are
 ``(masked sum, count)`` pairs. The in-step makers (``online_prepare``, ``catk_prepare``) follow
 ``loop.train``'s ``prepare_fn`` contract: ``(params, frozen, batch, rng) -> (batch, metrics)``.
 
@@ -57,8 +57,8 @@ def expert_sequences(model: mlm.MotionLM, scenario: dt.Scenario) -> tuple[jax.Ar
 
 
 class LogProbs:
-    """The log-probabilities a loss asks for, computed once each: ``policy('pos' | 'neg')``,
-    ``reference('pos' | 'neg')`` (the frozen reference) and ``expert()`` (the logged future)."""
+    """The log-probabilities a loss asks for, computed once each: ``policy('preferred' | 'unpreferred')``,
+    ``reference('preferred' | 'unpreferred')`` (the frozen reference) and ``expert()`` (the logged future)."""
 
     def __init__(self, model: mlm.MotionLM, params, frozen, batch: dict, rng: jax.Array | None = None):
         self.model, self.params, self.frozen, self.batch, self.rng = model, params, frozen, batch, rng
@@ -113,20 +113,22 @@ def cpl_loss(lp: LogProbs, cfg: cfg_lib.AlignConfig):
         if score is not raw:  # the NLLs of the sequences themselves, not of the ratio
             m = {**m, **{k: v for k, v in ranked(raw)[1].items() if k.startswith(("nll_", "tokens_"))}}
         return _with_kl(loss, m, kl, cfg.kl_weight)
-    sn, rn, kln = anchored_log_probs(lp, "neg", cfg.kl_weight, cfg.reference_ratio)
-    sp, rp, klp = anchored_log_probs(lp, "pos", cfg.kl_weight, cfg.reference_ratio)
-    p = b["pos"].shape[1]
+    sn, rn, kln = anchored_log_probs(lp, "unpreferred", cfg.kl_weight, cfg.reference_ratio)
+    sp, rp, klp = anchored_log_probs(lp, "preferred", cfg.kl_weight, cfg.reference_ratio)
+    p = b["preferred"].shape[1]
     if cfg.cpl.credit == "agent":  # each pair is a ranking of two, per agent
         two = lambda x, y: _flat(jnp.stack([x, y], axis=2))  # [B, P, ...] x 2 -> [B * P, 2, ...]
         loss, m = losses.ranked_cpl_loss(
-            two(sp, sn), two(lp.valid("pos"), lp.valid("neg")), two(b["pos_agent_distance"], b["neg_agent_distance"]),
-            cfg.cpl, agent_weight=_per_pair(weight, p), counted=two(b["pos_agent_counted"], b["neg_agent_counted"]))
+            two(sp, sn), two(lp.valid("preferred"), lp.valid("unpreferred")),
+            two(b["preferred_agent_distance"], b["unpreferred_agent_distance"]), cfg.cpl,
+            agent_weight=_per_pair(weight, p),
+            counted=two(b["preferred_agent_counted"], b["unpreferred_agent_counted"]))
     else:
-        loss, m = losses.cpl_loss(_flat(sp), _flat(lp.valid("pos")), _flat(sn), _flat(lp.valid("neg")), cfg.cpl,
-                                  agent_weight=_per_pair(weight, p))
+        loss, m = losses.cpl_loss(_flat(sp), _flat(lp.valid("preferred")), _flat(sn), _flat(lp.valid("unpreferred")),
+                                  cfg.cpl, agent_weight=_per_pair(weight, p))
     if sp is not rp or cfg.cpl.credit == "agent":  # the NLLs of each side's sequences themselves
-        m["nll_preferred_sum"], m["tokens_preferred"] = losses.token_nll(rp, lp.valid("pos"))
-        m["nll_unpreferred_sum"], m["tokens_unpreferred"] = losses.token_nll(rn, lp.valid("neg"))
+        m["nll_preferred_sum"], m["tokens_preferred"] = losses.token_nll(rp, lp.valid("preferred"))
+        m["nll_unpreferred_sum"], m["tokens_unpreferred"] = losses.token_nll(rn, lp.valid("unpreferred"))
     return _with_kl(loss, m, (klp[0] + kln[0], klp[1] + kln[1]), cfg.kl_weight)
 
 
@@ -139,21 +141,21 @@ def _with_kl(loss: jax.Array, m: dict, kl: tuple, kl_weight: float) -> tuple[jax
 
 
 def dpo_loss(lp: LogProbs, cfg: cfg_lib.AlignConfig):
-    lp_neg, lp_pos = lp.policy("neg"), lp.policy("pos")
-    ref_pos, ref_neg = lp.reference("pos"), lp.reference("neg")
-    return losses.dpo_loss(_flat(lp_pos), _flat(lp.valid("pos")), _flat(lp_neg), _flat(lp.valid("neg")),
-                           _flat(ref_pos), _flat(ref_neg), cfg.dpo_beta)
+    lp_unpreferred, lp_preferred = lp.policy("unpreferred"), lp.policy("preferred")
+    ref_preferred, ref_unpreferred = lp.reference("preferred"), lp.reference("unpreferred")
+    return losses.dpo_loss(_flat(lp_preferred), _flat(lp.valid("preferred")), _flat(lp_unpreferred),
+                           _flat(lp.valid("unpreferred")), _flat(ref_preferred), _flat(ref_unpreferred), cfg.dpo_beta)
 
 
 def sft_loss(lp: LogProbs, cfg: cfg_lib.AlignConfig):
     del cfg
-    return losses.sft_loss(lp.policy("pos"), lp.valid("pos"))
+    return losses.sft_loss(lp.policy("preferred"), lp.valid("preferred"))
 
 
 def afd_loss(lp: LogProbs, cfg: cfg_lib.AlignConfig):
-    lp_neg = lp.policy("neg")
+    lp_unpreferred = lp.policy("unpreferred")
     lp_exp, exp_valid = lp.expert()
-    return losses.afd_loss(lp_exp, exp_valid, lp_neg, lp.valid("neg"), cfg.cpl)
+    return losses.afd_loss(lp_exp, exp_valid, lp_unpreferred, lp.valid("unpreferred"), cfg.cpl)
 
 
 def anchored_log_probs(lp: LogProbs, side: str, kl_weight: float, reference_ratio: bool
@@ -177,8 +179,8 @@ def anchored_log_probs(lp: LogProbs, side: str, kl_weight: float, reference_rati
 
 
 def online_pairs(batch: dict, rng: jax.Array, num: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``num`` of each scene's K (closest, farthest) pairs, drawn with ``rng``: (pos, neg ``[B, num, A, S]``,
-    the drawn pair indices ``[B, num]``)."""
+    """``num`` of each scene's K (closest, farthest) pairs, drawn with ``rng``: (preferred, unpreferred
+    ``[B, num, A, S]``, the drawn pair indices ``[B, num]``)."""
     b, k = batch["preferred"].shape
     keys = jax.random.split(rng, b)
     j = jax.vmap(lambda kk: jax.random.choice(kk, k, (num,), replace=num > k))(keys)
@@ -203,14 +205,16 @@ def online_loss(lp: LogProbs, cfg: cfg_lib.AlignConfig):
             _, m_raw = losses.ranked_cpl_loss(raw, lp.batch["all_valid"], b["distance"], cfg.cpl)
             m = {**m, **{k: v for k, v in m_raw.items() if k.startswith(("nll_", "tokens_"))}}
     else:
-        pos, neg, _ = online_pairs(b, lp.rng, cfg.pairs_per_scene)
-        lp = LogProbs(lp.model, lp.params, lp.frozen, {**b, "pos": pos, "neg": neg, "pos_valid": _sim_valid(s, pos),
-                                                       "neg_valid": _sim_valid(s, neg)}, lp.rng)
+        preferred, unpreferred, _ = online_pairs(b, lp.rng, cfg.pairs_per_scene)
+        sides = {"preferred": preferred, "unpreferred": unpreferred, "preferred_valid": _sim_valid(s, preferred),
+                 "unpreferred_valid": _sim_valid(s, unpreferred)}
+        lp = LogProbs(lp.model, lp.params, lp.frozen, {**b, **sides}, lp.rng)
         (sp, rp, klp), (sn, rn, kln) = (anchored_log_probs(lp, side, o.kl_weight, o.reference_ratio)
-                                        for side in ("pos", "neg"))
-        loss, m = losses.cpl_loss(_flat(sp), _flat(lp.valid("pos")), _flat(sn), _flat(lp.valid("neg")), cfg.cpl)
-        m["nll_preferred_sum"], m["tokens_preferred"] = losses.token_nll(rp, lp.valid("pos"))
-        m["nll_unpreferred_sum"], m["tokens_unpreferred"] = losses.token_nll(rn, lp.valid("neg"))
+                                        for side in ("preferred", "unpreferred"))
+        loss, m = losses.cpl_loss(_flat(sp), _flat(lp.valid("preferred")), _flat(sn), _flat(lp.valid("unpreferred")),
+                                  cfg.cpl)
+        m["nll_preferred_sum"], m["tokens_preferred"] = losses.token_nll(rp, lp.valid("preferred"))
+        m["nll_unpreferred_sum"], m["tokens_unpreferred"] = losses.token_nll(rn, lp.valid("unpreferred"))
         kl = (klp[0] + kln[0], klp[1] + kln[1])
     return _with_kl(loss, m, kl, o.kl_weight)
 
@@ -254,7 +258,8 @@ def catk_prepare(model: mlm.MotionLM, cfg: cfg_lib.AlignConfig, ccfg: curation.C
         logged = (s.agents.valid[..., fut] & s.agents.sim_mask[..., None])[:, None]  # [B, 1, A, 80]
         err = jnp.hypot(r.x - s.agents.x[:, None, :, fut], r.y - s.agents.y[:, None, :, fut])
         metrics = {"catk_ade": (jnp.where(logged, err, 0.0).sum(), jnp.broadcast_to(logged, err.shape).sum())}
-        return dict(scenario=s, pos=r.tokens, pos_valid=valid, neg=r.tokens, neg_valid=valid), metrics
+        return dict(scenario=s, preferred=r.tokens, preferred_valid=valid, unpreferred=r.tokens,
+                    unpreferred_valid=valid), metrics
 
     return prepare
 

@@ -1,8 +1,10 @@
 """The one config boundary: ``ml_collections.ConfigDict`` in, frozen dataclasses out.
 
-Every default lives in ``dpa_omf/configs/`` (a test fails when a dataclass default
-disagrees with the default config). Below this module no code sees a
-ConfigDict: jitted code gets the hashable dataclasses built here.
+Every default lives in ``dpa_omf/configs/``: the builders below pass every field of every
+dataclass explicitly (a test fails on a field left to its dataclass default, and on a
+dataclass default that disagrees with the default config). A config value ``0`` becomes
+``None`` ("off" / "exhaustive") for the fields that take ``None``. Below this module no code
+sees a ConfigDict: jitted code gets the hashable dataclasses built here.
 
 Each rule about a value lives once, next to the code that relies on it: in the
 dataclass's ``__post_init__`` (``TokenizerConfig.token_hz`` divides 10,
@@ -50,6 +52,7 @@ from dpa_omf.preference import curation
 from dpa_omf.preference import distance as dist
 from dpa_omf.preference import features as feat
 from dpa_omf.synthetic import dataset as synthetic
+from dpa_omf.synthetic import maps as smap
 from dpa_omf.train import loop, losses, optim, sharding
 
 ALIGN_METHODS = post_training.ALIGN_METHODS  # the one list of alignment methods (dpa_omf/configs/post_training.py)
@@ -67,7 +70,7 @@ class OnlineConfig:
 
     Attributes:
       num_rollouts: R rollouts of the current policy ranked per scene per round.
-      num_pairs: K: the K closest vs the K farthest are the round's pairs ('pairs' loss).
+      top_k: K: the K closest vs the K farthest are the round's pairs ('pairs' loss).
       rollout_chunk: rollouts sampled together (bounds memory).
       steps_per_round: optimizer updates on each round's data.
       loss: 'pairs' (``align.pairs_per_scene`` of the K pairs per update) or 'ranked' (CPL over every
@@ -77,7 +80,7 @@ class OnlineConfig:
     """
 
     num_rollouts: int = 16
-    num_pairs: int = 4
+    top_k: int = 4
     rollout_chunk: int = 16
     steps_per_round: int = 1
     loss: str = "pairs"
@@ -87,9 +90,9 @@ class OnlineConfig:
     def __post_init__(self):
         if self.loss not in ("pairs", "ranked"):
             raise ValueError(f"align.online.loss={self.loss!r} must be 'pairs' or 'ranked'")
-        if self.num_pairs < 1 or self.num_rollouts < 2 * self.num_pairs:
-            raise ValueError(f"align.online: num_rollouts={self.num_rollouts} must be >= 2 * num_pairs="
-                             f"{self.num_pairs} >= 2")
+        if self.top_k < 1 or self.num_rollouts < 2 * self.top_k:
+            raise ValueError(f"align.online: num_rollouts={self.num_rollouts} must be >= 2 * top_k="
+                             f"{self.top_k} >= 2")
         if self.steps_per_round < 1 or self.kl_weight < 0:
             raise ValueError("align.online: steps_per_round must be >= 1 and kl_weight >= 0")
 
@@ -198,7 +201,7 @@ class SubmitConfig:
       reader: the scenes' slots (``max_agents`` must hold every sim agent of a scenario).
       rollout: sampling; ``num_rollouts`` is the challenge's 32.
       seed: the rollout keys' seed (scenario i samples with ``fold_in(key(seed), i)``).
-      scenarios_per_shard: scenarios per ``submission.binproto`` shard (bounds a file's size).
+      scenes_per_shard: scenes (WOSAC scenarios) per ``submission.binproto`` shard (bounds a file's size).
       metadata: the submission's metadata less ``num_model_parameters`` when that is '' (the job counts them).
     """
 
@@ -209,7 +212,7 @@ class SubmitConfig:
     reader: reader_lib.ReaderConfig
     rollout: sampling.RolloutConfig
     seed: int
-    scenarios_per_shard: int
+    scenes_per_shard: int
     metadata: tuple[tuple[str, Any], ...]
 
     def __post_init__(self):
@@ -220,8 +223,8 @@ class SubmitConfig:
         if self.rollout.num_rollouts != submission_lib.NUM_ROLLOUTS:
             raise ValueError(f"submit.num_rollouts={self.rollout.num_rollouts}: the challenge takes exactly "
                              f"{submission_lib.NUM_ROLLOUTS}")
-        if self.max_scenarios < 0 or self.scenarios_per_shard < 1:
-            raise ValueError("submit.max_scenarios must be >= 0 and submit.scenarios_per_shard >= 1")
+        if self.max_scenarios < 0 or self.scenes_per_shard < 1:
+            raise ValueError("submit.max_scenarios must be >= 0 and submit.scenes_per_shard >= 1")
         # SubmissionMetadata's own rules (the parameter count's format, ...); the account name is checked
         # only for the submit job (_check_stages), so other jobs run with its empty default.
         _metadata({**dict(self.metadata), "account_name": dict(self.metadata)["account_name"] or "unset"}, 1)
@@ -246,29 +249,38 @@ def derived_seed(*parts: int) -> int:
 
 
 def reader(c: ml_collections.ConfigDict) -> reader_lib.ReaderConfig:
-    """Every scene of every stage is fitted to the configured slots."""
-    return reader_lib.ReaderConfig(max_agents=c.data.num_agents, max_roadgraph_points=c.data.num_roadgraph_points)
+    """Every scene of every stage is fitted to the configured slots; NaN / inf coordinates are always refused."""
+    return reader_lib.ReaderConfig(max_agents=c.data.num_agents, max_roadgraph_points=c.data.max_roadgraph_points,
+                                   check_finite=True)
 
 
 def synthetic_world(c: ml_collections.ConfigDict) -> synthetic.SyntheticConfig:
-    """The embedded world for ``data.num_agents`` slots.
+    """The embedded world (``data.synthetic``) for ``data.num_agents`` x ``data.max_roadgraph_points`` slots.
 
-    Up to the default simulated pool (48) the world's defaults hold; more slots
-    (up to WOMD's 128) get a pool of that size and proportionally more initial
-    vehicles and pedestrians, so the extra slots hold traffic, not padding.
+    Up to ``pool_size`` slots the configured pool and initial counts hold; more slots (up to WOMD's 128) get a
+    pool of that size and initial counts scaled by ``num_agents / initial_slots``, so the extra slots hold
+    traffic, not padding.
     """
-    base = synthetic.SyntheticConfig()
-    a, p = c.data.num_agents, c.data.num_roadgraph_points
-    if a <= base.pool_size:
-        return synthetic.SyntheticConfig(num_agents=a, num_points=p)
-    scale = a / base.num_agents
+    s = c.data.synthetic
+    a = c.data.num_agents
+    scale = a / s.initial_slots if a > s.pool_size else 1.0
 
-    def grow(lo_hi: tuple[int, int]) -> tuple[int, int]:
-        return tuple(int(v * scale) for v in lo_hi)
+    def grow(lo_hi) -> tuple[int, int]:
+        return tuple(int(v * scale) for v in lo_hi) if scale != 1.0 else tuple(lo_hi)
 
-    return synthetic.SyntheticConfig(num_agents=a, num_points=p, pool_size=a,
-                                     initial_vehicles=grow(base.initial_vehicles),
-                                     initial_pedestrians=grow(base.initial_pedestrians))
+    floats = lambda xs: tuple(float(x) for x in xs)
+    m = s.map
+    world_map = smap.MapConfig(
+        lane_width=floats(m.lane_width), arm_length=floats(m.arm_length), corridor_length=floats(m.corridor_length),
+        median_prob=m.median_prob, median_width=floats(m.median_width), sidewalk_offset=m.sidewalk_offset,
+        corner_radius=m.corner_radius, crosswalk_width=m.crosswalk_width, min_turn_radius=floats(m.min_turn_radius))
+    return synthetic.SyntheticConfig(
+        num_agents=a, max_roadgraph_points=c.data.max_roadgraph_points, template_weights=floats(s.template_weights),
+        burn_in_steps=s.burn_in_steps, pool_size=max(s.pool_size, a), initial_vehicles=grow(s.initial_vehicles),
+        initial_pedestrians=grow(s.initial_pedestrians), cyclist_prob=s.cyclist_prob,
+        entering_share=s.entering_share, max_eval_agents=s.max_eval_agents, lane_change_prob=s.lane_change_prob,
+        dropout_prob=s.dropout_prob, lookahead_points=s.lookahead_points,
+        min_roadgraph_spacing=s.min_roadgraph_spacing, map=world_map)
 
 
 def tokenizer(c: ml_collections.ConfigDict) -> tok.TokenizerConfig:
@@ -282,16 +294,17 @@ def model(c: ml_collections.ConfigDict) -> mlm.ModelConfig:
 
 
 def mesh(c: ml_collections.ConfigDict) -> sharding.MeshConfig:
-    return sharding.MeshConfig(data=c.mesh.data)
+    return sharding.MeshConfig(data=c.mesh.data, rules=tuple((str(k), v) for k, v in c.mesh.rules))
 
 
 def _train(c: ml_collections.ConfigDict, section: ml_collections.ConfigDict, seed: int,
-           async_checkpointing: bool) -> loop.TrainConfig:
+           async_checkpointing: bool, updates_per_step: int = 1) -> loop.TrainConfig:
     config = loop.TrainConfig(
         num_steps=section.num_steps, seed=seed, optim=optim.OptimConfig(**section.optim.to_dict()), mesh=mesh(c),
         log_every=section.log_every, eval_every=section.eval_every, checkpoint_every=section.checkpoint_every,
         keep_checkpoints=section.keep_checkpoints, async_checkpointing=async_checkpointing,
-        progress_bar=section.progress_bar)
+        progress_bar=section.progress_bar, preemption_sync_every=section.preemption_sync_every,
+        updates_per_step=updates_per_step)
     config.validate()  # the loop's own rules (positive cadences, the optimizer's ranges)
     return config
 
@@ -307,11 +320,9 @@ def align_seed(c: ml_collections.ConfigDict) -> int:
 
 
 def align_train(c: ml_collections.ConfigDict) -> loop.TrainConfig:
-    config = _train(c, c.align, align_seed(c), True)
-    if c.align.method == "online":  # a step is a round: its updates share the round's rollouts
-        config = dataclasses.replace(config, updates_per_step=c.align.online.steps_per_round)
-        config.validate()
-    return config
+    # Online DPA-OMF: a step is a round, and its updates share the round's rollouts.
+    return _train(c, c.align, align_seed(c), True,
+                  c.align.online.steps_per_round if c.align.method == "online" else 1)
 
 
 def pipeline(c: ml_collections.ConfigDict, patterns: tuple[str, ...], train: bool,
@@ -323,9 +334,10 @@ def pipeline(c: ml_collections.ConfigDict, patterns: tuple[str, ...], train: boo
     """
     return pipe.PipelineConfig(
         file_patterns=tuple(patterns), batch_size=c.pretrain.batch_size // process_count,
-        max_agents=c.data.num_agents, max_roadgraph_points=c.data.num_roadgraph_points,
+        max_agents=c.data.num_agents, max_roadgraph_points=c.data.max_roadgraph_points,
         shuffle=train and c.pretrain.shuffle, seed=c.seed,
         num_epochs=None,  # repeat; evaluation takes a fixed number of batches
+        drop_remainder=True, fmt="auto",  # every batch full; each file's format detected
         prefetch=c.pretrain.prefetch if train else 0, num_workers=c.pretrain.num_workers if train else 0)
 
 
@@ -340,14 +352,25 @@ def curation_config(c: ml_collections.ConfigDict, backend: str | None = None) ->
     cc = c.curate
     if cc.scenes_per_device < 1:
         raise ValueError(f"curate.scenes_per_device={cc.scenes_per_device} must be >= 1")
-    return curation.CurationConfig(
-        rollout=sampling.RolloutConfig(num_rollouts=cc.num_rollouts, rollout_chunk=cc.rollout_chunk,
-                                       temperature=cc.temperature, top_p=cc.top_p),
-        ot=dist.OTConfig(solver=curate_solver(c, backend)[0], feature_weights=tuple(cc.feature_weights),
-                         rescore_window=cc.rescore_window, num_pairs=cc.num_pairs, weight_mode=cc.weight_mode,
-                         feature_scaling=cc.feature_scaling, spread_floor=tuple(cc.spread_floor)),
-        features=feat.FeatureConfig(clearance_cap=cc.clearance_cap, road_distance_clip=cc.road_distance_clip),
-        num_pairs=cc.num_pairs)
+    ot = dist.OTConfig(
+        solver=curate_solver(c, backend)[0], feature_weights=tuple(cc.feature_weights), weight_mode=cc.weight_mode,
+        auction_levels=cc.auction_levels, auction_eps_factor=cc.auction_eps_factor, ragged_chunk=cc.ragged_chunk,
+        sinkhorn_iterations=cc.sinkhorn_iterations, sinkhorn_eps_final=cc.sinkhorn_eps_final,
+        sinkhorn_eps_init=cc.sinkhorn_eps_init, sinkhorn_anneal_fraction=cc.sinkhorn_anneal_fraction,
+        rescore_window=cc.rescore_window, rescore_solver=cc.rescore_solver, top_k=cc.top_k,
+        rollout_chunk=cc.ot_rollout_chunk, feature_scaling=cc.feature_scaling, spread_floor=tuple(cc.spread_floor))
+    features = feat.FeatureConfig(
+        clearance_cap=cc.clearance_cap, road_distance_clip=cc.road_distance_clip, effort_cap=cc.effort_cap,
+        max_road_edge_points=cc.max_road_edge_points or None, road_edge_grid=cc.road_edge_grid or None,
+        road_edge_candidates=cc.road_edge_candidates)
+    return curation.CurationConfig(rollout=_rollout(cc), ot=ot, features=features, top_k=cc.top_k)
+
+
+def _rollout(section: ml_collections.ConfigDict) -> sampling.RolloutConfig:
+    """A stage's sampling (CAT-K's closest-among-top-K is the catk method's, in the align job; stages sample)."""
+    return sampling.RolloutConfig(num_rollouts=section.num_rollouts,
+                                  rollout_chunk=min(section.rollout_chunk, section.num_rollouts),
+                                  temperature=section.temperature, top_p=section.top_p, closest_top_k=0)
 
 
 def align(c: ml_collections.ConfigDict) -> AlignConfig:
@@ -375,7 +398,7 @@ def online_curation(c: ml_collections.ConfigDict, num_devices: int, backend: str
                                "deadlock: the on-device exact solver instead"
     cfg = dataclasses.replace(
         base, rollout=dataclasses.replace(base.rollout, num_rollouts=o.num_rollouts, rollout_chunk=o.rollout_chunk),
-        ot=dataclasses.replace(base.ot, solver=solver, num_pairs=o.num_pairs), num_pairs=o.num_pairs)
+        ot=dataclasses.replace(base.ot, solver=solver, top_k=o.top_k), top_k=o.top_k)
     return cfg, why
 
 
@@ -387,9 +410,12 @@ def evaluate_seed(c: ml_collections.ConfigDict) -> int:
 
 def evaluate(c: ml_collections.ConfigDict) -> EvaluateConfig:
     e = c.evaluate
-    rollout = sampling.RolloutConfig(num_rollouts=e.num_rollouts, rollout_chunk=min(e.rollout_chunk, e.num_rollouts),
-                                     temperature=e.temperature, top_p=e.top_p)
-    return EvaluateConfig(rollout=rollout, realism=wosac.RealismConfig(challenge=e.challenge),
+    realism = wosac.RealismConfig(
+        challenge=e.challenge, max_eval_agents=e.max_eval_agents, rollout_batch=e.rollout_batch,
+        max_road_edge_points=e.max_road_edge_points or None, max_lane_points=e.max_lane_points or None,
+        road_edge_grid=e.road_edge_grid or None, road_edge_candidates=e.road_edge_candidates,
+        lane_block=e.lane_block or None, lane_blocks_searched=e.lane_blocks_searched)
+    return EvaluateConfig(rollout=_rollout(e), realism=realism,
                           num_scenes=e.num_scenes, seed=evaluate_seed(c), scenes_per_chunk=e.scenes_per_chunk,
                           scenes_per_device=e.scenes_per_device)
 
@@ -401,18 +427,16 @@ def submit_seed(c: ml_collections.ConfigDict) -> int:
 
 def submit(c: ml_collections.ConfigDict) -> SubmitConfig:
     s = c.submit
-    rollout = sampling.RolloutConfig(num_rollouts=s.num_rollouts, rollout_chunk=min(s.rollout_chunk, s.num_rollouts),
-                                     temperature=s.temperature, top_p=s.top_p)
+    rollout = _rollout(s)
     names = [f.name for f in dataclasses.fields(submission_lib.SubmissionMetadata)]
     meta = {k: tuple(s[k]) if isinstance(s[k], (tuple, list)) else s[k] for k in names}
     meta["unique_method_name"] = meta["unique_method_name"] or f"dpa_omf_{s.model}"
     kind = "reference" if s.model == "reference" else "aligned"
     meta["description"] = meta["description"] or post_training.DESCRIPTIONS[kind].format(method=s.model)
-    reader_cfg = reader_lib.ReaderConfig(max_agents=s.num_agents or c.data.num_agents,
-                                         max_roadgraph_points=c.data.num_roadgraph_points)
+    reader_cfg = dataclasses.replace(reader(c), max_agents=s.num_agents or c.data.num_agents)
     return SubmitConfig(model=s.model, split=s.split, scenario_pattern=s.scenario_pattern,
                         max_scenarios=s.max_scenarios, reader=reader_cfg, rollout=rollout, seed=submit_seed(c),
-                        scenarios_per_shard=s.scenarios_per_shard, metadata=tuple(meta.items()))
+                        scenes_per_shard=s.scenes_per_shard, metadata=tuple(meta.items()))
 
 
 # ----------------------------------------------------------------------------- checks

@@ -5,7 +5,7 @@ set, for scaling studies): sample R rollouts from the frozen reference model
 on device, compute the features phi of each rollout and of the expert (logged)
 future, the per-agent optimal-transport distance between their occupancy
 measures, the scene distance (mean over simulated agents), rank, and take the
-``num_pairs`` closest as preferred and the ``num_pairs`` farthest as
+``curate.top_k`` closest as preferred and the ``curate.top_k`` farthest as
 unpreferred. The ADE distance of every rollout is stored too, so the DPA-ADEF
 and SFT baselines reuse the same rollouts.
 

@@ -43,7 +43,7 @@ def memory_report(config: ml_collections.ConfigDict) -> dict[str, Any]:
     report = aot.memory_report(trainer, pretrain.global_batch_shapes(config), config.aot.device_memory_gb,
                                config.aot.headroom)
     report.update(job=config.job, global_batch=config.pretrain.batch_size, num_agents=config.data.num_agents,
-                  num_roadgraph_points=config.data.num_roadgraph_points, compute_dtype=config.model.compute_dtype,
+                  max_roadgraph_points=config.data.max_roadgraph_points, compute_dtype=config.model.compute_dtype,
                   param_count=mlm.param_count(trainer.abstract_state.params), curate_step=curate_memory(config))
     return report
 
@@ -57,7 +57,7 @@ def curate_memory(config: ml_collections.ConfigDict) -> dict[str, Any]:
     shard = sharding.batch_sharding(mesh)
     scenes = jax.tree.map(lambda x: jax.ShapeDtypeStruct((step,) + x.shape, jax.dtypes.canonicalize_dtype(x.dtype),
                                                          sharding=shard),
-                          dt.empty_scenario(config.data.num_agents, config.data.num_roadgraph_points))
+                          dt.empty_scenario(config.data.num_agents, config.data.max_roadgraph_points))
     keys = jax.ShapeDtypeStruct((step,), jax.random.key(0).dtype, sharding=shard)
     params = pretrain.params_target(config, mesh)
     fn = sharding.map_over_scenes(lambda p, s, k: curation.featurize_batch(model, p, s, k, cfg), mesh)

@@ -7,7 +7,7 @@
 For each split, source shard k of ``data.split_files`` (raw WOMD TFRecords of
 either format, or the synthetic world's shards) becomes
 ``WORKDIR/prepare/<split>/<shard name>.scenes`` (``io.prepared``: the shard's
-scenes fitted to ``data.num_agents`` x ``data.num_roadgraph_points`` by the one
+scenes fitted to ``data.num_agents`` x ``data.max_roadgraph_points`` by the one
 reader, its checks and errors unchanged). Process p of P prepares the shards
 with ``k % P == p``; nothing is written twice.
 

@@ -58,13 +58,13 @@ PACKAGED = pathlib.Path(__file__).resolve().parents[1] / "assets" / "reference"
 
 def example_scenario(c: ml_collections.ConfigDict, batch: int = 1) -> dt.Scenario:
     """An all-invalid numpy Scenario batch ``[batch, ...]`` of the configured sizes (init template)."""
-    one = dt.empty_scenario(c.data.num_agents, c.data.num_roadgraph_points)
+    one = dt.empty_scenario(c.data.num_agents, c.data.max_roadgraph_points)
     return jax.tree.map(lambda x: np.broadcast_to(x, (batch,) + x.shape), one)
 
 
 def global_batch_shapes(c: ml_collections.ConfigDict) -> dt.Scenario:
     """``jax.ShapeDtypeStruct`` tree of one global training batch (no data read)."""
-    one = dt.empty_scenario(c.data.num_agents, c.data.num_roadgraph_points)
+    one = dt.empty_scenario(c.data.num_agents, c.data.max_roadgraph_points)
     b = c.pretrain.batch_size
     return jax.tree.map(
         lambda x: jax.ShapeDtypeStruct((b,) + x.shape, jax.dtypes.canonicalize_dtype(x.dtype)), one)
@@ -162,7 +162,7 @@ def eval_batches(c: ml_collections.ConfigDict, workdir: str) -> Callable[[], Ite
 def compatibility(c: ml_collections.ConfigDict) -> dict:
     """What a reference's parameters depend on beyond training: the world, the slots, tokenizer and model."""
     d = c.to_dict()
-    return {"data": {k: d["data"][k] for k in ("source", "num_agents", "num_roadgraph_points")},
+    return {"data": {k: d["data"][k] for k in ("source", "num_agents", "max_roadgraph_points")},
             "tokenizer": d["tokenizer"], "model": d["model"]}
 
 

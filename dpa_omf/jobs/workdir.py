@@ -49,6 +49,7 @@ import ml_collections
 import numpy as np
 
 from dpa_omf import atomic
+from dpa_omf.train.stage_log import is_writer  # the one test of the writing process (process 0)
 
 SUMMARY = "summary.json"
 CONFIG = "config.json"
@@ -70,6 +71,7 @@ NOT_FINGERPRINTED = (
     "pretrain.keep_checkpoints", "pretrain.async_checkpointing",
     "curate.scenes_per_device", "evaluate.scenes_per_device", "pretrain.realism_scenes", "align.realism_scenes",
     "align.log_every", "align.progress_bar", "align.checkpoint_every", "align.keep_checkpoints",
+    "pretrain.preemption_sync_every", "align.preemption_sync_every",
 )
 
 
@@ -347,11 +349,6 @@ def hold_lock(workdir: str | pathlib.Path) -> Iterator[None]:
 
 
 # ----------------------------------------------------------------------------- processes
-
-
-def is_writer() -> bool:
-    """True on the one process that writes summaries, reports and pictures (process 0)."""
-    return jax.process_index() == 0
 
 
 def say(line: str) -> None:

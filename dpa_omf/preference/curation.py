@@ -5,7 +5,7 @@ splits the batch over devices with ``train.sharding.map_over_scenes``): sample R
 rollouts of each scene from the frozen reference model, compute the features phi of each rollout and of the
 expert (logged) future, the per-agent optimal-transport distance between their
 occupancy measures, the scene distance (mean over simulated agents), and the
-``num_pairs`` closest (preferred) and farthest (unpreferred) rollouts. The ADE
+``top_k`` closest (preferred) and farthest (unpreferred) rollouts. The ADE
 to the expert is computed too, so the ADE-ranked baselines reuse the same
 rollouts. The exact host OT solver runs on the host CPU through a callback,
 once per device for all of that device's scenes.
@@ -35,18 +35,18 @@ class CurationConfig:
       rollout: sampling of the R rollouts (R = ``rollout.num_rollouts``).
       ot: the OT distance (solver, feature weights, boundary re-scoring).
       features: feature ranges of phi.
-      num_pairs: K: the K closest rollouts are preferred, the K farthest unpreferred.
+      top_k: K: the K closest rollouts are preferred, the K farthest unpreferred.
     """
 
     rollout: sampling.RolloutConfig
     ot: dist.OTConfig
     features: feat.FeatureConfig
-    num_pairs: int
+    top_k: int
 
     def __post_init__(self):
-        if self.num_pairs < 1 or self.rollout.num_rollouts < 2 * self.num_pairs:
-            raise ValueError(f"curate: num_rollouts={self.rollout.num_rollouts} must be >= 2 * num_pairs="
-                             f"{self.num_pairs} >= 2")
+        if self.top_k < 1 or self.rollout.num_rollouts < 2 * self.top_k:
+            raise ValueError(f"curate: num_rollouts={self.rollout.num_rollouts} must be >= 2 * top_k="
+                             f"{self.top_k} >= 2")
 
 
 def featurize_batch(model: mlm.MotionLM, params, scenarios: dt.Scenario, keys: jax.Array, cfg: CurationConfig,
@@ -90,7 +90,7 @@ def rank_features(feats: dict, cfg: CurationConfig) -> dict:
     """
     def score(phi_r, valid_r, phi_e, valid_e, agents):
         scene_d, per_agent = dist.ot_distance(phi_r, valid_r, phi_e, valid_e, agents, cfg.ot)
-        pref, unpref = ranking.rank_and_pair(scene_d, cfg.num_pairs)
+        pref, unpref = ranking.rank_and_pair(scene_d, cfg.top_k)
         counted = dist.counted_agents(jnp.broadcast_to(valid_r, phi_r.shape[:-1]), valid_e, agents)
         return dict(ot_distance=scene_d, preferred=pref, unpreferred=unpref, per_agent=per_agent,
                     per_agent_counted=counted)

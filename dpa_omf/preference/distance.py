@@ -35,7 +35,7 @@ successive-shortest-path transport for ragged ones), ``sinkhorn`` (our fused
 log-domain kernel), ``ott`` (ott-jax Sinkhorn configured like ours: fixed
 iterations, annealed epsilon) and ``ott_default`` (ott-jax defaults, for the
 benchmark). ``rescore_window > 0`` re-scores the rollouts ranked near the top /
-bottom ``num_pairs`` boundaries with ``rescore_solver`` (near-ties swap under
+bottom ``top_k`` boundaries with ``rescore_solver`` (near-ties swap under
 approximate OT).
 
 Ranking rollouts by these distances into preference pairs, and the ADE
@@ -81,9 +81,9 @@ class OTConfig:
       sinkhorn_eps_init: initial epsilon as a fraction of the mean cost.
       sinkhorn_anneal_fraction: fraction of the iterations spent annealing.
       rescore_window: rollouts re-scored exactly on each side of each of the
-        two ranking boundaries (0: off) with ``rescore_solver``. Needs ``num_pairs`` and R >= 2 *
-        num_pairs.
-      num_pairs: preferred / unpreferred set size used by the re-scoring.
+        two ranking boundaries (0: off) with ``rescore_solver``. Needs ``top_k`` and R >= 2 *
+        top_k.
+      top_k: preferred / unpreferred set size used by the re-scoring.
       feature_scaling: ``"none"`` or ``"expert_std"`` (features divided by the
         scene's expert spread, :func:`expert_spread`, before the weights).
       spread_floor: per-feature lower bound of that spread (feature units).
@@ -105,7 +105,7 @@ class OTConfig:
     sinkhorn_anneal_fraction: float = 0.7
     rescore_window: int = 0
     rescore_solver: str = "exact_host"
-    num_pairs: int = 16
+    top_k: int = 16
     rollout_chunk: int = 8
     feature_scaling: str = "none"
     spread_floor: tuple[float, ...] = (1.0, 0.1, 0.1, 0.1, 0.1)
@@ -487,13 +487,13 @@ def ot_coupling(rollout_phi, rollout_valid, expert_phi, expert_valid, config: OT
 
 
 # ----------------------------------------------------------------- boundary re-scoring
-def boundary_ranks(num_rollouts: int, num_pairs: int, window: int) -> np.ndarray:
+def boundary_ranks(num_rollouts: int, top_k: int, window: int) -> np.ndarray:
     """Static rank positions re-scored exactly: ``window`` each side of the
-    top-``num_pairs`` and bottom-``num_pairs`` boundaries (deduplicated)."""
-    if num_rollouts < 2 * num_pairs:
-        raise ValueError(f"need >= {2 * num_pairs} rollouts for {num_pairs} pairs, got {num_rollouts}")
-    lo = np.arange(num_pairs - window, num_pairs + window)
-    hi = np.arange(num_rollouts - num_pairs - window, num_rollouts - num_pairs + window)
+    top-``top_k`` and bottom-``top_k`` boundaries (deduplicated)."""
+    if num_rollouts < 2 * top_k:
+        raise ValueError(f"need >= {2 * top_k} rollouts for {top_k} pairs, got {num_rollouts}")
+    lo = np.arange(top_k - window, top_k + window)
+    hi = np.arange(num_rollouts - top_k - window, num_rollouts - top_k + window)
     ranks = np.unique(np.concatenate([lo, hi]))
     return ranks[(ranks >= 0) & (ranks < num_rollouts)]
 
@@ -502,7 +502,7 @@ def _rescore_boundaries(scene, per_agent, rollout_phi, rollout_valid, expert_phi
                         agent_mask, config: OTConfig):
     """Replaces approximate distances of rollouts near the boundaries by exact ones."""
     r = scene.shape[0]
-    ranks = boundary_ranks(r, config.num_pairs, config.rescore_window)
+    ranks = boundary_ranks(r, config.top_k, config.rescore_window)
     order = stable_argsort(scene)
     sel = order[jnp.asarray(ranks)]
     exact_cfg = dataclasses.replace(config, solver=config.rescore_solver, rescore_window=0, rollout_chunk=0)

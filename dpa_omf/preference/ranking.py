@@ -13,13 +13,13 @@ import jax.numpy as jnp
 from dpa_omf.preference import distance
 
 
-def rank_and_pair(scene_distances: jax.Array, num_pairs: int = 16) -> tuple[jax.Array, jax.Array]:
+def rank_and_pair(scene_distances: jax.Array, top_k: int = 16) -> tuple[jax.Array, jax.Array]:
     """Preference pairs from a ranking of R rollouts.
 
     Args:
       scene_distances: float ``[R]`` (lower = closer to the expert); NaN
-        ranks last. R >= 2 * num_pairs.
-      num_pairs: K.
+        ranks last. R >= 2 * top_k.
+      top_k: K.
     Returns:
       ``(preferred [K], unpreferred [K])`` int32 rollout indices: preferred[k]
       is the k-th closest, unpreferred[k] the k-th farthest, so pair k matches
@@ -27,10 +27,10 @@ def rank_and_pair(scene_distances: jax.Array, num_pairs: int = 16) -> tuple[jax.
       index counts as closer), so the result is deterministic.
     """
     r = scene_distances.shape[0]
-    if r < 2 * num_pairs:
-        raise ValueError(f"need >= {2 * num_pairs} rollouts for {num_pairs} pairs, got {r}")
+    if r < 2 * top_k:
+        raise ValueError(f"need >= {2 * top_k} rollouts for {top_k} pairs, got {r}")
     order = distance.stable_argsort(jnp.asarray(scene_distances))
-    return order[:num_pairs].astype(jnp.int32), order[::-1][:num_pairs].astype(jnp.int32)
+    return order[:top_k].astype(jnp.int32), order[::-1][:top_k].astype(jnp.int32)
 
 
 @jax.jit

@@ -12,7 +12,7 @@ class SyntheticConfig:
     """Knobs of the synthetic world (defaults: the project's default dataset).
 
     num_agents: agent slots per scene (padding slots: valid False, id -1, type 0).
-    num_points: road-graph samples per scene (polylines resampled to fit, >= 0.5 m apart).
+    max_roadgraph_points: road-graph samples per scene, P (polylines resampled to fit, >= 0.5 m apart).
     template_weights: probabilities of (straight, curved, four_way, t_junction).
     burn_in_steps: steps simulated before the recorded 91 (0.1 s each).
     pool_size: agents simulated (recorded ones are capped at ``num_agents``).
@@ -28,7 +28,7 @@ class SyntheticConfig:
     """
 
     num_agents: int = 32
-    num_points: int = 4096
+    max_roadgraph_points: int = 4096
     template_weights: tuple[float, float, float, float] = (0.15, 0.2, 0.45, 0.2)
     burn_in_steps: int = 20
     pool_size: int = 48
@@ -51,8 +51,8 @@ class SyntheticConfig:
         if len(self.template_weights) != 4 or min(self.template_weights) < 0 or sum(self.template_weights) <= 0:
             raise ValueError(f"SyntheticConfig.template_weights must be 4 non-negative weights, "
                              f"got {self.template_weights}")
-        if self.num_points < 512:
-            raise ValueError(f"SyntheticConfig.num_points must be >= 512, got {self.num_points}")
+        if self.max_roadgraph_points < 512:
+            raise ValueError(f"SyntheticConfig.max_roadgraph_points must be >= 512, got {self.max_roadgraph_points}")
 
 
 DEFAULT_CONFIG = SyntheticConfig()  # the project's default world (a hashable, frozen value)

@@ -12,7 +12,7 @@
 4. The expert simulates them, ``burn_in_steps`` before the 91 recorded steps
    (``synthetic.expert``); the first 11 recorded steps are the history.
 5. The recorded agents (at most ``num_agents``, the spawning cap guarantees it),
-   an SDC, agents to evaluate, road-graph samples fitted to ``num_points``,
+   an SDC, agents to evaluate, road-graph samples fitted to ``max_roadgraph_points``,
    traffic-light slots, WOMD reader conventions (zeros at invalid entries).
 
 ``generate_dataset`` writes TFRecord shards through ``dpa_omf.io.example_writer``.
@@ -150,17 +150,17 @@ def _dropouts(rng, valid: np.ndarray, protect: np.ndarray, prob: float) -> None:
 
 
 def sample_roadgraph(m: smap.SceneMap, ground, cfg: SyntheticConfig) -> dt.RoadGraph:
-    """Resamples every polyline at one spacing chosen so the samples fit ``num_points``."""
+    """Resamples every polyline at one spacing chosen so the samples fit ``max_roadgraph_points``."""
     lengths = np.array([smap.arc_length(p.xy)[-1] for p in m.polylines])
     order = np.argsort([np.linalg.norm(p.xy.mean(0) - m.center) for p in m.polylines], kind="stable")
-    spacing = max(cfg.min_roadgraph_spacing, lengths.sum() / max(cfg.num_points - 2 * len(lengths), 1))
+    spacing = max(cfg.min_roadgraph_spacing, lengths.sum() / max(cfg.max_roadgraph_points - 2 * len(lengths), 1))
     while True:
         # floor: samples are never closer than ``spacing`` (except 2-point stubs)
         counts = np.maximum(2, np.floor(lengths / spacing).astype(int) + 1)
-        if counts.sum() <= cfg.num_points:
+        if counts.sum() <= cfg.max_roadgraph_points:
             break
         spacing *= 1.05
-    rg = dt.empty_scenario(1, cfg.num_points).roadgraph
+    rg = dt.empty_scenario(1, cfg.max_roadgraph_points).roadgraph
     at = 0
     for i in order:
         pl = m.polylines[i]
@@ -194,7 +194,7 @@ def _lights(m: smap.SceneMap, sig: traffic.Signals | None, ground, cfg: Syntheti
 def generate_scenario(seed: int, config: SyntheticConfig = DEFAULT_CONFIG) -> dt.Scenario:
     """One synthetic scene, a pure function of ``(seed, config)``.
 
-    Returns a numpy ``Scenario`` with ``[num_agents, 91]`` tracks, ``[num_points]``
+    Returns a numpy ``Scenario`` with ``[num_agents, 91]`` tracks, ``[max_roadgraph_points]``
     road-graph samples and ``[91, 16]`` traffic-light slots; id ``"syn" + seed``.
     """
     if not 0 <= seed < 10**13:

@@ -113,8 +113,9 @@ def token_nll(log_probs: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Ar
     return -jnp.where(valid, log_probs, 0.0).sum(), valid.sum()
 
 
-def cpl_loss(lp_pos: jax.Array, valid_pos: jax.Array, lp_neg: jax.Array, valid_neg: jax.Array,
-             cfg: CPLConfig, agent_weight: jax.Array | None = None) -> tuple[jax.Array, dict]:
+def cpl_loss(lp_preferred: jax.Array, valid_preferred: jax.Array, lp_unpreferred: jax.Array,
+             valid_unpreferred: jax.Array, cfg: CPLConfig,
+             agent_weight: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """Multi-agent contrastive preference learning (Hejna et al.) on pairs, scene credit.
 
     loss = -log( exp S+ / (exp S+ + exp(lambda S-)) ) = -log sigmoid(S+ - lambda S-),
@@ -123,28 +124,28 @@ def cpl_loss(lp_pos: jax.Array, valid_pos: jax.Array, lp_neg: jax.Array, valid_n
     the two sides as a ranking of two.)
 
     Args:
-      lp_pos, lp_neg: ``[P, A, S]`` log-probs of the preferred / unpreferred side.
-      valid_pos, valid_neg: ``[P, A, S]`` bool masks.
+      lp_preferred, lp_unpreferred: ``[P, A, S]`` log-probs of the preferred / unpreferred side.
+      valid_preferred, valid_unpreferred: ``[P, A, S]`` bool masks.
       agent_weight: optional ``[P, A]`` weight of each agent in the scores.
     Returns:
       (scalar loss, metrics of masked sums and counts).
     """
     if cfg.credit != "scene":
         raise ValueError("cpl_loss scores whole sequences (credit='scene'); agent credit: ranked_cpl_loss")
-    s_pos = sequence_score(lp_pos, valid_pos, cfg.score, agent_weight)
-    s_neg = sequence_score(lp_neg, valid_neg, cfg.score, agent_weight)
-    per_pair = -jax.nn.log_sigmoid(s_pos - cfg.conservative_lambda * s_neg)
+    s_preferred = sequence_score(lp_preferred, valid_preferred, cfg.score, agent_weight)
+    s_unpreferred = sequence_score(lp_unpreferred, valid_unpreferred, cfg.score, agent_weight)
+    per_pair = -jax.nn.log_sigmoid(s_preferred - cfg.conservative_lambda * s_unpreferred)
     loss = per_pair.mean()
-    nll_pos, n_pos = token_nll(lp_pos, valid_pos)
-    nll_neg, n_neg = token_nll(lp_neg, valid_neg)
+    nll_preferred, n_preferred = token_nll(lp_preferred, valid_preferred)
+    nll_unpreferred, n_unpreferred = token_nll(lp_unpreferred, valid_unpreferred)
     if cfg.bc_weight:
-        loss = loss + cfg.bc_weight * nll_pos / jnp.maximum(n_pos, 1)
+        loss = loss + cfg.bc_weight * nll_preferred / jnp.maximum(n_preferred, 1)
     metrics = {
         "pref_loss_sum": per_pair.sum(),
-        "pref_accuracy_sum": (s_pos > s_neg).sum(),  # lambda = 1: which side is more likely
+        "pref_accuracy_sum": (s_preferred > s_unpreferred).sum(),  # lambda = 1: which side is more likely
         "pairs": jnp.asarray(per_pair.shape[0]),
-        "nll_preferred_sum": nll_pos, "tokens_preferred": n_pos,
-        "nll_unpreferred_sum": nll_neg, "tokens_unpreferred": n_neg,
+        "nll_preferred_sum": nll_preferred, "tokens_preferred": n_preferred,
+        "nll_unpreferred_sum": nll_unpreferred, "tokens_unpreferred": n_unpreferred,
     }
     return loss, metrics
 
@@ -208,16 +209,16 @@ def ranked_cpl_loss(lp: jax.Array, valid: jax.Array, distance: jax.Array, cfg: C
     else:
         total_w = jnp.where(better, w, 0.0).sum()
         loss = jnp.where(better, w * per_pair, 0.0).sum() / jnp.where(total_w > 0, total_w, 1.0)
-    nll_pos, n_pos = token_nll(lp, valid & top)
-    nll_neg, n_neg = token_nll(lp, valid & bottom)
+    nll_preferred, n_preferred = token_nll(lp, valid & top)
+    nll_unpreferred, n_unpreferred = token_nll(lp, valid & bottom)
     if cfg.bc_weight:
-        loss = loss + cfg.bc_weight * nll_pos / jnp.maximum(n_pos, 1)
+        loss = loss + cfg.bc_weight * nll_preferred / jnp.maximum(n_preferred, 1)
     metrics = {
         "pref_loss_sum": pair_sum,
         "pref_accuracy_sum": (better & (s[..., :, None] > s[..., None, :])).sum(),
         "pairs": n_pairs,
-        "nll_preferred_sum": nll_pos, "tokens_preferred": n_pos,
-        "nll_unpreferred_sum": nll_neg, "tokens_unpreferred": n_neg,
+        "nll_preferred_sum": nll_preferred, "tokens_preferred": n_preferred,
+        "nll_unpreferred_sum": nll_unpreferred, "tokens_unpreferred": n_unpreferred,
     }
     return loss, metrics
 
@@ -248,25 +249,28 @@ def afd_loss(lp_expert: jax.Array, valid_expert: jax.Array, lp_gen: jax.Array, v
     return cpl_loss(rep(lp_expert), rep(valid_expert), flat(lp_gen), flat(valid_gen), cfg)
 
 
-def dpo_loss(lp_pos: jax.Array, valid_pos: jax.Array, lp_neg: jax.Array, valid_neg: jax.Array,
-             ref_pos: jax.Array, ref_neg: jax.Array, beta: float = 0.1,
+def dpo_loss(lp_preferred: jax.Array, valid_preferred: jax.Array, lp_unpreferred: jax.Array,
+             valid_unpreferred: jax.Array, ref_preferred: jax.Array, ref_unpreferred: jax.Array, beta: float = 0.1,
              score: ScoreConfig = ScoreConfig(alpha=1.0)) -> tuple[jax.Array, dict]:
     """DPO with a frozen reference: -log sigmoid(beta [(S+ - R+) - (S- - R-)]).
 
-    ``ref_pos`` / ``ref_neg`` are the frozen reference model's log-probs of the
+    ``ref_preferred`` / ``ref_unpreferred`` are the frozen reference model's log-probs of the
     same tokens (no gradient flows into them).
     """
-    ref_pos, ref_neg = jax.lax.stop_gradient(ref_pos), jax.lax.stop_gradient(ref_neg)
-    margin = (sequence_score(lp_pos, valid_pos, score) - sequence_score(ref_pos, valid_pos, score)) - (
-        sequence_score(lp_neg, valid_neg, score) - sequence_score(ref_neg, valid_neg, score))
+    ref_preferred, ref_unpreferred = jax.lax.stop_gradient(ref_preferred), jax.lax.stop_gradient(ref_unpreferred)
+    margin_preferred = sequence_score(lp_preferred, valid_preferred, score) - sequence_score(
+        ref_preferred, valid_preferred, score)
+    margin_unpreferred = sequence_score(lp_unpreferred, valid_unpreferred, score) - sequence_score(
+        ref_unpreferred, valid_unpreferred, score)
+    margin = margin_preferred - margin_unpreferred
     per_pair = -jax.nn.log_sigmoid(beta * margin)
-    nll_pos, n_pos = token_nll(lp_pos, valid_pos)
-    nll_neg, n_neg = token_nll(lp_neg, valid_neg)
+    nll_preferred, n_preferred = token_nll(lp_preferred, valid_preferred)
+    nll_unpreferred, n_unpreferred = token_nll(lp_unpreferred, valid_unpreferred)
     metrics = {
         "pref_loss_sum": per_pair.sum(), "pref_accuracy_sum": (margin > 0).sum(),
         "pairs": jnp.asarray(per_pair.shape[0]),
-        "nll_preferred_sum": nll_pos, "tokens_preferred": n_pos,
-        "nll_unpreferred_sum": nll_neg, "tokens_unpreferred": n_neg,
+        "nll_preferred_sum": nll_preferred, "tokens_preferred": n_preferred,
+        "nll_unpreferred_sum": nll_unpreferred, "tokens_unpreferred": n_unpreferred,
     }
     return per_pair.mean(), metrics
 

@@ -32,8 +32,8 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 
 
-def is_chief() -> bool:
-    """True on the process that writes logs and summaries (process 0)."""
+def is_writer() -> bool:
+    """True on the one process that writes logs, summaries, reports and pictures (process 0)."""
     return jax.process_index() == 0
 
 
@@ -77,7 +77,7 @@ class StageLogger:
         enabled: bool | None = None,
     ):
         self.stage_dir = pathlib.Path(stage_dir)
-        self.enabled = is_chief() if enabled is None else enabled
+        self.enabled = is_writer() if enabled is None else enabled
         self.metrics_path = self.stage_dir / METRICS_FILE
         self.records: list[dict[str, Any]] = []
         self._tb = None

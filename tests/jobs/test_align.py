@@ -33,15 +33,15 @@ def test_side_indices_per_method():
     order = np.argsort(ot, 1)
     shards = {"ot_distance": ot, "ade_distance": ade, "preferred": order[:, :2], "unpreferred": order[:, ::-1][:, :2],
               "tokens": np.zeros((3, 8, 4, 16), np.int16)}
-    pos, neg = align.side_indices(shards, _align_cfg("dpa_omf"))
-    np.testing.assert_array_equal(pos, order[:, :2])
-    pos, neg = align.side_indices(shards, _align_cfg("dpa_adef"))
-    np.testing.assert_array_equal(pos, np.argsort(ade, 1)[:, :2])
-    np.testing.assert_array_equal(neg, np.argsort(ade, 1)[:, ::-1][:, :2])
-    pos, _ = align.side_indices(shards, _align_cfg("sft_best_oa", sft_top_k=3))
-    np.testing.assert_array_equal(pos, order[:, :3])
-    _, neg = align.side_indices(shards, _align_cfg("afd"))
-    assert neg.shape == (3, 8)
+    preferred, unpreferred = align.side_indices(shards, _align_cfg("dpa_omf"))
+    np.testing.assert_array_equal(preferred, order[:, :2])
+    preferred, unpreferred = align.side_indices(shards, _align_cfg("dpa_adef"))
+    np.testing.assert_array_equal(preferred, np.argsort(ade, 1)[:, :2])
+    np.testing.assert_array_equal(unpreferred, np.argsort(ade, 1)[:, ::-1][:, :2])
+    preferred, _ = align.side_indices(shards, _align_cfg("sft_best_oa", sft_top_k=3))
+    np.testing.assert_array_equal(preferred, order[:, :3])
+    _, unpreferred = align.side_indices(shards, _align_cfg("afd"))
+    assert unpreferred.shape == (3, 8)
 
 
 class _Store:

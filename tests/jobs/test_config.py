@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from dpa_omf.configs import align as align_config
+from dpa_omf.configs import common
 from dpa_omf.configs import data as data_config
 from dpa_omf.configs import pretrain as pretrain_config
 from dpa_omf.jobs import config as cfg_lib
@@ -92,6 +93,48 @@ def test_every_dataclass_default_agrees_with_the_default_config():
     assert not problems, "\n".join(problems)
 
 
+def _dataclasses_in(x, out: set) -> set:
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        out.add(type(x))
+        for f in dataclasses.fields(x):
+            _dataclasses_in(getattr(x, f.name), out)
+    elif isinstance(x, tuple):
+        for v in x:
+            _dataclasses_in(v, out)
+    return out
+
+
+# Every dataclass a job gets from the boundary, built from the default config.
+JOB_BUILDERS = {**cfg_lib.BUILDERS,
+                "pipeline": lambda c: cfg_lib.pipeline(c, ("train-*",), True, 1),
+                "online_curation": lambda c: cfg_lib.online_curation(c, 1)[0]}
+
+
+@pytest.mark.parametrize("variant", [None, "smoke", "womd"])
+def test_the_boundary_sets_every_field_from_the_config(variant, monkeypatch):
+    """No job runs on a silent dataclass default: every field of every dataclass the boundary builds is passed
+    explicitly (so its value is the config's, shown by --print_config), never left to the dataclass."""
+    c = align_config.get_config(variant)
+    classes = set()
+    for build in JOB_BUILDERS.values():
+        _dataclasses_in(build(c), classes)
+    calls = []
+    for cls in classes:
+        names = [f.name for f in dataclasses.fields(cls) if f.init]
+
+        def init(self, *args, _init=cls.__init__, _names=tuple(names), _cls=cls, **kwargs):
+            calls.append((_cls.__name__, set(_names) - set(_names[:len(args)]) - set(kwargs)))
+            _init(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "__init__", init)
+    unset = []
+    for section, build in JOB_BUILDERS.items():
+        calls.clear()
+        build(c)
+        unset += [f"{section}: {name}.{sorted(missing)}" for name, missing in calls if missing]
+    assert len(classes) >= 15 and not unset, "\n".join(unset)
+
+
 def test_every_violation_is_listed_at_once():
     c = align_config.get_config()
     c.tokenizer.token_hz = 3
@@ -144,6 +187,29 @@ def test_unknown_key_is_refused_by_the_launcher_before_anything_is_written(tmp_p
     assert "unknown config key" in out.stderr and "nope" in out.stderr
     assert "Traceback" not in out.stderr
     assert not wd.exists()
+
+
+def test_a_renamed_key_is_refused_naming_its_new_key(tmp_path):
+    """An old key (--config.curate.num_pairs) ends in one FATAL line that names the new key, before anything runs."""
+    c = align_config.get_config()
+    for old, new in common.RENAMED_KEYS.items():
+        section, _, name = new.rpartition(".")
+        assert name in _section(c, section), new
+        assert old.rpartition(".")[2] not in _section(c, old.rpartition(".")[0]), old
+    wd = tmp_path / "wd"
+    out = subprocess.run([sys.executable, "-m", "dpa_omf.launch", "--config=configs/align.py:smoke",
+                          f"--workdir={wd}", "--config.curate.num_pairs=8"], cwd=REPO, capture_output=True,
+                         text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "FATAL: config key curate.num_pairs was renamed: use --config.curate.top_k"]
+    assert not wd.exists()
+
+
+def _section(c, dotted: str):
+    for part in dotted.split("."):
+        c = c[part]
+    return c
 
 
 def test_impossible_combination_is_refused_by_the_launcher(tmp_path):

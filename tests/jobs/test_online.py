@@ -63,10 +63,11 @@ def test_round_zero_ranks_as_curation_and_its_loss_is_offline_dpa_omf_on_the_sam
     _, _, j = align_losses.online_pairs(prepared, rng, cfg.pairs_per_scene)
     j = np.asarray(j)
     tok = offline["tokens"].astype(np.int32)
-    pos = np.stack([tok[b][offline["preferred"][b][j[b]]] for b in range(2)])
-    neg = np.stack([tok[b][offline["unpreferred"][b][j[b]]] for b in range(2)])
-    sim = np.broadcast_to(np.asarray(batch["scenario"].agents.sim_mask)[:, None, :, None], pos.shape)
-    offline_batch = dict(scenario=batch["scenario"], pos=pos, neg=neg, pos_valid=sim, neg_valid=sim)
+    preferred = np.stack([tok[b][offline["preferred"][b][j[b]]] for b in range(2)])
+    unpreferred = np.stack([tok[b][offline["unpreferred"][b][j[b]]] for b in range(2)])
+    sim = np.broadcast_to(np.asarray(batch["scenario"].agents.sim_mask)[:, None, :, None], preferred.shape)
+    offline_batch = dict(scenario=batch["scenario"], preferred=preferred, unpreferred=unpreferred,
+                         preferred_valid=sim, unpreferred_valid=sim)
     offline_loss, offline_m = align.make_loss_fn(model, cfg_lib.align(align_config.get_config("smoke")))(
         params, offline_batch, rng, params)
     assert float(online_loss) == pytest.approx(float(offline_loss), rel=1e-6)

@@ -57,7 +57,7 @@ def test_shapes_and_invariants(template):
     s.validate()
     a, rg, tl = s.agents, s.roadgraph, s.traffic_lights
     assert a.x.shape == (CFG.num_agents, dt.NUM_STEPS) and a.x.dtype == np.float32
-    assert rg.xyz.shape == (CFG.num_points, 3) and tl.state.shape == (dt.NUM_STEPS, dt.NUM_TRAFFIC_LIGHTS)
+    assert rg.xyz.shape == (CFG.max_roadgraph_points, 3) and tl.state.shape == (dt.NUM_STEPS, dt.NUM_TRAFFIC_LIGHTS)
     real = a.valid.any(1)
     # Padding slots follow the reader's conventions.
     assert (a.id[~real] == -1).all() and (a.type[~real] == 0).all()

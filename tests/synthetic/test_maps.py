@@ -14,7 +14,7 @@ def test_map_lanes_on_road_and_sidewalks_off_road(template):
     """Road edges follow the WOSAC orientation: lanes are inside, sidewalks outside."""
     rng = np.random.default_rng(5)
     m = smap.build_map(rng, template)
-    cfg = SyntheticConfig(num_points=20000)
+    cfg = SyntheticConfig(max_roadgraph_points=20000)
     rg = syn.sample_roadgraph(m, lambda x, y: 0.0 * x, cfg)
     for r in m.vehicle_routes:
         d = stats.signed_distance_to_road_edge(smap.resample(r.xy, 2.0), rg)

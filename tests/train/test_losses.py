@@ -29,10 +29,10 @@ def test_sequence_score_hand_computed():
 def test_cpl_loss_hand_computed():
     score = losses.ScoreConfig(alpha=1.0, gamma=1.0, normalize="sum")
     cfg = losses.CPLConfig(score=score, conservative_lambda=0.5)
-    pos = _lp([[[-1.0, -1.0]], [[-4.0, -4.0]]])  # S+ = -2, -8
-    neg = _lp([[[-2.0, -2.0]], [[-1.0, -1.0]]])  # S- = -4, -2
+    preferred = _lp([[[-1.0, -1.0]], [[-4.0, -4.0]]])  # S+ = -2, -8
+    unpreferred = _lp([[[-2.0, -2.0]], [[-1.0, -1.0]]])  # S- = -4, -2
     valid = jnp.ones((2, 1, 2), bool)
-    loss, m = losses.cpl_loss(pos, valid, neg, valid, cfg)
+    loss, m = losses.cpl_loss(preferred, valid, unpreferred, valid, cfg)
     # pair 1: -log(e^-2 / (e^-2 + e^(0.5*-4))) = log 2 ; pair 2: -log(e^-8/(e^-8+e^-1)) = log(1+e^7)
     expected = (math.log(2.0) + math.log1p(math.exp(7.0))) / 2
     np.testing.assert_allclose(loss, expected, rtol=1e-6)
@@ -43,13 +43,14 @@ def test_cpl_loss_hand_computed():
 
 def test_cpl_bc_term_and_masking():
     score = losses.ScoreConfig(alpha=1.0, normalize="sum")
-    pos = _lp([[[-1.0, -50.0]]])
-    neg = _lp([[[-2.0, -2.0]]])
-    valid_pos = jnp.asarray([[[True, False]]])  # the -50 is masked out
-    valid_neg = jnp.ones((1, 1, 2), bool)
-    base, _ = losses.cpl_loss(pos, valid_pos, neg, valid_neg, losses.CPLConfig(score=score, conservative_lambda=1.0))
+    preferred = _lp([[[-1.0, -50.0]]])
+    unpreferred = _lp([[[-2.0, -2.0]]])
+    valid_preferred = jnp.asarray([[[True, False]]])  # the -50 is masked out
+    valid_unpreferred = jnp.ones((1, 1, 2), bool)
+    base, _ = losses.cpl_loss(preferred, valid_preferred, unpreferred, valid_unpreferred,
+                              losses.CPLConfig(score=score, conservative_lambda=1.0))
     np.testing.assert_allclose(base, -math.log(1 / (1 + math.exp(-4 + 1))), rtol=1e-6)
-    with_bc, _ = losses.cpl_loss(pos, valid_pos, neg, valid_neg,
+    with_bc, _ = losses.cpl_loss(preferred, valid_preferred, unpreferred, valid_unpreferred,
                                  losses.CPLConfig(score=score, conservative_lambda=1.0, bc_weight=0.5))
     np.testing.assert_allclose(with_bc - base, 0.5 * 1.0, rtol=1e-6)
 
@@ -78,10 +79,10 @@ def test_sft_and_dpo_hand_computed():
     valid = jnp.ones((1, 1, 2), bool)
     loss, _ = losses.sft_loss(lp, valid)
     np.testing.assert_allclose(loss, 2.0)
-    pos, neg = _lp([[[-1.0]]]), _lp([[[-2.0]]])
-    ref_pos, ref_neg = _lp([[[-1.5]]]), _lp([[[-1.5]]])
+    preferred, unpreferred = _lp([[[-1.0]]]), _lp([[[-2.0]]])
+    ref_preferred, ref_unpreferred = _lp([[[-1.5]]]), _lp([[[-1.5]]])
     v = jnp.ones((1, 1, 1), bool)
-    loss, m = losses.dpo_loss(pos, v, neg, v, ref_pos, ref_neg, beta=2.0)
+    loss, m = losses.dpo_loss(preferred, v, unpreferred, v, ref_preferred, ref_unpreferred, beta=2.0)
     # margin = (-1 + 1.5) - (-2 + 1.5) = 1 ; loss = -log sigmoid(2)
     np.testing.assert_allclose(loss, math.log1p(math.exp(-2.0)), rtol=1e-6)
     assert int(m["pref_accuracy_sum"]) == 1
@@ -172,9 +173,9 @@ def test_agent_weights_in_the_scene_score():
     # Unit weights are the unweighted score.
     np.testing.assert_allclose(losses.sequence_score(lp, valid, agents, jnp.ones_like(w)),
                                losses.sequence_score(lp, valid, agents), rtol=1e-6)
-    pos, neg = lp, _lp([[[-2.0], [-1.0]]])
+    preferred, unpreferred = lp, _lp([[[-2.0], [-1.0]]])
     cfg = losses.CPLConfig(score=agents, conservative_lambda=1.0)
-    loss, _ = losses.cpl_loss(pos, valid, neg, valid, cfg, agent_weight=w)
+    loss, _ = losses.cpl_loss(preferred, valid, unpreferred, valid, cfg, agent_weight=w)
     assert float(loss) == pytest.approx(_nll_sigmoid(-4.0 - (-5.0 / 4)), rel=1e-6)
 
 
