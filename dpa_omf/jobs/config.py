@@ -331,8 +331,8 @@ def pipeline(c: ml_collections.ConfigDict, patterns: tuple[str, ...], train: boo
 
 def curate_solver(c: ml_collections.ConfigDict, backend: str | None = None) -> tuple[str, str]:
     """The OT solver curation uses on ``backend`` (default: JAX's) and why (``curate.solver='auto'``)."""
-    if c.curate.solver not in dist.CONFIG_SOLVERS:
-        raise ValueError(f"curate.solver={c.curate.solver!r} must be one of {dist.CONFIG_SOLVERS}")
+    if c.curate.solver not in dist.config_solvers():
+        raise ValueError(f"curate.solver={c.curate.solver!r} must be one of {dist.config_solvers()}")
     return dist.solver_for_backend(c.curate.solver, backend or jax.default_backend())
 
 
@@ -370,9 +370,9 @@ def online_curation(c: ml_collections.ConfigDict, num_devices: int, backend: str
     o = align(c).online
     base = curation_config(c, backend)
     solver, why = curate_solver(c, backend)
-    if solver == "exact_host" and num_devices > 1:
-        solver, why = "exact", f"{why}; the host callback inside a {num_devices}-device training step can " \
-                               "deadlock: the on-device exact solver instead"
+    if num_devices > 1 and dist.device_solver(solver) != solver:
+        solver, why = dist.device_solver(solver), f"{why}; the host callback inside a {num_devices}-device " \
+                                                  "training step can deadlock: its on-device twin instead"
     cfg = dataclasses.replace(
         base, rollout=dataclasses.replace(base.rollout, num_rollouts=o.num_rollouts, rollout_chunk=o.rollout_chunk),
         ot=dataclasses.replace(base.ot, solver=solver, num_pairs=o.num_pairs), num_pairs=o.num_pairs)
