@@ -96,6 +96,12 @@ GRAPH: dict[str, Stage] = {
 JOBS = tuple(GRAPH) + ("main",)
 
 
+def check(config: ml_collections.ConfigDict, num_devices: int | None = None, process_count: int = 1) -> None:
+    """``cfg_lib.check`` with the rules of the registries the config boundary cannot import (the alignment
+    methods': ``align.check``): every problem of a job's config, before any compute."""
+    cfg_lib.check(config, num_devices, process_count, rules=(align.check,))
+
+
 def recorded_config(stage: str, config: ml_collections.ConfigDict, root: str | pathlib.Path) -> dict:
     """What ``stage``'s output depends on, as written to its ``config.json`` (the fingerprinted sections)."""
     s = GRAPH[stage]
