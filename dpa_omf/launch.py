@@ -176,7 +176,7 @@ def run(config) -> None:
 
     # Unknown keys are refused by the locked config; combinations here (and the mesh and batches against the
     # devices for every job that trains), before anything is written.
-    if config.job == "data" and not _DRY_RUN.value:
+    if not stages.uses_devices(config.job) and not _DRY_RUN.value:
         stages.check(config)
     else:
         stages.check(config, jax.device_count(), jax.process_count())

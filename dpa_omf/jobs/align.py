@@ -80,10 +80,12 @@ from dpa_omf.jobs import workdir as wd
 from dpa_omf.model import motion_lm as mlm
 from dpa_omf.train import loop, losses
 
+STAGE = "align"
+
 
 def folder_name(method: str) -> str:
     """The workdir folder of an alignment method's stage: ``align`` (DPA-OMF) or ``align_<method>``."""
-    return "align" if method == "dpa_omf" else f"align_{method}"
+    return STAGE if method == "dpa_omf" else f"{STAGE}_{method}"
 
 
 def finished_folders(workdir: str) -> dict[str, str]:
