@@ -6,9 +6,9 @@ evaluator's rows) speaks the official format: the fields of the official
 and the official code name them. Everything the project writes or prints for
 people (the evaluate summary, the realism table, the training logs, the packaged
 reference's manifest) uses our names. ``TABLE`` is the only place that pairs the
-two; the per-scene field order, the summary keys, the report columns and the
-logged keys all derive from it at call time, so adding a metric is one row here plus its
-computation in ``wosac.metrics_from_features``.
+two; the per-scene field order (what the realism CLI prints), the summary keys,
+the report columns and the logged keys all derive from it at call time, so adding
+a metric is one row here plus its computation in ``wosac.metrics_from_features``.
 
 The composite is called ``composite`` everywhere except in the official format,
 where it is the ``metametric`` field.
@@ -55,7 +55,6 @@ TABLE: tuple[Metric, ...] = (
 )
 
 
-
 def per_scene() -> tuple[str, ...]:
     """The official per-scene fields (what ``wosac.evaluate_scene`` returns), in the table's order."""
     return tuple(m.official for m in TABLE)
@@ -79,8 +78,6 @@ def logged() -> dict[str, str]:
 def report() -> tuple[str, ...]:
     """Our names of the realism table's columns, in order."""
     return tuple(m.name for m in TABLE if m.report)
-
-
 
 
 def composite() -> str:
