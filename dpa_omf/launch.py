@@ -172,15 +172,14 @@ def run(config) -> None:
     compilation_cache.enable(_COMPILATION_CACHE.value)  # before anything compiles
     init_distributed(_MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     # Imported after jax.distributed.initialize, which must come before any JAX computation.
-    from dpa_omf.jobs import config as cfg_lib
     from dpa_omf.jobs import stages, workdir
 
     # Unknown keys are refused by the locked config; combinations here (and the mesh and batches against the
     # devices for every job that trains), before anything is written.
-    if config.job == "data" and not _DRY_RUN.value:
-        cfg_lib.check(config)
+    if not stages.uses_devices(config.job) and not _DRY_RUN.value:
+        stages.check(config)
     else:
-        cfg_lib.check(config, jax.device_count(), jax.process_count())
+        stages.check(config, jax.device_count(), jax.process_count())
     with workdir.hold_lock(_WORKDIR.value):  # refuses a second job on this workdir before it writes anything
         if quiet:
             route_logs(_WORKDIR.value)

@@ -80,10 +80,12 @@ from dpa_omf.jobs import workdir as wd
 from dpa_omf.model import motion_lm as mlm
 from dpa_omf.train import loop, losses
 
+STAGE = "align"
+
 
 def folder_name(method: str) -> str:
     """The workdir folder of an alignment method's stage: ``align`` (DPA-OMF) or ``align_<method>``."""
-    return "align" if method == "dpa_omf" else f"align_{method}"
+    return STAGE if method == "dpa_omf" else f"{STAGE}_{method}"
 
 
 def finished_folders(workdir: str) -> dict[str, str]:
@@ -184,7 +186,7 @@ class PairBatches:
         if self.scene_only:
             return self._scene_batch([rows[i] for i in self.local], k)
         rng = np.random.default_rng([self.seed, 1_000_003, k])
-        if self.cfg.offline_loss != "pairs" and self.cfg.method in cfg_lib.CPL_METHODS:
+        if self.cfg.offline_loss != "pairs" and METHODS[self.cfg.method].ranked_by is not None:
             return self._ranking_batch(rows, rng)
         scenes, preferred, unpreferred = [], [], []
         extra = {n: [] for n in self._agent_keys(("preferred_", "unpreferred_"))}
@@ -235,7 +237,7 @@ class PairBatches:
             else:
                 r = self.shards["tokens"].shape[1]
                 idx = rng.choice(r, size=cfg.ranked_rollouts or r, replace=False)
-                d = self.shards[RANKED_BY[cfg.method]][row][idx].astype(np.float32)
+                d = self.shards[METHODS[cfg.method].ranked_by][row][idx].astype(np.float32)
             if i not in self.local:
                 continue  # another process's scene: its draws were made, to keep the generator's sequence
             fi, ri = int(self.shards["file_index"][row]), int(self.shards["record_index"][row])
@@ -266,43 +268,118 @@ class PairBatches:
 
 
 # ----------------------------------------------------------------------------- the method registry
+def _curated_rollouts(config: ml_collections.ConfigDict, train_rankings: int) -> int:
+    return train_rankings * config.curate.num_rollouts
+
+
+def _round_rollouts(config: ml_collections.ConfigDict, train_rankings: int) -> int:
+    return config.align.num_steps * config.align.batch_size * config.align.online.num_rollouts
+
+
+def _catk_rollouts(config: ml_collections.ConfigDict, train_rankings: int) -> int:
+    return config.align.num_steps * config.align.batch_size * config.align.pairs_per_scene
+
+
+def _no_rollouts(config: ml_collections.ConfigDict, train_rankings: int) -> int:
+    return 0
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
-    """An alignment method: the two sides it compares and the loss it optimizes.
+    """An alignment method: the two sides it compares, the loss it optimizes, and what the config rules, the
+    study and the cost accounting need to know of it.
 
     Attributes:
       sides: ``(shards, cfg) -> (preferred [N, K], unpreferred [N, K])`` rollout indices per curated scene.
+        None for the scene-only methods (their batches hold scenes and rollout keys).
       loss: ``(log_probs, cfg) -> (loss, metrics)``; ``log_probs`` computes what the loss asks for.
       paired: draw the k-th ``preferred`` with the k-th ``unpreferred`` (ranked pairs); else negatives are drawn apart.
-        None for the scene-only methods (their batches hold scenes and rollout keys).
       prepare: scene-only methods that make their data in the step: ``(model, cfg, curation cfg) ->
-        prepare_fn`` (``loop.train``'s contract); None: train on the loaded batch.
+        prepare_fn`` (``loop.train``'s contract); None: train on the loaded batch. Their rollouts grow with the
+        steps (the study draws their realism against rollouts sampled).
+      ranked_by: the stored distance that orders the curated rollouts for CPL on rankings: the offline levers
+        (``align.offline_loss``, ``kl_weight``, ``reference_ratio``, ``eval_agent_weight``) apply; None: refused.
+      per_agent: ranks by per-agent OT distances, so ``align.credit='agent'`` applies.
+      top_k: trains on the ``align.sft_top_k`` closest curated rollouts (at most ``curate.num_rollouts``).
+      rounds: a step is a round: it samples and ranks its own rollouts (the OT solver is recorded) and takes
+        ``align.online.steps_per_round`` updates on them.
+      sampled: ``(config, train_rankings) -> rollouts`` sampled to make its training data (the cost the
+        equal-cost comparison matches).
+      study_default: one of the study's default methods.
     """
 
     sides: Callable[[dict, cfg_lib.AlignConfig], tuple[np.ndarray, np.ndarray]] | None
     loss: Callable[[align_losses.LogProbs, cfg_lib.AlignConfig], tuple[jax.Array, dict]]
     paired: bool
     prepare: Callable | None = None
+    ranked_by: str | None = None
+    per_agent: bool = False
+    top_k: bool = False
+    rounds: bool = False
+    sampled: Callable[[ml_collections.ConfigDict, int], int] = _curated_rollouts
+    study_default: bool = False
 
 
 # The alignment methods. Adding one: an entry here and its name in dpa_omf/configs/post_training.py:ALIGN_METHODS
 # (which makes the configs/align.py:<name> variant, the align_<name> folder and its evaluation row).
 METHODS: dict[str, Method] = {
-    "dpa_omf": Method(_stored_pairs, align_losses.cpl_loss, paired=True),  # CPL on the OT-ranked pairs (the paper)
-    "dpa_adef": Method(_ade_pairs, align_losses.cpl_loss, paired=True),  # CPL on ADE-ranked pairs
-    "sft_best_oa": Method(_top_k("ot_distance"), align_losses.sft_loss, paired=False),  # SFT on the closest by OT
-    "sft_best_ade": Method(_top_k("ade_distance"), align_losses.sft_loss, paired=False),  # SFT on the closest by ADE
-    "afd": Method(_every_rollout, align_losses.afd_loss, paired=False),  # the expert preferred over every rollout
+    # CPL on the OT-ranked pairs (the paper)
+    "dpa_omf": Method(_stored_pairs, align_losses.cpl_loss, paired=True, ranked_by="ot_distance", per_agent=True,
+                      study_default=True),
+    "dpa_adef": Method(_ade_pairs, align_losses.cpl_loss, paired=True, ranked_by="ade_distance",
+                       study_default=True),  # CPL on ADE-ranked pairs
+    "sft_best_oa": Method(_top_k("ot_distance"), align_losses.sft_loss, paired=False, top_k=True,
+                          study_default=True),  # SFT on the closest by OT
+    "sft_best_ade": Method(_top_k("ade_distance"), align_losses.sft_loss, paired=False,
+                           top_k=True),  # SFT on the closest by ADE
+    "afd": Method(_every_rollout, align_losses.afd_loss, paired=False,
+                  study_default=True),  # the expert preferred over every rollout
     "dpo": Method(_stored_pairs, align_losses.dpo_loss, paired=True),  # DPO against the frozen reference
     # online ranks its own rollouts; catk: SFT on the reference's CAT-K rollouts
-    "online": Method(None, align_losses.online_loss, paired=True, prepare=align_losses.online_prepare),
-    "catk": Method(None, align_losses.sft_loss, paired=False, prepare=align_losses.catk_prepare),
-    "ntp": Method(None, align_losses.expert_loss, paired=False),  # compute-matched control: NTP on the logs
+    "online": Method(None, align_losses.online_loss, paired=True, prepare=align_losses.online_prepare, rounds=True,
+                     sampled=_round_rollouts),
+    "catk": Method(None, align_losses.sft_loss, paired=False, prepare=align_losses.catk_prepare,
+                   sampled=_catk_rollouts),
+    "ntp": Method(None, align_losses.expert_loss, paired=False, sampled=_no_rollouts),  # compute-matched control
 }
 
 
-# The stored distance that orders a CPL method's rollouts ('ranked' offline loss).
-RANKED_BY = {"dpa_omf": "ot_distance", "dpa_adef": "ade_distance"}
+def check(c: ml_collections.ConfigDict) -> list[str]:
+    """The config rules of the chosen method (``cfg_lib.check``'s ``rules``): the offline levers, agent credit,
+    the SFT top-k and a round's updates apply only where its entry says so."""
+    a, m = c.align, METHODS.get(c.align.method)
+    if m is None:
+        return []  # cfg_lib.align refuses the unknown method
+    errors = []
+    levers = {"offline_loss": a.offline_loss != "pairs", "kl_weight": a.kl_weight > 0,
+              "reference_ratio": a.reference_ratio, "eval_agent_weight": a.eval_agent_weight != 1.0}
+    used = [k for k, on in levers.items() if on]
+    if used and m.ranked_by is None:
+        cpl = tuple(n for n, x in METHODS.items() if x.ranked_by is not None)
+        errors.append(f"align.{', align.'.join(used)} apply to the offline CPL methods {cpl}, "
+                      f"not align.method={a.method!r}")
+    if a.credit == "agent" and not m.per_agent:
+        agent = tuple(n for n, x in METHODS.items() if x.per_agent)
+        errors.append(f"align.credit='agent' ranks by per-agent OT distances: method {agent} only, "
+                      f"not {a.method!r}")
+    if m.top_k and a.sft_top_k > c.curate.num_rollouts:
+        errors.append(f"align.sft_top_k={a.sft_top_k} exceeds curate.num_rollouts={c.curate.num_rollouts}")
+    if m.rounds:
+        try:
+            train_config(c)
+        except ValueError as e:
+            errors.append(f"align.online.steps_per_round={a.online.steps_per_round}: {e}")
+    return errors
+
+
+def train_config(c: ml_collections.ConfigDict) -> loop.TrainConfig:
+    """The alignment loop's config; a method with rounds takes ``align.online.steps_per_round`` updates per
+    step (its updates share the round's rollouts)."""
+    config = cfg_lib.align_train(c)
+    if METHODS[c.align.method].rounds:
+        config = dataclasses.replace(config, updates_per_step=c.align.online.steps_per_round)
+        config.validate()
+    return config
 
 
 def side_indices(shards: dict, cfg: cfg_lib.AlignConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -367,6 +444,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> in
     """Aligns into ``WORKDIR/align[_<method>]``; returns 0 when done, 75 when preempted (saved; rerun)."""
     t0 = time.time()
     cfg = cfg_lib.align(config)
+    errors = check(config)  # the launcher checked them (stages.check); a direct caller gets them here
+    if errors:
+        raise cfg_lib.ConfigError("invalid config:\n  " + "\n  ".join(errors))
     model, ref = pretrain.load_params(config, workdir)
     shards = curate.load_shards(workdir)
     n = shards["tokens"].shape[0]
@@ -378,14 +458,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> in
     b = config.align.batch_size  # global; each process reads its share (PairBatches)
     train_b = PairBatches(shards, train_rows, store, cfg, b, cfg_lib.align_seed(config), key_seed=config.seed)
     method = METHODS[cfg.method]
-    train_config = cfg_lib.align_train(config)
+    train = train_config(config)
     prepare_fn, extra = None, {}
     if method.prepare is not None:
         ccfg, why = cfg_lib.online_curation(config, jax.device_count())
         prepare_fn = method.prepare(model, cfg, ccfg)
-        if cfg.method == "online":
+        if method.rounds:
             extra = {"online_solver": ccfg.ot.solver, "online_solver_choice": why}
-    extra["rollouts_sampled"] = rollouts_sampled(config, n - n_held)
+    extra["rollouts_sampled"] = method.sampled(config, n - n_held)
     # Held-out evaluation always uses the OT pairs: the preference the paper's accuracy measures.
     eval_cfg = dataclasses.replace(cfg, method="dpa_omf", offline_loss="pairs",
                                    cpl=dataclasses.replace(cfg.cpl, credit="scene"))
@@ -394,25 +474,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> in
     n_eval = max(1, min(config.align.eval_batches, -(-len(held.rows) // b)))
     eval_batches = [held.batch(k) for k in range(n_eval)]
     result = loop.train(
-        make_loss_fn(model, cfg), lambda rng: ref, train_b.from_step, train_config, workdir,
+        make_loss_fn(model, cfg), lambda rng: ref, train_b.from_step, train, workdir,
         folder_name(cfg.method), eval_fn=make_eval_fn(model, cfg), eval_batches_fn=lambda: iter(eval_batches),
         frozen=ref, initial_params=ref, extra_eval=realism_eval.training_realism(config, workdir, "align"),
         prepare_fn=prepare_fn,
         summary_extra=lambda s: {"config_fingerprint": fingerprint, "method": cfg.method,
                                  "train_scenes": len(train_rows), "heldout_scenes": int(n_held),
-                                 "updates": train_config.num_updates, "seconds": time.time() - t0, **extra})
+                                 "updates": train.num_updates, "seconds": time.time() - t0, **extra})
     return result.exit_code
-
-
-def rollouts_sampled(config: ml_collections.ConfigDict, train_rankings: int) -> int:
-    """Rollouts a method sampled to make its training data (the cost the equal-cost comparison matches):
-    the curated rollouts of the training scenes for the offline methods, every round's for online, every
-    step's CAT-K rollouts for CAT-K, none for the control."""
-    a = config.align
-    if a.method == "online":
-        return a.num_steps * a.batch_size * a.online.num_rollouts
-    if a.method == "catk":
-        return a.num_steps * a.batch_size * a.pairs_per_scene
-    if a.method == "ntp":
-        return 0
-    return train_rankings * config.curate.num_rollouts

@@ -31,7 +31,7 @@ Sections -> dataclasses:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -56,8 +56,6 @@ from dpa_omf.synthetic import maps as smap
 from dpa_omf.train import loop, losses, optim, sharding
 
 ALIGN_METHODS = post_training.ALIGN_METHODS  # the one list of alignment methods (dpa_omf/configs/post_training.py)
-SFT_METHODS = ("sft_best_oa", "sft_best_ade")
-CPL_METHODS = ("dpa_omf", "dpa_adef")  # CPL on curated rankings: the offline levers (align.offline_loss, ...)
 OFFLINE_LOSSES = ("pairs", "top_bottom", "ranked")
 
 
@@ -145,20 +143,11 @@ class AlignConfig:
         self._check_levers()
 
     def _check_levers(self):
-        """The offline CPL levers apply to the CPL methods on curated rankings; agent credit needs per-agent OT."""
+        """The levers' own ranges (which methods they apply to: ``align.check``, from the method registry)."""
         if self.offline_loss not in OFFLINE_LOSSES:
             raise ValueError(f"align.offline_loss={self.offline_loss!r} must be one of {OFFLINE_LOSSES}")
         if self.ranked_rollouts < 0 or self.kl_weight < 0 or self.eval_agent_weight < 0:
             raise ValueError("align.ranked_rollouts, align.kl_weight and align.eval_agent_weight must be >= 0")
-        levers = {"offline_loss": self.offline_loss != "pairs", "kl_weight": self.kl_weight > 0,
-                  "reference_ratio": self.reference_ratio, "eval_agent_weight": self.eval_agent_weight != 1.0}
-        used = [k for k, on in levers.items() if on]
-        if used and self.method not in CPL_METHODS:
-            raise ValueError(f"align.{', align.'.join(used)} apply to the offline CPL methods {CPL_METHODS}, "
-                             f"not align.method={self.method!r}")
-        if self.cpl.credit == "agent" and self.method != "dpa_omf":
-            raise ValueError(f"align.credit='agent' ranks by per-agent OT distances: method 'dpa_omf' only, "
-                             f"not {self.method!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,9 +309,8 @@ def align_seed(c: ml_collections.ConfigDict) -> int:
 
 
 def align_train(c: ml_collections.ConfigDict) -> loop.TrainConfig:
-    # Online DPA-OMF: a step is a round, and its updates share the round's rollouts.
-    return _train(c, c.align, align_seed(c), True,
-                  c.align.online.steps_per_round if c.align.method == "online" else 1)
+    """The alignment loop's base config (``align.train_config`` adds what the method's registry entry asks)."""
+    return _train(c, c.align, align_seed(c), True)
 
 
 def pipeline(c: ml_collections.ConfigDict, patterns: tuple[str, ...], train: bool,
@@ -343,8 +331,8 @@ def pipeline(c: ml_collections.ConfigDict, patterns: tuple[str, ...], train: boo
 
 def curate_solver(c: ml_collections.ConfigDict, backend: str | None = None) -> tuple[str, str]:
     """The OT solver curation uses on ``backend`` (default: JAX's) and why (``curate.solver='auto'``)."""
-    if c.curate.solver not in dist.CONFIG_SOLVERS:
-        raise ValueError(f"curate.solver={c.curate.solver!r} must be one of {dist.CONFIG_SOLVERS}")
+    if c.curate.solver not in dist.config_solvers():
+        raise ValueError(f"curate.solver={c.curate.solver!r} must be one of {dist.config_solvers()}")
     return dist.solver_for_backend(c.curate.solver, backend or jax.default_backend())
 
 
@@ -393,9 +381,9 @@ def online_curation(c: ml_collections.ConfigDict, num_devices: int, backend: str
     o = align(c).online
     base = curation_config(c, backend)
     solver, why = curate_solver(c, backend)
-    if solver == "exact_host" and num_devices > 1:
-        solver, why = "exact", f"{why}; the host callback inside a {num_devices}-device training step can " \
-                               "deadlock: the on-device exact solver instead"
+    if num_devices > 1 and dist.device_solver(solver) != solver:
+        solver, why = dist.device_solver(solver), f"{why}; the host callback inside a {num_devices}-device " \
+                                                  "training step can deadlock: its on-device twin instead"
     cfg = dataclasses.replace(
         base, rollout=dataclasses.replace(base.rollout, num_rollouts=o.num_rollouts, rollout_chunk=o.rollout_chunk),
         ot=dataclasses.replace(base.ot, solver=solver, top_k=o.top_k), top_k=o.top_k)
@@ -462,12 +450,15 @@ BUILDERS: dict[str, Callable[[ml_collections.ConfigDict], Any]] = {
 }
 
 
-def check(c: ml_collections.ConfigDict, num_devices: int | None = None, process_count: int = 1) -> None:
+def check(c: ml_collections.ConfigDict, num_devices: int | None = None, process_count: int = 1,
+          rules: Sequence[Callable[[ml_collections.ConfigDict], list[str]]] = ()) -> None:
     """Refuses impossible configs before any compute, listing every problem found.
 
     Unknown keys are refused earlier by the locked config. ``num_devices`` and
     ``process_count`` (inside a job, once JAX knows them) add the checks of the
-    mesh against the devices and of the batches against the processes.
+    mesh against the devices and of the batches against the processes. ``rules``
+    add the rules of registries above this module (``stages.check`` passes the
+    alignment methods' ``align.check``).
     """
     errors = []
     for section, build in BUILDERS.items():
@@ -476,6 +467,8 @@ def check(c: ml_collections.ConfigDict, num_devices: int | None = None, process_
         except (ValueError, TypeError) as e:
             errors.append(f"{section}: {e}")
     errors += _check_data(c) + _check_model(c) + _check_stages(c)
+    for rule in rules:
+        errors += rule(c)
     if num_devices is not None:
         errors += _check_devices(c, num_devices, process_count)
     if errors:
@@ -516,8 +509,6 @@ def _check_stages(c) -> list[str]:
     if c.align.offline_loss == "ranked" and c.align.ranked_rollouts > c.curate.num_rollouts:
         errors.append(f"align.ranked_rollouts={c.align.ranked_rollouts} exceeds curate.num_rollouts="
                       f"{c.curate.num_rollouts}")
-    if c.align.method in SFT_METHODS and c.align.sft_top_k > c.curate.num_rollouts:
-        errors.append(f"align.sft_top_k={c.align.sft_top_k} exceeds curate.num_rollouts={c.curate.num_rollouts}")
     if c.evaluate.first_scene < 0:
         errors.append(f"evaluate.first_scene={c.evaluate.first_scene} must be >= 0")
     if not 0 < c.curate.rankings_per_example <= 16:

@@ -225,7 +225,7 @@ class Ranker:
         self.step_size = scenes_per_device * mesh.devices.size
         self.featurize = sharding.map_over_scenes(
             lambda p, s, k: curation.featurize_batch(model, p, s, k, cfg), mesh)
-        if cfg.ot.solver == "exact_host":
+        if dist.SOLVERS[cfg.ot.solver].host:
             score = jax.jit(lambda f: curation.rank_features(f, cfg))
             self.score = lambda f: score(jax.device_get(f))
         else:

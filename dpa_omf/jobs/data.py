@@ -27,6 +27,7 @@ from dpa_omf.jobs import workdir as wd
 from dpa_omf.synthetic import dataset as synthetic
 from dpa_omf.synthetic import scene_stats as synthetic_statistics
 
+STAGE = "data"
 SPLITS = ("train", "valid")
 # Dataset seed of a split: 2 * config.seed + offset. Scene seeds are dataset_seed * 10^7 + index
 # (synthetic.scene_seed), so the splits' scenes never overlap and every seed < 500,000 is valid.
@@ -42,7 +43,7 @@ def split_pattern(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
     """The glob pattern of a split's TFRecord files, for either data source."""
     if config.data.source == "womd":
         return config.data.womd.train_pattern if split == "train" else config.data.womd.valid_pattern
-    return str(wd.stage_dir(workdir, "data") / split / "synthetic.tfrecord-*")
+    return str(wd.stage_dir(workdir, STAGE) / split / "synthetic.tfrecord-*")
 
 
 def split_files(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, split: str) -> list[str]:
@@ -54,10 +55,10 @@ def split_files(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, 
             raise wd.UserError(f"data.womd.{split}_pattern={pattern!r} matches no file; set it to the WOMD "
                                f"{split} TFRecords (--config.data.womd.{split}_pattern=...)")
         return files
-    if wd.read_summary(workdir, "data") is None:
+    if wd.read_summary(workdir, STAGE) is None:
         raise wd.UserError(f"no synthetic data in {wd.stage_dir(workdir, 'data')}; run the data job first "
                            "(configs/data.py)")
-    return [str(p) for p in wd.listed_outputs(workdir, "data", f"{split}/synthetic.tfrecord-")]
+    return [str(p) for p in wd.listed_outputs(workdir, STAGE, f"{split}/synthetic.tfrecord-")]
 
 
 def check_womd(files: list[str], config: ml_collections.ConfigDict) -> dict[str, int]:
@@ -77,14 +78,14 @@ def check_womd(files: list[str], config: ml_collections.ConfigDict) -> dict[str,
 
 def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> dict:
     """Generates (synthetic) or checks (womd) the data; process 0 only (the graph's rule)."""
-    out = wd.stage_dir(workdir, "data")
+    out = wd.stage_dir(workdir, STAGE)
     if config.data.source == "womd":
         summary = {}
         for split in SPLITS:
             checked = check_womd(split_files(config, workdir, split), config)
             summary[split], summary[f"{split}_records"] = checked["files"], checked["records"]
         summary.update(source="womd", config_fingerprint=fingerprint)
-        wd.write_summary(workdir, "data", summary)
+        wd.write_summary(workdir, STAGE, summary)
         return summary
     syn = cfg_lib.synthetic_world(config)
     s = config.data.synthetic
@@ -109,6 +110,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> di
         "valid_statistics": synthetic_statistics.scene_statistics(sample),
         "config_fingerprint": fingerprint,
     }
-    wd.write_summary(workdir, "data", summary)
+    wd.write_summary(workdir, STAGE, summary)
     logging.info("data: %s", summary)
     return summary

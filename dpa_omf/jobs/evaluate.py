@@ -60,23 +60,11 @@ from dpa_omf.jobs import align, pretrain, realism_eval, report
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import data as data_job
 from dpa_omf.jobs import workdir as wd
-from dpa_omf.metrics import stats
+from dpa_omf.metrics import names, stats
 from dpa_omf.model import motion_lm as mlm
 from dpa_omf.train import checkpointing, sharding
 
 STAGE = "evaluate"
-# Our summary names -> the official field names.
-FIELDS = {
-    "composite": "metametric",
-    "kinematic": "kinematic",
-    "interactive": "interactive",
-    "map": "map_based",
-    "min_ade": "min_average_displacement_error",
-    "ade": "average_displacement_error",
-    "collision_rate": "simulated_collision_rate",
-    "offroad_rate": "simulated_offroad_rate",
-    "traffic_light_violation_rate": "simulated_traffic_light_violation_rate",
-}
 
 
 EVAL_SECTIONS = ("data", "tokenizer", "model", "evaluate")
@@ -225,9 +213,8 @@ def _aggregate(config, workdir: str, eval_fp: str, todo: dict[str, str], num_sce
             continue
         rows = _load_scenes(workdir, name, folder, eval_fp, num_scenes)
         m = realism_eval.mean_metrics(rows)
-        results[name] = {ours: m[official] for ours, official in FIELDS.items()}
-        results[name]["likelihoods"] = {k: v for k, v in m.items() if k.endswith("_likelihood")}
-        per_scene[name] = np.asarray([r["metametric"] for r in rows])
+        results[name] = names.ours(m, names.summary()) | {"likelihoods": names.ours(m, names.likelihoods())}
+        per_scene[name] = np.asarray([r[names.composite()] for r in rows])
         results[name]["composite_ci"] = list(stats.bootstrap_ci(per_scene[name]))
         atomic.write_json(out / "models" / f"{name}.json",
                           {"eval_fingerprint": eval_fp, "checkpoint": checkpoint_id(workdir, folder),

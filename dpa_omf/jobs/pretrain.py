@@ -196,7 +196,7 @@ def packaged_mismatch(c: ml_collections.ConfigDict) -> str | None:
 def needs(c: ml_collections.ConfigDict) -> tuple[str, ...]:
     """More prerequisites (the graph's ``more_needs``): the prepared scenes when a reference is trained here; the
     packaged reference reads no data."""
-    return () if packaged_mismatch(c) is None else ("prepare",)
+    return () if packaged_mismatch(c) is None else (prepare.STAGE,)
 
 
 def packaged_id(c: ml_collections.ConfigDict, workdir: str) -> dict | None:

@@ -30,14 +30,10 @@ from dpa_omf.io import reader
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import data as data_job
 from dpa_omf.jobs import workdir as wd
-from dpa_omf.metrics import model_realism
+from dpa_omf.metrics import model_realism, names
 from dpa_omf.metrics import wosac as realism
 from dpa_omf.model import motion_lm as mlm
 from dpa_omf.train import sharding
-
-# The per-scene figures the training jobs log (official names -> ours).
-LOGGED = {"metametric": "composite", "kinematic": "kinematic", "interactive": "interactive", "map_based": "map",
-          "simulated_collision_rate": "collision_rate", "simulated_offroad_rate": "offroad_rate"}
 
 
 class Evaluator:
@@ -88,13 +84,13 @@ def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 def realism_logger(evaluator: Evaluator, scenarios: list[dt.Scenario]):
-    """``f(params) -> {composite, kinematic, interactive, map, collision_rate, offroad_rate}`` on ``scenarios``
-    (a fixed small held-out set; keys from their positions), prefixed ``realism_`` for the training logs."""
+    """``f(params) -> {realism_<name>}`` for the logged metrics of ``names.TABLE`` (composite, buckets,
+    collision and off-road rates) on ``scenarios`` (a fixed small held-out set; keys from their positions)."""
     indices = list(range(len(scenarios)))
 
     def log(params) -> dict[str, float]:
         m = mean_metrics(evaluator.scene_metrics(params, scenarios, indices))
-        return {f"realism_{ours}": m[official] for official, ours in LOGGED.items()}
+        return {f"realism_{k}": v for k, v in names.ours(m, names.logged()).items()}
 
     return log
 

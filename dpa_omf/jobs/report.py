@@ -17,12 +17,12 @@ import matplotlib
 import numpy as np
 
 from dpa_omf import atomic
+from dpa_omf.metrics import names
 from dpa_omf.train import stage_log
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-COLUMNS = ("composite", "kinematic", "interactive", "map", "min_ade", "collision_rate", "offroad_rate")
 NLL_KEYS = (("eval_nll_preferred", "preferred"), ("eval_nll_unpreferred", "unpreferred"),
             ("eval_nll_expert", "expert"))
 
@@ -30,14 +30,15 @@ NLL_KEYS = (("eval_nll_preferred", "preferred"), ("eval_nll_unpreferred", "unpre
 def table(models: dict[str, dict]) -> str:
     """The markdown table: the metric columns, then (when the evaluation has them) the composite's 95%
     bootstrap interval over scenes and the paired difference to the reference with its interval."""
-    names = sorted(models, key=lambda n: (n != "reference", n != "dpa_omf", n))  # reference, then ours
-    intervals = all("composite_ci" in models[n] for n in names)
+    order = sorted(models, key=lambda n: (n != "reference", n != "dpa_omf", n))  # reference, then ours
+    intervals = all("composite_ci" in models[n] for n in order)
     extra = ("composite 95% CI", "vs reference [95% CI]") if intervals else ()
-    head = "| model | " + " | ".join(COLUMNS + extra) + " |"
-    sep = "|---|" + "---:|" * (len(COLUMNS) + len(extra))
+    columns = names.report()
+    head = "| model | " + " | ".join(columns + extra) + " |"
+    sep = "|---|" + "---:|" * (len(columns) + len(extra))
     rows = []
-    for n in names:
-        cells = [f"{models[n][c]:.4f}" for c in COLUMNS]
+    for n in order:
+        cells = [f"{models[n][c]:.4f}" for c in columns]
         if intervals:
             lo, hi = models[n]["composite_ci"]
             d = models[n].get("composite_vs_reference")
@@ -82,14 +83,14 @@ def write_report(out: pathlib.Path, align_dirs: Sequence[pathlib.Path], summary:
 
 def _bucket_plot(path: pathlib.Path, models: dict[str, dict]) -> None:
     buckets = ("composite", "kinematic", "interactive", "map")
-    names = list(models)
-    width = 0.8 / max(1, len(names))
+    labels = list(models)
+    width = 0.8 / max(1, len(labels))
     fig, ax = plt.subplots(figsize=(8, 4))
     x = np.arange(len(buckets))
-    for i, name in enumerate(names):
+    for i, name in enumerate(labels):
         ax.bar(x + i * width, [models[name][b] for b in buckets], width, label=name)
-    ax.set_xticks(x + width * (len(names) - 1) / 2, buckets)
-    lo = min(models[n][b] for n in names for b in buckets)
+    ax.set_xticks(x + width * (len(labels) - 1) / 2, buckets)
+    lo = min(models[n][b] for n in labels for b in buckets)
     ax.set_ylim(max(0.0, lo - 0.05), 1.0)
     ax.set_ylabel("realism likelihood")
     ax.legend(fontsize=8)

@@ -13,11 +13,12 @@ reused, and why). Every job of the launcher is "ensure the graph up to X":
 ``configs/data.py`` up to data, ..., and the main job (``configs/align.py``)
 up to evaluate (:func:`run_job`).
 
-Adding a stage: write ``jobs/<name>.py`` with ``run(config, workdir, fingerprint)``
+Adding a stage: write ``jobs/<name>.py`` with its name ``STAGE`` and ``run(config, workdir, fingerprint)``
 returning 0 when done (75 when preempted), whose last act is to write
 ``summary.json`` with ``config_fingerprint=fingerprint`` (``workdir.write_summary``; in a
 multi-process job process 0 writes it and the graph holds the others at a barrier until it exists),
-then add it to :data:`GRAPH` with its prerequisites and config sections.
+then add it to :data:`GRAPH` with its prerequisites and config sections: the launcher's jobs
+(:func:`jobs`), ``--restart`` and the device checks (:func:`uses_devices`) follow.
 
 What the graph does for every stage (so a new stage gets it without code of its own): it writes the
 stage's ``config.json`` (the sections it fingerprints) when the stage starts, resumes an unfinished folder
@@ -79,21 +80,37 @@ class Stage:
 
 
 _BASE = ("data", "tokenizer", "model", "pretrain")
-GRAPH: dict[str, Stage] = {
-    "data": Stage("data", (), ("data",), data.run, all_processes=False),
-    "prepare": Stage("prepare", ("data",), ("data",), prepare.run, all_processes=True),
-    "pretrain": Stage("pretrain", ("data",), _BASE, pretrain.run, all_processes=True, extra=pretrain.packaged_id,
-                      more_needs=pretrain.needs),
-    "curate": Stage("curate", ("pretrain",), _BASE + ("curate",), curate.run, all_processes=True),
-    "align": Stage("align", ("curate",), _BASE + ("curate", "align"), align.run, all_processes=True,
-                   folder=lambda c: align.folder_name(c.align.method)),
-    "evaluate": Stage("evaluate", ("pretrain", "align"), _BASE + ("evaluate",), evaluate.run, all_processes=True,
-                      extra=evaluate.models_fingerprint, reuse_other=True),
-    "submit": Stage("submit", ("pretrain",), _BASE + ("submit",), submit.run, all_processes=True,
-                    folder=lambda c: submit.folder_name(c.submit.model), extra=submit.checkpoint,
-                    more_needs=submit.needs),
-}
-JOBS = tuple(GRAPH) + ("main",)
+GRAPH: dict[str, Stage] = {s.name: s for s in (
+    Stage(data.STAGE, (), ("data",), data.run, all_processes=False),
+    Stage(prepare.STAGE, (data.STAGE,), ("data",), prepare.run, all_processes=True),
+    Stage(pretrain.STAGE, (data.STAGE,), _BASE, pretrain.run, all_processes=True, extra=pretrain.packaged_id,
+          more_needs=pretrain.needs),
+    Stage(curate.STAGE, (pretrain.STAGE,), _BASE + ("curate",), curate.run, all_processes=True),
+    Stage(align.STAGE, (curate.STAGE,), _BASE + ("curate", "align"), align.run, all_processes=True,
+          folder=lambda c: align.folder_name(c.align.method)),
+    Stage(evaluate.STAGE, (pretrain.STAGE, align.STAGE), _BASE + ("evaluate",), evaluate.run, all_processes=True,
+          extra=evaluate.models_fingerprint, reuse_other=True),
+    Stage(submit.STAGE, (pretrain.STAGE,), _BASE + ("submit",), submit.run, all_processes=True,
+          folder=lambda c: submit.folder_name(c.submit.model), extra=submit.checkpoint, more_needs=submit.needs),
+)}
+MAIN = "main"  # the main job: the graph up to evaluate, then the realism table
+
+
+def jobs() -> tuple[str, ...]:
+    """The launcher's jobs (``config.job``): every stage of the graph, and the main job."""
+    return (*GRAPH, MAIN)
+
+
+def check(config: ml_collections.ConfigDict, num_devices: int | None = None, process_count: int = 1) -> None:
+    """``cfg_lib.check`` with the rules of the registries the config boundary cannot import (the alignment
+    methods': ``align.check``): every problem of a job's config, before any compute."""
+    cfg_lib.check(config, num_devices, process_count, rules=(align.check,))
+
+
+def uses_devices(job: str) -> bool:
+    """Whether a job runs on every process's devices, so its config is checked against them: every job but one
+    whose stage process 0 alone runs (data). An unknown job counts as one (``run_job`` refuses it)."""
+    return job not in GRAPH or GRAPH[job].all_processes
 
 
 def recorded_config(stage: str, config: ml_collections.ConfigDict, root: str | pathlib.Path) -> dict:
@@ -189,14 +206,14 @@ def run_job(config: ml_collections.ConfigDict, root: str, job: str | None = None
     ``restart``: stages to delete and run from scratch (each must be one this job runs).
     """
     job = job or config.job
-    if job not in JOBS:
-        raise cfg_lib.ConfigError(f"config.job={job!r} is not one of {JOBS}")
-    target = "evaluate" if job == "main" else job
+    if job not in jobs():
+        raise cfg_lib.ConfigError(f"config.job={job!r} is not one of {jobs()}")
+    target = evaluate.STAGE if job == MAIN else job
     wrong = sorted(set(restart) - set(needed(target, config)))
     if wrong:
         raise workdir.UserError(f"--restart={','.join(wrong)}: not a stage of the {job!r} job (its stages: "
                                 f"{', '.join(needed(target, config))})")
     code = ensure(target, config, root, restart=frozenset(restart))
-    if code == 0 and job in ("main", "evaluate"):
+    if code == 0 and target == evaluate.STAGE:
         evaluate.print_table(root)
     return code

@@ -66,7 +66,7 @@ def model_folder(model: str) -> str:
 
 def needs(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     """The stages the submission needs beyond pretrain: the alignment of ``submit.model`` when it names one."""
-    return () if config.submit.model == "reference" else ("align",)
+    return () if config.submit.model == "reference" else (align.STAGE,)
 
 
 def checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -19,7 +19,8 @@ Pipeline (per scene):
 3. Estimators: per-object histograms pooled over rollouts x steps, Bernoulli
    estimates of "ever collided / off-road / ran a red light", each scored by
    the log-likelihood of the logged value, averaged with the official validity
-   masks and exponentiated; weighted sum = meta-metric. See ``compute_metrics``.
+   masks and exponentiated; weighted sum = the composite (officially ``metametric``). See
+   ``compute_metrics``.
 
 Quirks of the official code reproduced on purpose (each matters for the
 golden numbers in ``shared/golden/wosac``):
@@ -54,6 +55,7 @@ import numpy as np
 
 from dpa_omf import datatypes as dt
 from dpa_omf.geometry import scene
+from dpa_omf.metrics import names
 from dpa_omf.metrics import wosac_config as rc
 from dpa_omf.metrics import wosac_features as wf
 
@@ -295,7 +297,7 @@ def metrics_from_features(log: wf.Features, sim: wf.Features, mc: rc.MetricsConf
 
     Returns:
       dict of float32 scalars: the ten ``<component>_likelihood`` values,
-      ``metametric``, ``kinematic`` / ``interactive`` / ``map_based`` buckets,
+      ``metametric`` (the composite), ``kinematic`` / ``interactive`` / ``map_based`` buckets,
       ``average_displacement_error``, ``min_average_displacement_error`` and
       the three ``simulated_*_rate`` values.
     """
@@ -342,10 +344,10 @@ def metrics_from_features(log: wf.Features, sim: wf.Features, mc: rc.MetricsConf
     out["min_average_displacement_error"] = jnp.min(per_rollout)
 
     out["metametric"] = sum(mc.component(c).weight * out[f"{c}_likelihood"] for c in rc.COMPONENTS)
-    for bucket, names in rc.BUCKETS.items():
-        wsum = sum(mc.component(c).weight for c in names)
+    for bucket, parts in rc.BUCKETS.items():
+        wsum = sum(mc.component(c).weight for c in parts)
         if wsum > 0:
-            out[bucket] = sum(mc.component(c).weight * out[f"{c}_likelihood"] for c in names) / wsum
+            out[bucket] = sum(mc.component(c).weight * out[f"{c}_likelihood"] for c in parts) / wsum
         else:  # the official code refuses a zero-weight bucket; report NaN instead
             out[bucket] = jnp.float32(jnp.nan)
     return out
@@ -378,13 +380,6 @@ def jitted_metrics(config: RealismConfig, batched: bool = False):
     return jax.jit(jax.vmap(f) if batched else f)
 
 
-OFFICIAL_FIELDS = (
-    "metametric",
-    *(f"{c}_likelihood" for c in rc.COMPONENTS),
-    "average_displacement_error", "min_average_displacement_error",
-    "simulated_collision_rate", "simulated_offroad_rate", "simulated_traffic_light_violation_rate",
-)
-BUCKET_FIELDS = tuple(rc.BUCKETS)
 FLAGS = ("eval_overflow", "map_overflow", "map_search_inexact")
 
 
@@ -426,11 +421,11 @@ def _jitted_from_features(mc: rc.MetricsConfig):
 
 
 def metrics_to_official_dict(metrics: dict) -> dict:
-    """Python floats under the official field names plus the three buckets."""
+    """Python floats under the official field names plus the three buckets (``names.per_scene()``)."""
     for flag in FLAGS:
         if flag in metrics and bool(np.any(np.asarray(metrics[flag]))):
             raise ValueError(f"realism metric: {flag} is set; raise RealismConfig limits")
-    return {k: float(np.asarray(metrics[k])) for k in OFFICIAL_FIELDS + BUCKET_FIELDS}
+    return {k: float(np.asarray(metrics[k])) for k in names.per_scene()}
 
 
 # ==================================================================== inputs

@@ -39,7 +39,7 @@ class FeatureConfig:
       pseudocount: additive smoothing added to every bin count.
       independent_timesteps: pool all rollouts x steps of an object into one
         histogram (True, every official config) or one histogram per step.
-      weight: meta-metric weight.
+      weight: the component's weight in the composite (the official ``metametric_weight``).
     """
 
     estimator: str

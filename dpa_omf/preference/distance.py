@@ -26,7 +26,8 @@ The scene distance is the mean of the per-agent costs over the agents that are i
 ``agent_mask`` and have at least one valid step in both the rollout and the
 expert (NaN when a scene has no such agent).
 
-Solvers (``OTConfig.solver``): ``exact_host`` (default: exact shortest
+Solvers (``OTConfig.solver``, one ``Solver`` entry each in ``SOLVERS``: how it is
+called, whether it is exact, a host callback, picked by ``auto``): ``exact_host`` (default: exact shortest
 augmenting paths compiled for the host CPU, ``ot_host``, called through
 ``jax.pure_callback``; the fastest exact solver on a CPU and cheap beside
 an accelerator too: features go to the host, one float per problem comes
@@ -54,9 +55,6 @@ import numpy as np
 from dpa_omf.preference import features as feat
 from dpa_omf.preference import ot_device, ot_host
 
-SOLVERS = ("exact_host", "exact", "sinkhorn", "ott", "ott_default")
-CONFIG_SOLVERS = ("auto",) + SOLVERS  # what the config may name; 'auto' is resolved by solver_for_backend
-EXACT_SOLVERS = ("exact_host", "exact")
 FEATURE_SCALINGS = ("none", "expert_std")
 FEATURE_NAMES = feat.FEATURE_NAMES
 
@@ -66,7 +64,7 @@ class OTConfig:
     """Knobs of the preference distance (hashable: a static jit argument).
 
     Attributes:
-      solver: one of ``SOLVERS``.
+      solver: a name in ``SOLVERS``.
       feature_weights: per-feature weights of the ground cost (order of
         ``FEATURE_NAMES``).
       weight_mode: ``"scale"`` (weights multiply differences inside the norm)
@@ -118,9 +116,10 @@ class OTConfig:
             raise ValueError(f"OTConfig.spread_floor needs {len(self.feature_weights)} values > 0, "
                              f"got {self.spread_floor}")
         if self.solver not in SOLVERS:
-            raise ValueError(f"OTConfig.solver must be one of {SOLVERS}, got {self.solver!r}")
-        if self.rescore_solver not in EXACT_SOLVERS:
-            raise ValueError(f"OTConfig.rescore_solver must be one of {EXACT_SOLVERS}, got {self.rescore_solver!r}")
+            raise ValueError(f"OTConfig.solver must be one of {tuple(SOLVERS)}, got {self.solver!r}")
+        exact = tuple(n for n, s in SOLVERS.items() if s.exact)
+        if self.rescore_solver not in exact:
+            raise ValueError(f"OTConfig.rescore_solver must be one of {exact}, got {self.rescore_solver!r}")
         if self.weight_mode not in ("scale", "quadratic"):
             raise ValueError(f"OTConfig.weight_mode must be 'scale' or 'quadratic', got {self.weight_mode!r}")
         if any(w < 0 for w in self.feature_weights):
@@ -129,21 +128,6 @@ class OTConfig:
             raise ValueError("OTConfig.auction_levels > 2**16 risks int32 overflow of auction prices")
         if self.sinkhorn_eps_final <= 0 or self.sinkhorn_eps_init < self.sinkhorn_eps_final:
             raise ValueError("OTConfig needs 0 < sinkhorn_eps_final <= sinkhorn_eps_init")
-
-
-def solver_for_backend(solver: str, backend: str) -> tuple[str, str]:
-    """The solver ``solver`` means on ``backend`` ('cpu', 'gpu', 'tpu') and why.
-
-    ``auto``: the exact host solver on CPU backends (the fastest exact solver
-    there: BUILD_NOTES, "OT solvers"); on accelerators the on-device exact
-    solver (auction + SSP), so no host round trip stalls the devices and the
-    preference sets stay exact. Other names are kept.
-    """
-    if solver != "auto":
-        return solver, "named in the config"
-    if backend == "cpu":
-        return "exact_host", "auto on a CPU backend: exact host solver"
-    return "exact", f"auto on a {backend} backend: on-device exact solver (no host round trip)"
 
 
 # ----------------------------------------------------------------- ground cost
@@ -320,14 +304,102 @@ def _host_plans(x, y, vx, vy):
     return jax.pure_callback(ot_host.solve_plans, shapes, x, y, vx, vy, vmap_method="sequential")
 
 
+def _host_solver_costs(x, y, vx, vy, config: OTConfig):
+    return _host_costs(x, y, vx, vy)
+
+
+def _host_solver_plans(x, y, vx, vy, config: OTConfig):
+    return _host_plans(x, y, vx, vy)
+
+
+def _exact_costs(x, y, vx, vy, config: OTConfig):
+    return _exact(pairwise_cost(x, y), vx, vy, config, with_plans=False)[0]
+
+
+def _exact_plans(x, y, vx, vy, config: OTConfig):
+    return _exact(pairwise_cost(x, y), vx, vy, config, with_plans=True)
+
+
+def _sinkhorn(x, y, vx, vy, config: OTConfig):
+    c = pairwise_cost(x, y)
+    plans = _sinkhorn_plans(c, vx, vy, config)
+    return _plan_cost(plans, c), plans
+
+
+def _ott(x, y, vx, vy, config: OTConfig, default: bool):
+    plans = _ott_plans(x, y, vx, vy, config, default=default)
+    return _plan_cost(plans, pairwise_cost(x, y)), plans
+
+
+@dataclasses.dataclass(frozen=True)
+class Solver:
+    """One OT solver: how it is called and what it needs.
+
+    Attributes:
+      plans: ``(x, y, vx, vy, config) -> (cost [P], plan [P, T, T])`` (see ``solve_plans``).
+      costs: ``(x, y, vx, vy, config) -> cost [P]``; None: the costs of ``plans``.
+      exact: exact costs: may be a ``rescore_solver``, needs no boundary re-scoring, and solves all rollouts
+        of a scene in one batch (one ragged SSP run, one host call).
+      host: a host callback (``jax.pure_callback``): curation runs it outside the sharded program, and a
+        multi-device training step (online DPA-OMF) uses ``device_twin`` instead (the callback can deadlock).
+      device_twin: the on-device solver with the same results (host solvers only).
+      auto_on: the backends where ``solver='auto'`` picks it.
+      why: what ``auto`` says when it picks it.
+    """
+
+    plans: object
+    costs: object = None
+    exact: bool = False
+    host: bool = False
+    device_twin: str | None = None
+    auto_on: tuple[str, ...] = ()
+    why: str = ""
+
+
+SOLVERS: dict[str, Solver] = {
+    # exact shortest augmenting paths compiled for the host CPU: the fastest exact solver on a CPU
+    "exact_host": Solver(_host_solver_plans, _host_solver_costs, exact=True, host=True, device_twin="exact",
+                         auto_on=("cpu",), why="exact host solver"),
+    # auction (equal valid counts) + successive shortest paths (ragged), on device: no host round trip
+    "exact": Solver(_exact_plans, _exact_costs, exact=True, auto_on=("gpu", "tpu"),
+                    why="on-device exact solver (no host round trip)"),
+    "sinkhorn": Solver(_sinkhorn),  # our fused log-domain kernel, fixed iterations, annealed epsilon
+    "ott": Solver(functools.partial(_ott, default=False)),  # ott-jax Sinkhorn configured like ours
+    "ott_default": Solver(functools.partial(_ott, default=True)),  # ott-jax defaults (for the benchmark)
+}
+EXACT_SOLVERS = tuple(n for n, s in SOLVERS.items() if s.exact)
+
+
+def config_solvers() -> tuple[str, ...]:
+    """What ``curate.solver`` may name: every solver, or ``auto`` (resolved by ``solver_for_backend``)."""
+    return ("auto", *SOLVERS)
+
+
+def solver_for_backend(solver: str, backend: str) -> tuple[str, str]:
+    """The solver ``solver`` means on ``backend`` ('cpu', 'gpu', 'tpu') and why.
+
+    ``auto``: the solver whose ``auto_on`` names the backend (the exact host solver on CPU backends, the
+    fastest exact solver there: docs/benchmarks.md; on accelerators the on-device exact solver, so no host
+    round trip stalls the devices and the preference sets stay exact). Other names are kept.
+    """
+    if solver != "auto":
+        return solver, "named in the config"
+    for name, s in SOLVERS.items():
+        if backend in s.auto_on:
+            return name, f"auto on a {backend} backend: {s.why}"
+    raise ValueError(f"no OT solver is picked by 'auto' on a {backend!r} backend: name one of {tuple(SOLVERS)}")
+
+
+def device_solver(solver: str) -> str:
+    """The solver to run inside a multi-device program: ``solver``, or its on-device twin if it is a host
+    callback."""
+    return SOLVERS[solver].device_twin if SOLVERS[solver].host else solver
+
+
 def solve_costs(x, y, vx, vy, config: OTConfig):
     """OT costs ``[P]`` for a flat batch of problems (see ``solve_plans``)."""
-    if config.solver == "exact_host":
-        return _host_costs(x, y, vx, vy)
-    c = pairwise_cost(x, y)
-    if config.solver == "exact":
-        return _exact(c, vx, vy, config, with_plans=False)[0]
-    return solve_plans(x, y, vx, vy, config)[0]
+    s = SOLVERS[config.solver]
+    return s.costs(x, y, vx, vy, config) if s.costs is not None else s.plans(x, y, vx, vy, config)[0]
 
 
 def solve_plans(x, y, vx, vy, config: OTConfig):
@@ -339,16 +411,7 @@ def solve_plans(x, y, vx, vy, config: OTConfig):
     Returns:
       ``(cost [P], plan [P, T, T])``; the plan sums to 1.
     """
-    if config.solver == "exact_host":
-        return _host_plans(x, y, vx, vy)
-    c = pairwise_cost(x, y)
-    if config.solver == "exact":
-        return _exact(c, vx, vy, config, with_plans=True)
-    elif config.solver == "sinkhorn":
-        plans = _sinkhorn_plans(c, vx, vy, config)
-    else:
-        plans = _ott_plans(x, y, vx, vy, config, default=config.solver == "ott_default")
-    return _plan_cost(plans, c), plans
+    return SOLVERS[config.solver].plans(x, y, vx, vy, config)
 
 
 # ----------------------------------------------------------------- entry point
@@ -385,7 +448,7 @@ def _per_agent(rollout_phi, rollout_valid, expert_phi, expert_valid, agent_mask,
     vy = jnp.where(counted[..., None], expert_valid[None], one)
 
     chunk = config.rollout_chunk if 0 < config.rollout_chunk < r else r
-    if config.solver in EXACT_SOLVERS:
+    if SOLVERS[config.solver].exact:
         # One batch: the ragged problems of all rollouts then share one
         # (slowest-problem-gated) SSP run instead of one run per chunk; the
         # host solver gets every problem in one call (it parallelises itself).
@@ -429,7 +492,7 @@ def _scene(per_agent, counted):
 def _ot_distance(rollout_phi, rollout_valid, expert_phi, expert_valid, agent_mask, config):
     per_agent, counted = _per_agent(rollout_phi, rollout_valid, expert_phi, expert_valid, agent_mask, config)
     scene = _scene(per_agent, counted)
-    if config.rescore_window > 0 and config.solver not in EXACT_SOLVERS:
+    if config.rescore_window > 0 and not SOLVERS[config.solver].exact:
         scene, per_agent = _rescore_boundaries(scene, per_agent, rollout_phi, rollout_valid,
                                                expert_phi, expert_valid, agent_mask, config)
     return scene, per_agent

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> dict:
     out["compile"]["ot_s"] = first
 
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
-    tcfg = dataclasses.replace(cfg_lib.align_train(c), progress_bar=False)
+    tcfg = dataclasses.replace(align.train_config(c), progress_bar=False)
     loss_fn = align.make_loss_fn(model, cfg)
     prepared = jax.device_get(dict(scenario=scenes, tokens=ranked["tokens"], distance=ranked["ot_distance"],
                                    preferred=ranked["preferred"], unpreferred=ranked["unpreferred"]))

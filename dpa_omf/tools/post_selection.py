@@ -39,7 +39,7 @@ from dpa_omf.configs import align as align_config
 from dpa_omf.io import reader
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import curate
-from dpa_omf.metrics import stats, wosac
+from dpa_omf.metrics import names, stats, wosac
 from dpa_omf.model import tokenizer as tok
 
 matplotlib.use("Agg")
@@ -89,8 +89,9 @@ def analyse(config: ml_collections.ConfigDict, workdir: str, num_scenes: int, gr
             rows = []
             for g in group_scores(scenario, xyzh, shards[key][i], group, realism):
                 idx = g["rollouts"]
-                rows.append([g["metametric"], g["simulated_collision_rate"], g["simulated_offroad_rate"],
-                             float(shards["ot_distance"][i][idx].mean()), float(shards["ade_distance"][i][idx].mean())])
+                rows.append([g[names.composite()], g[names.official("collision_rate")],
+                             g[names.official("offroad_rate")], float(shards["ot_distance"][i][idx].mean()),
+                             float(shards["ade_distance"][i][idx].mean())])
             per[name].append(rows)
         print(f"[post_selection] scene {i + 1}/{n}", file=sys.stderr, flush=True)
     store.close()

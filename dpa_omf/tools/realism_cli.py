@@ -6,8 +6,9 @@
 ``FILE.tfrecord`` holds Scenario protos (the first one, or ``--scenario_id``,
 is evaluated); ``R.npz`` holds ``x, y, z, heading`` ``[R, n_objects, 80]`` and
 ``object_id`` ``[n_objects]`` for exactly the agents valid at the current step.
-Prints the official metric fields (``dpa_omf.metrics.wosac.evaluate_scene``),
-one per line or as one JSON object. The metric's programs go through JAX's
+Prints the official metric fields (``dpa_omf.metrics.wosac.evaluate_scene``,
+in the order of ``dpa_omf.metrics.names.TABLE``), one per line or as one JSON
+object. The metric's programs go through JAX's
 persistent compilation cache (``dpa_omf/train/compilation_cache.py``), so a
 second call on scenes of the same sizes loads them instead of compiling.
 

@@ -37,6 +37,7 @@ from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import data as data_job
 from dpa_omf.jobs import evaluate, pretrain, realism_eval
 from dpa_omf.jobs import workdir as wd
+from dpa_omf.metrics import names
 from dpa_omf.model import motion_lm as mlm
 from dpa_omf.train import checkpointing, sharding, stage_log
 
@@ -46,7 +47,6 @@ import itertools
 import matplotlib.pyplot as plt
 
 COMMAND = "python -m dpa_omf.launch --config=configs/pretrain.py:long --workdir=RUN"
-REALISM_KEYS = ("composite", "kinematic", "interactive", "map", "min_ade", "collision_rate", "offroad_rate")
 
 
 def _eval_config() -> ml_collections.ConfigDict:
@@ -85,7 +85,7 @@ def realism_at(run: pathlib.Path, step: int) -> dict:
     for group in evaluate.chunks(len(sources), c.evaluate.scenes_per_chunk):  # the evaluate job's chunks
         rows += evaluator.scene_metrics(params, [scenes.read(sources[i]) for i in group], group)
     m = realism_eval.mean_metrics(rows)
-    out = {ours: m[official] for ours, official in evaluate.FIELDS.items()}
+    out = names.ours(m, names.summary())
     out["num_scenes"] = len(sources)
     atomic.write_json(cache, out)
     return out
@@ -113,7 +113,7 @@ def curve(run: pathlib.Path, steps: list[int], out: pathlib.Path) -> list[dict]:
 
 
 def _table(rows: list[dict]) -> str:
-    cols = ("heldout_nll", "heldout_accuracy", "train_nll", *REALISM_KEYS, "nll_gain_per_doubling")
+    cols = ("heldout_nll", "heldout_accuracy", "train_nll", *names.report(), "nll_gain_per_doubling")
     lines = ["| step | " + " | ".join(cols) + " |", "|---:|" + "---:|" * len(cols)]
     for r in rows:
         cells = [f"{r[k]:.4f}" if isinstance(r.get(k), (int, float)) else "" for k in cols]
@@ -155,7 +155,7 @@ def package(run: pathlib.Path, step: int) -> dict:
         "steps": step,
         "heldout_nll": held.get("heldout_nll"),
         "heldout_accuracy": held.get("heldout_accuracy"),
-        "realism": {k: realism[k] for k in REALISM_KEYS} | {"num_scenes": realism["num_scenes"]},
+        "realism": {k: realism[k] for k in names.report()} | {"num_scenes": realism["num_scenes"]},
         "compatibility": pretrain.compatibility(default),
         "compatibility_fingerprint": wd.digest(pretrain.compatibility(default)),
         "command": COMMAND,

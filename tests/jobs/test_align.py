@@ -1,5 +1,7 @@
 """The main job end to end at smoke scale, and the alignment pieces."""
 
+import ast
+import dataclasses
 import json
 import os
 import pathlib
@@ -12,8 +14,9 @@ import pytest
 
 from dpa_omf.configs import align as align_config
 from dpa_omf.io import reader
-from dpa_omf.jobs import align
+from dpa_omf.jobs import align, stages
 from dpa_omf.jobs import config as cfg_lib
+from dpa_omf.tools.study import suites
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -142,13 +145,21 @@ def test_offline_levers_at_the_reference(smoke_model):
         assert float(m["nll_preferred"][0]) > 0 and float(m["pref_accuracy"][1]) > 0  # the sequences' own NLL
 
 
+def _method_errors(method: str, **overrides) -> str:
+    c = align_config.get_config()
+    c.align.method = method
+    for k, v in overrides.items():
+        c.align[k] = v
+    with pytest.raises(cfg_lib.ConfigError) as e:
+        stages.check(c)
+    return str(e.value)
+
+
 def test_offline_levers_are_refused_where_they_do_not_apply():
-    with pytest.raises(ValueError, match="offline CPL methods"):
-        _align_cfg("sft_best_oa", offline_loss="ranked")
-    with pytest.raises(ValueError, match="offline CPL methods"):
-        _align_cfg("online", kl_weight=1.0)
-    with pytest.raises(ValueError, match="per-agent OT"):
-        _align_cfg("dpa_adef", credit="agent")
+    assert "offline CPL methods ('dpa_omf', 'dpa_adef')" in _method_errors("sft_best_oa", offline_loss="ranked")
+    assert "offline CPL methods" in _method_errors("online", kl_weight=1.0)
+    assert "per-agent OT" in _method_errors("dpa_adef", credit="agent")
+    assert "sft_top_k=99 exceeds" in _method_errors("sft_best_ade", sft_top_k=99)
     with pytest.raises(ValueError, match="offline_loss"):
         _align_cfg("dpa_omf", offline_loss="all")
     c = align_config.get_config("smoke")
@@ -234,3 +245,36 @@ def test_curate_shards_name_data_files_relative_to_the_workdir(tmp_path, monkeyp
 def test_every_configured_method_has_one_implementation():
     """The method names live in dpa_omf/configs/post_training.py; each has exactly one entry in align.METHODS."""
     assert tuple(align.METHODS) == cfg_lib.ALIGN_METHODS
+
+
+def test_what_a_method_needs_comes_from_its_entry(monkeypatch):
+    """The config rules, the cost accounting and the study read a method's registry entry: changing the entry
+    (here giving the control 'ntp' rankings, a top-k and a cost of its own) changes them, with no other edit."""
+    assert "offline CPL methods" in _method_errors("ntp", kl_weight=0.5)
+    entry = align.Method(None, align.METHODS["ntp"].loss, paired=False, ranked_by="ot_distance", top_k=True,
+                         sampled=lambda c, n: 7 * n, study_default=True)
+    monkeypatch.setitem(align.METHODS, "ntp", entry)
+    c = align_config.get_config()
+    c.align.method, c.align.kl_weight = "ntp", 0.5
+    stages.check(c)  # the lever now applies
+    assert "sft_top_k=99 exceeds" in _method_errors("ntp", sft_top_k=99)
+    assert align.METHODS[c.align.method].sampled(c, 3) == 21
+    assert align.train_config(c).updates_per_step == 1
+    monkeypatch.setitem(align.METHODS, "ntp", dataclasses.replace(entry, rounds=True))
+    assert align.train_config(c).updates_per_step == c.align.online.steps_per_round
+
+
+def test_no_code_outside_the_registry_branches_on_a_method_name():
+    """A method's traits are fields of its align.METHODS entry: no module compares a method to a name (DPA-OMF,
+    the default method and the study's baseline, excepted) and the study's choices derive from the registry."""
+    names = set(align.METHODS) - {"dpa_omf"}
+    found = []
+    for path in sorted((REPO / "dpa_omf").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                for side in (node.left, *node.comparators):
+                    consts = side.elts if isinstance(side, (ast.Tuple, ast.List, ast.Set)) else [side]
+                    found += [f"{path.relative_to(REPO)}:{node.lineno} {c.value}" for c in consts
+                              if isinstance(c, ast.Constant) and c.value in names]
+    assert not found, found
+    assert tuple(n for n, m in align.METHODS.items() if m.study_default) == suites.DEFAULT_METHODS

@@ -18,6 +18,7 @@ import pytest
 
 from dpa_omf.configs import evaluate as evaluate_config
 from dpa_omf.jobs import evaluate, realism_eval, stages
+from dpa_omf.metrics import names
 from dpa_omf.train import checkpointing
 
 STAGES = ("data", "pretrain", "curate", "align")
@@ -148,10 +149,10 @@ def test_summary_intervals_and_paired_difference(uninterrupted):
     per_scene = {}
     for name in MODELS:
         rows = [r for k in range(NUM_CHUNKS) for r in chunks[name, k]["metrics"]]
-        per_scene[name] = np.asarray([r["metametric"] for r in rows])
+        per_scene[name] = np.asarray([r[names.composite()] for r in rows])
         m = summary["models"][name]
         assert summary[name] == m  # the contract: per model name at the top level too
-        for ours, official in evaluate.FIELDS.items():
+        for ours, official in names.summary().items():
             assert m[ours] == pytest.approx(np.mean([r[official] for r in rows]), rel=1e-12), (name, ours)
         lo, hi = m["composite_ci"]
         assert lo <= m["composite"] <= hi and lo < hi, name

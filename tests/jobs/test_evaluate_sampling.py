@@ -11,6 +11,7 @@ from dpa_omf.configs import align as align_config
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import evaluate, report
 from dpa_omf.jobs import workdir as wd
+from dpa_omf.metrics import names
 from dpa_omf.model import sampling
 from dpa_omf.tools.study import runs
 
@@ -55,7 +56,7 @@ def test_sharper_sampling_draws_likelier_tokens_with_the_same_keys():
 
 
 def test_the_table_names_a_sharpened_evaluation(tmp_path, capsys):
-    row = dict.fromkeys(report.COLUMNS, 0.5)
+    row = dict.fromkeys(names.report(), 0.5)
     (tmp_path / "pretrain").mkdir()
     (tmp_path / "pretrain" / "summary.json").write_text(json.dumps({"steps": 120}))
     (tmp_path / "evaluate").mkdir()

@@ -95,7 +95,7 @@ def test_sigterm_mid_round_then_restart_reaches_the_same_parameters(smoke, tmp_p
     cfg = cfg_lib.align(c)
     ccfg, _ = cfg_lib.online_curation(c, num_devices=1)
     prepare = align.METHODS["online"].prepare(model, cfg, ccfg)
-    tcfg = cfg_lib.align_train(c)
+    tcfg = align.train_config(c)
     assert tcfg.updates_per_step == 2 and tcfg.num_updates == 6
     tcfg = dataclasses.replace(tcfg, eval_every=0, checkpoint_every=100, async_checkpointing=False)
     batches = lambda start: (_scene_batch(c, scenes, [0, 1], k) for k in range(start, 100))
@@ -175,7 +175,7 @@ def test_a_round_on_a_two_device_mesh(smoke):
     on_device = dataclasses.replace(two, ot=dataclasses.replace(two.ot, solver="sinkhorn"))
     batch = _scene_batch(c, scenes, [0, 1], 0)
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:2]), ("data",))
-    tcfg = dataclasses.replace(cfg_lib.align_train(c), eval_every=0, progress_bar=False)
+    tcfg = dataclasses.replace(align.train_config(c), eval_every=0, progress_bar=False)
     trainer = loop.Trainer(align.make_loss_fn(model, cfg), lambda r: params, tcfg, mesh=mesh, frozen=params,
                            initial_params=params, prepare_fn=align.METHODS["online"].prepare(model, cfg, on_device))
     shapes = jax.tree.map(lambda v: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype), batch)

@@ -7,7 +7,7 @@ import pytest
 from dpa_omf.configs import align as align_config
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import pretrain, realism_eval, report
-from dpa_omf.metrics import model_realism
+from dpa_omf.metrics import model_realism, names
 from dpa_omf.metrics import wosac as realism
 from dpa_omf.model import motion_lm as mlm
 from dpa_omf.model import sampling
@@ -36,7 +36,7 @@ def test_batch_and_devices_do_not_change_a_scene(smoke):
     one = _evaluator(c, model, 1, 1).scene_metrics(params, scenes, idx)
     # The same per-device batch on more devices (padded to 4): bit for bit.
     assert one == _evaluator(c, model, 2, 1).scene_metrics(params, scenes, idx)
-    assert set(one[0]) == set(realism.OFFICIAL_FIELDS + realism.BUCKET_FIELDS)
+    assert set(one[0]) == set(names.per_scene())
     # Another per-device batch: XLA may reorder float reductions for the new shape (last bits only).
     three = _evaluator(c, model, 1, 3).scene_metrics(params, scenes, idx)
     for a, b in zip(one, three):
@@ -59,10 +59,10 @@ def test_training_log_and_report_table(smoke):
     c, model, params, scenes = smoke
     log = realism_eval.realism_logger(_evaluator(c, model, 1, 1), scenes[:2])
     m = log(params)
-    assert set(m) == {f"realism_{v}" for v in realism_eval.LOGGED.values()}
+    assert set(m) == {f"realism_{k}" for k in names.logged()}
     assert 0 < m["realism_composite"] < 1
-    models = {"reference": dict.fromkeys(report.COLUMNS, 0.5) | {"composite_ci": [0.45, 0.55]},
-              "dpa_omf": dict.fromkeys(report.COLUMNS, 0.6) | {"composite_ci": [0.55, 0.65],
+    models = {"reference": dict.fromkeys(names.report(), 0.5) | {"composite_ci": [0.45, 0.55]},
+              "dpa_omf": dict.fromkeys(names.report(), 0.6) | {"composite_ci": [0.55, 0.65],
                                                              "composite_vs_reference": {"mean": 0.1, "lo": 0.05,
                                                                                         "hi": 0.15}}}
     text = report.table(models)

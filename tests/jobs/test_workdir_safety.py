@@ -339,3 +339,26 @@ def test_reused_config_sections_are_those_of_the_graph(tmp_path):
         if name == "submit":
             continue  # its fingerprint needs a checkpoint
         assert set(stages.recorded_config(name, c, tmp_path)) - {"extra"} == set(stage.sections) | {"seed"}
+
+
+def test_a_new_stage_is_one_graph_entry(tmp_path, monkeypatch, capsys):
+    """A stage added to GRAPH (and its run function) is a job of the launcher, runs after its prerequisites,
+    records its config, is reused when finished and can be restarted, with no other list to edit."""
+    calls, scored = [], []
+
+    def score(config, root, fp):
+        scored.append(fp)
+        wd.write_summary(root, "score", {"config_fingerprint": fp})
+        return 0
+
+    monkeypatch.setitem(stages.GRAPH, "score", stages.Stage("score", (data_job.STAGE,), ("data",), score,
+                                                            all_processes=True))
+    _stand_in(monkeypatch, data_job.STAGE, calls)
+    c = _config()
+    assert "score" in stages.jobs() and stages.uses_devices("score") and not stages.uses_devices(data_job.STAGE)
+    assert stages.run_job(c, str(tmp_path), job="score") == 0
+    assert len(calls) == 1 and len(scored) == 1
+    assert wd.read_config(tmp_path, "score") == stages.recorded_config("score", c, tmp_path)
+    assert stages.run_job(c, str(tmp_path), job="score") == 0 and len(scored) == 1  # reused
+    assert stages.run_job(c, str(tmp_path), job="score", restart=["score"]) == 0 and len(scored) == 2
+    assert "[score] reused" in capsys.readouterr().err

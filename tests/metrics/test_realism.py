@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from dpa_omf import datatypes as dt
+from dpa_omf.metrics import names
 from dpa_omf.metrics import wosac as R
 from dpa_omf.metrics import wosac_config as rc
 from dpa_omf.metrics import wosac_features as wf
@@ -339,7 +340,7 @@ def test_vmap_over_scenes_equals_single():
     batched = jax.device_get(R.jitted_metrics(TINY, batched=True)(
         dt.stack_scenarios([s1, s2]), jnp.asarray(np.stack(sims))))
     assert single[0]["simulated_offroad_rate"] != single[1]["simulated_offroad_rate"]
-    for k in R.OFFICIAL_FIELDS:
+    for k in names.per_scene():
         np.testing.assert_allclose([float(m[k]) for m in single], batched[k], rtol=1e-6, atol=1e-7, err_msg=k)
 
 
@@ -359,3 +360,13 @@ def test_align_rollouts_refuses_bad_input():
         R.align_rollouts(s, ids, sim, bad, sim, sim)
     with pytest.raises(ValueError, match="not sim agents \\[99\\]"):
         R.align_rollouts(s, np.array([10, 11, 99]), sim, sim, sim, sim)
+
+
+def test_the_name_table_lists_every_per_scene_field():
+    """``names.TABLE`` has one row per field the metric returns (a new metric without its row fails here)."""
+    s = tiny_scene()
+    def metrics(scene, sim):
+        log, sim_f, _flags = R.compute_features(scene, sim, TINY)
+        return R.metrics_from_features(log, sim_f, TINY.metrics_config)
+
+    assert set(jax.eval_shape(metrics, s, jnp.asarray(still(s)))) == set(names.per_scene())

@@ -274,3 +274,22 @@ def test_config_rejects_bad_values():
         D.OTConfig(rescore_solver="sinkhorn")
     with pytest.raises(ValueError):
         D.OTConfig(auction_levels=2**20)
+
+
+def test_a_new_solver_is_one_registry_entry(rng, monkeypatch):
+    """A solver is one ``SOLVERS`` entry: the config accepts it, 'auto' can pick it, and the entry point calls it
+    (here the independent coupling: a feasible plan, so its cost bounds the exact one from above)."""
+    def independent(x, y, vx, vy, config):
+        plan = (vx[:, :, None] / vx.sum(-1)[:, None, None]) * (vy[:, None, :] / vy.sum(-1)[:, None, None])
+        return jax.numpy.sum(plan * D.pairwise_cost(x, y), axis=(-2, -1)), plan
+
+    monkeypatch.setitem(D.SOLVERS, "independent", D.Solver(independent, auto_on=("quantum",), why="test"))
+    assert "independent" in D.config_solvers()
+    assert D.solver_for_backend("auto", "quantum") == ("independent", "auto on a quantum backend: test")
+    assert D.device_solver("independent") == "independent" and D.device_solver("exact_host") == "exact"
+    rollouts, rv, expert, ev, mask, _ = _synthetic_scene(rng, r=4, a=3, t=10)
+    exact, _ = D.ot_distance(rollouts, rv, expert, ev, mask, D.OTConfig(solver="exact"))
+    indep, _ = D.ot_distance(rollouts, rv, expert, ev, mask, D.OTConfig(solver="independent"))
+    assert np.all(np.asarray(indep) >= np.asarray(exact) * (1 - 1e-5)) and np.any(np.asarray(indep) > exact)
+    with pytest.raises(ValueError, match="rescore_solver must be one of"):
+        D.OTConfig(rescore_solver="independent")

@@ -9,12 +9,13 @@ import subprocess
 import numpy as np
 import pytest
 
-from dpa_omf.jobs import align, report
+from dpa_omf.jobs import align
+from dpa_omf.metrics import names
 from dpa_omf.tools.study import cli, figures, results, runs, suites, tables
 
 
 def _models(ref: float, ours: float) -> dict:
-    base = dict.fromkeys(report.COLUMNS, 0.5)
+    base = dict.fromkeys(names.report(), 0.5)
     return {"reference": base | {"composite": ref}, "dpa_omf": base | {"composite": ours},
             "afd": base | {"composite": ref - 0.01}}
 
@@ -154,7 +155,7 @@ def _fake_launch(calls, root):
             sharper = name == "reference" and float(sampling[0]) < 1
             per_scene = [(value(key, i) if name != "reference" else 0.5 * value(seed, sampling, i) + 0.5 * sharper)
                          for i in range(n)]
-            summary["models"][name] = {c: float(np.mean(per_scene)) for c in report.COLUMNS}
+            summary["models"][name] = {c: float(np.mean(per_scene)) for c in names.report()}
             (ev / "models" / f"{name}.json").write_text(json.dumps({"composite_per_scene": per_scene}))
         (ev / "summary.json").write_text(json.dumps(summary))
 

@@ -246,7 +246,7 @@ def write(plan: Plan, result: dict, test_arms: list[suites.Arm]) -> None:
     curves = {}
     for m in methods:
         a = runs.read_json(root / f"seed_{seeds[0]}" / align.folder_name(m) / "summary.json")
-        if m in ("online", "catk") and a.get("rollouts_sampled") and a.get("steps"):
+        if align.METHODS[m].prepare is not None and a.get("rollouts_sampled") and a.get("steps"):
             curves[m] = figures.training_curve([root / f"seed_{s}" for s in seeds], m,
                                                a["rollouts_sampled"] / a["steps"])
     result["training_curves"] = curves

@@ -1,7 +1,7 @@
 """The study's numbers: per model the realism columns over seeds, intervals over seeds and scenes, the paired
 differences, the protocol's detectable difference, and ``alignment.json``.
 
-Inputs, per seed ``s``: ``per_seed[s]["models"][name]`` (the evaluate summary's row: ``report.COLUMNS``),
+Inputs, per seed ``s``: ``per_seed[s]["models"][name]`` (the evaluate summary's row: ``names.report()``),
 ``aligned[s][name]`` (the alignment's summary, for ``ALIGN_FIGURES``) and ``per_scene[s][name]`` (the per-scene
 composites ``[N]``, the same N scenes in every seed). Intervals (95%) come from ``metrics.stats``' two-level
 bootstrap of the ``[seeds, scenes]`` composites: seeds and scenes resampled together, for levels and for paired
@@ -14,8 +14,7 @@ import statistics
 
 import numpy as np
 
-from dpa_omf.jobs import report
-from dpa_omf.metrics import stats
+from dpa_omf.metrics import names, stats
 
 ALIGN_FIGURES = {"heldout_pref_accuracy": "eval_pref_accuracy", "kl_to_reference": "eval_kl_to_reference",
                  "rollouts_sampled": "rollouts_sampled", "updates": "updates"}
@@ -47,12 +46,12 @@ def aggregate(per_seed: dict[int, dict], aligned: dict[int, dict], methods: list
     composite and of its paired difference to the reference; every DPA-OMF model also gets ``vs``: its paired
     difference to every model that is not a DPA-OMF variant (the controls and baselines); ``protocol``: the spread
     of DPA-OMF's paired difference to the reference and the smallest difference the protocol detects."""
-    names = ["reference", *list(methods)]
+    rows = ["reference", *list(methods)]
     seeds = sorted(per_seed)
     out = {"seeds": seeds, "models": {}}
     ref = matrix(per_scene, "reference", seeds)
-    for n in names:
-        row = {c: seed_stats([per_seed[s]["models"][n][c] for s in seeds]) for c in report.COLUMNS}
+    for n in rows:
+        row = {c: seed_stats([per_seed[s]["models"][n][c] for s in seeds]) for c in names.report()}
         comp = matrix(per_scene, n, seeds)
         if comp is not None:
             row["composite"]["ci95"] = stats.two_level_ci(comp)
@@ -68,11 +67,11 @@ def aggregate(per_seed: dict[int, dict], aligned: dict[int, dict], methods: list
                 if vals:
                     row[name] = seed_stats(vals)
         out["models"][n] = row
-    for n in names:
+    for n in rows:
         comp = matrix(per_scene, n, seeds)
         if is_dpa_omf(n) and comp is not None:
             # the controls and baselines (other DPA-OMF variants are rows of their own, not controls)
-            others = {o: matrix(per_scene, o, seeds) for o in names if o != "reference" and not is_dpa_omf(o)}
+            others = {o: matrix(per_scene, o, seeds) for o in rows if o != "reference" and not is_dpa_omf(o)}
             out["models"][n]["vs"] = {o: stats.two_level_paired_difference(comp, m)
                                       for o, m in others.items() if m is not None}
     dpa = matrix(per_scene, "dpa_omf", seeds)

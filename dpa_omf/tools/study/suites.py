@@ -19,10 +19,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from dpa_omf.configs import post_training
+from dpa_omf.jobs import align
 
-DEFAULT_METHODS = ("dpa_omf", "sft_best_oa", "dpa_adef", "afd")
-ALL_METHODS = post_training.ALIGN_METHODS  # the one list of alignment methods
+# The study's method choices come from the method registry (align.METHODS), which lists no method twice.
+DEFAULT_METHODS = tuple(name for name, m in align.METHODS.items() if m.study_default)
+ALL_METHODS = tuple(align.METHODS)
 TABLES = ("features", "data", "levers")
 COMBINED = "combined"
 # The sharpening control's grid: (temperature, top-p) of the evaluation's sampling, the best chosen on validation.

@@ -3,7 +3,7 @@ Fig. 7, the protocol's power, and ``alignment.md`` (the results document)."""
 
 from __future__ import annotations
 
-from dpa_omf.jobs import report
+from dpa_omf.metrics import names
 from dpa_omf.tools.study import results
 
 
@@ -24,12 +24,12 @@ def markdown(result: dict, setup: dict) -> str:
         f"WOSAC {setup['challenge']} realism on {setup['num_scenes']} held-out scenes x "
         f"{setup['num_rollouts']} rollouts; mean +- sample std over seeds.",
         "",
-        "| model | " + " | ".join(report.COLUMNS) + " | composite 95% CI | composite - reference | its 95% CI "
+        "| model | " + " | ".join(names.report()) + " | composite 95% CI | composite - reference | its 95% CI "
         "| held-out pref. accuracy | KL to reference | rollouts sampled | updates |",
-        "|---|" + "---:|" * (len(report.COLUMNS) + 7),
+        "|---|" + "---:|" * (len(names.report()) + 7),
     ]
     for n, row in result["models"].items():
-        cells = [f"{row[c]['mean']:.4f} +- {row[c]['std']:.4f}" for c in report.COLUMNS]
+        cells = [f"{row[c]['mean']:.4f} +- {row[c]['std']:.4f}" for c in names.report()]
         cells.append(ci(row["composite"], signed=False))
         d = row.get("composite_minus_reference")
         cells += [f"{d['mean']:+.4f} +- {d['std']:.4f}", ci(d)] if d else ["", ""]
