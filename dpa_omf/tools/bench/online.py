@@ -92,9 +92,10 @@ def run(args: argparse.Namespace) -> dict:
     loss_fn = align.make_loss_fn(model, cfg)
     prepared = jax.device_get(dict(scenario=scenes, tokens=ranked["tokens"], distance=ranked["ot_distance"],
                                    preferred=ranked["preferred"], unpreferred=ranked["unpreferred"]))
-    updates = loop.Trainer(loss_fn, lambda r: params, tcfg, mesh=mesh, frozen=params, initial_params=params)
-    rounds = loop.Trainer(loss_fn, lambda r: params, tcfg, mesh=mesh, frozen=params, initial_params=params,
-                          prepare_fn=align.METHODS["online"].prepare(model, cfg, ccfg))
+    objective = loop.Objective(loss_fn, lambda r: params, frozen=params, initial_params=params)
+    updates = loop.Trainer(objective, tcfg, mesh=mesh)
+    rounds = loop.Trainer(dataclasses.replace(objective, prepare_fn=align.METHODS["online"].prepare(model, cfg, ccfg)),
+                          tcfg, mesh=mesh)
     raw = dict(scenario=jax.device_get(scenes), keys=np.asarray(jax.device_get(jax.random.key_data(keys))))
     for name, trainer, batch in (("update", updates, prepared), ("round", rounds, raw)):
         state = trainer.init()

@@ -45,7 +45,7 @@ def time_train_step(config: ml_collections.ConfigDict, num_agents: int, batch: i
     c.pretrain.batch_size = batch
     c.mesh.data = -1
     model = mlm.MotionLM(cfg_lib.model(c))
-    trainer = loop.Trainer(pretrain.make_loss_fn(model), pretrain.make_init_fn(model, c),
+    trainer = loop.Trainer(loop.Objective(pretrain.make_loss_fn(model), pretrain.make_init_fn(model, c)),
                            dataclasses.replace(cfg_lib.pretrain_train(c), progress_bar=False))
     scenes = _synthetic_scenes(c, batch)
     state = trainer.init()
