@@ -7,7 +7,10 @@ the rest: mesh, sharded state, compiled step, evaluation, logging, checkpoints,
 resume and preemption. :class:`Trainer` (mesh, state, compiled steps; no
 files) takes the same :class:`Objective`.
 
-Contracts (``Objective`` fields first, then ``train``'s batches, then ``Reporting``'s):
+Contracts (``Objective``: ``loss_fn``, ``init_params_fn``, ``eval_fn``,
+``prepare_fn``, ``frozen``, ``initial_params``; ``train``:
+``batch_iterator_factory``; ``Reporting``: ``eval_batches_fn``, ``extra_eval``,
+``hooks``, ``summary_extra``):
 
 * ``loss_fn(params, batch, rng, frozen) -> (loss, metrics)``: pure and
   jittable. ``batch`` is the *global* batch (a pytree of ``jax.Array``, leading
