@@ -18,7 +18,7 @@ Methods (``align.method``):
 
 Offline methods (the first six) train on the curated rankings; the scene-only
 methods (online, catk, ntp) read the same curated training scenes but make
-their own training data in the step (``loop.train(prepare_fn=...)``): online
+their own training data in the step (``loop.Objective(prepare_fn=...)``): online
 with the policy's parameters at that step, CAT-K with the frozen reference's.
 Online: ``align.num_steps`` rounds of ``align.batch_size`` scenes, each
 ``align.online.num_rollouts`` rollouts ranked by OT, then
@@ -473,12 +473,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> in
                        config.seed, shuffle=False)
     n_eval = max(1, min(config.align.eval_batches, -(-len(held.rows) // b)))
     eval_batches = [held.batch(k) for k in range(n_eval)]
-    result = loop.train(
-        make_loss_fn(model, cfg), lambda rng: ref, train_b.from_step, train, workdir,
-        folder_name(cfg.method), eval_fn=make_eval_fn(model, cfg), eval_batches_fn=lambda: iter(eval_batches),
-        frozen=ref, initial_params=ref, extra_eval=realism_eval.training_realism(config, workdir, "align"),
-        prepare_fn=prepare_fn,
+    objective = loop.Objective(make_loss_fn(model, cfg), lambda rng: ref, eval_fn=make_eval_fn(model, cfg),
+                               prepare_fn=prepare_fn, frozen=ref, initial_params=ref)
+    reporting = loop.Reporting(
+        eval_batches_fn=lambda: iter(eval_batches), extra_eval=realism_eval.training_realism(config, workdir, "align"),
         summary_extra=lambda s: {"config_fingerprint": fingerprint, "method": cfg.method,
                                  "train_scenes": len(train_rows), "heldout_scenes": int(n_held),
                                  "updates": train.num_updates, "seconds": time.time() - t0, **extra})
+    result = loop.train(objective, train_b.from_step, train, workdir, folder_name(cfg.method), reporting=reporting)
     return result.exit_code

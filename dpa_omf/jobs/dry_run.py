@@ -38,8 +38,8 @@ def memory_report(config: ml_collections.ConfigDict) -> dict[str, Any]:
     train_config = cfg_lib.pretrain_train(config)
     mesh = sharding.mesh_from_config(train_config.mesh)
     # Trainer only traces shapes and defines jitted functions: no state is built here.
-    trainer = loop.Trainer(pretrain.make_loss_fn(model), pretrain.make_init_fn(model, config), train_config,
-                           mesh=mesh)
+    trainer = loop.Trainer(loop.Objective(pretrain.make_loss_fn(model), pretrain.make_init_fn(model, config)),
+                           train_config, mesh=mesh)
     report = aot.memory_report(trainer, pretrain.global_batch_shapes(config), config.aot.device_memory_gb,
                                config.aot.headroom)
     report.update(job=config.job, global_batch=config.pretrain.batch_size, num_agents=config.data.num_agents,

@@ -259,11 +259,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str, *,
         }
 
     # -- train (mesh, sharded state, resume, preemption, logs: the shared loop)
-    result = loop.train(
-        make_loss_fn(model), init_fn, train_batches(config, workdir), cfg_lib.pretrain_train(config), workdir,
-        STAGE, eval_batches_fn=eval_batches(config, workdir), hooks=hooks, summary_extra=summary_extra,
-        extra_eval=realism_eval.training_realism(config, workdir, "pretrain"),
-    )
+    reporting = loop.Reporting(eval_batches_fn=eval_batches(config, workdir),
+                               extra_eval=realism_eval.training_realism(config, workdir, "pretrain"), hooks=hooks,
+                               summary_extra=summary_extra)
+    result = loop.train(loop.Objective(make_loss_fn(model), init_fn), train_batches(config, workdir),
+                        cfg_lib.pretrain_train(config), workdir, STAGE, reporting=reporting)
     if result.summary:
         log.info("pretrain: %s", json.dumps(result.summary, default=str))
     return result.exit_code

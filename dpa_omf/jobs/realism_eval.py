@@ -8,8 +8,8 @@ with copies of its last scene, dropped). The metric's static sizes are
 fitted to the group of scenes a call is given (the evaluate job's chunks are
 fixed groups, whatever the number of devices or processes), and a scene
 whose pruned map search could not be certified is scored again with
-exhaustive searches (as ``wosac.evaluate_scene`` does), so every scene gets
-the official values. Rollout keys: ``fold_in(key(seed), scene index)``.
+exhaustive searches (``wosac.run_certified``, the rule of ``wosac.evaluate_scene``
+too), so every scene gets the official values. Rollout keys: ``fold_in(key(seed), scene index)``.
 
 The training jobs log realism of a fixed small held-out set with
 :func:`realism_logger` (composite, buckets, collision and off-road rates
@@ -18,7 +18,6 @@ every ``eval_every`` steps, to ``metrics.jsonl`` and TensorBoard).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import jax
@@ -67,14 +66,13 @@ class Evaluator:
         """The official-named metrics of each scene (``indices``: the scenes' global indices: their keys)."""
         if len(scenarios) != len(indices) or not scenarios:
             raise ValueError(f"scene_metrics: {len(scenarios)} scenes for {len(indices)} indices")
-        rc = self.cfg.realism.fitted(dt.stack_scenarios(scenarios))
-        out = self._run(params, scenarios, indices, rc)
-        redo = np.flatnonzero(out["map_search_inexact"])
-        if redo.size:  # rare (agents far off the map): exhaustive lane search for those scenes only
-            exhaustive = dataclasses.replace(rc, lane_block=None)
-            again = self._run(params, [scenarios[j] for j in redo], [indices[j] for j in redo], exhaustive)
-            for k in out:
-                out[k][redo] = again[k]
+
+        def run(rc: realism.RealismConfig, rows) -> dict[str, np.ndarray]:
+            rows = range(len(scenarios)) if rows is None else rows
+            return self._run(params, [scenarios[j] for j in rows], [indices[j] for j in rows], rc)
+
+        # Rare re-runs (agents far off the map): an exhaustive lane search for those scenes only.
+        out, _ = realism.run_certified(run, dt.stack_scenarios(scenarios), self.cfg.realism)
         return [realism.metrics_to_official_dict({k: v[j] for k, v in out.items()}) for j in range(len(scenarios))]
 
 

@@ -16,8 +16,9 @@ scenario; nothing is dropped silently. The model's parameters do not depend on t
 packaged reference simulates 128-slot scenes.
 
 Where: ``WORKDIR/submit_<model>/``: ``shards/submission.binproto-XXXXX-of-NNNNN`` (contiguous blocks of
-``submit.scenes_per_shard`` scenes), ``done/<shard>.json`` (per shard: the stage's fingerprint, its
-scenarios, sim agents, seconds), ``submission.tar.gz`` (the file to upload) and ``summary.json``.
+``submit.scenes_per_shard`` scenes: ``submission.shard_ranges``), ``done/<shard>.json`` (per shard: the
+stage's fingerprint, its scenarios, sim agents, seconds), ``submission.tar.gz`` (the file to upload) and
+``summary.json``.
 
 Processes: shard k is written by process ``k % N`` only (``workdir.process_share``); the keys depend only on the
 seed and the global scenario index, so the files do not depend on N. After a barrier, process 0 packs the tar and
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import math
 import pathlib
 import time
 
@@ -85,15 +85,6 @@ def scenario_files(config: ml_collections.ConfigDict, workdir: str, cfg: cfg_lib
             raise FileNotFoundError(f"submit.scenario_pattern={cfg.scenario_pattern!r} matches no file")
         return files
     return data_job.split_files(config, workdir, cfg.split)
-
-
-def shard_ranges(num_scenes: int, scenes_per_shard: int) -> list[range]:
-    """Global scene indices of each shard: ``ceil(n / per_shard)`` contiguous blocks of balanced sizes."""
-    if num_scenes < 1:
-        raise ValueError("submit: no scenario to submit")
-    count = math.ceil(num_scenes / scenes_per_shard)
-    bounds = [num_scenes * k // count for k in range(count + 1)]
-    return [range(bounds[k], bounds[k + 1]) for k in range(count)]
 
 
 # ----------------------------------------------------------------------------- one scene
@@ -152,7 +143,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> in
         sources = scenes.sources()
         if cfg.max_scenarios:
             sources = sources[:cfg.max_scenarios]
-        plan = shard_ranges(len(sources), cfg.scenes_per_shard)
+        plan = submission.shard_ranges(len(sources), cfg.scenes_per_shard)
         model, params = load_model(config, workdir, cfg.model)
         meta = cfg.submission_metadata(mlm.param_count(params))
         mine = wd.process_share(len(plan))

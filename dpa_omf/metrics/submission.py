@@ -16,6 +16,7 @@ agent valid at the current step, 80 steps each).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import pathlib
 import tarfile
@@ -220,30 +221,41 @@ def _header(meta: SubmissionMetadata):
     return sub
 
 
-def write_submission(out_dir: str | os.PathLike, rollouts: Iterable, meta: SubmissionMetadata,
-                     num_shards: int = 1) -> list[pathlib.Path]:
-    """Writes ``submission.binproto-XXXXX-of-NNNNN`` shards (atomically).
+def shard_ranges(num_scenes: int, scenes_per_shard: int) -> list[range]:
+    """Positions of each shard's scenarios: ``ceil(n / per_shard)`` contiguous blocks of balanced sizes.
+
+    The one sharding of a submission (the submit job's and ``write_submission``'s).
+    """
+    if num_scenes < 1:
+        raise ValueError("submission: no scenario to submit")
+    if scenes_per_shard < 1:
+        raise ValueError(f"submission: scenes_per_shard must be >= 1, got {scenes_per_shard}")
+    count = math.ceil(num_scenes / scenes_per_shard)
+    bounds = [num_scenes * k // count for k in range(count + 1)]
+    return [range(bounds[k], bounds[k + 1]) for k in range(count)]
+
+
+def write_submission(out_dir: str | os.PathLike, rollouts: Sequence, meta: SubmissionMetadata,
+                     scenes_per_shard: int) -> list[pathlib.Path]:
+    """Writes ``submission.binproto-XXXXX-of-NNNNN`` shards (atomically), sharded by ``shard_ranges``.
 
     Args:
       out_dir: folder (created if needed).
       rollouts: ``ScenarioRollouts`` messages (one per test-set scenario).
       meta: submission metadata, repeated in every shard.
-      num_shards: number of shards; scenarios are dealt round-robin.
+      scenes_per_shard: at most this many scenarios per shard, in contiguous blocks.
     Returns:
       the shard paths.
     """
-    if num_shards < 1:
-        raise ValueError("num_shards must be >= 1")
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    shards = [[] for _ in range(num_shards)]
     seen = set()
-    for k, msg in enumerate(rollouts):
+    for msg in rollouts:
         if msg.scenario_id in seen:
             raise ValueError(f"scenario {msg.scenario_id} given twice")
         seen.add(msg.scenario_id)
-        shards[k % num_shards].append(msg)
-    return [write_shard(out / shard_name(i, num_shards), msgs, meta) for i, msgs in enumerate(shards)]
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = shard_ranges(len(rollouts), scenes_per_shard)
+    return [write_shard(out / shard_name(k, len(plan)), [rollouts[i] for i in r], meta) for k, r in enumerate(plan)]
 
 
 def shard_name(index: int, count: int) -> str:

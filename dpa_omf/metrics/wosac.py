@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -388,24 +389,58 @@ def _jitted_features(config: RealismConfig):
     return jax.jit(functools.partial(compute_features, config=config))
 
 
+def run_certified(run: Callable[[RealismConfig, np.ndarray | None], dict], scenarios: dt.Scenario,
+                  config: RealismConfig) -> tuple[dict, RealismConfig]:
+    """The host entry points' one rule: fit the static sizes, then re-run the inexact scenes exhaustively.
+
+    Fits ``config`` to ``scenarios`` (one scene or a stack), calls
+    ``run(config, None)`` for every scene, and calls it again with an
+    exhaustive lane search (``lane_block=None``) for the scenes whose pruned
+    search could not certify every query (e.g. agents far off the map), whose
+    results replace the first ones.
+
+    Args:
+      run: ``run(config, rows) -> dict`` of host results of the scenes ``rows``
+        (int ``[n]`` positions in ``scenarios``; None: all) under ``config``:
+        a pytree whose leaves have a leading scene axis, holding
+        ``map_search_inexact`` bool ``[n]``.
+      scenarios: the scenes (their sizes fit the config).
+      config: ``RealismConfig`` before fitting.
+    Returns:
+      (the results of every scene, the config of the last pass: the fitted one,
+      or its exhaustive copy when some scenes were re-run).
+    """
+    config = config.fitted(scenarios)
+    out = run(config, None)
+    redo = np.flatnonzero(out["map_search_inexact"])
+    if redo.size and config.lane_block:
+        config = dataclasses.replace(config, lane_block=None)
+        again = run(config, redo)
+        out = jax.tree.map(lambda first, second: _with_rows(first, redo, second), out, again)
+    return out, config
+
+
+def _with_rows(values: np.ndarray, rows: np.ndarray, new: np.ndarray) -> np.ndarray:
+    out = np.array(values)  # a copy: host arrays from device_get may be read-only
+    out[rows] = new
+    return out
+
+
 def features_checked(scenario: dt.Scenario, sim_xyzh: np.ndarray,
                      config: RealismConfig = DEFAULT_CONFIG) -> tuple[wf.Features, wf.Features, dict, RealismConfig]:
-    """Host-side ``compute_features`` of one concrete scene with safe sizes.
+    """Host-side ``compute_features`` of one concrete scene with safe sizes (``run_certified``).
 
-    Fits the static sizes to the scene, and re-runs with an exhaustive
-    lane search when the pruned one could not certify every query (e.g.
-    agents far off the map). Returns (log, sim, flags, config used).
+    Returns (log, sim, flags, config used).
     """
-    config = config.fitted(scenario)
-    # Features do not depend on the challenge: one compilation serves both.
-    def key(c: RealismConfig) -> RealismConfig:
-        return dataclasses.replace(c, challenge="2025")
+    def run(c: RealismConfig, rows) -> dict:
+        # Features do not depend on the challenge: one compilation serves both.
+        log, sim, flags = jax.device_get(_jitted_features(dataclasses.replace(c, challenge="2025"))(scenario,
+                                                                                                   sim_xyzh))
+        return jax.tree.map(lambda x: np.asarray(x)[None], {"log": log, "sim": sim, **flags})  # one scene
 
-    log, sim, flags = jax.device_get(_jitted_features(key(config))(scenario, sim_xyzh))
-    if bool(flags["map_search_inexact"]) and config.lane_block:
-        config = dataclasses.replace(config, lane_block=None)
-        log, sim, flags = jax.device_get(_jitted_features(key(config))(scenario, sim_xyzh))
-    return log, sim, flags, config
+    out, config = run_certified(run, scenario, config)
+    out = jax.tree.map(lambda x: x[0, ...], out)
+    return out.pop("log"), out.pop("sim"), out, config
 
 
 def evaluate_scene(scenario: dt.Scenario, sim_xyzh: np.ndarray, config: RealismConfig = DEFAULT_CONFIG) -> dict:

@@ -75,29 +75,19 @@ class RolloutConfig:
 
 
 @struct.dataclass
-class Rollouts:
-    """Sampled joint futures of one scene.
+class Rollouts(tok.KinematicState):
+    """Sampled joint futures of one scene: the tokenizer's ``KinematicState`` at every 10 Hz step, and the tokens.
 
-      x, y: float32 ``[R, A, 80]`` positions at 10 Hz steps CURRENT_INDEX+1 .. 90, metres.
-      heading: float32 ``[R, A, 80]`` radians.
-      vel_x, vel_y: float32 ``[R, A, 80]`` m/s.
+      x, y, heading, vel_x, vel_y (``KinematicState``): float32 ``[R, A, 80]`` at 10 Hz steps
+        CURRENT_INDEX+1 .. 90: metres, radians, m/s.
       tokens: int32 ``[R, A, S]`` sampled actions.
       log_probs: float32 ``[R, A, S]`` untempered log pi of the tokens (0 for invalid agents).
       valid: bool ``[A]`` simulated agents (valid at the current step); other rows are filler.
     """
 
-    x: jax.Array
-    y: jax.Array
-    heading: jax.Array
-    vel_x: jax.Array
-    vel_y: jax.Array
     tokens: jax.Array
     log_probs: jax.Array
     valid: jax.Array
-
-    @property
-    def speed(self) -> jax.Array:
-        return jnp.sqrt(self.vel_x**2 + self.vel_y**2)
 
 
 # ------------------------------------------------------------------ sampling primitives

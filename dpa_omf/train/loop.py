@@ -1,10 +1,16 @@
 """The sharded training loop shared by every training stage (pretraining, alignment).
 
-A stage supplies what differs -- a loss, a parameter initializer, a batch
-iterator -- and :func:`train` does the rest: mesh, sharded state, compiled step,
-evaluation, logging, checkpoints, resume and preemption.
+A stage supplies what differs -- an :class:`Objective` (the loss, the parameter
+initializer and what they take), a batch iterator and a :class:`Reporting`
+(held-out evaluation, hooks, its own summary figures) -- and :func:`train` does
+the rest: mesh, sharded state, compiled step, evaluation, logging, checkpoints,
+resume and preemption. :class:`Trainer` (mesh, state, compiled steps; no
+files) takes the same :class:`Objective`.
 
-Contracts:
+Contracts (``Objective``: ``loss_fn``, ``init_params_fn``, ``eval_fn``,
+``prepare_fn``, ``frozen``, ``initial_params``; ``train``:
+``batch_iterator_factory``; ``Reporting``: ``eval_batches_fn``, ``extra_eval``,
+``hooks``, ``summary_extra``):
 
 * ``loss_fn(params, batch, rng, frozen) -> (loss, metrics)``: pure and
   jittable. ``batch`` is the *global* batch (a pytree of ``jax.Array``, leading
@@ -18,6 +24,9 @@ Contracts:
 * ``init_params_fn(rng) -> params``: pure; leaves may carry flax logical-axis
   boxes (``nn.with_logical_partitioning``), mapped onto the mesh by
   ``MeshConfig.rules``; otherwise params are replicated.
+* ``frozen``: a frozen pytree passed to every loss / eval / prepare call
+  (e.g. the reference model's params), placed on the mesh once, never saved;
+  ``initial_params``: start from these params instead of ``init_params_fn``'s.
 * ``batch_iterator_factory(start) -> iterable`` of *process-local* batches
   (pytrees of numpy arrays, leading dim = global batch / process count),
   starting at batch index ``start`` (the number of batches already consumed):
@@ -34,6 +43,15 @@ Contracts:
   program (:func:`dpa_omf.train.step.train_step`), so a checkpoint (taken
   between steps) never separates prepared data from its updates and a resumed
   run prepares exactly what an uninterrupted run would.
+* ``hooks``: called on the host after every step (after its metrics are
+  logged, before the preemption check, evaluation and checkpoint) as
+  ``hook(step, state)``; ``state`` is donated to the next step, so a hook must
+  not keep it. ``extra_eval(params) -> metrics`` adds figures to every
+  evaluation (e.g. the realism of a few held-out scenes); it may return ``{}``
+  on processes that do not log. ``summary_extra`` adds the stage's own figures
+  to summary.json (e.g. its ``config_fingerprint``, which marks the stage
+  done): a mapping, or a function of the loop's summary returning one, called
+  once at the end so that the file is written once, complete.
 
 Outputs in ``WORKDIR/<stage>/``: ``checkpoints/`` (orbax), ``metrics.jsonl``,
 TensorBoard events, ``summary.json`` (only when the run completes; its presence
@@ -139,7 +157,42 @@ class TrainConfig:
         self.optim.validate()
 
 
-# ----------------------------------------------------------------------------- state
+@dataclasses.dataclass(frozen=True, eq=False)
+class Objective:
+    """What a stage trains: its functions and the pytrees they take (contracts in the module docstring).
+
+    Attributes:
+      loss_fn: ``(params, batch, rng, frozen) -> (loss, metrics)``.
+      init_params_fn: ``rng -> params``.
+      eval_fn: held-out metrics; None: :func:`dpa_omf.train.step.loss_as_eval_fn` of ``loss_fn``.
+      prepare_fn: online stages: prepares each step's data with the current params; None: the batch as loaded.
+      frozen: a frozen pytree for every call (e.g. the reference's params), or None.
+      initial_params: start from these params instead of ``init_params_fn``'s, or None.
+    """
+
+    loss_fn: LossFn
+    init_params_fn: Callable[[jax.Array], PyTree]
+    eval_fn: EvalFn | None = None
+    prepare_fn: step_lib.PrepareFn | None = None
+    frozen: PyTree = None
+    initial_params: PyTree | None = None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Reporting:
+    """What a run reports besides its training metrics (contracts in the module docstring).
+
+    Attributes:
+      eval_batches_fn: ``() -> iterable`` of process-local held-out batches; None: no held-out batches.
+      extra_eval: ``params -> metrics`` added to every evaluation, or None.
+      hooks: ``hook(step, state)`` after every step.
+      summary_extra: the stage's own summary.json figures (a mapping or a function of the loop's summary), or None.
+    """
+
+    eval_batches_fn: Callable[[], Iterable[PyTree]] | None = None
+    extra_eval: Callable[[PyTree], Mapping[str, float]] | None = None
+    hooks: Sequence[Hook] = ()
+    summary_extra: Mapping[str, Any] | Callable[[dict[str, Any]], Mapping[str, Any]] | None = None
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -152,29 +205,14 @@ class Trainer:
     its shardings, then the state built (or restored) directly in that layout.
 
     Args:
-      loss_fn, init_params_fn: see the module docstring.
+      objective: what is trained (:class:`Objective`).
       config: the loop config.
       mesh: the device mesh; default: ``config.mesh`` over all devices.
-      eval_fn: held-out metrics; default :func:`dpa_omf.train.step.loss_as_eval_fn`.
-      frozen: a frozen pytree passed to every loss / eval call (e.g. the
-        reference model's params); placed on the mesh once, never saved.
-      initial_params: start from these params instead of ``init_params_fn``.
-      prepare_fn: online stages: prepares each step's data with the current params (module docstring).
     """
 
-    def __init__(
-        self,
-        loss_fn: LossFn,
-        init_params_fn: Callable[[jax.Array], PyTree],
-        config: TrainConfig,
-        *,
-        mesh: Mesh | None = None,
-        eval_fn: EvalFn | None = None,
-        frozen: PyTree = None,
-        initial_params: PyTree | None = None,
-        prepare_fn: step_lib.PrepareFn | None = None,
-    ):
+    def __init__(self, objective: Objective, config: TrainConfig, *, mesh: Mesh | None = None):
         config.validate()
+        loss_fn, init_params_fn, initial_params = objective.loss_fn, objective.init_params_fn, objective.initial_params
         self.config = config
         self.mesh = mesh if mesh is not None else sharding.mesh_from_config(config.mesh)
         self.tx, self.schedule = optim.make_optimizer(config.optim, config.num_updates)
@@ -200,20 +238,20 @@ class Trainer:
         self.abstract_state = sharding.with_shardings(
             jax.eval_shape(init_fn, self.rng, self._initial_params), self.state_shardings
         )
-        self.frozen, frozen_shardings = _place_frozen(frozen, self.mesh, rules)
+        self.frozen, frozen_shardings = _place_frozen(objective.frozen, self.mesh, rules)
         batch_sh = sharding.batch_sharding(self.mesh)
 
         # Then the compiled functions, every layout fixed.
         self._init = jax.jit(init_fn, out_shardings=self.state_shardings)
         self._train_step = jax.jit(
-            functools.partial(step_lib.train_step, loss_fn, self.tx, prepare_fn=prepare_fn,
+            functools.partial(step_lib.train_step, loss_fn, self.tx, prepare_fn=objective.prepare_fn,
                               updates=config.updates_per_step),
             in_shardings=(self.state_shardings, batch_sh, frozen_shardings),
             out_shardings=(self.state_shardings, repl),
             donate_argnums=(0,),
         )
         self._eval_step = jax.jit(
-            functools.partial(step_lib.eval_step, eval_fn or step_lib.loss_as_eval_fn(loss_fn)),
+            functools.partial(step_lib.eval_step, objective.eval_fn or step_lib.loss_as_eval_fn(loss_fn)),
             in_shardings=(p_shardings, batch_sh, repl, frozen_shardings),
             out_shardings=repl,
         )
@@ -326,8 +364,9 @@ def _stop_requested(flag: checkpointing.PreemptionFlag, ckpt, step: int, config:
     return stop or ckpt.reached_preemption(step)
 
 
-def _evaluator(trainer: Trainer, eval_batches_fn, extra_eval) -> Callable[[PyTree], dict[str, float]] | None:
+def _evaluator(trainer: Trainer, reporting: Reporting) -> Callable[[PyTree], dict[str, float]] | None:
     """``params -> metrics``: the held-out batches' metrics and ``extra_eval``'s (None: no evaluation)."""
+    eval_batches_fn, extra_eval = reporting.eval_batches_fn, reporting.extra_eval
     if eval_batches_fn is None and extra_eval is None:
         return None
 
@@ -431,36 +470,13 @@ def _summary(stage_name: str, step: int, start: int, eval_metrics: Mapping[str, 
     return summary
 
 
-def train(
-    loss_fn: LossFn,
-    init_params_fn: Callable[[jax.Array], PyTree],
-    batch_iterator_factory: Callable[[int], Iterable[PyTree]],
-    config: TrainConfig,
-    workdir: str | pathlib.Path,
-    stage_name: str,
-    *,
-    eval_fn: EvalFn | None = None,
-    eval_batches_fn: Callable[[], Iterable[PyTree]] | None = None,
-    frozen: PyTree = None,
-    initial_params: PyTree | None = None,
-    mesh: Mesh | None = None,
-    hooks: Sequence[Hook] = (),
-    summary_extra: Mapping[str, Any] | Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
-    extra_eval: Callable[[PyTree], Mapping[str, float]] | None = None,
-    prepare_fn: step_lib.PrepareFn | None = None,
-) -> TrainResult:
-    """Trains ``loss_fn`` for ``config.num_steps`` steps, resuming from ``WORKDIR/<stage>/checkpoints``.
+def train(objective: Objective, batch_iterator_factory: Callable[[int], Iterable[PyTree]], config: TrainConfig,
+          workdir: str | pathlib.Path, stage_name: str, *, reporting: Reporting = Reporting(),
+          mesh: Mesh | None = None) -> TrainResult:
+    """Trains ``objective`` for ``config.num_steps`` steps, resuming from ``WORKDIR/<stage>/checkpoints``.
 
-    See the module docstring for the function contracts. ``hooks`` are called
-    on the host after every step (after its metrics are logged, before the
-    preemption check, evaluation and checkpoint) as ``hook(step, state)``;
-    ``state`` is donated to the next step, so a hook must not keep it.
-    ``summary_extra`` adds the stage's own figures to summary.json (e.g. its
-    ``config_fingerprint``, which marks the stage done): a mapping, or a
-    function of the loop's summary returning one, called once at the end so
-    that the file is written once, complete. ``extra_eval(params) -> metrics``
-    adds figures to every evaluation (e.g. the realism of a few held-out
-    scenes); it may return ``{}`` on processes that do not log. ``prepare_fn``: online stages (module docstring).
+    See the module docstring for the contracts of ``objective``, the batches and ``reporting``.
+    ``mesh``: the device mesh; default: ``config.mesh`` over all devices.
 
     Returns:
       A :class:`TrainResult`; on SIGTERM/SIGINT the state is saved at the
@@ -475,8 +491,7 @@ def train(
     stage_dir = pathlib.Path(workdir) / stage_name
 
     # -- mesh, model, shardings, compiled steps
-    trainer = Trainer(loss_fn, init_params_fn, config, mesh=mesh, eval_fn=eval_fn, frozen=frozen,
-                      initial_params=initial_params, prepare_fn=prepare_fn)
+    trainer = Trainer(objective, config, mesh=mesh)
 
     # -- state: restore if a checkpoint exists, else build it sharded
     ckpt = checkpointing.Checkpointer(stage_dir / "checkpoints", keep=config.keep_checkpoints,
@@ -487,13 +502,13 @@ def train(
     # -- the steps, each followed by its log, hooks, evaluation and checkpoint
     logger = stage_log.StageLogger(stage_dir, total_steps=config.num_steps, initial_step=start,
                                        progress_bar=config.progress_bar)
-    evaluate = _evaluator(trainer, eval_batches_fn, extra_eval)
+    evaluate = _evaluator(trainer, reporting)
     batches = None
     try:
         with checkpointing.PreemptionFlag() as flag:
             batches = iter(batch_iterator_factory(data_start))
             state, step, status, eval_metrics = _run_steps(trainer, ckpt, logger, state, start, batches, flag,
-                                                           hooks, evaluate, stage_name, data_start)
+                                                           reporting.hooks, evaluate, stage_name, data_start)
         ckpt.wait()
     finally:
         ckpt.close()
@@ -508,6 +523,6 @@ def train(
             # Nothing left to train (resumed at the end): evaluate the final params.
             eval_metrics = {f"eval_{k}": v for k, v in evaluate(state.params).items()}
         summary = _summary(stage_name, step, start, eval_metrics, logger.records, time.perf_counter() - t_start,
-                           trainer.mesh, summary_extra)
+                           trainer.mesh, reporting.summary_extra)
         logger.write_summary(summary)
     return TrainResult(state=state, status=status, summary=summary)

@@ -111,9 +111,9 @@ def test_sigterm_mid_round_then_restart_reaches_the_same_parameters(smoke, tmp_p
         jax.debug.callback(note, batch["keys"][0, 0])
         return prepare(params, batch, rng, frozen)
 
-    run = lambda folder: loop.train(align.make_loss_fn(model, cfg), lambda rng: params, batches, tcfg, tmp_path,
-                                    folder, frozen=params, initial_params=params, mesh=_one_device_mesh(),
-                                    prepare_fn=kill_in_round_two)
+    objective = loop.Objective(align.make_loss_fn(model, cfg), lambda rng: params, prepare_fn=kill_in_round_two,
+                               frozen=params, initial_params=params)
+    run = lambda folder: loop.train(objective, batches, tcfg, tmp_path, folder, mesh=_one_device_mesh())
     straight = run("straight")
     assert straight.status == loop.COMPLETED
     armed["rounds"] = 0
@@ -176,8 +176,9 @@ def test_a_round_on_a_two_device_mesh(smoke):
     batch = _scene_batch(c, scenes, [0, 1], 0)
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:2]), ("data",))
     tcfg = dataclasses.replace(align.train_config(c), eval_every=0, progress_bar=False)
-    trainer = loop.Trainer(align.make_loss_fn(model, cfg), lambda r: params, tcfg, mesh=mesh, frozen=params,
-                           initial_params=params, prepare_fn=align.METHODS["online"].prepare(model, cfg, on_device))
+    trainer = loop.Trainer(loop.Objective(align.make_loss_fn(model, cfg), lambda r: params,
+                                          prepare_fn=align.METHODS["online"].prepare(model, cfg, on_device),
+                                          frozen=params, initial_params=params), tcfg, mesh=mesh)
     shapes = jax.tree.map(lambda v: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype), batch)
     assert "callback" not in trainer.lower_step(shapes).as_text()  # no host round trip inside the round
     state, metrics = trainer.step(trainer.init(), batch)

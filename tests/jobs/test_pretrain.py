@@ -61,7 +61,7 @@ def _trainer(config, mesh):
     tc = cfg_lib.pretrain_train(config)
     chex.clear_trace_counter()
     loss_fn = chex.assert_max_traces(pretrain.make_loss_fn(model), n=1)
-    return loop.Trainer(loss_fn, pretrain.make_init_fn(model, config), tc, mesh=mesh)
+    return loop.Trainer(loop.Objective(loss_fn, pretrain.make_init_fn(model, config)), tc, mesh=mesh)
 
 
 def test_launcher_smoke_run_writes_the_stage(tmp_path):

@@ -88,16 +88,16 @@ def test_shards_hold_32_joint_scenes_of_exactly_the_sim_agents(submitted):
 
 
 def test_process_shares_are_disjoint_and_cover_every_shard():
-    plan = submit.shard_ranges(10, 3)
+    plan = submission.shard_ranges(10, 3)
     assert [list(r) for r in plan] == [[0, 1], [2, 3, 4], [5, 6], [7, 8, 9]]
-    assert submit.shard_ranges(4, 100) == [range(0, 4)]
+    assert submission.shard_ranges(4, 100) == [range(0, 4)]
     for n in (1, 2, 3, 5):
         shares = [wdir.process_share(len(plan), p, n) for p in range(n)]
         flat = sorted(k for share in shares for k in share)
         assert flat == list(range(len(plan)))  # disjoint and covering: nothing written twice or missed
         assert all(k % n == p for p, share in enumerate(shares) for k in share)
     with pytest.raises(ValueError, match="no scenario"):
-        submit.shard_ranges(0, 3)
+        submission.shard_ranges(0, 3)
 
 
 @pytest.mark.slow

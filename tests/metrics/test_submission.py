@@ -46,9 +46,12 @@ def test_sharded_round_trip_and_package(tmp_path, rng):
         ids = np.array([7, 8, 9]) + 10 * k
         msgs.append(S.scenario_rollouts(f"scene{k}", ids, *(xyzh[..., i] for i in range(4))))
         arrays.append((ids, xyzh))
-    paths = S.write_submission(tmp_path, msgs, META, num_shards=2)
+    paths = S.write_submission(tmp_path, msgs, META, scenes_per_shard=3)
     assert [p.name for p in paths] == ["submission.binproto-00000-of-00002", "submission.binproto-00001-of-00002"]
     shard0 = S.read_submission(paths[0])
+    # The submit job's sharding: contiguous blocks of balanced sizes.
+    assert [m.scenario_id for m in shard0.scenario_rollouts] == ["scene0", "scene1"]
+    assert [m.scenario_id for m in S.read_submission(paths[1]).scenario_rollouts] == ["scene2", "scene3", "scene4"]
     assert shard0.unique_method_name == "dpa_omf_test" and list(shard0.authors) == ["A", "B"]
     assert shard0.acknowledge_complies_with_closed_loop_requirement
     merged = S.read_submission(paths)
@@ -99,7 +102,7 @@ def test_bad_inputs_refused(tmp_path):
         S.read_submission(p)
     msg = S.scenario_rollouts("s", [1], *(np.zeros((32, 1, 80)),) * 4)
     with pytest.raises(ValueError, match="given twice"):
-        S.write_submission(tmp_path, [msg, msg], META)
+        S.write_submission(tmp_path, [msg, msg], META, scenes_per_shard=1)
 
 
 def test_parameter_count_label():

@@ -1,7 +1,8 @@
-"""The benchmarks' command line (dpa_omf.tools.bench) at tiny sizes: the JSON contract of each subcommand."""
+"""The benchmarks (dpa_omf.tools.bench) at tiny sizes: the JSON contract of each subcommand, the timing helper."""
 
 import json
 import os
+import time
 
 os.environ.setdefault("POT_BACKEND_DISABLE_TENSORFLOW", "1")  # POT would import TF otherwise
 
@@ -10,7 +11,26 @@ import pytest
 from dpa_omf import allocator
 from dpa_omf.model import encoder as enc
 from dpa_omf.model import motion_lm as mlm
-from dpa_omf.tools import bench
+from dpa_omf.tools.bench import cli, rollout, timing
+
+
+def test_timed_excludes_the_warmup_and_reports_the_median():
+    calls = []
+
+    def fn(i):
+        calls.append(i)
+        time.sleep(0.05 if len(calls) == 1 else 0.001 * (i + 1))  # a slow first call: the warm-up
+        return i
+
+    t = timing.timed(fn, 3)
+    assert calls == [0, 0, 1, 2] and t.outputs == (0, 1, 2) and t.output == 2
+    assert t.warmup_s >= 0.05 and len(t.seconds) == len(t.cpu_seconds) == 3
+    assert t.median_s == sorted(t.seconds)[1] < 0.05
+    cold = timing.timed(fn, 2, warmup=False)
+    assert cold.warmup_s is None and calls[4:] == [0, 1]
+    with pytest.raises(ValueError, match="runs must be >= 1"):
+        timing.timed(fn, 0)
+
 
 TINY_OT = ["--scenes", "2", "--loop_scenes", "1", "--steps", "8", "--rollouts", "32", "--agents", "6"]
 
@@ -21,7 +41,7 @@ def test_bench_ot_runs_and_reports_the_contract(tmp_path):
     exact_host against the scipy / POT loops and raises otherwise)."""
     pytest.importorskip("ot")
     out = tmp_path / "ot.json"
-    bench.main(["ot", "--json", str(out), *TINY_OT, "--device_exact_scenes", "1",
+    cli.main(["ot", "--json", str(out), *TINY_OT, "--device_exact_scenes", "1",
                 "--methods", "ours_exact", "ours_sinkhorn"])
     r = json.loads(out.read_text())
     for name in ("scipy_lsa", "pot_emd", "ours_exact_host", "ours_exact", "ours_sinkhorn"):
@@ -36,7 +56,7 @@ def test_bench_ot_runs_and_reports_the_contract(tmp_path):
 def test_bench_ot_default_runs_only_the_fast_methods(tmp_path, restore_compilation_cache):
     pytest.importorskip("ot")
     out, cache = tmp_path / "ot.json", tmp_path / "cache"
-    bench.main(["--compilation_cache", str(cache), "ot", "--json", str(out), *TINY_OT])
+    cli.main(["--compilation_cache", str(cache), "ot", "--json", str(out), *TINY_OT])
     r = json.loads(out.read_text())
     # The folder is made and named; whether programs land in it depends on what this process compiled before
     # (JAX's in-memory cache answers first): tests/train/test_compilation_cache.py checks the writes.
@@ -45,14 +65,14 @@ def test_bench_ot_default_runs_only_the_fast_methods(tmp_path, restore_compilati
     assert r["agreement_scenes"] == {"ours_exact_host": 2, "scipy_lsa": 1, "pot_emd": 1}
     assert r["fastest_exact_equal"] == "ours_exact_host"
     with pytest.raises(ValueError, match="unknown methods"):
-        bench.main(["ot", "--json", str(out), *TINY_OT, "--methods", "hungarian"])
+        cli.main(["ot", "--json", str(out), *TINY_OT, "--methods", "hungarian"])
 
 
 @pytest.mark.slow  # two extra compiles (~20 s on an idle 2-core CPU)
 def test_time_rollouts_reports_both_samplers():
     tiny = mlm.ModelConfig(d_model=16, num_heads=2, mlp_ratio=1, enc_layers=1, dec_layers=1,
                            encoder=enc.EncoderConfig(k_agents=4, k_roadgraph=8, roadgraph_stride=1))
-    out = bench.time_rollouts(tiny, num_rollouts=2, agent_counts=(3,), rollout_chunk=2, repeats=1)
+    out = rollout.time_rollouts(tiny, num_rollouts=2, agent_counts=(3,), rollout_chunk=2, repeats=1)
     r = out["2x3"]
     assert set(r) >= {"cached_s", "uncached_s", "speedup"}
     assert r["cached_s"] > 0 and r["uncached_s"] > 0
@@ -62,7 +82,7 @@ def test_time_rollouts_reports_both_samplers():
 @pytest.mark.slow  # one compile of the smoke-sized pretraining step
 def test_bench_train_times_the_pretraining_step(tmp_path):
     out = tmp_path / "train.json"
-    bench.main(["train", "--json", str(out), "--config", "smoke", "--agents", "8", "--batch", "8"])
+    cli.main(["train", "--json", str(out), "--config", "smoke", "--agents", "8", "--batch", "8"])
     r = json.loads(out.read_text())
     (one,) = r["results"]
     assert one["num_agents"] == 8 and one["batch"] == 8 and len(one["step_s_all"]) == 3
@@ -70,8 +90,9 @@ def test_bench_train_times_the_pretraining_step(tmp_path):
 
 
 def test_bench_compare_alternates_and_reports_the_ratio(tmp_path, monkeypatch):
-    from dpa_omf.tools import bench_compare
+    from dpa_omf.tools.bench import compare as bench_compare
 
+    assert (bench_compare.REPO / "pyproject.toml").is_file()  # the repository root: the tree "current" runs
     calls = []
 
     def fake_run(tree, bench, out, metric):

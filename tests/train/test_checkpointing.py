@@ -27,7 +27,7 @@ def _config(**kw):
 def uninterrupted(tmp_path_factory):
     """The reference run: 12 steps without interruption (params, loss curve)."""
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    result = loop.train(mse_loss, init_params, batch_factory(), _config(), workdir, "toy")
+    result = loop.train(loop.Objective(mse_loss, init_params), batch_factory(), _config(), workdir, "toy")
     assert result.status == loop.COMPLETED
     return params_leaves(result.state), loss_curve(workdir / "toy")
 
@@ -45,7 +45,8 @@ def test_sigterm_saves_exits_and_resumes_to_identical_params(tmp_path, uninterru
             os.kill(os.getpid(), signal.SIGTERM)
 
     before = signal.getsignal(signal.SIGTERM)
-    first = loop.train(mse_loss, init_params, batch_factory(), _config(), tmp_path, "toy", hooks=[sigterm_at_7])
+    first = loop.train(loop.Objective(mse_loss, init_params), batch_factory(), _config(), tmp_path, "toy",
+                       reporting=loop.Reporting(hooks=[sigterm_at_7]))
     assert first.status == loop.PREEMPTED
     assert first.exit_code == checkpointing.EXIT_PREEMPTED == 75
     assert int(first.state.step) == 7
@@ -54,7 +55,7 @@ def test_sigterm_saves_exits_and_resumes_to_identical_params(tmp_path, uninterru
     assert checkpointing.Checkpointer(ckpt_dir).all_steps() == [6, 7]  # keep=2: 3 was dropped
     assert not (tmp_path / "toy" / "summary.json").exists(), "a preempted stage must not look finished"
 
-    second = loop.train(mse_loss, init_params, batch_factory(), _config(), tmp_path, "toy")
+    second = loop.train(loop.Objective(mse_loss, init_params), batch_factory(), _config(), tmp_path, "toy")
     assert second.status == loop.COMPLETED and second.summary["resumed_from_step"] == 7
     assert int(second.state.data_index) == NUM_STEPS
     _assert_same_run(second, tmp_path, uninterrupted)
@@ -71,15 +72,16 @@ def test_crash_resumes_from_last_checkpoint_keep_n(tmp_path, uninterrupted):
             raise CrashError
 
     with pytest.raises(CrashError):
-        loop.train(mse_loss, init_params, batch_factory(), _config(), tmp_path, "toy", hooks=[crash_at_8])
+        loop.train(loop.Objective(mse_loss, init_params), batch_factory(), _config(), tmp_path, "toy",
+                   reporting=loop.Reporting(hooks=[crash_at_8]))
     ckpt_dir = tmp_path / "toy" / "checkpoints"
     assert checkpointing.Checkpointer(ckpt_dir).all_steps() == [3, 6]
     logged = [r["step"] for r in stage_log.read_metrics(tmp_path / "toy" / "metrics.jsonl")]
     assert logged == list(range(1, 9))
 
     seen = []
-    result = loop.train(mse_loss, init_params, batch_factory(), _config(), tmp_path, "toy",
-                        hooks=[lambda step, state: seen.append(step)])
+    result = loop.train(loop.Objective(mse_loss, init_params), batch_factory(), _config(), tmp_path, "toy",
+                        reporting=loop.Reporting(hooks=[lambda step, state: seen.append(step)]))
     assert seen == list(range(7, NUM_STEPS + 1))
     assert result.summary["resumed_from_step"] == 6
     logged = [r["step"] for r in stage_log.read_metrics(tmp_path / "toy" / "metrics.jsonl")]
@@ -88,8 +90,9 @@ def test_crash_resumes_from_last_checkpoint_keep_n(tmp_path, uninterrupted):
     _assert_same_run(result, tmp_path, uninterrupted)
 
     # A third start finds the run finished: no step runs, the summary is rewritten with the eval.
-    again = loop.train(mse_loss, init_params, batch_factory(), _config(), tmp_path, "toy",
-                       hooks=[lambda step, state: seen.append(step)], eval_batches_fn=eval_batches)
+    again = loop.train(loop.Objective(mse_loss, init_params), batch_factory(), _config(), tmp_path, "toy",
+                       reporting=loop.Reporting(eval_batches_fn=eval_batches,
+                                                hooks=[lambda step, state: seen.append(step)]))
     assert seen == list(range(7, NUM_STEPS + 1))
     assert again.summary["steps"] == NUM_STEPS and "eval_loss" in again.summary
     assert again.summary["first_loss"] == uninterrupted[1][0]
@@ -165,7 +168,8 @@ from test_trainer import batch_factory, init_params, mse_loss, params_leaves
 
 workdir, slow = sys.argv[1], sys.argv[2] == "slow"
 hooks = [lambda step, state: time.sleep(0.3)] if slow else []
-result = loop.train(mse_loss, init_params, batch_factory(), _config(), workdir, "toy", hooks=hooks)
+result = loop.train(loop.Objective(mse_loss, init_params), batch_factory(), _config(), workdir, "toy",
+                    reporting=loop.Reporting(hooks=hooks))
 np.savez(workdir + "/params.npz", *params_leaves(result.state))
 sys.exit(result.exit_code)
 """

@@ -110,7 +110,8 @@ def params_leaves(state) -> list[np.ndarray]:
 def test_overfit_loss_falls_and_outputs_written(tmp_path):
     cfg = toy_config(num_steps=200, log_every=20, eval_every=100,
                      optim=optim.OptimConfig(learning_rate=3e-2, warmup_steps=5))
-    result = loop.train(mse_loss, init_params, batch_factory(), cfg, tmp_path, "toy", eval_batches_fn=eval_batches)
+    result = loop.train(loop.Objective(mse_loss, init_params), batch_factory(), cfg, tmp_path, "toy",
+                        reporting=loop.Reporting(eval_batches_fn=eval_batches))
     assert result.status == loop.COMPLETED and result.exit_code == 0
     s = result.summary
     # Measured: 0.42 -> 0.016 (train), 0.021 (held-out).
@@ -135,7 +136,7 @@ def test_overfit_loss_falls_and_outputs_written(tmp_path):
 def test_masked_metrics_divided_once_on_host(tmp_path):
     """eval 'mse' is sum(se) / sum(count) over batches, not the mean of batch means."""
     cfg = toy_config(num_steps=1)
-    trainer = loop.Trainer(mse_loss, init_params, cfg)
+    trainer = loop.Trainer(loop.Objective(mse_loss, init_params), cfg)
     state = trainer.init()
     b1, b2 = make_batch(0), make_batch(1)
     b2["mask"][:] = 0.0
@@ -157,9 +158,9 @@ def test_masked_metrics_divided_once_on_host(tmp_path):
 def test_eight_devices_match_one_device(tmp_path):
     assert jax.device_count() == 8, "conftest should fake 8 CPU devices"
     cfg = toy_config(num_steps=15)
-    one = loop.train(mse_loss, init_params, batch_factory(), cfg, tmp_path / "one", "toy",
+    one = loop.train(loop.Objective(mse_loss, init_params), batch_factory(), cfg, tmp_path / "one", "toy",
                      mesh=sharding.make_mesh(devices=jax.devices()[:1]))
-    eight = loop.train(mse_loss, init_params, batch_factory(), cfg, tmp_path / "eight", "toy",
+    eight = loop.train(loop.Objective(mse_loss, init_params), batch_factory(), cfg, tmp_path / "eight", "toy",
                        mesh=sharding.make_mesh(data=8))
     assert one.summary["num_devices"] == 1 and eight.summary["num_devices"] == 8
     c1, c8 = loss_curve(tmp_path / "one" / "toy"), loss_curve(tmp_path / "eight" / "toy")
@@ -184,8 +185,8 @@ def test_no_retrace_after_first_step(tmp_path):
 
     # Checkpoints (async, donated state) and evaluations in between steps must not cause recompiles.
     cfg = toy_config(num_steps=12, log_every=3, eval_every=4, checkpoint_every=5)
-    result = loop.train(counted_loss, init_params, batch_factory(), cfg, tmp_path, "toy",
-                        eval_fn=counted_eval, eval_batches_fn=eval_batches)
+    result = loop.train(loop.Objective(counted_loss, init_params, eval_fn=counted_eval), batch_factory(), cfg,
+                        tmp_path, "toy", reporting=loop.Reporting(eval_batches_fn=eval_batches))
     assert result.status == loop.COMPLETED
     assert traces == {"loss": 1, "eval": 1}
 
@@ -194,7 +195,7 @@ def test_nan_loss_raises_naming_the_step(tmp_path):
     # Batch index 6 is consumed by step 7; the check runs every 5 steps but names step 7.
     cfg = toy_config(num_steps=20, log_every=5, checkpoint_every=5)
     with pytest.raises(loop.NonFiniteLossError, match=r"at step 7\b") as err:
-        loop.train(mse_loss, init_params, batch_factory(nan_at=6), cfg, tmp_path, "toy")
+        loop.train(loop.Objective(mse_loss, init_params), batch_factory(nan_at=6), cfg, tmp_path, "toy")
     assert err.value.step == 7
     # Nothing at or after the bad step was checkpointed; no summary for a failed run.
     from dpa_omf.train import checkpointing
@@ -205,7 +206,8 @@ def test_nan_loss_raises_naming_the_step(tmp_path):
 
 def test_frozen_pytree_reaches_loss_and_is_never_saved(tmp_path):
     """Alignment pattern: start from a reference model's params, keep a frozen copy."""
-    pre = loop.train(mse_loss, init_params, batch_factory(), toy_config(num_steps=5), tmp_path, "pretrain")
+    pre = loop.train(loop.Objective(mse_loss, init_params), batch_factory(), toy_config(num_steps=5), tmp_path,
+                     "pretrain")
     from dpa_omf.train import checkpointing
 
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), pre.state.params)
@@ -220,8 +222,8 @@ def test_frozen_pytree_reaches_loss_and_is_never_saved(tmp_path):
         drift = sum(jnp.sum((p - q) ** 2) for p, q in zip(jax.tree.leaves(params), jax.tree.leaves(frozen)))
         return loss + drift, {**m, "drift": drift}
 
-    result = loop.train(anchored_loss, init_params, batch_factory(5), toy_config(num_steps=3), tmp_path, "align",
-                        frozen=reference, initial_params=reference)
+    result = loop.train(loop.Objective(anchored_loss, init_params, frozen=reference, initial_params=reference),
+                        batch_factory(5), toy_config(num_steps=3), tmp_path, "align")
     records = stage_log.read_metrics(tmp_path / "align" / "metrics.jsonl")
     assert records[0]["drift"] == 0.0  # started exactly at the reference
     assert records[-1]["drift"] > 0.0
@@ -249,12 +251,12 @@ def test_logical_axis_params_follow_the_rules_on_the_data_mesh(tmp_path):
     def init(r):
         return model.init(r, jnp.zeros((1, 4)))["params"]
 
-    default = loop.Trainer(loss, init, toy_config(num_steps=3)).init()
+    default = loop.Trainer(loop.Objective(loss, init), toy_config(num_steps=3)).init()
     assert default.params["Dense_0"]["kernel"].sharding.is_fully_replicated
 
     rules = (("batch", "data"), ("mlp", "data"))
     cfg = toy_config(num_steps=3, mesh=sharding.MeshConfig(data=8, rules=rules))
-    trainer = loop.Trainer(count_traces(loss), init, cfg)
+    trainer = loop.Trainer(loop.Objective(count_traces(loss), init), cfg)
     state = trainer.init()
     kernel = state.params["Dense_0"]["kernel"]
     assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "data")
@@ -304,7 +306,7 @@ def test_clipping_bounds_the_update():
 
 
 def test_lower_step_for_ahead_of_time_memory_check():
-    trainer = loop.Trainer(mse_loss, init_params, toy_config(num_steps=1))
+    trainer = loop.Trainer(loop.Objective(mse_loss, init_params), toy_config(num_steps=1))
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), make_batch(0))
     compiled = trainer.lower_step(shapes).compile()
     mem = compiled.memory_analysis()

@@ -36,7 +36,7 @@ DEFAULT_METRICS = {
     "evaluate": "scenes_per_second.batched",
     "train": "results.0.scenes_per_s",
 }
-REPO = pathlib.Path(__file__).resolve().parents[2]
+REPO = pathlib.Path(__file__).resolve().parents[3]
 
 
 def metric_value(result: dict, path: str) -> float:

@@ -5,7 +5,8 @@
 At the configured sizes (``configs/align.py:<config>``: ``align.batch_size``
 scenes per round, ``align.online.num_rollouts`` rollouts each, the curate
 section's features and solver, ``steps_per_round`` updates) on one device,
-each part compiled alone and timed ``--repeats`` times (medians):
+each part compiled alone (a warm-up call, under ``compile``) and timed ``--repeats`` times
+(``timing.timed``; medians):
 
 * ``sampling``: the round's rollouts (``sampling.sample`` vmapped over scenes);
 * ``features``: ``curation.featurize_batch`` (sampling + features of rollouts
@@ -29,7 +30,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import resource
-import time
 
 import jax
 import numpy as np
@@ -42,6 +42,7 @@ from dpa_omf.model import motion_lm as mlm
 from dpa_omf.model import sampling
 from dpa_omf.preference import curation
 from dpa_omf.synthetic import dataset as synthetic
+from dpa_omf.tools.bench import timing
 from dpa_omf.train import checkpointing, loop
 
 
@@ -49,19 +50,6 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="online", help="variant of configs/align.py (online is added)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs after compiling (median)")
     p.add_argument("--reference", action="store_true", help="use the packaged reference's parameters")
-
-
-def _timed(fn, *args, repeats: int) -> tuple[float, float, object]:
-    """(compile + first run seconds, median seconds of ``repeats`` more runs, the last output)."""
-    t = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    first = time.perf_counter() - t
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t)
-    return first, float(np.median(times)), out
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -90,34 +78,35 @@ def run(args: argparse.Namespace) -> dict:
     out = {"config": variants, "params": source, "scenes_per_round": b, "rollouts_per_scene": ccfg.rollout.num_rollouts,
            "updates_per_round": c.align.online.steps_per_round, "loss": cfg.online.loss, "solver": ccfg.ot.solver,
            "solver_choice": why, "num_agents": c.data.num_agents, "device": jax.devices()[0].device_kind}
-    first, out["sampling_s"], _ = _timed(sample, params, scenes, keys, repeats=reps)
-    out["compile"] = {"sampling_s": first}
-    first, feat_s, feats = _timed(featurize, params, scenes, keys, repeats=reps)
-    out["compile"]["featurize_s"] = first
-    out["features_s"] = max(feat_s - out["sampling_s"], 0.0)
-    host_feats = jax.device_get(feats)  # the job's exact host solver runs on the host copy, as in curation
-    first, out["ot_s"], ranked = _timed(rank, host_feats, repeats=reps)
-    out["compile"]["ot_s"] = first
+    t = timing.timed(lambda i: sample(params, scenes, keys), reps)
+    out["sampling_s"], out["compile"] = t.median_s, {"sampling_s": t.warmup_s}
+    t = timing.timed(lambda i: featurize(params, scenes, keys), reps)
+    out["compile"]["featurize_s"] = t.warmup_s
+    out["features_s"] = max(t.median_s - out["sampling_s"], 0.0)
+    host_feats = jax.device_get(t.output)  # the job's exact host solver runs on the host copy, as in curation
+    t = timing.timed(lambda i: rank(host_feats), reps)
+    out["ot_s"], out["compile"]["ot_s"], ranked = t.median_s, t.warmup_s, t.output
 
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
     tcfg = dataclasses.replace(align.train_config(c), progress_bar=False)
     loss_fn = align.make_loss_fn(model, cfg)
     prepared = jax.device_get(dict(scenario=scenes, tokens=ranked["tokens"], distance=ranked["ot_distance"],
                                    preferred=ranked["preferred"], unpreferred=ranked["unpreferred"]))
-    updates = loop.Trainer(loss_fn, lambda r: params, tcfg, mesh=mesh, frozen=params, initial_params=params)
-    rounds = loop.Trainer(loss_fn, lambda r: params, tcfg, mesh=mesh, frozen=params, initial_params=params,
-                          prepare_fn=align.METHODS["online"].prepare(model, cfg, ccfg))
+    objective = loop.Objective(loss_fn, lambda r: params, frozen=params, initial_params=params)
+    updates = loop.Trainer(objective, tcfg, mesh=mesh)
+    rounds = loop.Trainer(dataclasses.replace(objective, prepare_fn=align.METHODS["online"].prepare(model, cfg, ccfg)),
+                          tcfg, mesh=mesh)
     raw = dict(scenario=jax.device_get(scenes), keys=np.asarray(jax.device_get(jax.random.key_data(keys))))
     for name, trainer, batch in (("update", updates, prepared), ("round", rounds, raw)):
         state = trainer.init()
 
-        def step(trainer=trainer, batch=batch):
+        def step(i, trainer=trainer, batch=batch):
             nonlocal state
             state, metrics = trainer.step(state, batch)
             return metrics
 
-        first, out[f"{name}_s"], _ = _timed(step, repeats=reps)
-        out["compile"][f"{name}_s"] = first
+        t = timing.timed(step, reps)
+        out[f"{name}_s"], out["compile"][f"{name}_s"] = t.median_s, t.warmup_s
     out["parts_sum_s"] = out["sampling_s"] + out["features_s"] + out["ot_s"] + out["update_s"]
     out["rollouts_per_s"] = b * ccfg.rollout.num_rollouts / out["round_s"]
     out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -17,11 +17,12 @@ prefetch, no workers), ``prepared`` (the prepare stage's files,
 ``io.prepared``: no prefetch, no workers), ``prepared_workers_N`` for each N in
 ``--workers`` (grain worker processes; ``prefetch`` 2 per worker; worker start-up
 is excluded: the clock starts after the first batch) and ``raw_workers_2``.
-Every rate is scenes per second, timed over at least ``--seconds`` and
-``--min_batches`` batches; ``prepare_seconds_per_scene`` is the one-off cost of
-preparing. The JSON's ``scenes_per_second`` is the ``womd`` set (the
-``synthetic`` set is under ``datasets``), with the machine's load average at
-the start: other jobs sharing the CPU lower every figure.
+Every rate is scenes per second of a stream, timed over at least ``--seconds``
+and ``--min_batches`` batches (the one benchmark not timed by
+``timing.timed``'s median of repeated calls: a pipeline is a stream);
+``prepare_seconds_per_scene`` is the one-off cost of preparing. The JSON's
+``scenes_per_second`` is the ``womd`` set (the ``synthetic`` set is under
+``datasets``), with the machine's load average at the start: other jobs sharing the CPU lower every figure.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ device count D a fresh process with D (fake, on a CPU) devices times:
   ``jobs.realism_eval.Evaluator``): ``scenes_per_device`` scenes per device
   per step, split over the D devices.
 
-Each is timed ``--repeats`` times after one compiling pass; scenes/s are
-medians. The JSON has ``scenes_per_second`` (``{per_scene_loop, batched}`` of
+Each is timed ``--repeats`` times after one compiling pass (``timing.timed``);
+scenes/s are medians. The JSON has ``scenes_per_second`` (``{per_scene_loop, batched}`` of
 the first device count, and per device count under ``by_devices``), whether
 both paths gave identical results, the peak RSS of each process and the
 compiled memory of the batched curate step.
@@ -28,10 +28,8 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -46,6 +44,7 @@ from dpa_omf.model import motion_lm as mlm
 from dpa_omf.model import sampling
 from dpa_omf.preference import curation
 from dpa_omf.synthetic import dataset as synthetic
+from dpa_omf.tools.bench import timing
 from dpa_omf.train import checkpointing, sharding
 
 
@@ -71,18 +70,6 @@ def _setup(num_agents: int):
 def _scenes(c, n: int) -> list[dt.Scenario]:
     syn = cfg_lib.synthetic_world(c)
     return [synthetic.generate_scenario(10_000 + i, syn) for i in range(n)]
-
-
-def _timed(fn, repeats: int) -> tuple[float, float, object]:
-    t0 = time.perf_counter()
-    out = fn()
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return first, statistics.median(times), out
 
 
 def _curate_worker(args: argparse.Namespace) -> dict:
@@ -152,8 +139,10 @@ def _evaluate_worker(args: argparse.Namespace) -> dict:
 
 
 def _compare(loop, batched, repeats: int, n: int) -> dict:
-    c_loop, t_loop, a = _timed(loop, repeats)
-    c_batch, t_batch, b = _timed(batched, repeats)
+    t = timing.timed(lambda i: loop(), repeats)
+    c_loop, t_loop, a = t.warmup_s, t.median_s, t.output
+    t = timing.timed(lambda i: batched(), repeats)
+    c_batch, t_batch, b = t.warmup_s, t.median_s, t.output
     same = all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a) if isinstance(a, dict) else a == b
     # (evaluation: the loop fits the metric's sizes per scene, the batch per group: equal up to float rounding)
     return {"scenes": n, "scenes_per_second": {"per_scene_loop": n / t_loop, "batched": n / t_batch},
