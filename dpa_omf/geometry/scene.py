@@ -71,9 +71,11 @@ def polyline_lengths(ids: Array, keep: Array) -> tuple[Array, Array, Array, Arra
     return first, last, same_next, n, jnp.max(n)
 
 
-def road_edge_index(edges: geo.Segments, cells: int = 64, k: int = 64) -> segment_index.SegmentIndex:
-    """The scene's road-edge grid (``segment_index.build_segment_index``), built once and reused by every query."""
-    return segment_index.build_segment_index(edges, cells, k)
+def road_edge_index(edges: geo.Segments, cells: int = 64, k: int = 64, points: Array | None = None,
+                    points_valid: Array | None = None) -> segment_index.SegmentIndex:
+    """The scene's road-edge grid (``segment_index.build_segment_index``), built once and reused by every query;
+    ``points`` / ``points_valid``: the queries' box centres, whose extent the grid also covers."""
+    return segment_index.build_segment_index(edges, cells, k, points, points_valid)
 
 
 def road_edge_segments(rg: dt.RoadGraph, max_points: int | None = None) -> tuple[geo.Segments, Array]:

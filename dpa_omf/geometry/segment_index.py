@@ -4,7 +4,11 @@ The road graph is static within a scene, so its segments are indexed once per
 scene and the index serves every rollout, agent, step and box corner.
 
 Index (``build_segment_index``): a ``G x G`` grid of cells over the bounding
-box of the valid segments (plus a margin). Each cell keeps the ``K`` segments
+box of the valid segments and of the queries' points when the caller gives
+them (plus a margin): boxes far off the map then fall inside the grid, where
+the k-nearest bound certifies nearly all of them (synthetic align scenes, 64
+rollouts: 164 of 450,560 corner queries uncertified, against 64,439 with the
+map-only extent). Each cell keeps the ``K`` segments
 with the smallest planar distance to the (slightly inflated) cell rectangle,
 sorted by segment index, and ``bound2``: the squared planar distance from the
 cell to its ``K``-th closest segment, which every other segment is at least
@@ -53,6 +57,7 @@ Array = Any
 # absolute coordinates up to ~1e5 m.
 _SLACK_M = 0.05
 _MARGIN_M = 5.0  # grid extends this far beyond the segments' bounding box
+_MAX_COVER_M = 150.0  # and at most this far to cover the queries' points
 _BUILD_CHUNK = 1 << 21  # cells x segments evaluated at once while building
 _FALLBACK_ELEMENTS = 1 << 24  # queries x segments per exhaustive fallback pass (~64 MB of float32)
 
@@ -79,16 +84,32 @@ class SegmentIndex:
         return math.isqrt(self.bound2.shape[-1])
 
 
-def build_segment_index(seg: geo.Segments, cells: int = 64, k: int = 64) -> SegmentIndex:
-    """Builds the grid index of ``seg`` (``[S]`` arrays): ``cells x cells`` cells, ``k`` candidates each."""
+def build_segment_index(seg: geo.Segments, cells: int = 64, k: int = 64, points: Array | None = None,
+                        points_valid: Array | None = None) -> SegmentIndex:
+    """Builds the grid index of ``seg`` (``[S]`` arrays): ``cells x cells`` cells, ``k`` candidates each.
+
+    ``points`` (``[..., 2+]``, optional, with bool ``points_valid`` broadcastable to ``[...]``): where the
+    queries will be (e.g. the box centres of every rollout); the grid then spans the union of the segments'
+    extent and theirs (non-finite points ignored; at most 150 m beyond the segments'), so boxes far off the
+    map fall in a cell whose bound certifies them instead of going to the fallback.
+    """
     s = seg.valid.shape[0]
     k = min(k, s)
     a, b = seg.start[:, :2], seg.end[:, :2]
     smin = jnp.where(seg.valid[:, None], jnp.minimum(a, b), jnp.inf)  # [S, 2] segment boxes
     smax = jnp.where(seg.valid[:, None], jnp.maximum(a, b), -jnp.inf)
+    ext_lo, ext_hi = smin.min(0), smax.max(0)
+    if points is not None:
+        p2 = points[..., :2].reshape(-1, 2)
+        pv = jnp.broadcast_to(points_valid, points.shape[:-1]).reshape(-1, 1)
+        pv = pv & jnp.all(jnp.isfinite(p2), -1, keepdims=True)
+        # At most _MAX_COVER_M beyond the segments: garbage positions (log replay copies them at invalid
+        # logged steps) would otherwise stretch the grid over kilometres; farther points fall back.
+        ext_lo = jnp.maximum(jnp.minimum(ext_lo, jnp.min(jnp.where(pv, p2, jnp.inf), axis=0)), ext_lo - _MAX_COVER_M)
+        ext_hi = jnp.minimum(jnp.maximum(ext_hi, jnp.max(jnp.where(pv, p2, -jnp.inf), axis=0)), ext_hi + _MAX_COVER_M)
     any_valid = jnp.any(seg.valid)
-    lo = jnp.where(any_valid, smin.min(0) - _MARGIN_M, 0.0)
-    hi = jnp.where(any_valid, smax.max(0) + _MARGIN_M, 1.0)
+    lo = jnp.where(any_valid, ext_lo - _MARGIN_M, 0.0)
+    hi = jnp.where(any_valid, ext_hi + _MARGIN_M, 1.0)
     size = (hi - lo) / cells
 
     def cell_block(rows: Array) -> tuple[Array, Array]:  # rows [R] -> [R * cells, k], [R * cells]

@@ -229,11 +229,16 @@ def compute_features(scenario: dt.Scenario, sim_xyzh: Array, config: RealismConf
         scenario = scenario.replace(agents=scenario.agents.replace(sim_mask=sim_mask))
     a = scenario.agents
     eval_index, eval_valid, eval_over = _eval_slots(a, config.max_eval_agents)
-    md = wf.prepare_map(scenario.roadgraph, config.max_road_edge_points, config.max_lane_points,
-                        config.road_edge_grid, config.road_edge_candidates)
-    sig = wf.prepare_signals(scenario.traffic_lights, md)
     h = dt.NUM_HISTORY
     log_future = jnp.stack([a.x, a.y, a.z, a.heading], axis=-1)[None, :, h:]
+    # The road-edge grid also covers where the evaluated boxes are, log and rollouts.
+    cover_xy = jnp.concatenate([log_future[:, eval_index, :, :2], sim_xyzh[:, eval_index, :, :2]], axis=0)
+    cover_valid = jnp.concatenate([(a.valid[:, h:][eval_index] & eval_valid[:, None])[None],
+                                   jnp.broadcast_to(eval_valid[None, :, None], sim_xyzh.shape[:1] + eval_valid.shape
+                                                    + sim_xyzh.shape[2:3])], axis=0)
+    md = wf.prepare_map(scenario.roadgraph, config.max_road_edge_points, config.max_lane_points,
+                        config.road_edge_grid, config.road_edge_candidates, cover_xy.astype(jnp.float32), cover_valid)
+    sig = wf.prepare_signals(scenario.traffic_lights, md)
     log, log_inexact, log_counts = _features_for(scenario, log_future, a.valid[None, :, h:], eval_index, eval_valid,
                                      md, sig, config, 1)
     sim_valid = jnp.ones(sim_xyzh.shape[:3], bool)

@@ -219,7 +219,8 @@ class MapData:
 
 def prepare_map(rg: dt.RoadGraph, max_road_edge_points: int | None = None,
                 max_lane_points: int | None = None, road_edge_grid: int | None = None,
-                road_edge_candidates: int = 64) -> MapData:
+                road_edge_candidates: int = 64, cover_xy: Array | None = None,
+                cover_valid: Array | None = None) -> MapData:
     """Road-edge segments (and their index) and lane segments of one scene (``[P]`` road graph).
 
     Args:
@@ -228,9 +229,13 @@ def prepare_map(rg: dt.RoadGraph, max_road_edge_points: int | None = None,
         every road-graph slot); see ``wosac.RealismConfig``.
       road_edge_grid, road_edge_candidates: the road-edge index (grid None:
         none, exhaustive search).
+      cover_xy, cover_valid: ``[..., 2]`` box centres of the road-edge queries
+        (and bool validity) whose extent the index also covers (None: the
+        road edges' extent only).
     """
     edges, e_over = scene.road_edge_segments(rg, max_road_edge_points)
-    index = None if road_edge_grid is None else scene.road_edge_index(edges, road_edge_grid, road_edge_candidates)
+    index = None if road_edge_grid is None else scene.road_edge_index(edges, road_edge_grid, road_edge_candidates,
+                                                                      cover_xy, cover_valid)
     is_lane = rg.valid & (rg.type == dt.RG_LANE_SURFACE_STREET)
     lxyz, lid, lkeep, l_over = scene.compact_points(rg, is_lane, max_lane_points)
     _, _, same_next, ln, lmax = scene.polyline_lengths(lid, lkeep)

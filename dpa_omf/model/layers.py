@@ -98,8 +98,15 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
     as a bias, the scale folded into ``q``, the normalisation applied to the output and a
     closed-form backward pass.
     """
+    return attend_heads_first(q, jnp.swapaxes(k, -2, -3), jnp.swapaxes(v, -2, -3), mask)
+
+
+def attend_heads_first(q: jax.Array, kh: jax.Array, vh: jax.Array, mask: jax.Array) -> jax.Array:
+    """``attend`` with keys and values already heads-first, ``[..., H, K, Dh]``: what a KV cache
+    or a per-scene cross-attention context keeps, so no step transposes them (the transposes
+    took a quarter of the cached sampler's time on a CPU). ``q`` ``[..., Q, H, Dh]``, mask and
+    result as in ``attend``."""
     qh = jnp.swapaxes(q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype), -2, -3)  # [..., H, Q, Dh]
-    kh, vh = jnp.swapaxes(k, -2, -3), jnp.swapaxes(v, -2, -3)
     return jnp.swapaxes(_attend_hf(qh, kh, vh, _as_bias(mask)), -2, -3)
 
 
@@ -170,6 +177,10 @@ class Attention(nn.Module):
 
     def output(self, q, k, v, mask):
         return _apply_dense(attend(q, k, v, mask), self.out_proj(), 2)
+
+    def output_heads_first(self, q, kh, vh, mask):
+        """``output`` from heads-first keys/values ``[..., H, K, Dh]`` (``attend_heads_first``)."""
+        return _apply_dense(attend_heads_first(q, kh, vh, mask), self.out_proj(), 2)
 
     def __call__(self, x_q, x_kv, mask):
         k, v = self.kv(x_kv)
@@ -245,14 +256,18 @@ class DecoderBlock(nn.Module):
         self.mlp = Mlp(self.d_model * self.mlp_ratio, self.d_model, self.dtype)
 
     def cross_kv(self, ctx):
-        """Context ``[A, K, D]`` -> cross-attention (k, v) ``[A, K, H, Dh]`` (once per scene)."""
-        return self.cross_attn.kv(ctx)
+        """Context ``[A, K, D]`` -> cross-attention keys ``[A, H, Dh, K]`` and values ``[A, H, K, Dh]``,
+        once per scene, in the layouts the attention's two matmuls read (no per-step transposes)."""
+        k, v = self.cross_attn.kv(ctx)  # [A, K, H, Dh]
+        # The barrier keeps XLA from folding these transposes into their readers, which would
+        # move them back into the sampler's step loop (once per step).
+        return jax.lax.optimization_barrier((jnp.moveaxis(k, -3, -1), jnp.swapaxes(v, -2, -3)))
 
     def _cross_and_mlp(self, x, cross_k, cross_v, ctx_mask):
-        # x: [..., A, Q, D]; each agent attends to its own context only.
+        # x: [..., A, Q, D]; cross_k, cross_v: cross_kv's layouts; each agent attends to its own context only.
         h = self.ln_cross(x)
-        x = x + self.cross_attn.output(self.cross_attn.query(h), cross_k, cross_v,
-                                       ctx_mask[..., None, None, :])
+        x = x + self.cross_attn.output_heads_first(self.cross_attn.query(h), jnp.swapaxes(cross_k, -1, -2),
+                                                   cross_v, ctx_mask[..., None, None, :])
         return x + self.mlp(self.ln_mlp(x))
 
     def forward(self, x, self_bias, ctx, ctx_bias):
@@ -279,7 +294,7 @@ class DecoderBlock(nn.Module):
         Args:
           x: ``[A, S, D]`` decoder tokens.
           self_mask: bool ``[A * S, A * S]`` (query, key) on the flattened agent-major order.
-          cross_k, cross_v: ``[A, K, H, Dh]``; ctx_mask: bool ``[A, K]``.
+          cross_k, cross_v: ``[A, H, K, Dh]`` (``cross_kv``); ctx_mask: bool ``[A, K]``.
         """
         a, s, d = x.shape
         h = self.ln_self(x).reshape(a * s, d)
@@ -291,7 +306,8 @@ class DecoderBlock(nn.Module):
 
         Args:
           x_t: ``[A, D]`` inputs of step ``t``.
-          cache_k, cache_v: ``[A, S, H, Dh]`` keys/values of steps < t (rest arbitrary).
+          cache_k, cache_v: heads-first ``[H, A, S, Dh]`` keys/values of steps < t (rest
+            arbitrary): ``[H, A * S, Dh]`` as attention reads them, with no transpose.
           t: int32 scalar step index.
           key_mask: bool ``[A]`` agents that may be attended to.
           cross_k, cross_v, ctx_mask: as in ``__call__``.
@@ -300,15 +316,15 @@ class DecoderBlock(nn.Module):
         """
         h = self.ln_self(x_t)
         k_t, v_t = self.self_attn.kv(h)  # [A, H, Dh]
-        cache_k = jax.lax.dynamic_update_index_in_dim(cache_k, k_t.astype(cache_k.dtype), t, 1)
-        cache_v = jax.lax.dynamic_update_index_in_dim(cache_v, v_t.astype(cache_v.dtype), t, 1)
-        a, s = cache_k.shape[:2]
+        put = lambda cache, new: jax.lax.dynamic_update_index_in_dim(
+            cache, jnp.swapaxes(new, 0, 1).astype(cache.dtype), t, 2)
+        cache_k, cache_v = put(cache_k, k_t), put(cache_v, v_t)
+        nh, a, s, dh = cache_k.shape
         steps = jnp.arange(s)
         mask = (steps[None, :] <= t) & key_mask[:, None]  # [A', S] keys
         q = self.self_attn.query(h)  # [A, H, Dh]
-        out = self.self_attn.output(q, cache_k.reshape((a * s,) + cache_k.shape[2:]),
-                                    cache_v.reshape((a * s,) + cache_v.shape[2:]),
-                                    mask.reshape(1, 1, a * s))
+        out = self.self_attn.output_heads_first(q, cache_k.reshape(nh, a * s, dh), cache_v.reshape(nh, a * s, dh),
+                                                mask.reshape(1, 1, a * s))
         x_t = x_t + out
         x_t = self._cross_and_mlp(x_t[:, None], cross_k, cross_v, ctx_mask)[:, 0]
         return x_t, cache_k, cache_v

@@ -87,7 +87,7 @@ class _Net(nn.Module):
                                         c.num_steps, c.dtype)
 
     def encode(self, ctx, pose):
-        """-> dict(agent_emb [A, D], ctx_mask [A, K], cross_kvs per layer ([A, K, H, Dh]) x 2)."""
+        """-> dict(agent_emb [A, D], ctx_mask [A, K], cross_kvs per layer: keys [A, H, Dh, K], values [A, H, K, Dh])."""
         tokens, ctx_mask, pooled = self.encoder(ctx)
         return dict(agent_emb=self.decoder.agent_embedding(pooled, pose), ctx_mask=ctx_mask,
                     cross_kvs=self.decoder.cross_kv(tokens))
@@ -156,9 +156,9 @@ class MotionLM:
         return dict(e, agent_mask=mask)
 
     def init_cache(self, num_agents: int):
-        """Zero KV cache of one scene: per layer (k, v) ``[A, S, H, Dh]`` in the compute dtype."""
+        """Zero KV cache of one scene: per layer (k, v) heads-first ``[H, A, S, Dh]`` in the compute dtype."""
         c = self.config
-        shape = (num_agents, c.num_steps, c.num_heads, c.d_model // c.num_heads)
+        shape = (c.num_heads, num_agents, c.num_steps, c.d_model // c.num_heads)
         z = lambda: jnp.zeros(shape, c.dtype)
         return tuple((z(), z()) for _ in range(c.dec_layers))
 

@@ -3,7 +3,7 @@
 One scene is encoded ONCE (local contexts, pooled agent embeddings and every decoder layer's
 cross-attention keys/values) and shared by all its rollouts. Rollouts are processed in chunks of
 ``rollout_chunk`` (``lax.map`` over chunks bounds memory: the KV cache is
-``chunk x A x S x H x Dh`` per layer); inside a chunk, ``lax.scan`` runs over the S token steps:
+``chunk x H x A x S x Dh`` per layer, heads first); inside a chunk, ``lax.scan`` runs over the S token steps:
 all agents of all rollouts of the chunk sample their step-t tokens simultaneously (agents are
 conditionally independent within a step), the new keys/values are written into the cache at
 position t (past tokens are never recomputed), and the tokens are integrated into 10 Hz states.

@@ -62,7 +62,8 @@ def _road_distance(tr: dict, edges: geo.Segments, config: FeatureConfig) -> tupl
     through the scene's index built once here; and the count of corner queries it sent to the fallback."""
     if config.road_edge_grid is None:
         return scene.distance_to_road_edge(tr, edges)
-    index = scene.road_edge_index(edges, config.road_edge_grid, config.road_edge_candidates)
+    index = scene.road_edge_index(edges, config.road_edge_grid, config.road_edge_candidates,
+                                  jnp.stack([tr["x"], tr["y"]], -1), tr["valid"])
     return scene.distance_to_road_edge(tr, edges, index)
 
 
