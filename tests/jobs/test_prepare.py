@@ -2,6 +2,7 @@
 bytes."""
 
 import shutil
+import sys
 
 import jax
 import job_processes as jp
@@ -60,7 +61,8 @@ def test_prepared_scenes_are_the_raw_ones_and_pretraining_reads_them(data_workdi
     assert prepare.split_files_or_raw(other, wd, "train") == data_job.split_files(other, wd, "train")
 
 
-def test_curation_alignment_and_evaluation_read_the_raw_scenes_from_the_prepared_files(data_workdir, tmp_path):
+def test_curation_alignment_and_evaluation_read_the_raw_scenes_from_the_prepared_files(data_workdir, tmp_path,
+                                                                                         monkeypatch):
     c = pretrain_config.get_config("smoke")
     wd = _copy(data_workdir, tmp_path, "wd")
     assert type(prepare.open_scenes(c, wd, "valid")) is reader.SceneReader  # not prepared yet: the raw shards
@@ -71,13 +73,16 @@ def test_curation_alignment_and_evaluation_read_the_raw_scenes_from_the_prepared
     for split in data_job.SPLITS:
         files = data_job.split_files(c, wd, split)
         raw = reader.SceneReader(files, cfg_lib.reader(c))
-        fast = prepare.open_scenes(c, wd, split)
-        assert isinstance(fast, prepared.PreparedSceneReader)
-        assert fast.files == raw.files and fast.sources() == raw.sources()  # what curation and evaluation record
-        for src in raw.sources():
-            scene = fast.read(src)
-            assert bits_equal(scene, raw.read(src)), src
-            assert all(x.flags.writeable for x in jax.tree.leaves(scene))
+        want = {src: raw.read(src) for src in raw.sources()}
+        with monkeypatch.context() as m:
+            m.setitem(sys.modules, "tensorflow", None)  # the stages after prepare read without TensorFlow
+            fast = prepare.open_scenes(c, wd, split)
+            assert isinstance(fast, prepared.PreparedSceneReader)
+            assert fast.files == raw.files and fast.sources() == raw.sources()  # what curation and evaluation record
+            for src, scene in want.items():
+                got = fast.read(src)
+                assert bits_equal(got, scene), src
+                assert all(x.flags.writeable for x in jax.tree.leaves(got))
         some = prepare.open_scenes(c, wd, split, files[1:])  # alignment: the curated shards' files
         assert isinstance(some, prepared.PreparedSceneReader) and some.sources() == raw.sources()[raw.num_records[0]:]
     held, sources = evaluate.held_out_sources(c, str(wd))
