@@ -27,9 +27,10 @@ that many worker processes (``mp_prefetch``: worker w makes batches k0 + w,
 k0 + w + num_workers, ..., and the iterator yields them in order). Since each
 batch is a pure function of k, the batches are the same for every worker count.
 With workers a batch is made in shared memory and handed over without a copy;
-still, on prepared files one process was faster than 1 or 2 workers on the
-loaded 2-core VM (``bench input``): workers are for the raw protos' CPU-bound
-parsing on hosts with idle cores.
+still, on prepared files one process is faster than 1 or 2 workers: a batch's
+fresh shared memory (created, page-faulted, opened and unlinked per batch; grain
+0.2.18 reuses no blocks) costs more than reading it (docs/benchmarks.md).
+Workers are for the raw protos' CPU-bound parsing on hosts with idle cores.
 """
 
 from __future__ import annotations

@@ -37,6 +37,12 @@ field. ``PreparedReader`` gives random access over many prepared files by
 global record index (file order, then record order), as ``reader.SceneReader``
 does over TFRecords; it refuses a file whose fingerprint differs from the one
 it expects, and a file whose size disagrees with its header (truncated).
+``PreparedSceneReader`` is ``reader.SceneReader``'s interface (``files``,
+``num_records``, ``sources()``, ``read(Source)``) over prepared files, its
+sources naming the raw files they were prepared from: the stages that address
+scenes by ``Source`` (curation, alignment, evaluation) read either one through
+``jobs.prepare.open_scenes``, and what they record (source files, record
+indices) does not depend on which.
 Records carry no checksum (a crc32c of 1.5 MB costs more than the read).
 
 No TensorFlow is imported here: reading needs only numpy.
@@ -309,6 +315,63 @@ class PreparedReader:
         return state
 
     def __enter__(self) -> PreparedReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class PreparedSceneReader:
+    """``reader.SceneReader``'s interface served from prepared files; sources name the raw files.
+
+    Args:
+      sources: the raw TFRecord files, in the order that defines the records (as ``SceneReader``'s ``files``).
+      files: their prepared files, one per source, same order.
+      config: the ``ReaderConfig`` (each prepared file's fingerprint must match it).
+
+    Each prepared file must have been made from its source: the header's ``source`` names the source's base
+    name and size (a ``DataError`` otherwise; prepare again). ``read(Source(f, k))`` is bit for bit
+    ``SceneReader(sources, config).read(Source(f, k))``, in writable arrays of their own. Picklable.
+
+    Attributes:
+      files: the raw source files, as strings (what ``Source`` s name).
+      num_records: records per file, ``[len(files)]`` int64.
+    """
+
+    def __init__(self, sources: Sequence[str], files: Sequence[str], config: ReaderConfig):
+        self.files = [os.fspath(f) for f in sources]
+        if len(files) != len(self.files):
+            raise ValueError(f"{len(files)} prepared files for {len(self.files)} sources")
+        self.config = config
+        self._prepared = PreparedReader(files, config)
+        for src, path, head in zip(self.files, self._prepared.files, self._prepared.headers, strict=True):
+            made_from = head.get("source", {})
+            if made_from.get("file") != os.path.basename(src) or made_from.get("bytes") != os.path.getsize(src):
+                raise DataError(path, None, None, f"prepared from {made_from}, not from {src} "
+                                f"({os.path.getsize(src)} bytes); prepare again")
+        self.num_records = self._prepared.num_records
+        self._index = {f: i for i, f in enumerate(self.files)}
+
+    def sources(self) -> list[scene_reader.Source]:
+        """Every record of every source file, in file order (as ``SceneReader.sources``)."""
+        return [scene_reader.Source(f, k) for f, n in zip(self.files, self.num_records, strict=True)
+                for k in range(int(n))]
+
+    def read(self, source: scene_reader.Source) -> dt.Scenario:
+        """The fitted scene at ``source`` (its file must be one of ``files``)."""
+        fi = self._index.get(source.file)
+        if fi is None:
+            raise ValueError(f"{source}: not one of the {len(self.files)} files of this reader")
+        n = int(self.num_records[fi])
+        if source.record is None or not 0 <= source.record < n:
+            raise DataError.at(source, None, f"no such record: the file holds {n}")
+        batch = self._prepared.read_batch([int(self._prepared._first[fi]) + source.record])
+        return jax.tree.map(lambda x: x[0], batch)
+
+    def close(self) -> None:
+        self._prepared.close()
+
+    def __enter__(self) -> PreparedSceneReader:
         return self
 
     def __exit__(self, *exc) -> None:

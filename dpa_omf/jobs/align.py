@@ -74,7 +74,7 @@ import numpy as np
 
 from dpa_omf import datatypes as dt
 from dpa_omf.io import reader
-from dpa_omf.jobs import align_losses, curate, pretrain, realism_eval
+from dpa_omf.jobs import align_losses, curate, prepare, pretrain, realism_eval
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import workdir as wd
 from dpa_omf.model import motion_lm as mlm
@@ -150,7 +150,7 @@ class PairBatches:
     M, A]`` (``agent_distance``, ``agent_counted``).
     """
 
-    def __init__(self, shards: dict, rows: np.ndarray, store: reader.SceneReader, cfg: cfg_lib.AlignConfig,
+    def __init__(self, shards: dict, rows: np.ndarray, store: prepare.Scenes, cfg: cfg_lib.AlignConfig,
                  batch_size: int, seed: int, shuffle: bool = True, key_seed: int = 0,
                  process_index: int | None = None, process_count: int | None = None):
         self.shards, self.rows, self.store, self.cfg = shards, rows, store, cfg
@@ -454,7 +454,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> in
     train_rows, held_rows = np.arange(n - n_held), np.arange(n - n_held, n)
     if len(train_rows) == 0:
         raise ValueError(f"align: {n} curated scenes leave none for training after holding out {n_held}")
-    store = reader.SceneReader([str(f) for f in shards["files"]], cfg_lib.reader(config))
+    store = prepare.open_scenes(config, workdir, "train", [str(f) for f in shards["files"]])
     b = config.align.batch_size  # global; each process reads its share (PairBatches)
     train_b = PairBatches(shards, train_rows, store, cfg, b, cfg_lib.align_seed(config), key_seed=config.seed)
     method = METHODS[cfg.method]

@@ -58,10 +58,9 @@ from absl import logging
 
 from dpa_omf import atomic
 from dpa_omf import datatypes as dt
-from dpa_omf.io import reader
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import data as data_job
-from dpa_omf.jobs import pretrain
+from dpa_omf.jobs import prepare, pretrain
 from dpa_omf.jobs import workdir as wd
 from dpa_omf.preference import curation
 from dpa_omf.preference import distance as dist
@@ -127,7 +126,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> in
     mesh = local_mesh()
     model, params = local_reference(config, workdir, mesh)
     files = data_job.split_files(config, workdir, "train")
-    scenes = reader.SceneReader(files, cfg_lib.reader(config))  # every scene fitted to the configured slots
+    scenes = prepare.open_scenes(config, workdir, "train", files)  # every scene fitted to the configured slots
     ranker = _ShardRanker(Ranker(model, params, cfg, mesh, config.curate.scenes_per_device), scenes,
                           jax.random.key(config.seed))
     jobs = ranking_jobs(len(ranker.sources), config.curate.rankings_per_example)
@@ -249,7 +248,7 @@ class _ShardRanker:
     """Ranks the scenes of one shard with a :class:`Ranker`; rollout keys from the global scene index and
     the repeat only."""
 
-    def __init__(self, ranker: Ranker, scenes: reader.SceneReader, base_key: jax.Array):
+    def __init__(self, ranker: Ranker, scenes: prepare.Scenes, base_key: jax.Array):
         self.ranker, self.scenes, self.base_key = ranker, scenes, base_key
         self.sources = scenes.sources()
         self.file_index = {f: i for i, f in enumerate(scenes.files)}

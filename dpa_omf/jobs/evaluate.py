@@ -55,10 +55,8 @@ from absl import logging
 
 from dpa_omf import atomic
 from dpa_omf import datatypes as dt
-from dpa_omf.io import reader
-from dpa_omf.jobs import align, pretrain, realism_eval, report
+from dpa_omf.jobs import align, prepare, pretrain, realism_eval, report
 from dpa_omf.jobs import config as cfg_lib
-from dpa_omf.jobs import data as data_job
 from dpa_omf.jobs import workdir as wd
 from dpa_omf.metrics import names, stats
 from dpa_omf.model import motion_lm as mlm
@@ -87,10 +85,10 @@ def models_fingerprint(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return {name: checkpoint_id(workdir, folder) for name, folder in models(workdir).items()}
 
 
-def held_out_sources(config: ml_collections.ConfigDict, workdir: str) -> tuple[reader.SceneReader, list]:
+def held_out_sources(config: ml_collections.ConfigDict, workdir: str) -> tuple[prepare.Scenes, list]:
     """The reader of the valid split and its (up to) ``evaluate.num_scenes`` scenes from
     ``evaluate.first_scene`` (0 scenes: all from there on)."""
-    scenes = reader.SceneReader(data_job.split_files(config, workdir, "valid"), cfg_lib.reader(config))
+    scenes = prepare.open_scenes(config, workdir, "valid")
     sources = scenes.sources()
     n, first = config.evaluate.num_scenes, config.evaluate.first_scene
     sources = sources[first:first + n] if n else sources[first:]  # fewer when the split is shorter
@@ -158,7 +156,7 @@ def _cached(workdir: str, name: str, folder: str, eval_fp: str) -> dict | None:
 class _Work:
     """The held-out scenes, their chunks and this process's share of them."""
 
-    scenes: reader.SceneReader
+    scenes: prepare.Scenes
     sources: list
     groups: list[list[int]]
     mine: list[int]

@@ -18,12 +18,21 @@ returns 75 (``checkpointing.EXIT_PREEMPTED``); the rerun prepares the rest and
 ends with the same bytes. The summary records ``reader_fingerprint``
 (``prepared.reader_fingerprint``), per split the files and scene counts.
 
-Readers downstream (pretraining's pipeline) call :func:`split_files_or_raw`:
-the prepared files when this stage finished with the reader fingerprint of
-their config, otherwise the raw shards (the same scenes bit for bit, ~25x
-slower to read). Pretraining needs it when it trains a reference (not for the
-packaged one, which reads no data); curation, alignment and evaluation still
-read the raw shards.
+Every stage downstream reads scenes through this module, the prepared files
+when this stage finished with the reader fingerprint of their config
+(:func:`ready`), otherwise the raw shards (the same scenes bit for bit, ~25x
+slower to read):
+
+* pretraining's pipeline takes files, :func:`split_files_or_raw`;
+* curation, alignment (its pairs' scenes, held-out ones included), evaluation
+  and the training jobs' realism scenes address scenes by ``Source`` (raw file,
+  record): :func:`open_scenes`, a ``reader.SceneReader`` or a
+  ``prepared.PreparedSceneReader`` whose sources name the same raw files, so the
+  curated shards and evaluation chunks do not depend on which one served them.
+
+Pretraining needs this stage when it trains a reference (not for the packaged
+one, which reads no data); curation and evaluation always need it (the graph in
+``stages.py``). Submission reads the raw shards (``docs/known_limits.md``).
 """
 
 from __future__ import annotations
@@ -34,13 +43,14 @@ import time
 
 import ml_collections
 
-from dpa_omf.io import prepared
+from dpa_omf.io import prepared, reader
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import data as data_job
 from dpa_omf.jobs import workdir as wd
 from dpa_omf.train import checkpointing
 
 STAGE = "prepare"
+Scenes = reader.SceneReader | prepared.PreparedSceneReader  # what open_scenes returns
 
 
 def split_dir(workdir: str | pathlib.Path, split: str) -> pathlib.Path:
@@ -65,6 +75,22 @@ def split_files_or_raw(config: ml_collections.ConfigDict, workdir: str | pathlib
     if not ready(config, workdir):
         return raw
     return [str(prepared_path(workdir, split, f)) for f in raw]
+
+
+def open_scenes(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, split: str,
+                files: list[str] | None = None) -> Scenes:
+    """The scene source of a split's raw shards (``files``: some of them, default all), sources naming them.
+
+    The prepared files when :func:`ready` and each file's prepared copy was made from it, else a
+    ``reader.SceneReader`` of the raw files; either reads the same scenes bit for bit.
+    """
+    raw = data_job.split_files(config, workdir, split) if files is None else [str(f) for f in files]
+    reader_config = cfg_lib.reader(config)
+    if ready(config, workdir):
+        paths = [str(prepared_path(workdir, split, f)) for f in raw]
+        if all(prepared.is_current(p, reader_config, f) for p, f in zip(paths, raw, strict=True)):
+            return prepared.PreparedSceneReader(raw, paths, reader_config)
+    return reader.SceneReader(raw, reader_config)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> int:

@@ -25,9 +25,8 @@ import ml_collections
 import numpy as np
 
 from dpa_omf import datatypes as dt
-from dpa_omf.io import reader
 from dpa_omf.jobs import config as cfg_lib
-from dpa_omf.jobs import data as data_job
+from dpa_omf.jobs import prepare
 from dpa_omf.jobs import workdir as wd
 from dpa_omf.metrics import model_realism, names
 from dpa_omf.metrics import wosac as realism
@@ -105,7 +104,7 @@ def training_realism(config: ml_collections.ConfigDict, workdir: str, section: s
         return None
     if not wd.is_writer():
         return lambda params: {}
-    scenes = reader.SceneReader(data_job.split_files(config, workdir, "valid"), cfg_lib.reader(config))
+    scenes = prepare.open_scenes(config, workdir, "valid")
     fixed = [scenes.read(src) for src in scenes.sources()[:n]]
     scenes.close()
     evaluator = Evaluator(mlm.MotionLM(cfg_lib.model(config)), cfg_lib.evaluate(config),

@@ -1,9 +1,10 @@
 """The pipeline as a stage graph, owned here:
 
-  data -> [prepare ->] pretrain -> curate -> align[_<method>] -> evaluate
-                                    +--------------------------> submit_<model> (after align when aligned)
+  data -> prepare -> pretrain -> curate -> align[_<method>] -> evaluate
+                           +--------------------------> submit_<model> (after align when aligned)
 
-(prepare: every shard parsed and fitted once, when pretraining trains a reference; the packaged one reads no data)
+(prepare: every shard parsed and fitted once; pretraining needs it only when it trains a reference (the packaged
+one reads no data), curation and evaluation always (they read the prepared scenes, ``prepare.open_scenes``))
 
 Each :class:`Stage` declares the stages it needs, the config sections its
 output depends on (fingerprinted, see ``workdir.py``), the folder it writes and
@@ -85,11 +86,11 @@ GRAPH: dict[str, Stage] = {s.name: s for s in (
     Stage(prepare.STAGE, (data.STAGE,), ("data",), prepare.run, all_processes=True),
     Stage(pretrain.STAGE, (data.STAGE,), _BASE, pretrain.run, all_processes=True, extra=pretrain.packaged_id,
           more_needs=pretrain.needs),
-    Stage(curate.STAGE, (pretrain.STAGE,), _BASE + ("curate",), curate.run, all_processes=True),
+    Stage(curate.STAGE, (prepare.STAGE, pretrain.STAGE), _BASE + ("curate",), curate.run, all_processes=True),
     Stage(align.STAGE, (curate.STAGE,), _BASE + ("curate", "align"), align.run, all_processes=True,
           folder=lambda c: align.folder_name(c.align.method)),
-    Stage(evaluate.STAGE, (pretrain.STAGE, align.STAGE), _BASE + ("evaluate",), evaluate.run, all_processes=True,
-          extra=evaluate.models_fingerprint, reuse_other=True),
+    Stage(evaluate.STAGE, (prepare.STAGE, pretrain.STAGE, align.STAGE), _BASE + ("evaluate",), evaluate.run,
+          all_processes=True, extra=evaluate.models_fingerprint, reuse_other=True),
     Stage(submit.STAGE, (pretrain.STAGE,), _BASE + ("submit",), submit.run, all_processes=True,
           folder=lambda c: submit.folder_name(c.submit.model), extra=submit.checkpoint, more_needs=submit.needs),
 )}

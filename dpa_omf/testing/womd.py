@@ -65,6 +65,14 @@ def random_scenario(rng: np.random.Generator, num_agents: int = 32, num_points: 
     return canonicalize(s.replace(scenario_id=dt.scenario_id_to_bytes(scenario_id)))
 
 
+def bits_equal(a, b) -> bool:
+    """Same tree, and every leaf has the same dtype, shape and bytes (stricter than ``tree_equal``)."""
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return jax.tree.structure(a) == jax.tree.structure(b) and all(
+        np.asarray(x).dtype == np.asarray(y).dtype and np.shape(x) == np.shape(y)
+        and np.asarray(x).tobytes() == np.asarray(y).tobytes() for x, y in zip(la, lb, strict=True))
+
+
 def tree_equal(a, b) -> bool:
     """Whether two pytrees (e.g. ``Scenario`` s) have equal leaves (exact, NaN != NaN)."""
     return all(jax.tree.leaves(jax.tree.map(lambda x, y: np.array_equal(np.asarray(x), np.asarray(y)), a, b)))

@@ -2,23 +2,14 @@
 
 import pathlib
 
-import jax
 import numpy as np
 import pytest
 
 from dpa_omf.io import example_writer, prepared, reader, tfrecord
 from dpa_omf.io.tfrecord import DataError
-from dpa_omf.testing.womd import random_scenario
+from dpa_omf.testing.womd import bits_equal, random_scenario
 
 CONFIG = reader.ReaderConfig(max_agents=24, max_roadgraph_points=320)
-
-
-def bits_equal(a, b) -> bool:
-    """Same tree, and every leaf has the same dtype, shape and bytes."""
-    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    return jax.tree.structure(a) == jax.tree.structure(b) and all(
-        np.asarray(x).dtype == np.asarray(y).dtype and np.shape(x) == np.shape(y)
-        and np.asarray(x).tobytes() == np.asarray(y).tobytes() for x, y in zip(la, lb, strict=True))
 
 
 def prepare_all(files, out_dir, config):

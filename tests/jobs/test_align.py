@@ -192,7 +192,7 @@ def test_main_job_smoke_end_to_end(tmp_path):
                             f"--workdir={wd}"], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "| dpa_omf |" in again.stdout
-    for stage in ("data", "pretrain", "curate", "align", "evaluate"):
+    for stage in ("data", "prepare", "pretrain", "curate", "align", "evaluate"):
         assert f"[{stage}] reused" in again.stderr, again.stderr[-3000:]
     assert "INFO" not in again.stderr  # library chatter goes to the log file
     assert list((wd / "logs").iterdir())

@@ -1,7 +1,10 @@
-"""The prepare stage: raw scenes, read by pretraining when the slots match; a preempted run resumes to equal bytes."""
+"""The prepare stage: raw scenes, read by every later stage when the slots match; a preempted run resumes to equal
+bytes."""
 
 import shutil
+import sys
 
+import jax
 import job_processes as jp
 import pytest
 
@@ -10,9 +13,9 @@ from dpa_omf.io import pipeline as pipe
 from dpa_omf.io import prepared, reader
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import data as data_job
-from dpa_omf.jobs import prepare, pretrain, stages
+from dpa_omf.jobs import evaluate, prepare, pretrain, stages
 from dpa_omf.jobs import workdir as wdir
-from dpa_omf.testing.womd import tree_equal
+from dpa_omf.testing.womd import bits_equal, tree_equal
 from dpa_omf.train import checkpointing
 
 
@@ -56,6 +59,39 @@ def test_prepared_scenes_are_the_raw_ones_and_pretraining_reads_them(data_workdi
     other.data.num_agents = 24  # other slots: the prepared files do not serve it
     assert not prepare.ready(other, wd)
     assert prepare.split_files_or_raw(other, wd, "train") == data_job.split_files(other, wd, "train")
+
+
+def test_curation_alignment_and_evaluation_read_the_raw_scenes_from_the_prepared_files(data_workdir, tmp_path,
+                                                                                         monkeypatch):
+    c = pretrain_config.get_config("smoke")
+    wd = _copy(data_workdir, tmp_path, "wd")
+    assert type(prepare.open_scenes(c, wd, "valid")) is reader.SceneReader  # not prepared yet: the raw shards
+    for stage in ("curate", "evaluate"):  # both read scenes through open_scenes, so the graph prepares them first
+        order = stages.needed(stage, c)
+        assert order.index("data") < order.index("prepare") < order.index(stage)
+    assert stages.ensure("prepare", c, wd) == 0
+    for split in data_job.SPLITS:
+        files = data_job.split_files(c, wd, split)
+        raw = reader.SceneReader(files, cfg_lib.reader(c))
+        want = {src: raw.read(src) for src in raw.sources()}
+        with monkeypatch.context() as m:
+            m.setitem(sys.modules, "tensorflow", None)  # the stages after prepare read without TensorFlow
+            fast = prepare.open_scenes(c, wd, split)
+            assert isinstance(fast, prepared.PreparedSceneReader)
+            assert fast.files == raw.files and fast.sources() == raw.sources()  # what curation and evaluation record
+            for src, scene in want.items():
+                got = fast.read(src)
+                assert bits_equal(got, scene), src
+                assert all(x.flags.writeable for x in jax.tree.leaves(got))
+        some = prepare.open_scenes(c, wd, split, files[1:])  # alignment: the curated shards' files
+        assert isinstance(some, prepared.PreparedSceneReader) and some.sources() == raw.sources()[raw.num_records[0]:]
+    held, sources = evaluate.held_out_sources(c, str(wd))
+    assert isinstance(held, prepared.PreparedSceneReader) and sources
+    with pytest.raises(ValueError, match="not one of"):
+        held.read(reader.Source("elsewhere.tfrecord", 0))
+    other = pretrain_config.get_config("smoke")
+    other.data.num_agents = 24  # other slots: the raw shards again
+    assert type(prepare.open_scenes(other, wd, "train")) is reader.SceneReader
 
 
 def test_preempted_prepare_resumes_to_the_same_bytes(data_workdir, tmp_path, monkeypatch):

@@ -3,8 +3,9 @@
 Workdirs under the study's ``DIR``: ``seed_<s>`` (every method, test block), ``sweep/lr_<lr>`` (every method,
 validation block, first seed), ``arms/<arm>/seed_<s>`` (an arm, test block), ``levers/<arm>`` (a lever, validation
 block, first seed), ``sampling/<block>/t<T>_p<P>/seed_<s>`` (the reference and DPA-OMF sampled at temperature T,
-top-p P). Shared stages are symlinked, never rebuilt: ``data`` and ``pretrain`` everywhere; ``curate`` unless the
-arm curates its own; ``align`` in a sampling folder (the aligned model, re-scored at another sampling setting).
+top-p P). Shared stages are symlinked, never rebuilt: ``data``, ``prepare`` and ``pretrain`` everywhere;
+``curate`` unless the arm curates its own; ``align`` in a sampling folder (the aligned model, re-scored at another
+sampling setting).
 Every launch passes ``align.seed = evaluate.seed = s``: every model of a seed, in every folder, is scored with the
 same rollout keys on the same scenes. Finished stages and cached evaluations are reused, so a stopped study
 resumes; a preempted job stops the study with its exit code (75: run the same command again).
@@ -23,7 +24,8 @@ from dpa_omf.jobs import align
 from dpa_omf.tools.study import suites
 from dpa_omf.train import checkpointing
 
-SHARED_STAGES = ("data", "pretrain", "curate")
+SHARED_STAGES = ("data", "prepare", "pretrain", "curate")
+BEFORE_CURATE = SHARED_STAGES[:-1]  # what an arm with its own preference data shares
 COMBINED_ROW = f"dpa_omf[{suites.COMBINED}]"  # DPA-OMF with the levers kept on validation
 
 
@@ -150,7 +152,7 @@ def run_arm(arm: suites.Arm, folder, shared: pathlib.Path, seeds: list[int], con
     out = {}
     for s in seeds:
         d = folder(s)
-        link(shared, d, ("data", "pretrain") if arm.curates else SHARED_STAGES)
+        link(shared, d, BEFORE_CURATE if arm.curates else SHARED_STAGES)
         if arm.curates and s != seeds[0]:
             link(folder(seeds[0]), d, ("curate",))
         elif arm.curates and curate_from is not None and (curate_from / "curate" / "summary.json").exists():
