@@ -11,12 +11,12 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # One test run, one fresh compilation cache (dpa_omf/train/compilation_cache.py), never the user's: the process that
-# starts the run (the xdist controller, or pytest alone) makes a new folder in the system temp dir and removes it at
-# the end (pytest_unconfigure); the xdist workers and every job the tests start inherit it through the environment, so
-# a program compiled once (the smoke model's steps, the metric) is loaded by the other worker, the later jobs and the
-# job's later runs. In-process tests use it through JAX's own variables, with every program written (as enable()
-# does). The tests of the cache, the bench and the kill test give their own folder. DPA_OMF_TEST_COMPILATION_CACHE=off
-# runs the tests with the cache off everywhere (every program compiled where it is used).
+# starts the run (the xdist controller, or pytest alone) makes a new folder in the system temp dir (mode 0700: JAX
+# runs what it loads) and removes it at the end (pytest_unconfigure); the xdist workers and every job the tests start
+# inherit it through the environment, so a program compiled once (the smoke model's steps, the metric) is loaded by
+# the other worker, the later jobs and a job's later runs. In-process tests use it through JAX's own variables, with
+# every program written (as enable() does). The tests of the cache and the bench give their own folder.
+# DPA_OMF_TEST_COMPILATION_CACHE=off turns it off everywhere (every program compiled where it is used).
 TEST_CACHE_VAR = "DPA_OMF_TEST_COMPILATION_CACHE"
 _made_cache: str | None = None
 if "PYTEST_XDIST_WORKER" not in os.environ:
