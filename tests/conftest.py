@@ -2,15 +2,34 @@
 
 import os
 import pathlib
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# Tests (and the jobs they start as subprocesses) never write to the user's compilation cache; the tests of the
-# cache give their own folder (dpa_omf/train/compilation_cache.py).
-os.environ.setdefault("DPA_OMF_COMPILATION_CACHE", "off")
+# One test run, one fresh compilation cache (dpa_omf/train/compilation_cache.py), never the user's: the process that
+# starts the run (the xdist controller, or pytest alone) makes a new folder in the system temp dir (mode 0700: JAX
+# runs what it loads) and removes it at the end (pytest_unconfigure); the xdist workers and every job the tests start
+# inherit it through the environment, so a program compiled once (the smoke model's steps, the metric) is loaded by
+# the other worker, the later jobs and a job's later runs. In-process tests use it through JAX's own variables, with
+# every program written (as enable() does). The tests of the cache and the bench give their own folder.
+# DPA_OMF_TEST_COMPILATION_CACHE=off turns it off everywhere (every program compiled where it is used).
+TEST_CACHE_VAR = "DPA_OMF_TEST_COMPILATION_CACHE"
+_made_cache: str | None = None
+if "PYTEST_XDIST_WORKER" not in os.environ:
+    if os.environ.get(TEST_CACHE_VAR, "").strip().lower() == "off":
+        os.environ["DPA_OMF_COMPILATION_CACHE"] = "off"
+        os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
+        os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+    else:
+        _made_cache = tempfile.mkdtemp(prefix="dpa_omf_test_jax_cache_")
+        os.environ.update({"DPA_OMF_COMPILATION_CACHE": _made_cache, "JAX_COMPILATION_CACHE_DIR": _made_cache,
+                           "JAX_ENABLE_COMPILATION_CACHE": "true",
+                           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"})
 # The allocator settings of every entry point (dpa_omf/allocator.py): this process reads them too late, but the
 # xdist workers, started after this file is loaded, and the jobs the tests start get them from birth.
 from dpa_omf import allocator  # standard library only: imports no JAX
@@ -23,6 +42,12 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("DPA_OMF_SHARED", REPO.parent / "shared"))
+
+
+def pytest_unconfigure(config):
+    """Removes the run's compilation cache, in the process that made it (the workers have ended by then)."""
+    if _made_cache is not None:
+        shutil.rmtree(_made_cache, ignore_errors=True)
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ STAGES = ("data", "pretrain", "curate", "align", "evaluate")
 KILL_AFTER = {"data": 1, "pretrain": 3, "curate": 3, "align": 3, "evaluate": 1}
 
 
-def _launch(workdir: pathlib.Path, cache: pathlib.Path, *extra: str) -> subprocess.Popen:
+def _launch(workdir: pathlib.Path, cache: str, *extra: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
     env.pop("XLA_FLAGS", None)  # one CPU device, like a user's run
     return subprocess.Popen([sys.executable, "-m", "dpa_omf.launch", *MAIN, *extra, f"--workdir={workdir}",
@@ -67,9 +67,16 @@ def _refused(p: subprocess.Popen, *needles: str) -> None:
     assert "Traceback" not in err
 
 
+def _cache(tmp_path: pathlib.Path) -> str:
+    """The test run's compilation cache (tests/conftest.py), or this test's own folder when the run has none:
+    either way every launch after the first loads what earlier ones compiled, which KILL_AFTER allows for."""
+    run = os.environ.get("DPA_OMF_COMPILATION_CACHE", "off")
+    return str(tmp_path / "cache") if run.lower() == "off" else run
+
+
 @pytest.mark.slow
 def test_kills_races_and_damage_on_the_main_job(tmp_path):
-    cache = tmp_path / "cache"
+    cache = _cache(tmp_path)
     reference = _launch(tmp_path / "reference", cache)
     code, ref_out, err = _finish(reference)
     assert code == 0, err

@@ -15,16 +15,19 @@ from dpa_omf.preference import features as feat
 
 @pytest.fixture(scope="module")
 def smoke(smoke_model):
+    """The smoke model and scenes, their keys, and their batch ranked once with the states (as
+    :func:`curation.rank_scene` ranks one scene): one compile of the batched program for both tests."""
     c = align_config.get_config("smoke")
     model, params, scenes = smoke_model
     keys = [jax.random.fold_in(jax.random.key(7), i) for i in range(3)]
-    return c, model, params, scenes, keys
+    cfg = cfg_lib.curation_config(c)
+    batch = jax.device_get(curation.rank_batch(model, params, dt.stack_scenarios(scenes), jnp.stack(keys), cfg,
+                                               states=True))
+    return cfg, model, params, scenes, keys, batch
 
 
 def test_rank_batch_equals_scene_by_scene(smoke):
-    c, model, params, scenes, keys = smoke
-    cfg = cfg_lib.curation_config(c)
-    batch = jax.device_get(curation.rank_batch(model, params, dt.stack_scenarios(scenes), jnp.stack(keys), cfg))
+    cfg, model, params, scenes, keys, batch = smoke
     for b, (s, k) in enumerate(zip(scenes, keys)):
         one = jax.device_get(curation.rank_scene(model, params, s, k, cfg))
         for name in ("tokens", "ot_distance", "ade_distance", "preferred", "unpreferred", "per_agent",
@@ -40,19 +43,19 @@ def test_rank_batch_equals_scene_by_scene(smoke):
 
 
 def test_feature_batches_equal_single_scenes(smoke):
-    c, model, params, scenes, keys = smoke
-    cfg = cfg_lib.curation_config(c)
-    r = curation.rank_batch(model, params, dt.stack_scenarios(scenes), jnp.stack(keys), cfg, states=True)
+    """Compiled, as curation runs them (one program per function; op by op they take minutes on 2 cores)."""
+    cfg, _, _, scenes, _, r = smoke
+    batch_fns = jax.jit(feat.rollout_features_batch, static_argnums=6), jax.jit(feat.expert_features_batch,
+                                                                                 static_argnums=1)
+    single_fns = jax.jit(feat.rollout_features, static_argnums=6), jax.jit(feat.expert_features, static_argnums=1)
     stacked = dt.stack_scenarios(scenes)
-    phi_b, valid_b = feat.rollout_features_batch(stacked, r["x"], r["y"], r["heading"], r["vel_x"], r["vel_y"],
-                                                 cfg.features)
-    exp_b, exp_valid_b = feat.expert_features_batch(stacked, cfg.features)
+    phi_b, valid_b = batch_fns[0](stacked, *(r[k] for k in ("x", "y", "heading", "vel_x", "vel_y")), cfg.features)
+    exp_b, exp_valid_b = batch_fns[1](stacked, cfg.features)
     for b, s in enumerate(scenes):
-        phi, valid = feat.rollout_features(s, *(r[k][b] for k in ("x", "y", "heading", "vel_x", "vel_y")),
-                                           cfg.features)
+        phi, valid = single_fns[0](s, *(r[k][b] for k in ("x", "y", "heading", "vel_x", "vel_y")), cfg.features)
         np.testing.assert_array_equal(np.asarray(phi_b[b]), np.asarray(phi))
         np.testing.assert_array_equal(np.asarray(valid_b[b]), np.asarray(valid))
-        exp, exp_valid = feat.expert_features(s, cfg.features)
+        exp, exp_valid = single_fns[1](s, cfg.features)
         np.testing.assert_array_equal(np.asarray(exp_b[b]), np.asarray(exp))
         np.testing.assert_array_equal(np.asarray(exp_valid_b[b]), np.asarray(exp_valid))
 

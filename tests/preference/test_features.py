@@ -7,6 +7,10 @@ import numpy as np
 from dpa_omf import datatypes as dt
 from dpa_omf.preference import features
 
+# One compiled program for every scene below (they share shapes): op by op, the first call compiles each
+# primitive and took ~35 s on 2 loaded cores.
+_expert_features = jax.jit(features.expert_features)
+
 
 def _scene(y1: float) -> dt.Scenario:
     """Road edge along y = -5 (road on its left, y > -5); three cars driving +x.
@@ -36,7 +40,7 @@ def _scene(y1: float) -> dt.Scenario:
 
 
 def test_expert_features_known_values():
-    phi, valid = jax.jit(features.expert_features)(_scene(y1=3.0))
+    phi, valid = _expert_features(_scene(y1=3.0))
     phi, valid = np.asarray(phi), np.asarray(valid)
     assert phi.shape == (3, dt.NUM_FUTURE, features.NUM_FEATURES) and valid.all()
     col, road, clear, effort, speed = (phi[..., i] for i in range(5))
@@ -55,7 +59,7 @@ def test_expert_features_known_values():
 
 
 def test_overlap_is_a_collision():
-    phi, _ = features.expert_features(_scene(y1=1.5))  # 0.5 m lateral overlap
+    phi, _ = _expert_features(_scene(y1=1.5))  # 0.5 m lateral overlap
     phi = np.asarray(phi)
     assert (phi[:2, :, 0] == 1.0).all()
     assert (phi[:2, :, 2] < 0).all()
@@ -72,7 +76,7 @@ def test_rollout_features_match_expert_on_replayed_log():
 
     phi_r, valid_r = jax.jit(features.rollout_features)(s, stack(a.x), stack(a.y), stack(a.heading),
                                                         stack(a.vel_x), stack(a.vel_y))
-    phi_e, _ = features.expert_features(s)
+    phi_e, _ = _expert_features(s)
     assert phi_r.shape == (2, 3, dt.NUM_FUTURE, 5) and bool(valid_r.all())
     np.testing.assert_allclose(phi_r[0], phi_e, atol=1e-5)
     np.testing.assert_allclose(phi_r[1], phi_e, atol=1e-5)
