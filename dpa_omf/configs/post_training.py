@@ -77,6 +77,10 @@ def curate(variants: set[str]) -> ml_collections.ConfigDict:
     c.max_road_edge_points = 0
     c.road_edge_grid = 64
     c.road_edge_candidates = 64
+    # Rollouts featurized together (lax.map over chunks; the largest divisor of num_rollouts at most this; 0: all at
+    # once): bounds the features' temporaries (at :womd sizes ~37 MB per rollout of 128 agents, 30k road-graph
+    # points), never their values (docs/benchmarks.md, "Curation memory at WOMD sizes").
+    c.feature_rollout_chunk = 8
     c.pictures = True
     if "womd" in variants:
         c.rankings_per_example = 1.0
