@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from dpa_omf import datatypes as dt
-from dpa_omf.geometry import scene
+from dpa_omf.geometry import scene, segment_index
 from dpa_omf.geometry import shapes as geo
 
 NUM_FEATURES = 5
@@ -202,25 +202,41 @@ def rollout_features_stats(scenario: dt.Scenario, x: jax.Array, y: jax.Array, he
     scenario = jax.tree.map(jnp.asarray, scenario)
     edges, _ = scene.road_edge_segments(scenario.roadgraph, config.max_road_edge_points)
     valid = jnp.broadcast_to(scenario.agents.sim_mask[None, :, None], x.shape)  # [R, A, 80]
-    index = _road_index(edges, x, y, valid, config)
     r = x.shape[0]
     c = rollout_chunk_size(r, config)
+    cvalid = valid[:c]  # every rollout simulates the same agents
+    chunks = tuple(v.reshape(r // c, c, *v.shape[1:]) for v in (x, y, heading, vel_x, vel_y))
 
-    def chunk(states):  # [C, A, 80] each -> [C, A, 80, 5], int32 fallbacks
-        cx, cy, ch, cvx, cvy = states
-        cvalid = valid[:c]  # every rollout simulates the same agents
-        tr = {k: v.reshape((-1, *v.shape[2:])) for k, v in _trajectories(scenario, cx, cy, ch, cvalid).items()}
-        road, fallbacks = scene.distance_to_road_edge(tr, edges, index)  # [C * A, 80]
+    def boxes(cx, cy, ch):  # [C, A, 80] -> [C * A, 80] box trajectories
+        return {k: v.reshape((-1, *v.shape[2:])) for k, v in _trajectories(scenario, cx, cy, ch, cvalid).items()}
 
+    def phi_of(states, road):  # [C, A, 80] each, road [C * A, 80] -> [C, A, 80, 5]
         def one(*s):
             return _future_features(scenario, edges, *s, config)
 
-        return jax.vmap(one)(cx, cy, ch, cvx, cvy, cvalid, road.reshape(cx.shape)), fallbacks
+        return jax.vmap(one)(*states, cvalid, road.reshape(states[0].shape))
 
-    phi, fallbacks = jax.lax.map(chunk, tuple(v.reshape(r // c, c, *v.shape[1:])
-                                              for v in (x, y, heading, vel_x, vel_y)))
-    stats = {"road_edge_queries": 4 * jnp.sum(valid, dtype=jnp.int32),
-             "road_edge_fallbacks": jnp.sum(fallbacks, dtype=jnp.int32)}
+    index = _road_index(edges, x, y, valid, config)
+    if index is None:  # exhaustive search, chunk by chunk
+        def exhaustive(states):
+            return phi_of(states, scene.distance_to_road_edge(boxes(*states[:3]), edges)[0])
+
+        phi, fallbacks = jax.lax.map(exhaustive, chunks), jnp.int32(0)
+    else:
+        # The index's grid tier chunk by chunk; the exact tiers once for the whole scene's uncertified corners
+        # (a pass costs the same for 1 or 32k of them); then the distances and features chunk by chunk.
+        def grid(states):
+            tr = boxes(*states[:3])
+            corners = scene.road_edge_corners(tr)
+            j, todo = segment_index.grid_search(corners, edges, index, scene.Z_STRETCH, tr["valid"][..., None])
+            return corners, j, todo
+
+        corners, j, todo = jax.lax.map(grid, chunks)
+        j = segment_index.fallback_search(corners, edges, j, todo, scene.Z_STRETCH)
+        fallbacks = jnp.sum(todo, dtype=jnp.int32)
+        phi = jax.lax.map(lambda a: phi_of(a[0], scene.distance_to_nearest_edge(a[1], edges, a[2])),
+                          (chunks, corners, j))
+    stats = {"road_edge_queries": 4 * jnp.sum(valid, dtype=jnp.int32), "road_edge_fallbacks": fallbacks}
     return phi.reshape((*x.shape, NUM_FEATURES)), valid, stats
 
 
