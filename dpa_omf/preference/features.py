@@ -15,8 +15,11 @@ go through ``lax.map`` in chunks of ``FeatureConfig.rollout_chunk`` (vmapped
 inside a chunk), which bounds the temporaries (the road-edge candidate search
 ``[chunk x A x 80 x 4 corners, K]`` and the pairwise clearance
 ``[chunk x A x A x 80]``) without changing a value: the road-edge index is
-built once per scene from every rollout's box centres, and each query's and
-each agent's result is computed alone. The ``*_batch`` variants take B scenes
+built once per scene from every rollout's box centres, its exact fallback
+runs once per scene on the corners no chunk's grid tier certified (a pass
+costs the same for one query as for thousands: per chunk it would cost the
+default sizes 2x), and each query's and each agent's result is computed
+alone. The ``*_batch`` variants take B scenes
 at once (batched curation) and give every scene the values the one-scene
 functions give it.
 """
@@ -56,7 +59,7 @@ class FeatureConfig:
     rollout_chunk: rollouts featurized together (``lax.map`` over chunks; the
       largest divisor of R at most this; None: all R at once). Bounds the
       temporaries, never changes a value (at WOMD sizes, 128 agents and 30k
-      road-graph points, ~37 MB per rollout; docs/benchmarks.md).
+      road-graph points, ~41 MB per rollout; docs/benchmarks.md).
     """
 
     clearance_cap: float = 10.0
