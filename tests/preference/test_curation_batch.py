@@ -89,13 +89,14 @@ def test_feature_rollout_chunks_do_not_change_values(smoke):
     # 3 -> chunks of 2 (the largest divisor of 8 at most 3): a lax.map of several chunks.
     assert feat.rollout_chunk_size(num_rollouts, dataclasses.replace(cfg.features, rollout_chunk=3)) == 2
     runs = {}
-    for chunk in (None, 1, 3):
-        fc = dataclasses.replace(cfg.features, rollout_chunk=chunk)
-        runs[chunk] = jax.device_get(jax.jit(lambda *v, fc=fc: feat.rollout_features_stats(scenes[0], *v, fc))(
+    for grid, chunk in ((64, None), (64, 3), (None, 3)):  # grid None: exhaustive search
+        fc = dataclasses.replace(cfg.features, rollout_chunk=chunk, road_edge_grid=grid)
+        runs[grid, chunk] = jax.device_get(jax.jit(lambda *v, fc=fc: feat.rollout_features_stats(scenes[0], *v, fc))(
             *states))
-    phi, valid, stats = runs[None]
+    phi, valid, stats = runs[64, None]
     assert valid.any() and np.abs(phi).max() > 0
-    for chunk in (1, 3):
-        np.testing.assert_array_equal(runs[chunk][0], phi, err_msg=f"phi, chunk {chunk}")  # bit for bit
-        np.testing.assert_array_equal(runs[chunk][1], valid)
-        assert runs[chunk][2] == stats, chunk
+    for (grid, chunk), (phi_c, valid_c, stats_c) in runs.items():
+        np.testing.assert_array_equal(phi_c, phi, err_msg=f"phi, grid {grid}, chunk {chunk}")  # bit for bit
+        np.testing.assert_array_equal(valid_c, valid)
+        if grid is not None:
+            assert stats_c == stats, chunk
