@@ -17,11 +17,11 @@ inside a chunk), which bounds the temporaries (the road-edge candidate search
 ``[chunk x A x A x 80]``) without changing a value: the road-edge index is
 built once per scene from every rollout's box centres, its exact fallback
 runs once per scene on the corners no chunk's grid tier certified (a pass
-costs the same for one query as for thousands: per chunk it would cost the
-default sizes 2x), and each query's and each agent's result is computed
-alone. The ``*_batch`` variants take B scenes
-at once (batched curation) and give every scene the values the one-scene
-functions give it.
+costs the same for one query as for thousands: run per chunk, it doubled the
+features' time at the default sizes), and each query's and each agent's
+result is computed alone. The ``*_batch`` variants take B scenes at once
+(batched curation) and give every scene the values the one-scene functions
+give it.
 """
 
 from __future__ import annotations
