@@ -77,10 +77,15 @@ def curate(variants: set[str]) -> ml_collections.ConfigDict:
     c.max_road_edge_points = 0
     c.road_edge_grid = 64
     c.road_edge_candidates = 64
+    # Rollouts featurized together (lax.map over chunks; the largest divisor of num_rollouts at most this; 0: all at
+    # once): bounds the features' temporaries (~41 MB per rollout at :womd sizes, 128 agents and 30k road-graph
+    # points; 8: 0.42 GiB per scene, all 64 at once: 2.61 GiB), never their values; 8 keeps the default sizes' speed
+    # (docs/benchmarks.md, "Curation memory at WOMD sizes").
+    c.feature_rollout_chunk = 8
     c.pictures = True
     if "womd" in variants:
         c.rankings_per_example = 1.0
-        # --dry_run at 128 slots, 30k road-graph points, 64 rollouts: ~6.5 GiB of temporaries per scene (26 GiB at 4)
+        # --dry_run at 128 slots, 30k road-graph points, 64 rollouts: 0.42 GiB of temporaries per device (1.72 at 4)
         c.scenes_per_device = 4
     if "smoke" in variants:
         c.num_rollouts = 8

@@ -134,13 +134,27 @@ def distance_to_road_edge(eval_tr: dict, edges: geo.Segments,
       index could not certify, searched exhaustively; 0 without an index).
       There are ``4 * sum(valid)`` corner queries.
     """
+    if index is None:
+        names = ("x", "y", "z", "length", "width", "height", "heading")
+        corners = geo.box_bottom_corners_3d(*(eval_tr[name] for name in names))
+        return jnp.max(geo.signed_distance_to_polylines(corners, edges, Z_STRETCH), axis=-1), jnp.int32(0)
+    corners = road_edge_corners(eval_tr)
+    j, fallbacks = segment_index.nearest_segment(corners, edges, index, Z_STRETCH, eval_tr["valid"][..., None])
+    return distance_to_nearest_edge(corners, edges, j), fallbacks
+
+
+def road_edge_corners(eval_tr: dict) -> Array:
+    """The ``[E, T, 4, 3]`` bottom corners whose road-edge distances ``distance_to_road_edge`` takes (its
+    first part: callers that split its work, e.g. the preference features over rollout chunks, share it)."""
     names = ("x", "y", "z", "length", "width", "height", "heading")
     corners = geo.box_bottom_corners_3d(*(eval_tr[name] for name in names))  # [E, T, 4, 3]
-    if index is None:
-        return jnp.max(geo.signed_distance_to_polylines(corners, edges, Z_STRETCH), axis=-1), jnp.int32(0)
     # Corners materialized once, as the exhaustive search's reduction does: fused
-    # into the gathers below, XLA would round some of them differently (1 ulp).
-    corners = jax.lax.optimization_barrier(corners)
-    j, fallbacks = segment_index.nearest_segment(corners, edges, index, Z_STRETCH, eval_tr["valid"][..., None])
-    d = geo.signed_distance_to_polylines(corners, edges, Z_STRETCH, nearest=j)
-    return jnp.max(d, axis=-1), fallbacks
+    # into the index's gathers, XLA would round some of them differently (1 ulp).
+    return jax.lax.optimization_barrier(corners)
+
+
+def distance_to_nearest_edge(corners: Array, edges: geo.Segments, nearest: Array) -> Array:
+    """The last part of ``distance_to_road_edge``: ``[..., T]`` signed distance of the most off-road of the
+    ``[..., T, 4, 3]`` corners (``road_edge_corners``) given each corner's nearest segment (int ``[..., T, 4]``,
+    ``segment_index.nearest_segment``)."""
+    return jnp.max(geo.signed_distance_to_polylines(corners, edges, Z_STRETCH, nearest=nearest), axis=-1)

@@ -15,7 +15,8 @@ cell to its ``K``-th closest segment, which every other segment is at least
 as far as. Memory is ``G^2 x K`` ints plus
 ``G^2`` floats, whatever the number of queries.
 
-Query (``nearest_segment``): a point evaluates the ``K`` candidates of its
+Query (``nearest_segment``; its two tiers ``grid_search`` and
+``fallback_search`` also apart): a point evaluates the ``K`` candidates of its
 cell with the exhaustive search's own arithmetic (``shapes.segment_dist2`` on
 the per-segment terms of ``shapes.segment_terms``, materialized once, so the
 two round alike) and takes the lowest index among the smallest distances. The 3D z-stretched
@@ -172,21 +173,36 @@ def nearest_segment(points: Array, seg: geo.Segments, index: SegmentIndex, z_str
       (int32 ``[...]`` segment index, int32 scalar count of valid queries
       that needed the exhaustive fallback).
     """
+    j, todo = grid_search(points, seg, index, z_stretch, valid)
+    return fallback_search(points, seg, j, todo, z_stretch, fallback_chunk), jnp.sum(todo, dtype=jnp.int32)
+
+
+def grid_search(points: Array, seg: geo.Segments, index: SegmentIndex, z_stretch: float = 1.0,
+                valid: Array | None = None) -> tuple[Array, Array]:
+    """The first tier of :func:`nearest_segment` (same arguments): (int32 ``[...]`` the best candidate of each
+    point's cell, bool ``[...]`` the valid points it does not certify, for :func:`fallback_search`). Each point's
+    answer is its own, so callers may split the points (e.g. to bound the ``[points, K]`` temporaries) and
+    send the uncertified ones of every part to one :func:`fallback_search`."""
     shape = points.shape[:-1]
     pts = points.reshape(-1, 3)
     ok = jnp.ones(pts.shape[0], bool) if valid is None else jnp.broadcast_to(valid, shape).reshape(-1)
     j, certified = _candidate_search(pts, seg, index, z_stretch)
-    todo = ok & ~certified & jnp.any(seg.valid)
-    n_fallback = jnp.sum(todo, dtype=jnp.int32)
-    # Fallback, in two exact tiers: a block-pruned search (``_block_search``:
-    # queries off the grid, far from the map, touch a few blocks), then the
-    # exhaustive search for what that cannot certify.
+    return j.reshape(shape), (ok & ~certified & jnp.any(seg.valid)).reshape(shape)
+
+
+def fallback_search(points: Array, seg: geo.Segments, j: Array, todo: Array, z_stretch: float = 1.0,
+                    fallback_chunk: int = 256) -> Array:
+    """The exact tiers of :func:`nearest_segment` for the ``todo`` points (``[...]``, from :func:`grid_search`):
+    a block-pruned search (``_block_search``: queries off the grid, far from the map, touch a few blocks), then
+    the exhaustive search for what that cannot certify; ``j`` elsewhere. Returns int32 ``[...]``."""
+    shape = points.shape[:-1]
+    pts, j, todo = points.reshape(-1, 3), j.reshape(-1), todo.reshape(-1)
     j, todo = _chunked(pts, todo, j, lambda p: _block_search(p, seg, z_stretch), fallback_chunk)
     j, _ = _chunked(pts, todo, j, lambda p: (geo.nearest_segment_3d(p, seg, z_stretch), None), fallback_chunk,
                     seg.valid.shape[0])
     # No valid segment at all: the exhaustive search's answer (index 0).
     j = jnp.where(jnp.any(seg.valid), j, 0)
-    return j.reshape(shape), n_fallback
+    return j.reshape(shape)
 
 
 def _block_search(points: Array, seg: geo.Segments, z_stretch: float, block: int = 32, k: int = 16

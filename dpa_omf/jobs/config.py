@@ -350,7 +350,7 @@ def curation_config(c: ml_collections.ConfigDict, backend: str | None = None) ->
     features = feat.FeatureConfig(
         clearance_cap=cc.clearance_cap, road_distance_clip=cc.road_distance_clip, effort_cap=cc.effort_cap,
         max_road_edge_points=cc.max_road_edge_points or None, road_edge_grid=cc.road_edge_grid or None,
-        road_edge_candidates=cc.road_edge_candidates)
+        road_edge_candidates=cc.road_edge_candidates, rollout_chunk=cc.feature_rollout_chunk or None)
     return curation.CurationConfig(rollout=_rollout(cc), ot=ot, features=features, top_k=cc.top_k)
 
 

@@ -89,6 +89,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                  "use more devices (mesh.data) or bfloat16 compute")
     if not report["curate_step"]["fits"]:
         gib = report["curate_step"]["per_device_gib"]
-        sys.exit(f"aot: the curate step needs {gib['total']:.2f} GiB per device: lower curate.scenes_per_device "
-                 "or curate.rollout_chunk")
+        sys.exit(f"aot: the curate step needs {gib['total']:.2f} GiB per device: lower curate.scenes_per_device, "
+                 "curate.rollout_chunk or curate.feature_rollout_chunk")
     return report

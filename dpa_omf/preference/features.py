@@ -10,9 +10,18 @@ official sign rule), so the feedback that ranks rollouts and the metric that
 judges them measure the same things.
 
 The same function serves the expert (logged future) and rollouts (simulated
-future); rollouts are vmapped. No Python loop over agents or rollouts. The
-``*_batch`` variants take B scenes at once (batched curation) and give every
-scene the values the one-scene functions give it.
+future). No Python loop over agents or rollouts: the R rollouts of a scene
+go through ``lax.map`` in chunks of ``FeatureConfig.rollout_chunk`` (vmapped
+inside a chunk), which bounds the temporaries (the road-edge candidate search
+``[chunk x A x 80 x 4 corners, K]`` and the pairwise clearance
+``[chunk x A x A x 80]``) without changing a value: the road-edge index is
+built once per scene from every rollout's box centres, its exact fallback
+runs once per scene on the corners no chunk's grid tier certified (a pass
+costs the same for one query as for thousands: run per chunk, it doubled the
+features' time at the default sizes), and each query's and each agent's
+result is computed alone. The ``*_batch`` variants take B scenes at once
+(batched curation) and give every scene the values the one-scene functions
+give it.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from dpa_omf import datatypes as dt
-from dpa_omf.geometry import scene
+from dpa_omf.geometry import scene, segment_index
 from dpa_omf.geometry import shapes as geo
 
 NUM_FEATURES = 5
@@ -47,6 +56,10 @@ class FeatureConfig:
       index (``geometry.segment_index``: grid cells per side, candidates per
       cell; grid None: exhaustive search). Queries the index cannot certify
       are searched exhaustively, so the features never depend on these knobs.
+    rollout_chunk: rollouts featurized together (``lax.map`` over chunks; the
+      largest divisor of R at most this; None: all R at once). Bounds the
+      temporaries, never changes a value (at WOMD sizes, 128 agents and 30k
+      road-graph points, ~41 MB per rollout; docs/benchmarks.md).
     """
 
     clearance_cap: float = 10.0
@@ -55,16 +68,26 @@ class FeatureConfig:
     max_road_edge_points: int | None = None
     road_edge_grid: int | None = 64
     road_edge_candidates: int = 64
+    rollout_chunk: int | None = 8
+
+    def __post_init__(self):
+        if self.rollout_chunk is not None and self.rollout_chunk < 1:
+            raise ValueError(f"FeatureConfig: rollout_chunk={self.rollout_chunk} must be >= 1 (or None: all at once)")
+
+
+def _road_index(edges: geo.Segments, x: jax.Array, y: jax.Array, valid: jax.Array, config: FeatureConfig):
+    """The scene's road-edge index covering the box centres ``x, y`` (bool ``valid``, any shape), built once
+    for every query of the scene (None: exhaustive search, ``road_edge_grid`` None)."""
+    if config.road_edge_grid is None:
+        return None
+    return scene.road_edge_index(edges, config.road_edge_grid, config.road_edge_candidates,
+                                 jnp.stack([x, y], -1), valid)
 
 
 def _road_distance(tr: dict, edges: geo.Segments, config: FeatureConfig) -> tuple[jax.Array, jax.Array]:
     """Signed road-edge distance of the most off-road box corner, ``[E, T]`` from ``[E, T]`` trajectories,
     through the scene's index built once here; and the count of corner queries it sent to the fallback."""
-    if config.road_edge_grid is None:
-        return scene.distance_to_road_edge(tr, edges)
-    index = scene.road_edge_index(edges, config.road_edge_grid, config.road_edge_candidates,
-                                  jnp.stack([tr["x"], tr["y"]], -1), tr["valid"])
-    return scene.distance_to_road_edge(tr, edges, index)
+    return scene.distance_to_road_edge(tr, edges, _road_index(edges, tr["x"], tr["y"], tr["valid"], config))
 
 
 def _trajectories(scenario: dt.Scenario, x, y, heading, valid) -> dict:
@@ -174,13 +197,59 @@ def rollout_features_stats(scenario: dt.Scenario, x: jax.Array, y: jax.Array, he
                            vel_x: jax.Array, vel_y: jax.Array, config: FeatureConfig = FeatureConfig()
                            ) -> tuple[jax.Array, jax.Array, dict]:
     """:func:`rollout_features` and the road-edge index's statistics: int32 ``road_edge_queries`` (box
-    corners of valid boxes) and ``road_edge_fallbacks`` (those searched exhaustively)."""
+    corners of valid boxes) and ``road_edge_fallbacks`` (those searched exhaustively).
+
+    One road-edge index for the scene (covering every rollout's box centres), then ``lax.map`` over chunks of
+    ``rollout_chunk_size(R, config)`` rollouts: the values do not depend on the chunk.
+    """
     scenario = jax.tree.map(jnp.asarray, scenario)
-    tr, edges = _rollout_boxes(scenario, x, y, heading, config)
-    road, fallbacks = _road_distance(tr, edges, config)
-    phi, valid = _rollout_phi(scenario, edges, x, y, heading, vel_x, vel_y, road, config)
-    stats = {"road_edge_queries": 4 * jnp.sum(tr["valid"], dtype=jnp.int32), "road_edge_fallbacks": fallbacks}
-    return phi, valid, stats
+    edges, _ = scene.road_edge_segments(scenario.roadgraph, config.max_road_edge_points)
+    valid = jnp.broadcast_to(scenario.agents.sim_mask[None, :, None], x.shape)  # [R, A, 80]
+    r = x.shape[0]
+    c = rollout_chunk_size(r, config)
+    cvalid = valid[:c]  # every rollout simulates the same agents
+    chunks = tuple(v.reshape(r // c, c, *v.shape[1:]) for v in (x, y, heading, vel_x, vel_y))
+
+    def boxes(cx, cy, ch):  # [C, A, 80] -> [C * A, 80] box trajectories
+        return {k: v.reshape((-1, *v.shape[2:])) for k, v in _trajectories(scenario, cx, cy, ch, cvalid).items()}
+
+    def phi_of(states, road):  # [C, A, 80] each, road [C * A, 80] -> [C, A, 80, 5]
+        def one(*s):
+            return _future_features(scenario, edges, *s, config)
+
+        return jax.vmap(one)(*states, cvalid, road.reshape(states[0].shape))
+
+    index = _road_index(edges, x, y, valid, config)
+    if index is None:  # exhaustive search, chunk by chunk
+        def exhaustive(states):
+            return phi_of(states, scene.distance_to_road_edge(boxes(*states[:3]), edges)[0])
+
+        phi, fallbacks = jax.lax.map(exhaustive, chunks), jnp.int32(0)
+    else:
+        # The index's grid tier chunk by chunk; the exact tiers once for the whole scene's uncertified corners
+        # (a pass costs the same for 1 or 32k of them); then the distances and features chunk by chunk.
+        def grid(states):
+            tr = boxes(*states[:3])
+            corners = scene.road_edge_corners(tr)
+            j, todo = segment_index.grid_search(corners, edges, index, scene.Z_STRETCH, tr["valid"][..., None])
+            return corners, j, todo
+
+        corners, j, todo = jax.lax.map(grid, chunks)
+        j = segment_index.fallback_search(corners, edges, j, todo, scene.Z_STRETCH)
+        fallbacks = jnp.sum(todo, dtype=jnp.int32)
+        phi = jax.lax.map(lambda a: phi_of(a[0], scene.distance_to_nearest_edge(a[1], edges, a[2])),
+                          (chunks, corners, j))
+    stats = {"road_edge_queries": 4 * jnp.sum(valid, dtype=jnp.int32), "road_edge_fallbacks": fallbacks}
+    return phi.reshape((*x.shape, NUM_FEATURES)), valid, stats
+
+
+def rollout_chunk_size(num_rollouts: int, config: FeatureConfig) -> int:
+    """Rollouts per chunk of :func:`rollout_features`: the largest divisor of ``num_rollouts`` at most
+    ``config.rollout_chunk`` (all of them when it is None)."""
+    c = num_rollouts if config.rollout_chunk is None else min(config.rollout_chunk, num_rollouts)
+    while num_rollouts % c:
+        c -= 1
+    return c
 
 
 def rollout_features_batch(scenarios: dt.Scenario, x: jax.Array, y: jax.Array, heading: jax.Array,
@@ -195,20 +264,3 @@ def rollout_features_batch(scenarios: dt.Scenario, x: jax.Array, y: jax.Array, h
     return jax.vmap(one)(jax.tree.map(jnp.asarray, scenarios), x, y, heading, vel_x, vel_y)
 
 
-def _rollout_boxes(scenario: dt.Scenario, x, y, heading, config: FeatureConfig) -> tuple[dict, geo.Segments]:
-    """The ``[R * A, 80]`` box trajectories of every rollout's agents (one road-edge search) and the edges."""
-    edges, _ = scene.road_edge_segments(scenario.roadgraph, config.max_road_edge_points)
-    valid = jnp.broadcast_to(scenario.agents.sim_mask[None, :, None], x.shape)
-    tr = _trajectories(scenario, x, y, heading, valid)
-    return {k: v.reshape((-1, *v.shape[2:])) for k, v in tr.items()}, edges
-
-
-def _rollout_phi(scenario: dt.Scenario, edges: geo.Segments, x, y, heading, vel_x, vel_y, road_flat,
-                 config: FeatureConfig) -> tuple[jax.Array, jax.Array]:
-    valid = jnp.broadcast_to(scenario.agents.sim_mask[None, :, None], x.shape)
-    road = road_flat.reshape(x.shape)
-
-    def one(*s):
-        return _future_features(scenario, edges, *s, config)
-
-    return jax.vmap(one)(x, y, heading, vel_x, vel_y, valid, road), valid

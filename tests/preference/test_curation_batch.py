@@ -1,5 +1,7 @@
 """Batched curation gives every scene exactly what it gets alone (same keys => same rollouts => same pairs)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -79,3 +81,25 @@ def test_auto_solver_follows_the_backend():
     assert c.curate.solver == "auto"
     assert cfg_lib.curation_config(c, backend="gpu").ot.solver == "exact"
     assert cfg_lib.curation_config(c, backend="cpu").ot.solver == "exact_host"
+
+
+def test_feature_rollout_chunks_do_not_change_values(smoke):
+    c, model, params, scenes, keys = smoke
+    cfg = cfg_lib.curation_config(c)
+    r = curation.rank_scene(model, params, scenes[0], keys[0], cfg)
+    states = [r[k] for k in ("x", "y", "heading", "vel_x", "vel_y")]
+    num_rollouts = states[0].shape[0]
+    # 3 -> chunks of 2 (the largest divisor of 8 at most 3): a lax.map of several chunks.
+    assert feat.rollout_chunk_size(num_rollouts, dataclasses.replace(cfg.features, rollout_chunk=3)) == 2
+    runs = {}
+    for grid, chunk in ((64, None), (64, 3), (None, 3)):  # grid None: exhaustive search
+        fc = dataclasses.replace(cfg.features, rollout_chunk=chunk, road_edge_grid=grid)
+        runs[grid, chunk] = jax.device_get(jax.jit(lambda *v, fc=fc: feat.rollout_features_stats(scenes[0], *v, fc))(
+            *states))
+    phi, valid, stats = runs[64, None]
+    assert valid.any() and np.abs(phi).max() > 0
+    for (grid, chunk), (phi_c, valid_c, stats_c) in runs.items():
+        np.testing.assert_array_equal(phi_c, phi, err_msg=f"phi, grid {grid}, chunk {chunk}")  # bit for bit
+        np.testing.assert_array_equal(valid_c, valid)
+        if grid is not None:
+            assert stats_c == stats, chunk
