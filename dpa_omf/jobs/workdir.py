@@ -69,7 +69,8 @@ NOT_FINGERPRINTED = (
     "pretrain.num_workers",
     "pretrain.log_every", "pretrain.progress_bar", "pretrain.prefetch", "pretrain.checkpoint_every",
     "pretrain.keep_checkpoints", "pretrain.async_checkpointing",
-    "curate.scenes_per_device", "evaluate.scenes_per_device", "pretrain.realism_scenes", "align.realism_scenes",
+    "curate.scenes_per_device", "curate.feature_rollout_chunk", "evaluate.scenes_per_device",
+    "pretrain.realism_scenes", "align.realism_scenes",
     "align.log_every", "align.progress_bar", "align.checkpoint_every", "align.keep_checkpoints",
     "pretrain.preemption_sync_every", "align.preemption_sync_every",
 )
