@@ -264,7 +264,7 @@ def test_the_graph_runs_prerequisites_in_order_and_names_the_align_folder_by_met
             order.append(name)
 
     visit("evaluate")
-    assert order == ["data", "pretrain", "curate", "align", "evaluate"]
+    assert order == ["data", "prepare", "pretrain", "curate", "align", "evaluate"]
 
 
 @pytest.mark.parametrize("all_processes", [True, False])
