@@ -84,10 +84,8 @@ def test_auto_solver_follows_the_backend():
 
 
 def test_feature_rollout_chunks_do_not_change_values(smoke):
-    c, model, params, scenes, keys = smoke
-    cfg = cfg_lib.curation_config(c)
-    r = curation.rank_scene(model, params, scenes[0], keys[0], cfg)
-    states = [r[k] for k in ("x", "y", "heading", "vel_x", "vel_y")]
+    cfg, _, _, scenes, _, batch = smoke
+    states = [batch[k][0] for k in ("x", "y", "heading", "vel_x", "vel_y")]  # scene 0's rollouts, ranked once
     num_rollouts = states[0].shape[0]
     # 3 -> chunks of 2 (the largest divisor of 8 at most 3): a lax.map of several chunks.
     assert feat.rollout_chunk_size(num_rollouts, dataclasses.replace(cfg.features, rollout_chunk=3)) == 2
