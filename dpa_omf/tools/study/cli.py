@@ -84,6 +84,12 @@ def parse(argv: list[str] | None) -> Plan:
                 pathlib.Path(args.results_dir) if args.results_dir else root, args.suite)
 
 
+def lever_curation(plan: Plan) -> dict[tuple[str, ...], pathlib.Path]:
+    """The lever folders that curate their own preference data, by their ``curate.*`` overrides: an arm with the
+    same overrides links that curation instead of curating again."""
+    return {a.curate_overrides: plan.root / "levers" / a.name for a in plan.arms("levers") if a.curates}
+
+
 def levers(plan: Plan, sw: dict | None, lr_dpa: list[str]) -> dict | None:
     """Every lever arm on the validation block (first seed); returns the record (``tables.levers_table``) with
     ``combined``: the arm of the kept levers (None when none helped or there are no levers)."""
@@ -107,9 +113,8 @@ def levers(plan: Plan, sw: dict | None, lr_dpa: list[str]) -> dict | None:
     both = runs.combined(chosen)
     combined_val = None
     if both is not None:  # the combined arm on validation too: its own sampling setting is chosen there
-        curated = {a.curate_overrides: plan.root / "levers" / a.name for a in arms if a.curates}
         r = runs.run_arm(both, lambda s: plan.root / "levers" / both.name, plan.shared, [s0], plan.config, flags,
-                         lambda s: ref_dir, curated.get(both.curate_overrides))
+                         lambda s: ref_dir, lever_curation(plan).get(both.curate_overrides))
         combined_val = r[s0]["summary"]["models"]["dpa_omf"]["composite"]
     return {"base": base, "chosen": [a.name for a in chosen], "combined": both, "combined_val_composite": combined_val,
             "arms": {a.name: {"group": a.group_name, "overrides": list(a.overrides), "val_composite": val[a.name]}
@@ -214,7 +219,7 @@ def run(plan: Plan, wall0: float, cpu0: float) -> int:
     setup = {k: per_seed[plan.seeds[0]][k] for k in ("challenge", "num_scenes", "num_rollouts")}
     combined = lv["combined"] if lv else None
     test_arms = plan.arms("features", "data") + ([combined] if combined else [])
-    curated = {a.curate_overrides: plan.root / "levers" / a.name for a in plan.arms("levers") if a.curates}
+    curated = lever_curation(plan)
     arm_rows = {f"dpa_omf[{a.name}]": runs.run_arm(
         a, lambda s, a=a: plan.root / "arms" / a.name / f"seed_{s}", plan.shared, plan.seeds, plan.config,
         plan.extra + plan.test_flags + lr_dpa, lambda s: plan.root / f"seed_{s}", curated.get(a.curate_overrides))
