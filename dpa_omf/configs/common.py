@@ -52,6 +52,20 @@ def parse_variants(arg: str | None, allowed: tuple[str, ...]) -> set[str]:
     return names
 
 
+def parse_method_variant(arg: str | None, allowed: tuple[str, ...]) -> tuple[set[str], str | None]:
+    """``(variants, method)``: the known variants, and at most one other name, which is taken as an alignment method.
+
+    The config layer sits below the registry of methods (``dpa_omf/jobs/align.py:METHODS``), so it lists none: the
+    config boundary refuses a name that is not a method (``align.check``), naming the registry's methods.
+    """
+    names = {v.strip() for v in (arg or "").split(",") if v.strip()}
+    others = sorted(names - set(allowed))
+    if len(others) > 1:
+        raise ValueError(f"choose at most one alignment method variant, got {others} (other variants: "
+                         f"{sorted(allowed)})")
+    return names - set(others), (others[0] if others else None)
+
+
 def base_config(variants: set[str]) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.job = ""

@@ -17,10 +17,6 @@ DESCRIPTIONS = {
                 "z held at the current step"),
 }
 
-# The alignment methods (align.method; variants of configs/align.py); each maps to its loss in dpa_omf/jobs/align.py.
-ALIGN_METHODS = ("dpa_omf", "dpa_adef", "sft_best_oa", "sft_best_ade", "afd", "dpo", "online", "catk", "ntp")
-
-
 def curate(variants: set[str]) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.num_rollouts = 64  # rollouts ranked per scene

@@ -91,7 +91,7 @@ def folder_name(method: str) -> str:
 def finished_folders(workdir: str) -> dict[str, str]:
     """Every finished alignment stage in the workdir: method -> folder."""
     out = {}
-    for method in cfg_lib.ALIGN_METHODS:
+    for method in METHODS:
         folder = folder_name(method)
         if (wd.stage_dir(workdir, folder) / wd.SUMMARY).exists():
             out[method] = folder
@@ -320,8 +320,9 @@ class Method:
     study_default: bool = False
 
 
-# The alignment methods. Adding one: an entry here and its name in dpa_omf/configs/post_training.py:ALIGN_METHODS
-# (which makes the configs/align.py:<name> variant, the align_<name> folder and its evaluation row).
+# The alignment methods: the one list. Adding one is an entry here (and its loss); that makes the variants
+# configs/align.py:<name> and configs/submit.py:<name>, the align_<name> folder, its evaluation row and its place in
+# the study.
 METHODS: dict[str, Method] = {
     # CPL on the OT-ranked pairs (the paper)
     "dpa_omf": Method(_stored_pairs, align_losses.cpl_loss, paired=True, ranked_by="ot_distance", per_agent=True,
@@ -345,12 +346,16 @@ METHODS: dict[str, Method] = {
 
 
 def check(c: ml_collections.ConfigDict) -> list[str]:
-    """The config rules of the chosen method (``cfg_lib.check``'s ``rules``): the offline levers, agent credit,
-    the SFT top-k and a round's updates apply only where its entry says so."""
+    """The config rules of the methods (``cfg_lib.check``'s ``rules``): ``align.method`` and ``submit.model`` name
+    entries of ``METHODS``; the offline levers, agent credit, the SFT top-k and a round's updates apply only where
+    the chosen method's entry says so."""
     a, m = c.align, METHODS.get(c.align.method)
-    if m is None:
-        return []  # cfg_lib.align refuses the unknown method
     errors = []
+    if c.submit.model != "reference" and c.submit.model not in METHODS:
+        errors.append(f"submit.model={c.submit.model!r} is not 'reference' or an alignment method {tuple(METHODS)}")
+    if m is None:
+        return errors + [f"align.method={a.method!r} is not an alignment method {tuple(METHODS)} (a variant of "
+                         "configs/align.py that is not smoke or womd names a method)"]
     levers = {"offline_loss": a.offline_loss != "pairs", "kl_weight": a.kl_weight > 0,
               "reference_ratio": a.reference_ratio, "eval_agent_weight": a.eval_agent_weight != 1.0}
     used = [k for k, on in levers.items() if on]

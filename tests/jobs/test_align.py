@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from dpa_omf.configs import align as align_config
+from dpa_omf.configs import submit as submit_config
 from dpa_omf.io import reader
 from dpa_omf.jobs import align, stages
 from dpa_omf.jobs import config as cfg_lib
@@ -242,9 +243,40 @@ def test_curate_shards_name_data_files_relative_to_the_workdir(tmp_path, monkeyp
         curate.load_shards(str(moved))
 
 
-def test_every_configured_method_has_one_implementation():
-    """The method names live in dpa_omf/configs/post_training.py; each has exactly one entry in align.METHODS."""
-    assert tuple(align.METHODS) == cfg_lib.ALIGN_METHODS
+def test_a_method_is_a_variant_by_its_registry_entry_alone(monkeypatch):
+    """align.METHODS is the one list of methods: a new entry is at once a variant of configs/align.py and of
+    configs/submit.py, and a name that is no entry is refused at the boundary, naming the registry's methods."""
+    monkeypatch.setitem(align.METHODS, "tenth", align.METHODS["dpa_omf"])
+    for cfg_module in (align_config, submit_config):
+        c = cfg_module.get_config("smoke,tenth")
+        c.submit.account_name = "you@example.com"
+        assert c.align.method == "tenth"
+        stages.check(c)
+    with pytest.raises(ValueError, match=r"align.method='tnth' is not an alignment method \('dpa_omf',"):
+        stages.check(align_config.get_config("tnth"))
+    c = submit_config.get_config("smoke,tnth")
+    c.submit.account_name = "you@example.com"
+    with pytest.raises(ValueError, match=r"submit\.model='tnth' is not 'reference' or an alignment method"):
+        stages.check(c)
+    with pytest.raises(ValueError, match="at most one alignment method"):
+        align_config.get_config("ntp,afd")
+
+
+def test_no_module_lists_the_methods_again():
+    """No production module holds a second list of the methods: no tuple, list or set literal of three or more of
+    align.METHODS' names outside the registry (the study's suites choose a subset: that is configuration)."""
+    names, found = set(align.METHODS), []
+    root = pathlib.Path(align.__file__).parents[1]
+    allowed = {root / "jobs" / "align.py", root / "tools" / "study" / "suites.py"}
+    for path in sorted(root.rglob("*.py")):
+        if path in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+                spelled = {e.value for e in node.elts if isinstance(e, ast.Constant)} & names
+                if len(spelled) >= 3:
+                    found.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not found, f"a second list of alignment methods: {found}"
 
 
 def test_what_a_method_needs_comes_from_its_entry(monkeypatch):

@@ -142,7 +142,7 @@ def test_every_violation_is_listed_at_once():
     c.curate.solver = "magic"
     c.evaluate.num_scenes = -1  # 0 means "every held-out scene"
     with pytest.raises(ValueError) as e:
-        cfg_lib.check(c)
+        stages.check(c)  # the boundary's checks and the registries' rules (the method name: align.check)
     for message in ("token_hz=3", "align.method='nope'", "magic", "evaluate.num_scenes=-1"):
         assert message in str(e.value)
 

@@ -142,7 +142,7 @@ def test_the_config_is_checked_before_any_compute():
         c = _config()
         edit(c)
         with pytest.raises(ValueError, match=message):
-            cfg_lib.check(c)
+            stages.check(c)  # the boundary with the registries' rules (method names: align.check)
     afd = submit_config.get_config("smoke,afd")
     assert afd.align.method == "afd" and afd.submit.model == "afd"
     assert stages.GRAPH["submit"].needs_of(afd) == ("pretrain", "align")

@@ -313,7 +313,7 @@ def test_levers_from_the_command_line_without_a_sweep(tmp_path, monkeypatch):
 
 
 def test_the_study_lists_no_methods_of_its_own():
-    """A new alignment method is one entry in align.METHODS and its name in ALIGN_METHODS: the study's choices are
+    """A new alignment method is one entry in align.METHODS: the study's choices are
     exactly those, and every method a suite runs is one of them."""
     assert tuple(align.METHODS) == suites.ALL_METHODS
     for suite in suites.SUITES.values():
