@@ -5,6 +5,7 @@ import hashlib
 import json
 import math
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -256,6 +257,22 @@ def test_a_preempted_or_failed_job_stops_the_study_with_its_exit_code(monkeypatc
         cli.main([f"--workdir={tmp_path / 'study'}", "--methods=dpa_omf", "--seeds=0"])
     assert stop.value.code == code
     assert json.loads((tmp_path / "study" / "time.jsonl").read_text())["stopped"]
+    # each run of a job left its time in its workdir, the stopped ones too
+    rows = runs.job_times(tmp_path)
+    assert [r["exit_code"] for r in rows] == [code, code] and all(r["cpu_s"] >= 0 for r in rows)
+
+
+def test_the_protocol_time_adds_every_job_run_and_every_study_command(tmp_path, monkeypatch):
+    """A study resumed several times: its total is the sum of its commands' own time and of every job run's."""
+    monkeypatch.setattr(runs, "children_cpu_seconds", iter([10.0, 70.0, 70.0, 100.0]).__next__)
+    monkeypatch.setattr(runs.subprocess, "run", lambda cmd: subprocess.CompletedProcess(cmd, 0))
+    runs.launch("configs/align.py", tmp_path / "a", 0, [])
+    runs.launch("configs/align.py", tmp_path / "b" / "c", 0, [])
+    (tmp_path / "time.jsonl").write_text(json.dumps({"wall_s": 3600.0, "cpu_s": 1800.0}) + "\n")  # an older line
+    t = cli.record_time(tmp_path, time.time() - 7200.0, cli.own_cpu_seconds() - 36.0)
+    assert t["commands"] == 2 and t["job_runs"] == 2
+    assert t["cpu_hours"] == pytest.approx((60.0 + 30.0 + 1800.0 + 36.0) / 3600, abs=1e-3)
+    assert t["wall_hours"] == pytest.approx(3.0, abs=1e-3)
 
 
 def test_arms_are_config_overrides_and_levers_combine_the_best_of_each_group():

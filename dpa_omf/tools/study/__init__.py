@@ -52,8 +52,9 @@ DPA-OMF's models also ``vs`` {other model: {mean, lo, hi}}), ``alignment.md``
 Every job is a ``python -m dpa_omf.launch`` subprocess (``runs``): finished
 stages are reused, an interrupted study resumes where it stopped, and a
 preempted job stops the study with exit code 75 (run the same command again).
-Each study command appends its wall and CPU time (its own and its jobs') to
-``DIR/time.jsonl``; the report gives the protocol's total.
+Each job run appends its wall and CPU time to ``study_job_times.jsonl`` in its
+workdir as it ends, each study command its own to ``DIR/time.jsonl``; the
+report gives the protocol's total, however often it was resumed.
 Modules: ``suites`` (presets, arms), ``runs`` (the jobs and their folders),
 ``results`` (aggregation, ``alignment.json``), ``tables`` (markdown),
 ``figures``, ``cli`` (the steps' order).

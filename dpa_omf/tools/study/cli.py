@@ -163,26 +163,30 @@ def sharpening(plan: Plan, lr_dpa: list[str], combined: suites.Arm | None = None
     return {"grid": [list(s) for s in grid], "val_composite": val, "chosen": chosen}, rows
 
 
-def cpu_seconds() -> float:
-    """CPU time of this process and of its finished jobs (user + system)."""
-    me, jobs = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + jobs.ru_utime + jobs.ru_stime
+def own_cpu_seconds() -> float:
+    """CPU time (user + system) of the study process itself; its jobs are counted per job (``runs.launch``)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    return me.ru_utime + me.ru_stime
 
 
 def record_time(root: pathlib.Path, wall0: float, cpu0: float, stopped: bool = False) -> dict:
-    """Appends this command's wall and CPU time to ``DIR/time.jsonl`` (one line per study command, a stopped one
-    too: a resumed study adds up); returns the totals over every command."""
+    """Appends this study command's wall time and its own CPU time to ``DIR/time.jsonl`` (one line per command, a
+    stopped one too) and returns the protocol's totals: the commands' wall time, and the CPU time of every job
+    run (``runs.job_times``) plus the commands' own. (A line without ``own_cpu_s``, from a study before per-job
+    times, counted its jobs in its ``cpu_s``: it is added as it is.)"""
     line = {"finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_s": round(time.time() - wall0, 1),
-            "cpu_s": round(cpu_seconds() - cpu0, 1), "stopped": stopped}
+            "own_cpu_s": round(own_cpu_seconds() - cpu0, 1), "stopped": stopped}
     with open(root / "time.jsonl", "a") as f:
         f.write(json.dumps(line) + "\n")
     rows = [json.loads(x) for x in (root / "time.jsonl").read_text().splitlines() if x.strip()]
-    return {"commands": len(rows), "wall_hours": sum(r["wall_s"] for r in rows) / 3600,
-            "cpu_hours": sum(r["cpu_s"] for r in rows) / 3600}
+    jobs = runs.job_times(root)
+    cpu = sum(r["cpu_s"] for r in jobs) + sum(r.get("own_cpu_s", r.get("cpu_s", 0.0)) for r in rows)
+    return {"commands": len(rows), "job_runs": len(jobs), "wall_hours": sum(r["wall_s"] for r in rows) / 3600,
+            "job_wall_hours": sum(r["wall_s"] for r in jobs) / 3600, "cpu_hours": cpu / 3600}
 
 
 def main(argv: list[str] | None = None) -> int:
-    wall0, cpu0 = time.time(), cpu_seconds()
+    wall0, cpu0 = time.time(), own_cpu_seconds()
     plan = parse(argv)
     plan.root.mkdir(parents=True, exist_ok=True)
     try:
@@ -276,8 +280,9 @@ def write(plan: Plan, result: dict, test_arms: list[suites.Arm]) -> None:
         text += ("\n" + post_selection.markdown(result["post_selection"])
                  + "\n![post-selection](post_selection/post_selection.png)\n")
     t = result["time"]
-    text += (f"\nTime: {t['wall_hours']:.2f} h wall, {t['cpu_hours']:.2f} h CPU (this process and its jobs) over "
-             f"{t['commands']} study command(s) (DIR/time.jsonl).\n")
+    text += (f"\nTime: {t['wall_hours']:.2f} h wall, {t['cpu_hours']:.2f} h CPU (the study and its jobs) over "
+             f"{t['commands']} study command(s) and {t['job_runs']} job runs (DIR/time.jsonl, "
+             f"DIR/**/{runs.JOB_TIMES}).\n")
     atomic.write_text(root / "report.md", text)
     out = plan.results_dir
     out.mkdir(parents=True, exist_ok=True)

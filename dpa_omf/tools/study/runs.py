@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import resource
 import shutil
 import subprocess
 import sys
@@ -27,25 +28,48 @@ from dpa_omf.train import checkpointing
 SHARED_STAGES = ("data", "prepare", "pretrain", "curate")
 BEFORE_CURATE = SHARED_STAGES[:-1]  # what an arm with its own preference data shares
 COMBINED_ROW = f"dpa_omf[{suites.COMBINED}]"  # DPA-OMF with the levers kept on validation
+JOB_TIMES = "study_job_times.jsonl"  # in each job's workdir: one line per run of a job (``launch``)
 
 
 def log(msg: str) -> None:
     print(f"[study {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def children_cpu_seconds() -> float:
+    """CPU time (user + system) of this process's finished child processes."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def launch(config: str, workdir: pathlib.Path, seed: int, extra: list[str]) -> None:
     """One job of the launcher in ``workdir`` with ``align.seed = evaluate.seed = seed``; stops the study when the
-    job does not finish (its exit code)."""
+    job does not finish (its exit code). Its wall and CPU time go to ``workdir/JOB_TIMES`` as it ends (one line
+    per run of a job, a reused or stopped one too), so the protocol's cost adds up however often it was resumed."""
     cmd = [sys.executable, "-m", "dpa_omf.launch", f"--config={config}", f"--workdir={workdir}",
            f"--config.align.seed={seed}", f"--config.evaluate.seed={seed}", *extra]
     log(" ".join(cmd[1:]))
-    t0 = time.time()
-    code = subprocess.run(cmd).returncode
+    t0, cpu0, code = time.time(), children_cpu_seconds(), None
+    try:
+        code = subprocess.run(cmd).returncode
+    finally:
+        workdir.mkdir(parents=True, exist_ok=True)
+        with open(workdir / JOB_TIMES, "a") as f:
+            f.write(json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                "args": cmd[3:], "exit_code": code, "wall_s": round(time.time() - t0, 1),
+                                "cpu_s": round(children_cpu_seconds() - cpu0, 1)}) + "\n")
     if code:
         log("the job was preempted, its progress saved: run the same study command again to resume"
             if code == checkpointing.EXIT_PREEMPTED else f"the job failed with exit code {code} (output above)")
         raise SystemExit(code)
     log(f"done in {time.time() - t0:.0f} s")
+
+
+def job_times(root: pathlib.Path) -> list[dict]:
+    """Every job run's time line under the study's ``root`` (``launch``)."""
+    rows = []
+    for path in sorted(root.rglob(JOB_TIMES)):
+        rows += [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return rows
 
 
 def link(src: pathlib.Path, dst: pathlib.Path, stages=SHARED_STAGES) -> None:

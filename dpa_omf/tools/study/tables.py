@@ -182,7 +182,7 @@ def alignment_markdown(doc: dict, result: dict) -> str:
     if doc.get("time"):
         t = doc["time"]
         lines += ["", f"The whole protocol took {t['wall_hours']:.2f} h wall and {t['cpu_hours']:.2f} h CPU on this "
-                  f"machine ({t['commands']} study command(s))."]
+                  f"machine ({t['commands']} study command(s), {t.get('job_runs', 0)} job runs)."]
     lines += ["", "## Figures", "", "![realism vs KL to the reference](realism_vs_kl.png)", "",
               "![gain vs preference-data scale](gain_vs_data_scale.png)"]
     return "\n".join(lines) + "\n"
