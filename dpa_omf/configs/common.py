@@ -44,8 +44,13 @@ def renamed_keys_error(keys: list[str]) -> str | None:
     return "; ".join(f"config key {k} was renamed: use --config.{RENAMED_KEYS[k]}" for k in old)
 
 
+def _variant_names(arg: str | None) -> set[str]:
+    """The comma-separated variant names of a config file's argument."""
+    return {v.strip() for v in (arg or "").split(",") if v.strip()}
+
+
 def parse_variants(arg: str | None, allowed: tuple[str, ...]) -> set[str]:
-    names = {v.strip() for v in (arg or "").split(",") if v.strip()}
+    names = _variant_names(arg)
     unknown = names - set(allowed)
     if unknown:
         raise ValueError(f"unknown config variant(s) {sorted(unknown)}; known: {sorted(allowed)}")
@@ -58,7 +63,7 @@ def parse_method_variant(arg: str | None, allowed: tuple[str, ...]) -> tuple[set
     The config layer sits below the registry of methods (``dpa_omf/jobs/align.py:METHODS``), so it lists none: the
     config boundary refuses a name that is not a method (``align.check``), naming the registry's methods.
     """
-    names = {v.strip() for v in (arg or "").split(",") if v.strip()}
+    names = _variant_names(arg)
     others = sorted(names - set(allowed))
     if len(others) > 1:
         raise ValueError(f"choose at most one alignment method variant, got {others} (other variants: "

@@ -182,7 +182,7 @@ def record_time(root: pathlib.Path, wall0: float, cpu0: float, stopped: bool = F
     jobs = runs.job_times(root)
     cpu = sum(r["cpu_s"] for r in jobs) + sum(r.get("own_cpu_s", r.get("cpu_s", 0.0)) for r in rows)
     return {"commands": len(rows), "job_runs": len(jobs), "wall_hours": sum(r["wall_s"] for r in rows) / 3600,
-            "job_wall_hours": sum(r["wall_s"] for r in jobs) / 3600, "cpu_hours": cpu / 3600}
+            "cpu_hours": cpu / 3600}
 
 
 def main(argv: list[str] | None = None) -> int:
