@@ -156,8 +156,10 @@ class EvaluateConfig:
       realism: the WOSAC metric configuration (``challenge`` '2024' or '2025').
       num_scenes: held-out scenes, the first of the valid split (0: every scene of the split).
       seed: the rollout keys' seed (the same for every model: a paired comparison).
-      scenes_per_chunk: scenes per work item (a file of per-scene results; processes split the chunks;
-        the realism metric's static sizes are fitted per chunk).
+      scenes_per_chunk: scenes per work item (a file of per-scene results; processes split the chunks).
+      sizes_per_job: fit the realism metric's static sizes (evaluated-agent slots, road-edge and lane
+        capacities) to every scene of the job, so every chunk runs one compiled program; False: to each
+        chunk (less map-search work per scene when the scenes' maps differ a lot, one program per size).
       scenes_per_device: scenes each local device scores per step (speed only).
     """
 
@@ -167,6 +169,7 @@ class EvaluateConfig:
     seed: int
     scenes_per_chunk: int = 8
     scenes_per_device: int = 1
+    sizes_per_job: bool = True
 
     def __post_init__(self):
         if self.num_scenes < 0:
@@ -400,7 +403,7 @@ def evaluate(c: ml_collections.ConfigDict) -> EvaluateConfig:
         lane_block=e.lane_block or None, lane_blocks_searched=e.lane_blocks_searched)
     return EvaluateConfig(rollout=_rollout(e), realism=realism,
                           num_scenes=e.num_scenes, seed=evaluate_seed(c), scenes_per_chunk=e.scenes_per_chunk,
-                          scenes_per_device=e.scenes_per_device)
+                          scenes_per_device=e.scenes_per_device, sizes_per_job=e.sizes_per_job)
 
 
 def submit_seed(c: ml_collections.ConfigDict) -> int:

@@ -124,9 +124,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> in
     groups = chunks(len(sources), cfg.scenes_per_chunk)
     mine = wd.process_share(len(groups))
     mesh = sharding.make_mesh(devices=jax.local_devices())
-    evaluator = realism_eval.Evaluator(mlm.MotionLM(cfg_lib.model(config)), cfg, mesh)
     target = pretrain.params_target(config, mesh)
     todo = {name: folder for name, folder in models(workdir).items() if _cached(workdir, name, folder, eval_fp) is None}
+    at_least = (0, 0, 0)
+    if todo and cfg.sizes_per_job:  # one program for every chunk (the same on every process)
+        at_least = realism_eval.job_sizes(lambda i: scenes.read(sources[i]), [i for k in mine for i in groups[k]])
+    evaluator = realism_eval.Evaluator(mlm.MotionLM(cfg_lib.model(config)), cfg, mesh, at_least=at_least)
     preempted = False
     with checkpointing.PreemptionFlag() as flag:
         for name, folder in todo.items():

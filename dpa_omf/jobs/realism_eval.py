@@ -6,7 +6,9 @@ device of a mesh of this process's devices per step (one jitted program per
 realism configuration, the scenes split over the mesh; a short step is padded
 with copies of its last scene, dropped). The metric's static sizes are
 fitted to the group of scenes a call is given (the evaluate job's chunks are
-fixed groups, whatever the number of devices or processes), and a scene
+fixed groups, whatever the number of devices or processes), or at least to
+the sizes the Evaluator is given (the evaluate job's ``evaluate.sizes_per_job``:
+those of all its scenes, :func:`job_sizes`, one program for every chunk), and a scene
 whose pruned map search could not be certified is scored again with
 exhaustive searches (``wosac.run_certified``, the rule of ``wosac.evaluate_scene``
 too), so every scene gets the official values. Rollout keys: ``fold_in(key(seed), scene index)``.
@@ -18,7 +20,7 @@ every ``eval_every`` steps, to ``metrics.jsonl`` and TensorBoard).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import ml_collections
@@ -38,8 +40,11 @@ class Evaluator:
     """Per-scene WOSAC metrics of a model's rollouts, batched over the devices of ``mesh``."""
 
     def __init__(self, model: mlm.MotionLM, cfg: cfg_lib.EvaluateConfig, mesh: jax.sharding.Mesh,
-                 scenes_per_device: int | None = None):
+                 scenes_per_device: int | None = None, at_least: Sequence[int] = (0, 0, 0)):
+        """``at_least``: the metric's sizes to fit at least (``wosac.RealismConfig.fitted``): those of every
+        scene a job will score (:func:`job_sizes`) give each of its groups one program."""
         self.model, self.cfg, self.mesh = model, cfg, mesh
+        self.at_least = tuple(int(n) for n in at_least)
         self.step_size = (scenes_per_device or cfg.scenes_per_device) * mesh.devices.size
         self.base_key = jax.random.key(cfg.seed)
         self._programs: dict[realism.RealismConfig, object] = {}
@@ -71,8 +76,21 @@ class Evaluator:
             return self._run(params, [scenarios[j] for j in rows], [indices[j] for j in rows], rc)
 
         # Rare re-runs (agents far off the map): an exhaustive lane search for those scenes only.
-        out, _ = realism.run_certified(run, dt.stack_scenarios(scenarios), self.cfg.realism)
+        out, _ = realism.run_certified(run, dt.stack_scenarios(scenarios), self.cfg.realism, self.at_least)
         return [realism.metrics_to_official_dict({k: v[j] for k, v in out.items()}) for j in range(len(scenarios))]
+
+
+def job_sizes(read: Callable[[int], dt.Scenario], mine: Sequence[int]) -> np.ndarray:
+    """The metric's sizes (``wosac.needed_sizes``) of every scene of a job, the same on every process.
+
+    Each process reads its share ``mine`` (scene indices; ``read(i)`` the scene) and the maxima are combined
+    over processes, so the sizes do not depend on the number of processes, nor on which chunks a resumed run
+    has left. A collective: every process calls it.
+    """
+    local = np.zeros(3, np.int64)
+    for i in mine:
+        local = np.maximum(local, realism.needed_sizes(read(i)))
+    return wd.max_over_processes(local)
 
 
 def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:

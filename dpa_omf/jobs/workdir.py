@@ -376,6 +376,16 @@ def any_process(flag: bool) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
 
 
+def max_over_processes(values: np.ndarray) -> np.ndarray:
+    """The elementwise maximum of ``values`` over every process (a collective: every process must call it)."""
+    values = np.asarray(values)
+    if jax.process_count() == 1:
+        return values
+    from jax.experimental import multihost_utils  # only multi-process jobs need it
+
+    return np.max(np.asarray(multihost_utils.process_allgather(values)), axis=0)
+
+
 def barrier(name: str) -> None:
     """Every process waits here for the others (no-op on one process)."""
     if jax.process_count() > 1:

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -107,25 +107,34 @@ class RealismConfig:
     def metrics_config(self) -> rc.MetricsConfig:
         return rc.get_metrics_config(self.challenge)
 
-    def fitted(self, scenarios: dt.Scenario, quantum: int = 1024) -> RealismConfig:
+    def fitted(self, scenarios: dt.Scenario, quantum: int = 1024, at_least: Sequence[int] = (0, 0, 0)) -> RealismConfig:
         """A copy whose static sizes fit concrete scenes (one or a batch).
 
         Sets ``max_eval_agents`` to the largest number of evaluated agents and
         the road-edge / lane capacities to the largest counts rounded up to a
         multiple of ``quantum`` (few distinct shapes, so few compilations).
-        The work of the map searches scales with these capacities.
+        ``at_least``: (evaluated agents, road-edge points, lane points) to fit
+        at least, e.g. :func:`needed_sizes` of a larger set of scenes, so that
+        every group of them gets the same sizes (one compilation). The work of
+        the map searches scales with these capacities.
         """
-        a, rg = scenarios.agents, scenarios.roadgraph
-        n_eval = np.sum(np.asarray(a.eval_mask) & np.asarray(a.sim_mask), axis=-1)
-        rtype, rvalid = np.asarray(rg.type), np.asarray(rg.valid, bool)
-        n_edge = np.sum(rvalid & np.isin(rtype, dt.RG_ROAD_EDGE_TYPES), axis=-1)
-        n_lane = np.sum(rvalid & (rtype == dt.RG_LANE_SURFACE_STREET), axis=-1)
+        n_eval, n_edge, n_lane = np.maximum(needed_sizes(scenarios), np.asarray(at_least, np.int64))
 
-        def up(n: np.ndarray) -> int:
-            return int(max(1, -(-int(np.max(n)) // quantum)) * quantum)
+        def up(n: int) -> int:
+            return int(max(1, -(-int(n) // quantum)) * quantum)
 
-        return dataclasses.replace(self, max_eval_agents=max(1, int(np.max(n_eval))),
+        return dataclasses.replace(self, max_eval_agents=max(1, int(n_eval)),
                                    max_road_edge_points=up(n_edge), max_lane_points=up(n_lane))
+
+
+def needed_sizes(scenarios: dt.Scenario) -> np.ndarray:
+    """int64 ``[3]``: the most evaluated agents, road-edge points and lane points of a scene (one or a batch)."""
+    a, rg = scenarios.agents, scenarios.roadgraph
+    n_eval = np.sum(np.asarray(a.eval_mask) & np.asarray(a.sim_mask), axis=-1)
+    rtype, rvalid = np.asarray(rg.type), np.asarray(rg.valid, bool)
+    n_edge = np.sum(rvalid & np.isin(rtype, dt.RG_ROAD_EDGE_TYPES), axis=-1)
+    n_lane = np.sum(rvalid & (rtype == dt.RG_LANE_SURFACE_STREET), axis=-1)
+    return np.array([np.max(n_eval), np.max(n_edge), np.max(n_lane)], np.int64)
 
 
 # ==================================================================== features
@@ -395,10 +404,10 @@ def _jitted_features(config: RealismConfig):
 
 
 def run_certified(run: Callable[[RealismConfig, np.ndarray | None], dict], scenarios: dt.Scenario,
-                  config: RealismConfig) -> tuple[dict, RealismConfig]:
+                  config: RealismConfig, at_least: Sequence[int] = (0, 0, 0)) -> tuple[dict, RealismConfig]:
     """The host entry points' one rule: fit the static sizes, then re-run the inexact scenes exhaustively.
 
-    Fits ``config`` to ``scenarios`` (one scene or a stack), calls
+    Fits ``config`` to ``scenarios`` (one scene or a stack; at least ``at_least``), calls
     ``run(config, None)`` for every scene, and calls it again with an
     exhaustive lane search (``lane_block=None``) for the scenes whose pruned
     search could not certify every query (e.g. agents far off the map), whose
@@ -411,11 +420,12 @@ def run_certified(run: Callable[[RealismConfig, np.ndarray | None], dict], scena
         ``map_search_inexact`` bool ``[n]``.
       scenarios: the scenes (their sizes fit the config).
       config: ``RealismConfig`` before fitting.
+      at_least: sizes to fit at least (``RealismConfig.fitted``).
     Returns:
       (the results of every scene, the config of the last pass: the fitted one,
       or its exhaustive copy when some scenes were re-run).
     """
-    config = config.fitted(scenarios)
+    config = config.fitted(scenarios, at_least=at_least)
     out = run(config, None)
     redo = np.flatnonzero(out["map_search_inexact"])
     if redo.size and config.lane_block:

@@ -55,6 +55,24 @@ def test_matches_the_per_scene_loop(smoke):
             assert rows[i][k] == pytest.approx(v, abs=1e-5), k
 
 
+def test_sizes_fitted_to_more_scenes_change_no_value(smoke):
+    """The evaluate job's one program per job (``at_least``: the sizes of all its scenes) scores a scene as the
+    group's own sizes do, up to float rounding; ``job_sizes`` is the maximum over the scenes."""
+    c, model, params, scenes = smoke
+    sizes = realism_eval.job_sizes(lambda i: scenes[i], range(len(scenes)))
+    np.testing.assert_array_equal(sizes, np.max([realism.needed_sizes(s) for s in scenes], axis=0))
+    assert sizes[1] > 0 and sizes[2] > 0  # the synthetic world has road edges and lanes
+    bigger = sizes + np.array([2, 1024, 2048])
+    mesh = sharding.make_mesh(devices=jax.local_devices()[:1])
+    wide = realism_eval.Evaluator(model, cfg_lib.evaluate(c), mesh, 1, at_least=bigger)
+    got = wide.scene_metrics(params, scenes[:1], [0])
+    (used,) = wide._programs
+    assert used.max_eval_agents == bigger[0] and used.max_road_edge_points >= bigger[1]
+    assert used.max_lane_points >= bigger[2]
+    want = _evaluator(c, model, 1, 1).scene_metrics(params, scenes[:1], [0])
+    assert got[0] == pytest.approx(want[0], rel=1e-5, abs=1e-6)
+
+
 def test_training_log_and_report_table(smoke):
     c, model, params, scenes = smoke
     log = realism_eval.realism_logger(_evaluator(c, model, 1, 1), scenes[:2])
