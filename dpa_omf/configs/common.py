@@ -104,7 +104,9 @@ def _data(variants: set[str]) -> ml_collections.ConfigDict:
     # The embedded synthetic world: generated once into WORKDIR/data by the data job.
     d.synthetic = ml_collections.ConfigDict()
     d.synthetic.num_train = 1000
-    d.synthetic.num_valid = 100
+    # Held-out scenes: 0..255 the study's test block (the main job evaluates 0..127), 256..319 the validation block
+    # on which the study makes its choices (learning rates, levers, sampling settings; docs/results/alignment.md).
+    d.synthetic.num_valid = 320
     d.synthetic.num_shards = 8
     d.synthetic.num_workers = 2
     _world(d.synthetic)

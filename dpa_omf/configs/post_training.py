@@ -140,8 +140,9 @@ def align(variants: set[str]) -> ml_collections.ConfigDict:
     c.keep_checkpoints = 2
     c.preemption_sync_every = 10  # as pretrain.preemption_sync_every
     c.progress_bar = True
-    # lr tuned on the main job: 1e-5 / 1e-4 barely move the policy (BUILD_NOTES: alignment tuning)
-    c.optim = optim_config.optim(learning_rate=1e-3, end_lr_ratio=0.1, weight_decay=0.0)
+    # lr chosen by the powered study on its validation block (docs/results/alignment.md: of 1e-4, 3e-4 and 1e-3,
+    # DPA-OMF gains +0.0125 / +0.0071 / +0.0003 over the reference); :smoke keeps 1e-3 (4 steps must move it)
+    c.optim = optim_config.optim(learning_rate=1e-4, end_lr_ratio=0.1, weight_decay=0.0)
     if "smoke" in variants:
         c.batch_size = 8
         c.pairs_per_scene = 2
@@ -152,6 +153,7 @@ def align(variants: set[str]) -> ml_collections.ConfigDict:
         c.checkpoint_every = 2
         c.progress_bar = False
         c.optim.warmup_steps = 1
+        c.optim.learning_rate = 1e-3
         c.sft_top_k = 2  # of curate's 8 rollouts at :smoke
         c.online.num_rollouts = 8  # = curate's at :smoke (round 0 then ranks as curation did)
         c.online.top_k = 2
@@ -164,7 +166,9 @@ def evaluate(variants: set[str]) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.num_rollouts = 32  # per held-out scene, as the challenge
     c.rollout_chunk = 16
-    c.num_scenes = 32  # held-out scenes (the first of the valid split; 0 = every scene, the :womd default)
+    # Held-out scenes (the first of the valid split; 0 = every scene, the :womd default). 128: the per-scene paired
+    # difference to the reference has an SD of ~0.03, so its 95% interval is about +-0.005, below the gain it resolves.
+    c.num_scenes = 128
     # The first of them: scenes first_scene .. first_scene + num_scenes - 1 of the valid split. A study selects
     # learning rates on a validation block (e.g. 256..319) and reports on a test block (0..255).
     c.first_scene = 0
