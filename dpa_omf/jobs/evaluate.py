@@ -215,6 +215,9 @@ def _aggregate(config, workdir: str, eval_fp: str, todo: dict[str, str], num_sce
         rows = _load_scenes(workdir, name, folder, eval_fp, num_scenes)
         m = realism_eval.mean_metrics(rows)
         results[name] = names.ours(m, names.summary()) | {"likelihoods": names.ours(m, names.likelihoods())}
+        log = realism_eval.log_rates(rows)  # the same for every model (the same scenes)
+        if log is not None:
+            results[name]["log"] = log
         per_scene[name] = np.asarray([r[names.composite()] for r in rows])
         results[name]["composite_ci"] = list(stats.bootstrap_ci(per_scene[name]))
         atomic.write_json(out / "models" / f"{name}.json",

@@ -67,7 +67,8 @@ class Evaluator:
         return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
     def scene_metrics(self, params, scenarios: list[dt.Scenario], indices: Sequence[int]) -> list[dict[str, float]]:
-        """The official-named metrics of each scene (``indices``: the scenes' global indices: their keys)."""
+        """The official-named metrics of each scene and the log's own rates (``wosac.LOG_RATES``)
+        (``indices``: the scenes' global indices: their keys)."""
         if len(scenarios) != len(indices) or not scenarios:
             raise ValueError(f"scene_metrics: {len(scenarios)} scenes for {len(indices)} indices")
 
@@ -77,7 +78,8 @@ class Evaluator:
 
         # Rare re-runs (agents far off the map): an exhaustive lane search for those scenes only.
         out, _ = realism.run_certified(run, dt.stack_scenarios(scenarios), self.cfg.realism, self.at_least)
-        return [realism.metrics_to_official_dict({k: v[j] for k, v in out.items()}) for j in range(len(scenarios))]
+        return [realism.metrics_to_official_dict({k: v[j] for k, v in out.items()})
+                | {k: float(out[k][j]) for k in realism.LOG_RATES} for j in range(len(scenarios))]
 
 
 def job_sizes(read: Callable[[int], dt.Scenario], mine: Sequence[int]) -> np.ndarray:
@@ -91,6 +93,14 @@ def job_sizes(read: Callable[[int], dt.Scenario], mine: Sequence[int]) -> np.nda
     for i in mine:
         local = np.maximum(local, realism.needed_sizes(read(i)))
     return wd.max_over_processes(local)
+
+
+def log_rates(rows: list[dict[str, float]]) -> dict[str, float] | None:
+    """The log's own collision and off-road rates over the scenes (our names, as the models' rates), or None
+    when some row predates them."""
+    if not all(k in r for r in rows for k in realism.LOG_RATES):
+        return None
+    return {k.removeprefix("log_"): float(np.mean([r[k] for r in rows])) for k in realism.LOG_RATES}
 
 
 def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:

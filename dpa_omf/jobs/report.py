@@ -29,7 +29,9 @@ NLL_KEYS = (("eval_nll_preferred", "preferred"), ("eval_nll_unpreferred", "unpre
 
 def table(models: dict[str, dict]) -> str:
     """The markdown table: the metric columns, then (when the evaluation has them) the composite's 95%
-    bootstrap interval over scenes and the paired difference to the reference with its interval."""
+    bootstrap interval over scenes and the paired difference to the reference with its interval; and when the
+    models carry the log's own rates (``log``: collision and off-road rates of the data on the same scenes),
+    a last row with them."""
     order = sorted(models, key=lambda n: (n != "reference", n != "dpa_omf", n))  # reference, then ours
     intervals = all("composite_ci" in models[n] for n in order)
     extra = ("composite 95% CI", "vs reference [95% CI]") if intervals else ()
@@ -44,6 +46,10 @@ def table(models: dict[str, dict]) -> str:
             d = models[n].get("composite_vs_reference")
             cells += [f"[{lo:.4f}, {hi:.4f}]", f"{d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]" if d else "-"]
         rows.append(f"| {n} | " + " | ".join(cells) + " |")
+    log = models[order[0]].get("log") if order else None
+    if log:  # the logged data's own rates on the same scenes (WOSAC scores the log's likelihood, not low rates)
+        cells = [f"{log[c]:.4f}" if c in log else "-" for c in columns] + ["-"] * len(extra)
+        rows.append("| log (the data) | " + " | ".join(cells) + " |")
     return "\n".join([head, sep, *rows])
 
 

@@ -378,14 +378,32 @@ def compute_metrics(scenario: dt.Scenario, sim_xyzh: Array, config: RealismConfi
       config: ``RealismConfig`` (challenge name and compute settings).
     Returns:
       dict of scalars: the official metric fields (see
-      ``metrics_from_features``), ``num_eval_agents`` and the bool flags
+      ``metrics_from_features``), ``num_eval_agents``, the log's own rates
+      (``LOG_RATES``) and the bool flags
       ``eval_overflow`` / ``map_overflow`` / ``map_search_inexact`` (results
       unreliable when set; ``evaluate_scene`` re-runs exhaustively).
     """
     log, sim, flags = compute_features(scenario, sim_xyzh, config)
     out = metrics_from_features(log, sim, config.metrics_config)
     out["num_eval_agents"] = jnp.sum(log.eval_valid)
-    return {**out, **flags}
+    return {**out, **log_rates(log), **flags}
+
+
+# The log's own rates (not official fields): the share of evaluated agents that collide / leave the road in the
+# logged future, by the same indications as the simulated rates. Synthetic pedestrians walk on sidewalks, so the
+# log is off-road too; WOSAC scores the log's likelihood, not low rates, so rates are read next to these.
+LOG_RATES = ("log_collision_rate", "log_offroad_rate")
+
+
+def log_rates(log: wf.Features) -> dict:
+    """``LOG_RATES`` of one scene's log features (float32 scalars)."""
+    ev = log.eval_valid
+    lv = log.valid[0] & ev[:, None]  # [E, T]
+
+    def rate(feature: str) -> Array:
+        return _masked_mean(jnp.any(getattr(log, feature)[0] & lv, axis=-1).astype(jnp.float32), ev)
+
+    return {"log_collision_rate": rate("collision_per_step"), "log_offroad_rate": rate("offroad_per_step")}
 
 
 @functools.cache

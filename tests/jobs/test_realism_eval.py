@@ -36,7 +36,7 @@ def test_batch_and_devices_do_not_change_a_scene(smoke):
     one = _evaluator(c, model, 1, 1).scene_metrics(params, scenes, idx)
     # The same per-device batch on more devices (padded to 4): bit for bit.
     assert one == _evaluator(c, model, 2, 1).scene_metrics(params, scenes, idx)
-    assert set(one[0]) == set(names.per_scene())
+    assert set(one[0]) == set(names.per_scene()) | set(realism.LOG_RATES)
     # Another per-device batch: XLA may reorder float reductions for the new shape (last bits only).
     three = _evaluator(c, model, 1, 3).scene_metrics(params, scenes, idx)
     for a, b in zip(one, three):
@@ -85,3 +85,16 @@ def test_training_log_and_report_table(smoke):
                                                                                         "hi": 0.15}}}
     text = report.table(models)
     assert "composite 95% CI" in text and "+0.1000 [+0.0500, +0.1500]" in text and "[0.4500, 0.5500]" in text
+    assert "log" not in text  # no log rates: no row
+    for row in models.values():
+        row["log"] = {"collision_rate": 0.05, "offroad_rate": 0.15}
+    last = report.table(models).splitlines()[-1].split(" | ")
+    head = report.table(models).splitlines()[0].split(" | ")
+    assert last[0] == "| log (the data)" and last[head.index("offroad_rate")] == "0.1500"
+    assert last[head.index("collision_rate")] == "0.0500" and last[head.index("composite")] == "-"
+    # The evaluator's rows carry the log's own rates; their mean is the log row (None for rows without them).
+    rows = realism_eval.Evaluator.scene_metrics(_evaluator(c, model, 1, 1), params, scenes[:1], [0])
+    assert set(rows[0]) == set(names.per_scene()) | set(realism.LOG_RATES)
+    assert realism_eval.log_rates(rows) == {"collision_rate": rows[0]["log_collision_rate"],
+                                            "offroad_rate": rows[0]["log_offroad_rate"]}
+    assert realism_eval.log_rates([{k: v for k, v in rows[0].items() if k not in realism.LOG_RATES}]) is None

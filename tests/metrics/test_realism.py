@@ -234,6 +234,19 @@ def still(s: dt.Scenario, r: int = 2) -> np.ndarray:
     return np.broadcast_to(pose[None, :, None], (r, NA, dt.NUM_FUTURE, 4)).copy()
 
 
+def test_the_log_rates_are_the_simulated_rates_of_the_log_replayed():
+    """``log_rates``: the share of evaluated agents that leave the road / collide in the logged future, by the
+    indications of the simulated rates (replaying the log gives the same numbers)."""
+    s = tiny_scene()
+    a = s.agents
+    a.y[1, dt.CURRENT_INDEX + 1:] = -3.0 - 0.1 * np.arange(1, dt.NUM_FUTURE + 1)  # crosses the edge at y = -6
+    replay = np.stack([a.x, a.y, a.z, a.heading], -1)[:, dt.CURRENT_INDEX + 1:]
+    out = jax.device_get(R.jitted_metrics(TINY)(s, jnp.asarray(np.stack([replay, replay]), jnp.float32)))
+    assert float(out["log_offroad_rate"]) == float(out["simulated_offroad_rate"]) == 0.5  # agent 1 of 2
+    assert float(out["log_collision_rate"]) == float(out["simulated_collision_rate"]) == 0.0
+    assert set(R.LOG_RATES) <= set(out) and not set(R.LOG_RATES) & set(names.per_scene())  # not official fields
+
+
 def test_two_boxes_at_known_distance_and_collision():
     s = tiny_scene()
     sim = still(s)
