@@ -46,7 +46,7 @@ def table(models: dict[str, dict]) -> str:
             d = models[n].get("composite_vs_reference")
             cells += [f"[{lo:.4f}, {hi:.4f}]", f"{d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]" if d else "-"]
         rows.append(f"| {n} | " + " | ".join(cells) + " |")
-    log = models[order[0]].get("log") if order else None
+    log = next((models[n]["log"] for n in order if models[n].get("log")), None)  # rows cached earlier lack it
     if log:  # the logged data's own rates on the same scenes (WOSAC scores the log's likelihood, not low rates)
         cells = [f"{log[c]:.4f}" if c in log else "-" for c in columns] + ["-"] * len(extra)
         rows.append("| log (the data) | " + " | ".join(cells) + " |")
