@@ -307,6 +307,11 @@ def _masked_mean(x: Array, mask: Array) -> Array:
     return jnp.sum(jnp.where(mask, x, 0.0)) / jnp.sum(mask.astype(jnp.float32))
 
 
+def _indication(feat: wf.Features, name: str, mask: Array) -> Array:
+    """bool ``[B, E]``: the per-step event ``name`` happens at a ``mask``ed step of each agent's future."""
+    return jnp.any(getattr(feat, name) & mask, axis=-1)
+
+
 def metrics_from_features(log: wf.Features, sim: wf.Features, mc: rc.MetricsConfig) -> dict:
     """Scene metrics (official definitions) from log and sim features.
 
@@ -334,12 +339,9 @@ def metrics_from_features(log: wf.Features, sim: wf.Features, mc: rc.MetricsConf
     lik("time_to_collision", lv & is_vehicle)
     lik("distance_to_road_edge", lv)
 
-    def indication(feat: wf.Features, name: str, mask: Array) -> Array:
-        return jnp.any(getattr(feat, name) & mask, axis=-1)  # [B, E]
-
     def bernoulli(component: str, feature: str, mask: Array) -> Array:
-        sim_ind = indication(sim, feature, mask)
-        log_ind = indication(log, feature, mask)[0]
+        sim_ind = _indication(sim, feature, mask)
+        log_ind = _indication(log, feature, mask)[0]
         ll = histogram_log_likelihood(log_ind[:, None], sim_ind[..., None], mc.component(component))[:, 0]
         out[f"{component}_likelihood"] = jnp.exp(_masked_mean(ll, ev))
         return sim_ind
@@ -347,7 +349,7 @@ def metrics_from_features(log: wf.Features, sim: wf.Features, mc: rc.MetricsConf
     coll = bernoulli("collision_indication", "collision_per_step", lv)
     off = bernoulli("offroad_indication", "offroad_per_step", lv)
     bernoulli("traffic_light_violation", "traffic_light_violation_per_step", lv & is_vehicle)
-    tl_any = indication(sim, "traffic_light_violation_per_step", lv)
+    tl_any = _indication(sim, "traffic_light_violation_per_step", lv)
 
     evr = jnp.broadcast_to(ev, coll.shape)
     out["simulated_collision_rate"] = _masked_mean(coll.astype(jnp.float32), evr)
@@ -401,7 +403,7 @@ def log_rates(log: wf.Features) -> dict:
     lv = log.valid[0] & ev[:, None]  # [E, T]
 
     def rate(feature: str) -> Array:
-        return _masked_mean(jnp.any(getattr(log, feature)[0] & lv, axis=-1).astype(jnp.float32), ev)
+        return _masked_mean(_indication(log, feature, lv)[0].astype(jnp.float32), ev)
 
     return {"log_collision_rate": rate("collision_per_step"), "log_offroad_rate": rate("offroad_per_step")}
 
