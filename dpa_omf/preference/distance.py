@@ -15,7 +15,7 @@ collision-status mismatch (1) costs as much as 10 m/s of speed difference, 1 m o
 road-boundary distance as 5 m/s. Both modes are the Euclidean distance between
 rescaled features (by ``w`` or ``sqrt(w)``), so every solver sees point clouds.
 
-Cost scaling (``feature_scaling="expert_std"``; default ``"none"``): before the
+Cost scaling (``feature_scaling="expert_std"``, the default; ``"none"``: raw units): before the
 weights, each feature is divided by the scene's expert spread sigma_k (the
 standard deviation of the logged feature over the valid steps of the scored
 agents, at least ``spread_floor[k]``), so a weight trades standard deviations
@@ -82,8 +82,8 @@ class OTConfig:
         two ranking boundaries (0: off) with ``rescore_solver``. Needs ``top_k`` and R >= 2 *
         top_k.
       top_k: preferred / unpreferred set size used by the re-scoring.
-      feature_scaling: ``"none"`` or ``"expert_std"`` (features divided by the
-        scene's expert spread, :func:`expert_spread`, before the weights).
+      feature_scaling: ``"expert_std"`` (features divided by the scene's expert
+        spread, :func:`expert_spread`, before the weights) or ``"none"`` (raw units).
       spread_floor: per-feature lower bound of that spread (feature units).
       rollout_chunk: rollouts per chunk of the Sinkhorn solvers (bounds
         memory and keeps a chunk's [chunk, A, T, T] float32 costs in cache);
@@ -105,7 +105,7 @@ class OTConfig:
     rescore_solver: str = "exact_host"
     top_k: int = 16
     rollout_chunk: int = 8
-    feature_scaling: str = "none"
+    feature_scaling: str = "expert_std"
     spread_floor: tuple[float, ...] = (1.0, 0.1, 0.1, 0.1, 0.1)
 
     def __post_init__(self):

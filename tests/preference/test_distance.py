@@ -102,7 +102,7 @@ def test_weights_scale_features_inside_norm(rng, solver):
     x, y, vx, vy = _problems(rng, 4, 10, "ragged")
     w = (10.0, 5.0, 2.0, 1.0, 1.0)
     for mode, eff in [("scale", w), ("quadratic", tuple(np.sqrt(w)))]:
-        cfg = D.OTConfig(solver=solver, feature_weights=w, weight_mode=mode)
+        cfg = D.OTConfig(solver=solver, feature_weights=w, weight_mode=mode, feature_scaling="none")
         xs, ys = D.scale_features(x, cfg), D.scale_features(y, cfg)
         cost, _ = jax.jit(D.solve_plans, static_argnames="config")(xs, ys, vx, vy, config=cfg)
         for p in range(4):
@@ -120,7 +120,7 @@ def test_ot_distance_shapes_masks_and_scene_mean(rng, solver):
     ev[1, 6:] = False  # ragged expert
     ev[3] = False  # no valid expert step: not counted
     mask = np.array([True, True, True, True, False])  # agent 4 not scored
-    cfg = D.OTConfig(solver=solver, rollout_chunk=2)
+    cfg = D.OTConfig(solver=solver, rollout_chunk=2, feature_scaling="none")  # raw units, as the reference
     scene, per_agent = D.ot_distance(rp, rv, ep, ev, mask, cfg)
     assert scene.shape == (r,) and per_agent.shape == (r, a)
     per_agent = np.asarray(per_agent)
@@ -166,8 +166,10 @@ def test_expert_spread_scaling_hand_computed(rng):
     for b in range(3):
         np.testing.assert_array_equal(batched[b], jax.jit(D.expert_spread, static_argnames="config")(
             eps[b], evs[b], masks[b], config=cfg))
-    # The default ('none') is today's cost: weights on raw units.
-    _, raw = D.ot_distance(rp, np.ones((a, t), bool), ep, ev, mask, D.OTConfig(feature_weights=w))
+    # The default is this scaling; 'none' puts the weights on raw units.
+    assert D.OTConfig().feature_scaling == "expert_std"
+    _, raw = D.ot_distance(rp, np.ones((a, t), bool), ep, ev, mask,
+                           D.OTConfig(feature_weights=w, feature_scaling="none"))
     ref, _ = _reference_cost(rp[0, 0], ep[0], np.ones(t, bool), ev[0], w)
     np.testing.assert_allclose(float(raw[0, 0]), ref, rtol=1e-4)
     with pytest.raises(ValueError, match="spread"):
@@ -256,8 +258,12 @@ def test_coupling_of_one_agent(rng, solver):
     x = rng.normal(size=(10, 5)).astype(np.float32)
     y = rng.normal(size=(10, 5)).astype(np.float32)
     vy = np.arange(10) < 7
-    cost, plan = D.ot_coupling(x, np.ones(10, bool), y, vy, D.OTConfig(solver=solver))
+    cost, plan = D.ot_coupling(x, np.ones(10, bool), y, vy, D.OTConfig(solver=solver, feature_scaling="none"))
     ref, _ = _reference_cost(x, y, np.ones(10, bool), vy, D.OTConfig().feature_weights)
+    spread = np.array([1.0, 2.0, 0.5, 1.0, 4.0], np.float32)  # expert_std: the scene's spread, given
+    scaled, _ = D.ot_coupling(x, np.ones(10, bool), y, vy, D.OTConfig(solver=solver), spread)
+    ref_scaled, _ = _reference_cost(x, y, np.ones(10, bool), vy, np.asarray(D.OTConfig().feature_weights) / spread)
+    np.testing.assert_allclose(float(scaled), ref_scaled, rtol=1e-4)
     np.testing.assert_allclose(float(cost), ref, rtol=1e-4)
     assert plan.shape == (10, 10)
     np.testing.assert_allclose(float(plan.sum()), 1.0, rtol=1e-5)

@@ -158,7 +158,7 @@ SUITES = {
     # ~1.5 h each); the report computes it from the measured spreads (``stats.scenes_needed``).
     "powered": Suite("configs/align.py", ("dpa_omf", "ntp", "sft_best_oa", "dpa_adef", "afd"), (0, 1, 2),
                      lrs=(1e-4, 3e-4, 1e-3), val_scenes=64, test_scenes=256,
-                     extra=("--config.data.synthetic.num_valid=320",),
+                     extra=("--config.data.synthetic.num_valid=320", "--config.curate.feature_scaling=none"),
                      arms=lever_arms(0.08) + scale_arms(0.08), sampling=SHARPENING_GRID),
     # The same structure at :smoke sizes, for CPU minutes (its test checks the report's structure).
     "quick": Suite("configs/align.py:smoke", ALL_METHODS, (0, 1), lrs=(1e-3, 3e-3), val_scenes=2, test_scenes=4,
