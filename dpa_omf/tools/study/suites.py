@@ -156,6 +156,8 @@ SUITES = {
     # levels' ~0.10, less when paired) 3 seeds alone put the detectable difference (95%, 80% power) at
     # 2.80 x 0.011 / sqrt(3) = 0.018, the paper's gain: scenes cannot lower it further, seeds can (5: 0.014, at
     # ~1.5 h each); the report computes it from the measured spreads (``stats.scenes_needed``).
+    # It pins the raw-unit cost it was started with (the default became expert_std, chosen by its own lever arm),
+    # so its stages keep their fingerprints; an arm's overrides come after these flags and win.
     "powered": Suite("configs/align.py", ("dpa_omf", "ntp", "sft_best_oa", "dpa_adef", "afd"), (0, 1, 2),
                      lrs=(1e-4, 3e-4, 1e-3), val_scenes=64, test_scenes=256,
                      extra=("--config.data.synthetic.num_valid=320", "--config.curate.feature_scaling=none"),
