@@ -329,6 +329,30 @@ def test_levers_from_the_command_line_without_a_sweep(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "levers.json").read_text())["chosen"] == lv["chosen"]  # written as chosen
 
 
+def test_a_suite_with_rates_fixed_by_an_earlier_sweep_uses_them_everywhere(tmp_path, monkeypatch):
+    """A suite whose learning rates an earlier sweep chose (``Suite.rates``, as ``powered_test``): no sweep runs,
+    every test-block launch of a method carries its rate (DPA-OMF's in its sampling rows too), and the report and
+    alignment.json cite the rates and their source."""
+    calls = []
+    monkeypatch.setattr(runs, "launch", _fake_launch(calls, tmp_path))
+    rates = (("dpa_omf", 1e-4), ("ntp", 3e-4))
+    monkeypatch.setitem(suites.SUITES, "fixed", suites.Suite(
+        "configs/align.py:smoke", ("dpa_omf", "ntp"), (0, 1), val_scenes=2, test_scenes=4,
+        sampling=((0.85, 0.95), (1.0, 1.0)), rates=rates, rates_source="an earlier sweep"))
+    out = tmp_path / "results"
+    assert cli.main(["--suite=fixed", f"--workdir={tmp_path}", f"--results_dir={out}"]) == 0
+    assert not any("/sweep/" in w for _, w, _, _ in calls)
+    for config, workdir, _seed, extra in calls:
+        if "--config.job=curate" not in extra:
+            assert runs.lr_flag(dict(rates)[_method(config)]) in extra, (workdir, extra)
+            assert sum(e.startswith("--config.align.optim.learning_rate=") for e in extra) == 1
+    assert {s for _, w, s, _ in calls if "/sampling/test/" in w} == {0, 1}
+    doc = json.loads((out / "alignment.json").read_text())
+    assert doc["choices"]["rates"] == {"chosen": dict(rates), "source": "an earlier sweep"}
+    assert doc["choices"]["sweep"] is None
+    assert "an earlier sweep): dpa_omf 0.0001, ntp 0.0003." in (out / "alignment.md").read_text()
+
+
 def test_the_study_lists_no_methods_of_its_own():
     """A new alignment method is one entry in align.METHODS: the study's choices are
     exactly those, and every method a suite runs is one of them."""

@@ -207,6 +207,8 @@ def run(plan: Plan, wall0: float, cpu0: float) -> int:
                         plan.val_flags)
         atomic.write_json(plan.root / "sweep.json", sw)
         per_method = {m: [runs.lr_flag(lr)] for m, lr in sw["chosen"].items()}
+    elif plan.suite and plan.suite.rates:  # the rates an earlier sweep chose (the suite says where it is recorded)
+        per_method = {m: [runs.lr_flag(lr)] for m, lr in plan.suite.rates if m in plan.methods}
     lr_dpa = per_method.get("dpa_omf", [])
     lv = levers(plan, sw, lr_dpa)
     if lv:  # the choices are written as they are made (a long study's partial results)
@@ -237,7 +239,9 @@ def run(plan: Plan, wall0: float, cpu0: float) -> int:
                                align_of=m if m != "reference" else None)
     result = results.aggregate(per_seed, aligned, plan.methods + names,
                                per_scene if all(per_scene.values()) else None)
-    result |= {"setup": setup, "methods": plan.methods, "suite": plan.name or None, "sweep": sw,
+    rates = (None if sw or not (plan.suite and plan.suite.rates) else
+             {"chosen": dict(plan.suite.rates), "source": plan.suite.rates_source})
+    result |= {"setup": setup, "methods": plan.methods, "suite": plan.name or None, "sweep": sw, "rates": rates,
                "arms": [dataclasses.asdict(a) for a in test_arms], "sharpening": sh,
                "levers": lv and (lv | {"combined": lv["combined"] and dataclasses.asdict(lv["combined"])})}
     if plan.suite and plan.suite.post_selection:

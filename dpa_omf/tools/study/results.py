@@ -129,7 +129,8 @@ def alignment_json(result: dict) -> dict:
     setup = result.get("setup", {})
     return {"test_scenes": setup.get("num_scenes"), "seeds": result["seeds"], "challenge": setup.get("challenge"),
             "num_rollouts": setup.get("num_rollouts"), "models": models, "protocol": result.get("protocol"),
-            "choices": {k: result.get(k) for k in ("sweep", "levers", "sharpening")}, "time": result.get("time")}
+            "choices": {k: result.get(k) for k in ("sweep", "rates", "levers", "sharpening")},
+            "time": result.get("time")}
 
 
 def headline(name: str) -> bool:

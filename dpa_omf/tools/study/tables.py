@@ -176,6 +176,10 @@ def alignment_markdown(doc: dict, result: dict) -> str:
     if claims:
         lines += ["", "## Claims", ""] + [f"- {c}: **{v}**" for c, v in claims]
     lines += ["", "## Choices on the validation block"]
+    if result.get("rates"):
+        r = result["rates"]
+        lines += ["", "Learning rates, as an earlier sweep on this validation block chose them (" + r["source"] + "): "
+                  + ", ".join(f"{m} {lr:g}" for m, lr in r["chosen"].items()) + "."]
     for key, fn in (("sweep", sweep_table), ("levers", levers_table), ("sharpening", sampling_table)):
         if result.get(key):
             lines += fn(result[key])
