@@ -10,7 +10,8 @@ Blocks. With ``--test_scenes`` the held-out (valid) split is cut in two: the
 TEST block (scenes ``0 .. test_scenes - 1``), on which every reported number
 is measured, and the VALIDATION block of ``--val_scenes`` scenes after it,
 used only for choices: the learning rate per method (``--lrs``; each method
-aligned once per rate, first seed, ``DIR/sweep/lr_<lr>``), the levers, and
+aligned once per rate, first seed, ``DIR/sweep/lr_<lr>``; or a suite's
+``rates``, recorded from an earlier sweep), the levers, and
 the sampling setting of the sharpening rows. A suite grows the synthetic
 valid split through its overrides (``data.synthetic.num_valid``).
 
@@ -38,6 +39,7 @@ Rows beyond the methods (``suites``):
   each at its best setting on the test block (``reference@t..,p..``: the
   sharpening control; ``dpa_omf@t..,p..``: DPA-OMF at its own best), every
   seed (``DIR/sampling/test/...``; their alignment linked, not redone).
+  The sampling rows (controls) run before the test arms (analyses).
 - the compute-matched next-token control is the method ``ntp``.
 
 Outputs: ``DIR/study.json`` and ``DIR/report.md`` (every table: methods,

@@ -225,14 +225,15 @@ def run(plan: Plan, wall0: float, cpu0: float) -> int:
     setup = {k: per_seed[plan.seeds[0]][k] for k in ("challenge", "num_scenes", "num_rollouts")}
     combined = lv["combined"] if lv else None
     test_arms = plan.arms("features", "data") + ([combined] if combined else [])
+    # the controls before the analyses: the sharpening grid and its test rows, then the test arms
+    sh, sampled = sharpening(plan, lr_dpa, combined)
+    if sh:
+        atomic.write_json(plan.root / "sharpening.json", sh)
     curated = lever_curation(plan)
     arm_rows = {f"dpa_omf[{a.name}]": runs.run_arm(
         a, lambda s, a=a: plan.root / "arms" / a.name / f"seed_{s}", plan.shared, plan.seeds, plan.config,
         plan.extra + plan.test_flags + lr_dpa, lambda s: plan.root / f"seed_{s}", curated.get(a.curate_overrides))
         for a in test_arms}
-    sh, sampled = sharpening(plan, lr_dpa, combined)
-    if sh:
-        atomic.write_json(plan.root / "sharpening.json", sh)
     names = results.merge(per_seed, aligned, per_scene, arm_rows, "dpa_omf")
     for m, (model, rows) in sampled.items():
         names += results.merge(per_seed, aligned, per_scene, rows, model,

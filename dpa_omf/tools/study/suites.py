@@ -171,10 +171,11 @@ SUITES = {
     # default (the other kept levers added +0.0007 +- 0.0033 to it; decisions.md). The sweep was run with the
     # raw-unit cost: DPA-OMF's rate was confirmed with expert_std by the lever arm; DPA-ADEF ranks by ADE, so its
     # data do not change; SFT-bestOA's best rollout and AFD's pairs may. The sharpening grid is chosen here, on
-    # the same validation block. Size (the estimate above): shared ~7 min, 3 seeds ~146 min, grid ~28 min,
-    # sharpened rows on test ~31-61 min: ~3.5-4 h on the idle 2-core CPU.
+    # the same validation block; then the data scale's test arms (Fig. 7). Size (the estimate above): shared
+    # ~7 min, 3 seeds ~146 min, grid ~28 min, sharpened rows on test ~31-61 min, data scale ~92 min plus the 4x
+    # curation (~22 min): ~5.5-6 h on the idle 2-core CPU.
     "powered_test": Suite("configs/align.py", ("dpa_omf", "ntp", "sft_best_oa", "dpa_adef", "afd"), (0, 1, 2),
-                          val_scenes=64, test_scenes=256, sampling=SHARPENING_GRID,
+                          val_scenes=64, test_scenes=256, sampling=SHARPENING_GRID, arms=scale_arms(0.08),
                           rates=(("dpa_omf", 1e-4), ("ntp", 1e-4), ("sft_best_oa", 3e-4), ("dpa_adef", 3e-4),
                                  ("afd", 1e-4)),
                           rates_source="docs/results/alignment.md (the powered suite's sweep, raw-unit cost)"),
