@@ -53,7 +53,7 @@ class RolloutConfig:
     """
 
     num_rollouts: int = 64
-    rollout_chunk: int = 16
+    rollout_chunk: int = 32
     temperature: float = 1.0
     top_p: float = 1.0
     closest_top_k: int = 0

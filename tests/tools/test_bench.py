@@ -6,11 +6,14 @@ import time
 
 os.environ.setdefault("POT_BACKEND_DISABLE_TENSORFLOW", "1")  # POT would import TF otherwise
 
+import jax
 import pytest
 
 from dpa_omf import allocator
+from dpa_omf import datatypes as dt
 from dpa_omf.model import encoder as enc
 from dpa_omf.model import motion_lm as mlm
+from dpa_omf.testing import bench_scenes
 from dpa_omf.tools.bench import cli, rollout, timing
 
 
@@ -77,6 +80,19 @@ def test_time_rollouts_reports_both_samplers():
     assert set(r) >= {"cached_s", "uncached_s", "speedup"}
     assert r["cached_s"] > 0 and r["uncached_s"] > 0
     assert r["speedup"] == pytest.approx(r["uncached_s"] / r["cached_s"])
+
+
+def test_rollout_chunks_are_timed_alternately_and_draw_the_same_tokens():
+    tiny = mlm.ModelConfig(d_model=16, num_heads=2, mlp_ratio=1, enc_layers=1, dec_layers=1,
+                           encoder=enc.EncoderConfig(k_agents=4, k_roadgraph=8, roadgraph_stride=1))
+    model = mlm.MotionLM(tiny)
+    scene = bench_scenes.lane_scene(3, num_points=64, seed=0)
+    params = model.init(jax.random.key(0), dt.stack_scenarios([scene]))
+    r = rollout.time_chunks(model, params, scene, jax.random.key(1), 4, (2, 4), repeats=2)
+    assert set(r["seconds"]) == {"2", "4"} and all(v > 0 for v in r["seconds"].values())
+    assert r["speed_vs_first"]["2"] == 1.0
+    assert r["speed_vs_first"]["4"] == pytest.approx(r["seconds"]["2"] / r["seconds"]["4"])
+    assert r["identical_tokens"]
 
 
 @pytest.mark.slow  # one compile of the smoke-sized pretraining step
