@@ -14,6 +14,7 @@ DPO-style ratio log pi - log pi_ref.
 from __future__ import annotations
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +50,19 @@ def batched_log_probs(model, params, scenario, seqs, valid):
     return jax.vmap(functools.partial(sequence_log_probs, model, params))(scenario, seqs, valid)
 
 
+def joint_log_probs(model: mlm.MotionLM, params, scenario: dt.Scenario,
+                    sides: list[tuple[jax.Array, jax.Array]]) -> list[tuple[jax.Array, jax.Array]]:
+    """``batched_log_probs`` of several sets of sequences of the same scenes (``[(seqs, valid)]``, each
+    ``[B, P_i, A, S]``), each scene encoded ONCE for all of them (a pair's two sides share the encoder's forward
+    and backward pass): ``[(log-probs, logits)]`` per set, in order."""
+    if len(sides) == 1:
+        return [batched_log_probs(model, params, scenario, *sides[0])]
+    lp, logits = batched_log_probs(model, params, scenario, jnp.concatenate([q for q, _ in sides], 1),
+                                   jnp.concatenate([v for _, v in sides], 1))
+    cut = list(itertools.accumulate(q.shape[1] for q, _ in sides))[:-1]
+    return list(zip(jnp.split(lp, cut, 1), jnp.split(logits, cut, 1)))
+
+
 def expert_sequences(model: mlm.MotionLM, scenario: dt.Scenario) -> tuple[jax.Array, jax.Array]:
     """The logged future's tokens as ``[B, 1, A, S]`` sequences and their validity."""
     tokens, valid = mlm.tokenize_scenario(scenario, model.config.tokenizer)
@@ -67,12 +81,22 @@ class LogProbs:
         return self.batch[f"{side}_valid"]
 
     def policy(self, side: str) -> jax.Array:
-        return batched_log_probs(self.model, self.params, self.batch["scenario"], self.batch[side],
-                                  self.valid(side))[0]
+        return self.policy_sides(side)[0]
 
     def reference(self, side: str) -> jax.Array:
-        return batched_log_probs(self.model, self.frozen, self.batch["scenario"], self.batch[side],
-                                  self.valid(side))[0]
+        return self.reference_sides(side)[0]
+
+    def policy_sides(self, *sides: str) -> list[jax.Array]:
+        """The policy's log-probs of each side, the scenes encoded once for all of them."""
+        return [x for x, _ in self.joint(self.params, sides)]
+
+    def reference_sides(self, *sides: str) -> list[jax.Array]:
+        return [x for x, _ in self.joint(self.frozen, sides)]
+
+    def joint(self, params, sides: tuple[str, ...]) -> list[tuple[jax.Array, jax.Array]]:
+        """(log-probs, logits) of each side under ``params`` (``joint_log_probs``)."""
+        return joint_log_probs(self.model, params, self.batch["scenario"],
+                               [(self.batch[s], self.valid(s)) for s in sides])
 
     def expert(self) -> tuple[jax.Array, jax.Array]:
         tokens, valid = expert_sequences(self.model, self.batch["scenario"])
@@ -113,8 +137,8 @@ def cpl_loss(lp: LogProbs, cfg: cfg_lib.AlignConfig):
         if score is not raw:  # the NLLs of the sequences themselves, not of the ratio
             m = {**m, **{k: v for k, v in ranked(raw)[1].items() if k.startswith(("nll_", "tokens_"))}}
         return _with_kl(loss, m, kl, cfg.kl_weight)
-    sn, rn, kln = anchored_log_probs(lp, "unpreferred", cfg.kl_weight, cfg.reference_ratio)
-    sp, rp, klp = anchored_log_probs(lp, "preferred", cfg.kl_weight, cfg.reference_ratio)
+    (sp, rp, klp), (sn, rn, kln) = anchored_log_probs(lp, ("preferred", "unpreferred"), cfg.kl_weight,
+                                                      cfg.reference_ratio)
     p = b["preferred"].shape[1]
     if cfg.cpl.credit == "agent":  # each pair is a ranking of two, per agent
         two = lambda x, y: _flat(jnp.stack([x, y], axis=2))  # [B, P, ...] x 2 -> [B * P, 2, ...]
@@ -141,8 +165,8 @@ def _with_kl(loss: jax.Array, m: dict, kl: tuple, kl_weight: float) -> tuple[jax
 
 
 def dpo_loss(lp: LogProbs, cfg: cfg_lib.AlignConfig):
-    lp_unpreferred, lp_preferred = lp.policy("unpreferred"), lp.policy("preferred")
-    ref_preferred, ref_unpreferred = lp.reference("preferred"), lp.reference("unpreferred")
+    lp_preferred, lp_unpreferred = lp.policy_sides("preferred", "unpreferred")
+    ref_preferred, ref_unpreferred = lp.reference_sides("preferred", "unpreferred")
     return losses.dpo_loss(_flat(lp_preferred), _flat(lp.valid("preferred")), _flat(lp_unpreferred),
                            _flat(lp.valid("unpreferred")), _flat(ref_preferred), _flat(ref_unpreferred), cfg.dpo_beta)
 
@@ -158,24 +182,25 @@ def afd_loss(lp: LogProbs, cfg: cfg_lib.AlignConfig):
     return losses.afd_loss(lp_exp, exp_valid, lp_unpreferred, lp.valid("unpreferred"), cfg.cpl)
 
 
-def anchored_log_probs(lp: LogProbs, side: str, kl_weight: float, reference_ratio: bool
-                        ) -> tuple[jax.Array, jax.Array, tuple]:
+def anchored_log_probs(lp: LogProbs, side: str | tuple[str, ...], kl_weight: float, reference_ratio: bool):
     """(log-probs the score uses, raw log-probs, (KL sum, count)) of ``batch[side]``: the anchors to the
-    reference of online DPA-OMF (``align.online.*``) and of the offline CPL methods (``align.*``).
+    reference of online DPA-OMF (``align.online.*``) and of the offline CPL methods (``align.*``). A tuple of
+    sides gives a list of those triples, the scenes encoded once for all sides (``LogProbs.joint``).
 
     With ``reference_ratio`` the score uses log pi - log pi_ref (DPO-style); with
     ``kl_weight`` the per-token KL(policy || reference) on those sequences' contexts.
     """
-    b = lp.batch
-    raw, logits = batched_log_probs(lp.model, lp.params, b["scenario"], b[side], b[f"{side}_valid"])
-    kl = (jnp.zeros([]), jnp.zeros([]))
+    sides = (side,) if isinstance(side, str) else side
+    policy = lp.joint(lp.params, sides)
+    zero = (jnp.zeros([]), jnp.zeros([]))
     if not (reference_ratio or kl_weight):
-        return raw, raw, kl
-    ref, ref_logits = jax.lax.stop_gradient(
-        batched_log_probs(lp.model, lp.frozen, b["scenario"], b[side], b[f"{side}_valid"]))
-    if kl_weight:
-        kl = losses.token_kl(logits, ref_logits, b[f"{side}_valid"])
-    return (raw - ref if reference_ratio else raw), raw, kl
+        out = [(raw, raw, zero) for raw, _ in policy]
+    else:
+        ref = jax.lax.stop_gradient(lp.joint(lp.frozen, sides))
+        out = [((raw - r if reference_ratio else raw), raw,
+                losses.token_kl(logits, r_logits, lp.valid(s)) if kl_weight else zero)
+               for s, (raw, logits), (r, r_logits) in zip(sides, policy, ref)]
+    return out[0] if isinstance(side, str) else out
 
 
 def online_pairs(batch: dict, rng: jax.Array, num: int) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -209,8 +234,8 @@ def online_loss(lp: LogProbs, cfg: cfg_lib.AlignConfig):
         sides = {"preferred": preferred, "unpreferred": unpreferred, "preferred_valid": _sim_valid(s, preferred),
                  "unpreferred_valid": _sim_valid(s, unpreferred)}
         lp = LogProbs(lp.model, lp.params, lp.frozen, {**b, **sides}, lp.rng)
-        (sp, rp, klp), (sn, rn, kln) = (anchored_log_probs(lp, side, o.kl_weight, o.reference_ratio)
-                                        for side in ("preferred", "unpreferred"))
+        (sp, rp, klp), (sn, rn, kln) = anchored_log_probs(lp, ("preferred", "unpreferred"), o.kl_weight,
+                                                          o.reference_ratio)
         loss, m = losses.cpl_loss(_flat(sp), _flat(lp.valid("preferred")), _flat(sn), _flat(lp.valid("unpreferred")),
                                   cfg.cpl)
         m["nll_preferred_sum"], m["tokens_preferred"] = losses.token_nll(rp, lp.valid("preferred"))

@@ -146,6 +146,29 @@ def test_offline_levers_at_the_reference(smoke_model):
         assert float(m["nll_preferred"][0]) > 0 and float(m["pref_accuracy"][1]) > 0  # the sequences' own NLL
 
 
+def test_both_sides_of_a_pair_share_one_encoding_and_keep_their_values(smoke_model):
+    """``joint_log_probs`` encodes each scene once for several sets of sequences (2 and 3 per scene here) and gives
+    each set the log-probs and logits it has alone."""
+    from dpa_omf import datatypes as dt
+    from dpa_omf.jobs import align_losses
+    from dpa_omf.model import tokenizer as tok
+
+    model, params, scenes = smoke_model
+    scen = dt.stack_scenarios(scenes[:2])
+    a_shape = scen.agents.sim_mask.shape + (model.config.tokenizer.num_token_steps,)
+    sets = []
+    for i, p in enumerate((2, 3)):
+        shape = (a_shape[0], p, *a_shape[1:])
+        seqs = jax.random.randint(jax.random.key(i), shape, 0, tok.NUM_TOKENS)
+        sets.append((seqs, np.broadcast_to(np.asarray(scen.agents.sim_mask)[:, None, :, None], shape)))
+    joint = align_losses.joint_log_probs(model, params, scen, sets)
+    for (seqs, valid), (lp, logits) in zip(sets, joint):
+        alone_lp, alone_logits = align_losses.batched_log_probs(model, params, scen, seqs, valid)
+        assert lp.shape == alone_lp.shape and logits.shape == alone_logits.shape
+        np.testing.assert_allclose(lp, alone_lp, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(logits, alone_logits, rtol=1e-5, atol=1e-5)
+
+
 def _method_errors(method: str, **overrides) -> str:
     c = align_config.get_config()
     c.align.method = method
