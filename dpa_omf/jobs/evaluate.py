@@ -51,6 +51,7 @@ import time
 import jax
 import ml_collections
 import numpy as np
+import tqdm
 from absl import logging
 
 from dpa_omf import atomic
@@ -169,6 +170,17 @@ def _score_chunks(evaluator: realism_eval.Evaluator, target, workdir: str, name:
                   work: _Work, flag: checkpointing.PreemptionFlag) -> bool:
     """Writes this process's missing chunks of one model; False when stopped by a signal."""
     out = scene_dir(workdir, name, eval_fp, checkpoint_id(workdir, folder))
+    done = sum((out / chunk_name(k, len(work.groups))).exists() for k in work.mine)
+    # this process's chunks of the model (process 0 shows its bar; every process scores its own share)
+    bar = tqdm.tqdm(total=len(work.mine), initial=done, desc=f"{STAGE} {name}", unit="chunk", dynamic_ncols=True,
+                    disable=not wd.is_writer())
+    with bar:
+        return _score_missing(evaluator, target, workdir, folder, work, flag, out, bar)
+
+
+def _score_missing(evaluator, target, workdir: str, folder: str, work: _Work, flag: checkpointing.PreemptionFlag,
+                   out: pathlib.Path, bar) -> bool:
+    """``_score_chunks``' loop: the chunks not yet written, each advancing ``bar``."""
     params = None
     groups = work.groups
     for k in work.mine:
@@ -185,6 +197,7 @@ def _score_chunks(evaluator: realism_eval.Evaluator, target, workdir: str, name:
         atomic.write_json(path, {"scenes": groups[k], "process": jax.process_index(), "seconds": time.time() - t0,
                                  "scenario_ids": [dt.scenario_id_str(s.scenario_id) for s in batch],
                                  "metrics": rows})
+        bar.update(1)
     return True
 
 
