@@ -174,30 +174,24 @@ def _score_chunks(evaluator: realism_eval.Evaluator, target, workdir: str, name:
     # this process's chunks of the model (process 0 shows its bar; every process scores its own share)
     bar = tqdm.tqdm(total=len(work.mine), initial=done, desc=f"{STAGE} {name}", unit="chunk", dynamic_ncols=True,
                     disable=not wd.is_writer())
-    with bar:
-        return _score_missing(evaluator, target, workdir, folder, work, flag, out, bar)
-
-
-def _score_missing(evaluator, target, workdir: str, folder: str, work: _Work, flag: checkpointing.PreemptionFlag,
-                   out: pathlib.Path, bar) -> bool:
-    """``_score_chunks``' loop: the chunks not yet written, each advancing ``bar``."""
     params = None
     groups = work.groups
-    for k in work.mine:
-        path = out / chunk_name(k, len(groups))
-        if path.exists():
-            continue
-        if flag.is_set():
-            return False
-        if params is None:
-            params = checkpointing.restore_params(wd.stage_dir(workdir, folder) / "checkpoints", target)
-        t0 = time.time()
-        batch = [work.scenes.read(work.sources[i]) for i in groups[k]]
-        rows = evaluator.scene_metrics(params, batch, groups[k])
-        atomic.write_json(path, {"scenes": groups[k], "process": jax.process_index(), "seconds": time.time() - t0,
-                                 "scenario_ids": [dt.scenario_id_str(s.scenario_id) for s in batch],
-                                 "metrics": rows})
-        bar.update(1)
+    with bar:
+        for k in work.mine:
+            path = out / chunk_name(k, len(groups))
+            if path.exists():
+                continue
+            if flag.is_set():
+                return False
+            if params is None:
+                params = checkpointing.restore_params(wd.stage_dir(workdir, folder) / "checkpoints", target)
+            t0 = time.time()
+            batch = [work.scenes.read(work.sources[i]) for i in groups[k]]
+            rows = evaluator.scene_metrics(params, batch, groups[k])
+            atomic.write_json(path, {"scenes": groups[k], "process": jax.process_index(), "seconds": time.time() - t0,
+                                     "scenario_ids": [dt.scenario_id_str(s.scenario_id) for s in batch],
+                                     "metrics": rows})
+            bar.update(1)
     return True
 
 

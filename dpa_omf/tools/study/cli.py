@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(plan: Plan, wall0: float, cpu0: float) -> int:
     """The study's steps in order (the package docstring); every finished job is reused on a rerun."""
     per_method, sw = {}, None
+    # learning rates an earlier sweep chose (the suite says where they are recorded), when this run sweeps none
+    fixed = plan.suite.rates if plan.suite and not plan.lrs else ()
     if (plan.lrs or plan.sampling or plan.arms("levers")) and not plan.shared_given:
         # the shared stages (up to curate) are built once, in the first seed's folder
         runs.launch(plan.config, plan.shared, plan.seeds[0], plan.extra + plan.test_flags + ["--config.job=curate"])
@@ -207,8 +209,8 @@ def run(plan: Plan, wall0: float, cpu0: float) -> int:
                         plan.val_flags)
         atomic.write_json(plan.root / "sweep.json", sw)
         per_method = {m: [runs.lr_flag(lr)] for m, lr in sw["chosen"].items()}
-    elif plan.suite and plan.suite.rates:  # the rates an earlier sweep chose (the suite says where it is recorded)
-        per_method = {m: [runs.lr_flag(lr)] for m, lr in plan.suite.rates if m in plan.methods}
+    elif fixed:
+        per_method = {m: [runs.lr_flag(lr)] for m, lr in fixed if m in plan.methods}
     lr_dpa = per_method.get("dpa_omf", [])
     lv = levers(plan, sw, lr_dpa)
     if lv:  # the choices are written as they are made (a long study's partial results)
@@ -240,8 +242,7 @@ def run(plan: Plan, wall0: float, cpu0: float) -> int:
                                align_of=m if m != "reference" else None)
     result = results.aggregate(per_seed, aligned, plan.methods + names,
                                per_scene if all(per_scene.values()) else None)
-    rates = (None if sw or not (plan.suite and plan.suite.rates) else
-             {"chosen": dict(plan.suite.rates), "source": plan.suite.rates_source})
+    rates = {"chosen": dict(fixed), "source": plan.suite.rates_source} if fixed else None
     result |= {"setup": setup, "methods": plan.methods, "suite": plan.name or None, "sweep": sw, "rates": rates,
                "arms": [dataclasses.asdict(a) for a in test_arms], "sharpening": sh,
                "levers": lv and (lv | {"combined": lv["combined"] and dataclasses.asdict(lv["combined"])})}
