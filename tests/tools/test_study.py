@@ -353,6 +353,30 @@ def test_a_suite_with_rates_fixed_by_an_earlier_sweep_uses_them_everywhere(tmp_p
     assert "an earlier sweep): dpa_omf 0.0001, ntp 0.0003." in (out / "alignment.md").read_text()
 
 
+def test_a_suite_with_sampling_fixed_by_an_earlier_grid_runs_only_its_test_rows(tmp_path, monkeypatch):
+    """A suite whose sampling settings an earlier grid chose (``Suite.sampling_chosen``, as
+    ``powered_sharpening``): no validation evaluation runs, each model's setting is scored on the test block for
+    every seed, its rows are reported beside the plain ones, and the report cites the choice's source."""
+    calls = []
+    monkeypatch.setattr(runs, "launch", _fake_launch(calls, tmp_path))
+    chosen = (("reference", (0.85, 0.9)), ("dpa_omf", (0.7, 0.95)))
+    monkeypatch.setitem(suites.SUITES, "fixed_sampling", suites.Suite(
+        "configs/align.py:smoke", ("dpa_omf",), (0, 1), val_scenes=2, test_scenes=4,
+        sampling_chosen=chosen, sampling_source="an earlier grid"))
+    out = tmp_path / "results"
+    assert cli.main(["--suite=fixed_sampling", f"--workdir={tmp_path}", f"--results_dir={out}"]) == 0
+    assert not any("/val/" in w for _, w, _, _ in calls)
+    sampled = {(w.split("/sampling/test/")[1].split("/")[0], s) for _, w, s, _ in calls if "/sampling/test/" in w}
+    assert sampled == {(f"t{t:g}_p{p:g}", s) for _, (t, p) in chosen for s in (0, 1)}
+    doc = json.loads((out / "alignment.json").read_text())
+    assert {"reference@t0.85,p0.9", "dpa_omf@t0.7,p0.95", "reference", "dpa_omf"} <= set(doc["models"])
+    assert doc["choices"]["sharpening"]["grid"] is None
+    assert doc["choices"]["sharpening"]["source"] == "an earlier grid"
+    assert "reference@t0.85,p0.9" in doc["models"]["dpa_omf@t0.7,p0.95"]["vs"]
+    text = (out / "alignment.md").read_text()
+    assert "as an earlier grid on this validation block chose it (an earlier grid)" in text
+
+
 def test_the_study_lists_no_methods_of_its_own():
     """A new alignment method is one entry in align.METHODS: the study's choices are
     exactly those, and every method a suite runs is one of them."""

@@ -127,7 +127,8 @@ def sharpening(plan: Plan, lr_dpa: list[str], combined: suites.Arm | None = None
     on the test block, every seed. Returns the record (``tables.sampling_table``) and the test rows
     ``{name: (model in the summaries, {row: {seed: {"summary", "per_scene"}}})}``."""
     grid = plan.sampling
-    if not grid:
+    fixed = dict(plan.suite.sampling_chosen) if plan.suite and not grid else {}
+    if not grid and not fixed:
         return None, {}
     s0, comb = plan.seeds[0], runs.COMBINED_ROW
     # per model: (its folder for a seed and block, its overrides, the sampling folders' sub-folder)
@@ -135,6 +136,10 @@ def sharpening(plan: Plan, lr_dpa: list[str], combined: suites.Arm | None = None
     if combined is not None:
         models[comb] = (lambda s, block: plan.root / ("levers/combined" if block == "val" else
                                                       f"arms/combined/seed_{s}"), list(combined.overrides), "combined")
+    if fixed:  # chosen by an earlier grid on this validation block (the suite cites where it is recorded)
+        unknown = set(fixed) - set(models)
+        if unknown:
+            raise SystemExit(f"study: sampling choices for {sorted(unknown)}: not models of this study {list(models)}")
     val: dict[str, list[float]] = {m: [] for m in models}
     for setting in grid:
         r = runs.run_sampling(plan.root, "val", setting, s0, plan.root / f"seed_{s0}", plan.config,
@@ -146,7 +151,8 @@ def sharpening(plan: Plan, lr_dpa: list[str], combined: suites.Arm | None = None
             r = runs.run_sampling(plan.root, "val", setting, s0, folder(s0, "val"), plan.config,
                                   plan.extra + plan.val_flags + lr_dpa + overrides, sub)
             val[comb].append(r["summary"]["models"]["dpa_omf"]["composite"])
-    chosen = {m: grid[max(range(len(grid)), key=lambda i, v=v: v[i])] for m, v in val.items()}
+    chosen = {m: tuple(fixed[m]) for m in models if m in fixed} if fixed else \
+        {m: grid[max(range(len(grid)), key=lambda i, v=v: v[i])] for m, v in val.items()}
     rows: dict[str, tuple[str, dict]] = {}
     done: dict[tuple, dict] = {}  # one evaluation per (folder, setting, seed) scores the reference and a model
     for m, setting in chosen.items():
@@ -160,6 +166,8 @@ def sharpening(plan: Plan, lr_dpa: list[str], combined: suites.Arm | None = None
                                                           + overrides, sub)
         model = "reference" if m == "reference" else "dpa_omf"
         rows[m] = (model, {runs.sampled_name(m, setting): {s: done[sub, setting, s] for s in plan.seeds}})
+    if fixed:
+        return {"grid": None, "chosen": chosen, "source": plan.suite.sampling_source}, rows
     return {"grid": [list(s) for s in grid], "val_composite": val, "chosen": chosen}, rows
 
 

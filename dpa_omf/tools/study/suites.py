@@ -79,6 +79,10 @@ class Suite:
     # Per method, a learning rate an earlier validation sweep chose (used when ``lrs`` is empty): (method, lr)
     rates: tuple[tuple[str, float], ...] = ()
     rates_source: str = ""  # where that sweep is recorded (the report cites it)
+    # Per model ("reference", "dpa_omf"), the sampling setting an earlier grid on this validation block chose
+    # (used when ``sampling`` is empty): (model, (temperature, top-p)); its test rows run without the grid
+    sampling_chosen: tuple[tuple[str, tuple[float, float]], ...] = ()
+    sampling_source: str = ""  # where that grid is recorded (the report cites it)
 
 
 def parse_arm(text: str) -> Arm:
@@ -179,6 +183,17 @@ SUITES = {
                           rates=(("dpa_omf", 1e-4), ("ntp", 1e-4), ("sft_best_oa", 3e-4), ("dpa_adef", 3e-4),
                                  ("afd", 1e-4)),
                           rates_source="docs/results/alignment.md (the powered suite's sweep, raw-unit cost)"),
+    # The sharpening control on the test block, with the settings powered_test's grid chose on its validation
+    # block (docs/results/alignment.md): the reference at T 0.85, P 0.9 and DPA-OMF at T 0.7, P 0.95, each beside
+    # its T 1 row, 3 seeds, 256 test scenes. It repeats powered_test's DPA-OMF and reference rows on the same
+    # scenes and keys (a check that the two runs agree) and fits one session of the 2-core CPU: shared ~5 min,
+    # 3 x (alignment ~3 min + 2 models x 256 scenes ~10 min), 6 sampled evaluations ~10 min each: ~1.8 h.
+    "powered_sharpening": Suite("configs/align.py", ("dpa_omf",), (0, 1, 2), val_scenes=64, test_scenes=256,
+                                rates=(("dpa_omf", 1e-4),),
+                                rates_source="docs/results/alignment.md (the powered suite's sweep, raw-unit cost)",
+                                sampling_chosen=(("reference", (0.85, 0.9)), ("dpa_omf", (0.7, 0.95))),
+                                sampling_source="docs/results/alignment.md (powered_test's grid, 64 validation "
+                                                "scenes, seed 0, study code 6ef1232)"),
     # The same structure at :smoke sizes, for CPU minutes (its test checks the report's structure).
     "quick": Suite("configs/align.py:smoke", ALL_METHODS, (0, 1), lrs=(1e-3, 3e-3), val_scenes=2, test_scenes=4,
                    arms=(Arm("collision_only", (weights((10, 0, 0, 0, 0)),), "features"),

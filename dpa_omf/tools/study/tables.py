@@ -101,7 +101,12 @@ def levers_table(lv: dict) -> list[str]:
 
 
 def sampling_table(sh: dict) -> list[str]:
-    """The sharpening grid on the validation block (``cli``'s ``sharpening`` record), the chosen setting in bold."""
+    """The sharpening grid on the validation block (``cli``'s ``sharpening`` record), the chosen setting in bold;
+    settings an earlier grid chose (no ``grid``) with where that grid is recorded."""
+    if sh.get("grid") is None:
+        return ["", "Sampling (temperature t, top-p p), as an earlier grid on this validation block chose it ("
+                + sh["source"] + "): " + ", ".join(f"{m} t {t:g}, p {p:g}" for m, (t, p) in sh["chosen"].items())
+                + "; each is its test row `<model>@t..,p..`."]
     grid = [tuple(s) for s in sh["grid"]]
     lines = ["", "Sampling (temperature t, top-p p) on the validation block: the best per model (bold) is its "
              "test row `<model>@t..,p..` (the sharpening control for the reference).", "",
