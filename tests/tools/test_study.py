@@ -377,6 +377,37 @@ def test_a_suite_with_sampling_fixed_by_an_earlier_grid_runs_only_its_test_rows(
     assert "as an earlier grid on this validation block chose it (an earlier grid)" in text
 
 
+def test_rows_saved_by_one_study_are_reported_by_another_only_when_measured_alike(tmp_path, monkeypatch):
+    """A study keeps its own rows (``rows.json`` in its results folder); another study on the same scenes and
+    keys reports them beside its own (``--rows_from``), with DPA-OMF compared with them too. A file from other
+    seeds, or whose reference scored other scenes or keys, is refused with the reason."""
+    calls = []
+    monkeypatch.setattr(runs, "launch", _fake_launch(calls, tmp_path))
+    monkeypatch.setitem(suites.SUITES, "fixed_sampling", suites.Suite(
+        "configs/align.py:smoke", ("dpa_omf",), (0, 1), val_scenes=2, test_scenes=4,
+        sampling_chosen=(("reference", (0.85, 0.9)),), sampling_source="an earlier grid"))
+    first = tmp_path / "a" / "results"
+    assert cli.main(["--suite=fixed_sampling", f"--workdir={tmp_path / 'a'}", f"--results_dir={first}"]) == 0
+    rows = json.loads((first / results.ROWS_FILE).read_text())
+    assert rows["names"] == ["dpa_omf", "reference@t0.85,p0.9"] and rows["seeds"] == [0, 1]
+    base = ["--config=configs/align.py:smoke", "--methods=dpa_omf,ntp", "--val_scenes=2", "--test_scenes=4"]
+    out = tmp_path / "b" / "results"
+    assert cli.main([*base, "--seeds=0,1", f"--workdir={tmp_path / 'b'}", f"--results_dir={out}",
+                     f"--rows_from={first}"]) == 0
+    doc = json.loads((out / "alignment.json").read_text())
+    assert {"ntp", "reference@t0.85,p0.9"} <= set(doc["models"])
+    assert doc["rows_from"] == [{"source": str(first / results.ROWS_FILE), "models": ["reference@t0.85,p0.9"]}]
+    assert set(doc["models"]["dpa_omf"]["vs"]) == {"ntp", "reference@t0.85,p0.9"}
+    a = json.loads((first / "alignment.json").read_text())["models"]["reference@t0.85,p0.9"]
+    assert doc["models"]["reference@t0.85,p0.9"]["composite"] == a["composite"]
+    with pytest.raises(ValueError, match="no rows for seeds"):
+        cli.main([*base, "--seeds=0,2", f"--workdir={tmp_path / 'c'}", f"--rows_from={first}"])
+    rows["per_scene"]["1"]["reference"][3] += 1e-3  # another reference, scenes or keys
+    (tmp_path / "other.json").write_text(json.dumps(rows))
+    with pytest.raises(ValueError, match=r"seed 1: the reference.s per-scene composites differ by up to 0\.001"):
+        cli.main([*base, "--seeds=0,1", f"--workdir={tmp_path / 'b'}", f"--rows_from={tmp_path / 'other.json'}"])
+
+
 def test_the_study_lists_no_methods_of_its_own():
     """A new alignment method is one entry in align.METHODS: the study's choices are
     exactly those, and every method a suite runs is one of them."""

@@ -4,7 +4,8 @@
         [--methods=dpa_omf,sft_best_oa,dpa_adef,afd] [--shared_from=MAIN_WORKDIR]
         [--lrs=3e-4,1e-3,3e-3 --val_scenes=64 --test_scenes=256]
         [--arm=[GROUP/]NAME:key=value[;key=value] ...] [--results_dir=docs/results]
-        [--suite=quick|paper|powered] [--config=configs/align.py] [-- --config.key=value ...]
+        [--suite=quick|paper|powered|...] [--rows_from=OTHER_RESULTS_DIR ...]
+        [--config=configs/align.py] [-- --config.key=value ...]
 
 Blocks. With ``--test_scenes`` the held-out (valid) split is cut in two: the
 TEST block (scenes ``0 .. test_scenes - 1``), on which every reported number
@@ -38,7 +39,9 @@ Rows beyond the methods (``suites``):
   (temperature, top-p) of the suite's grid (``DIR/sampling/val/...``), then
   each at its best setting on the test block (``reference@t..,p..``: the
   sharpening control; ``dpa_omf@t..,p..``: DPA-OMF at its own best), every
-  seed (``DIR/sampling/test/...``; their alignment linked, not redone).
+  seed (``DIR/sampling/test/...``; their alignment linked, not redone). A
+  suite's ``sampling_chosen`` takes the settings an earlier grid chose on the
+  same validation block and runs only the test rows.
   The sampling rows (controls) run before the test arms (analyses).
 - the compute-matched next-token control is the method ``ntp``.
 
@@ -50,6 +53,15 @@ document in ``--results_dir`` (default DIR): ``alignment.json`` (``test_scenes``
 DPA-OMF's models also ``vs`` {other model: {mean, lo, hi}}), ``alignment.md``
 (tables, the protocol's power, each claim's verdict, the validation choices),
 ``realism_vs_kl.png`` and ``gain_vs_data_scale.png``.
+
+Parts. A study keeps its own rows (every seed's evaluate rows, alignment
+figures and per-scene composites) in ``rows.json`` beside ``alignment.json``.
+A later study given ``--rows_from`` reports those models beside its own, and
+compares DPA-OMF with them, after checking that the two scored the same
+scenes with the same keys (same challenge, scenes, rollouts and seeds; the
+reference's per-scene composites equal to 1e-6 in every seed). So a protocol
+longer than a machine's life runs as parts (the ``powered_*`` suites), each
+one command, and the last assembles the report.
 
 Every job is a ``python -m dpa_omf.launch`` subprocess (``runs``): finished
 stages are reused, an interrupted study resumes where it stopped, and a

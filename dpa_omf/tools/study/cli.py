@@ -33,6 +33,7 @@ class Plan:
     suite: suites.Suite | None
     results_dir: pathlib.Path
     name: str
+    rows_from: tuple[pathlib.Path, ...] = ()
 
     def arms(self, *tables_: str) -> list[suites.Arm]:
         arms = list(self.suite.arms) if self.suite else []
@@ -60,6 +61,9 @@ def parse(argv: list[str] | None) -> Plan:
                    "(keys under config.), chosen on validation; repeat for several")
     p.add_argument("--results_dir", default="", help="where alignment.json / .md and their figures go "
                    "(default: the workdir; the published ones: docs/results)")
+    p.add_argument("--rows_from", action="append", default=[], help="another study's rows.json (or the results "
+                   "folder holding it): its models this study lacks are reported beside these, after checking that "
+                   "both scored the same scenes with the same keys; repeat for several")
     args, extra = p.parse_known_args(argv)
     suite = suites.SUITES.get(args.suite)
     extra = suites.apply_suite(suite, args, [e for e in extra if e != "--"],
@@ -81,7 +85,8 @@ def parse(argv: list[str] | None) -> Plan:
     val_flags, test_flags = runs.blocks(args.val_scenes, args.test_scenes) if args.test_scenes else ([], [])
     return Plan(root, pathlib.Path(args.shared_from) if args.shared_from else root / f"seed_{seeds[0]}",
                 bool(args.shared_from), args.config, seeds, methods, lrs, extra, val_flags, test_flags, suite,
-                pathlib.Path(args.results_dir) if args.results_dir else root, args.suite)
+                pathlib.Path(args.results_dir) if args.results_dir else root, args.suite,
+                tuple(pathlib.Path(r) for r in args.rows_from))
 
 
 def lever_curation(plan: Plan) -> dict[tuple[str, ...], pathlib.Path]:
@@ -248,21 +253,32 @@ def run(plan: Plan, wall0: float, cpu0: float) -> int:
     for m, (model, rows) in sampled.items():
         names += results.merge(per_seed, aligned, per_scene, rows, model,
                                align_of=m if m != "reference" else None)
+    own = plan.methods + names
+    saved = results.saved_rows(per_seed, aligned, per_scene, own, setup) if all(per_scene.values()) else None
+    rows_from = []
+    for path in plan.rows_from:
+        path = path / results.ROWS_FILE if path.is_dir() else path
+        if saved is None:
+            raise SystemExit(f"study: --rows_from {path}: this study has no per-scene composites to check it with")
+        added = results.add_saved_rows(per_seed, aligned, per_scene, runs.read_json(path), setup, str(path))
+        rows_from.append({"source": str(path), "models": added})
+        names += added
     result = results.aggregate(per_seed, aligned, plan.methods + names,
                                per_scene if all(per_scene.values()) else None)
     rates = {"chosen": dict(fixed), "source": plan.suite.rates_source} if fixed else None
     result |= {"setup": setup, "methods": plan.methods, "suite": plan.name or None, "sweep": sw, "rates": rates,
                "arms": [dataclasses.asdict(a) for a in test_arms], "sharpening": sh,
-               "levers": lv and (lv | {"combined": lv["combined"] and dataclasses.asdict(lv["combined"])})}
+               "levers": lv and (lv | {"combined": lv["combined"] and dataclasses.asdict(lv["combined"])}),
+               "rows_from": rows_from}
     if plan.suite and plan.suite.post_selection:
         result["post_selection"] = runs.post_selection(plan.shared, plan.root / "post_selection",
                                                        *plan.suite.post_selection, plan.config.partition(":")[2])
     result["time"] = record_time(plan.root, wall0, cpu0)
-    write(plan, result, test_arms)
+    write(plan, result, test_arms, saved)
     return 0
 
 
-def write(plan: Plan, result: dict, test_arms: list[suites.Arm]) -> None:
+def write(plan: Plan, result: dict, test_arms: list[suites.Arm], saved: dict | None = None) -> None:
     """The study's outputs: ``DIR/study.json``, ``DIR/report.md`` and its figures; ``alignment.json`` / ``.md``
     and their figures in the results folder."""
     root, seeds, methods = plan.root, plan.seeds, plan.methods
@@ -300,6 +316,8 @@ def write(plan: Plan, result: dict, test_arms: list[suites.Arm]) -> None:
     atomic.write_text(root / "report.md", text)
     out = plan.results_dir
     out.mkdir(parents=True, exist_ok=True)
+    if saved is not None:  # this study's own rows, for a later study to report beside its own (--rows_from)
+        atomic.write_json(out / results.ROWS_FILE, saved)
     doc = results.alignment_json(result)
     atomic.write_json(out / "alignment.json", doc)
     atomic.write_text(out / "alignment.md", tables.alignment_markdown(doc, result))

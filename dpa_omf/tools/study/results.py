@@ -104,6 +104,56 @@ def merge(per_seed: dict, aligned: dict, per_scene: dict, rows: dict[str, dict[i
     return list(rows)
 
 
+ROWS_FILE = "rows.json"  # a study's own rows, in its results folder (``saved_rows``)
+ROWS_TOLERANCE = 1e-6  # the reference's per-scene composites of two studies must agree to this (same scenes, keys)
+
+
+def saved_rows(per_seed: dict, aligned: dict, per_scene: dict, names_: list[str], setup: dict) -> dict:
+    """What another study needs to report this one's models beside its own (``add_saved_rows``): per seed the
+    evaluate rows, the alignment figures (``ALIGN_FIGURES``) and the per-scene composites of ``names_`` and of the
+    reference, with the setup (challenge, scenes, rollouts). A few hundred kB: kept in the results folder (and
+    committed with the results document), so a later study on another machine can merge them."""
+    keep = ["reference", *names_]
+    return {"setup": setup, "seeds": sorted(per_seed), "names": list(names_),
+            "per_seed": {str(s): {n: per_seed[s]["models"][n] for n in keep} for s in sorted(per_seed)},
+            "aligned": {str(s): {n: {k: v for k, v in aligned.get(s, {}).get(n, {}).items()
+                                     if k in ALIGN_FIGURES.values()}
+                                 for n in names_ if n in aligned.get(s, {})} for s in sorted(per_seed)},
+            "per_scene": {str(s): {n: list(per_scene.get(s, {}).get(n) or []) for n in keep} for s in sorted(per_seed)}}
+
+
+def add_saved_rows(per_seed: dict, aligned: dict, per_scene: dict, saved: dict, setup: dict,
+                   source: str) -> list[str]:
+    """Adds the models of another study's ``saved_rows`` that this one lacks (its own rows win) and returns their
+    names. Raises ``ValueError`` unless the two were measured alike: the same challenge, scenes and rollouts, every
+    seed of this study present there, and the reference's per-scene composites equal (``ROWS_TOLERANCE``) in every
+    seed, which checks that both scored the same scenes with the same rollout keys and the same reference."""
+    for k in ("challenge", "num_scenes", "num_rollouts"):
+        if saved["setup"].get(k) != setup.get(k):
+            raise ValueError(f"study: {source}: {k} {saved['setup'].get(k)!r} differs from this study's "
+                             f"{setup.get(k)!r}: its rows cannot be compared with these")
+    missing = [s for s in per_seed if str(s) not in saved["per_seed"]]
+    if missing:
+        raise ValueError(f"study: {source} has no rows for seeds {missing}")
+    for s in per_seed:
+        mine, theirs = per_scene.get(s, {}).get("reference"), saved["per_scene"][str(s)].get("reference")
+        if not mine or not theirs or len(mine) != len(theirs):
+            raise ValueError(f"study: {source}, seed {s}: no per-scene reference composites to check against")
+        gap = float(np.max(np.abs(np.asarray(mine) - np.asarray(theirs))))
+        if gap > ROWS_TOLERANCE:
+            raise ValueError(f"study: {source}, seed {s}: the reference's per-scene composites differ by up to "
+                             f"{gap:.3g} (> {ROWS_TOLERANCE:g}): not the same scenes, rollout keys or reference")
+    added = [n for n in saved["names"] if n not in per_seed[next(iter(per_seed))]["models"]]
+    for s in per_seed:
+        for n in added:
+            per_seed[s]["models"][n] = saved["per_seed"][str(s)][n]
+            if n in saved["aligned"].get(str(s), {}):
+                aligned.setdefault(s, {})[n] = saved["aligned"][str(s)][n]
+            if per_scene.get(s) is not None:
+                per_scene[s][n] = saved["per_scene"][str(s)][n] or None
+    return added
+
+
 def _interval(d: dict) -> dict:
     return {"mean": d["mean"], "lo": d["lo"], "hi": d["hi"]}
 
@@ -130,7 +180,7 @@ def alignment_json(result: dict) -> dict:
     return {"test_scenes": setup.get("num_scenes"), "seeds": result["seeds"], "challenge": setup.get("challenge"),
             "num_rollouts": setup.get("num_rollouts"), "models": models, "protocol": result.get("protocol"),
             "choices": {k: result.get(k) for k in ("sweep", "rates", "levers", "sharpening")},
-            "time": result.get("time")}
+            "rows_from": result.get("rows_from") or [], "time": result.get("time")}
 
 
 def headline(name: str) -> bool:

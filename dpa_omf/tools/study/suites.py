@@ -194,6 +194,18 @@ SUITES = {
                                 sampling_chosen=(("reference", (0.85, 0.9)), ("dpa_omf", (0.7, 0.95))),
                                 sampling_source="docs/results/alignment.md (powered_test's grid, 64 validation "
                                                 "scenes, seed 0, study code 6ef1232)"),
+    # The powered protocol's test half in parts that each fit one session of the 2-core CPU (a run folder may not
+    # outlive its machine): each writes its rows (``results.ROWS_FILE``), and the last reports them all together
+    # (``--rows_from``, which checks that every part scored the same scenes with the same keys). The five methods
+    # (3 x (5 alignments + 6 models x 256 scenes), ~2.1 h) and the data scale's arms (~2.2 h, its seeds included).
+    "powered_methods": Suite("configs/align.py", ("dpa_omf", "ntp", "sft_best_oa", "dpa_adef", "afd"), (0, 1, 2),
+                             val_scenes=64, test_scenes=256,
+                             rates=(("dpa_omf", 1e-4), ("ntp", 1e-4), ("sft_best_oa", 3e-4), ("dpa_adef", 3e-4),
+                                    ("afd", 1e-4)),
+                             rates_source="docs/results/alignment.md (the powered suite's sweep, raw-unit cost)"),
+    "powered_scale": Suite("configs/align.py", ("dpa_omf",), (0, 1, 2), val_scenes=64, test_scenes=256,
+                           arms=scale_arms(0.08), rates=(("dpa_omf", 1e-4),),
+                           rates_source="docs/results/alignment.md (the powered suite's sweep, raw-unit cost)"),
     # The same structure at :smoke sizes, for CPU minutes (its test checks the report's structure).
     "quick": Suite("configs/align.py:smoke", ALL_METHODS, (0, 1), lrs=(1e-3, 3e-3), val_scenes=2, test_scenes=4,
                    arms=(Arm("collision_only", (weights((10, 0, 0, 0, 0)),), "features"),

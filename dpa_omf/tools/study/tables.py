@@ -176,6 +176,9 @@ def alignment_markdown(doc: dict, result: dict) -> str:
             cells = [f"{vs[o]['mean']:+.4f} [{vs[o]['lo']:+.4f}, {vs[o]['hi']:+.4f}]" if o in vs else ""
                      for vs in heads.values()]
             lines.append(f"| {o} | " + " | ".join(cells) + " |")
+    for r in doc.get("rows_from") or []:
+        lines += ["", f"Rows measured by an earlier study ({r['source']}): {', '.join(r['models']) or 'none new'}; "
+                  "the same scenes and rollout keys (the reference's per-scene composites agree in every seed)."]
     lines += protocol_lines(doc.get("protocol"))
     claims = results.verdicts(doc)
     if claims:
