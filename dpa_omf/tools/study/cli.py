@@ -253,18 +253,17 @@ def run(plan: Plan, wall0: float, cpu0: float) -> int:
     for m, (model, rows) in sampled.items():
         names += results.merge(per_seed, aligned, per_scene, rows, model,
                                align_of=m if m != "reference" else None)
-    own = plan.methods + names
-    saved = results.saved_rows(per_seed, aligned, per_scene, own, setup) if all(per_scene.values()) else None
+    scenes = per_scene if all(per_scene.values()) else None
+    saved = results.saved_rows(per_seed, aligned, scenes, plan.methods + names, setup) if scenes else None
+    if plan.rows_from and saved is None:
+        raise SystemExit("study: --rows_from: this study has no per-scene composites to check other rows with")
     rows_from = []
     for path in plan.rows_from:
         path = path / results.ROWS_FILE if path.is_dir() else path
-        if saved is None:
-            raise SystemExit(f"study: --rows_from {path}: this study has no per-scene composites to check it with")
-        added = results.add_saved_rows(per_seed, aligned, per_scene, runs.read_json(path), setup, str(path))
+        added = results.add_saved_rows(per_seed, aligned, scenes, runs.read_json(path), setup, str(path))
         rows_from.append({"source": str(path), "models": added})
         names += added
-    result = results.aggregate(per_seed, aligned, plan.methods + names,
-                               per_scene if all(per_scene.values()) else None)
+    result = results.aggregate(per_seed, aligned, plan.methods + names, scenes)
     rates = {"chosen": dict(fixed), "source": plan.suite.rates_source} if fixed else None
     result |= {"setup": setup, "methods": plan.methods, "suite": plan.name or None, "sweep": sw, "rates": rates,
                "arms": [dataclasses.asdict(a) for a in test_arms], "sharpening": sh,

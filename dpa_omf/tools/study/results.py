@@ -112,14 +112,15 @@ def saved_rows(per_seed: dict, aligned: dict, per_scene: dict, names_: list[str]
     """What another study needs to report this one's models beside its own (``add_saved_rows``): per seed the
     evaluate rows, the alignment figures (``ALIGN_FIGURES``) and the per-scene composites of ``names_`` and of the
     reference, with the setup (challenge, scenes, rollouts). A few hundred kB: kept in the results folder (and
-    committed with the results document), so a later study on another machine can merge them."""
+    committed with the results document), so a later study on another machine can merge them. ``per_scene``
+    holds every seed's composites of the reference and of ``names_``."""
     keep = ["reference", *names_]
     return {"setup": setup, "seeds": sorted(per_seed), "names": list(names_),
             "per_seed": {str(s): {n: per_seed[s]["models"][n] for n in keep} for s in sorted(per_seed)},
             "aligned": {str(s): {n: {k: v for k, v in aligned.get(s, {}).get(n, {}).items()
                                      if k in ALIGN_FIGURES.values()}
                                  for n in names_ if n in aligned.get(s, {})} for s in sorted(per_seed)},
-            "per_scene": {str(s): {n: list(per_scene.get(s, {}).get(n) or []) for n in keep} for s in sorted(per_seed)}}
+            "per_scene": {str(s): {n: list(per_scene[s][n]) for n in keep} for s in sorted(per_seed)}}
 
 
 def add_saved_rows(per_seed: dict, aligned: dict, per_scene: dict, saved: dict, setup: dict,
@@ -136,7 +137,7 @@ def add_saved_rows(per_seed: dict, aligned: dict, per_scene: dict, saved: dict, 
     if missing:
         raise ValueError(f"study: {source} has no rows for seeds {missing}")
     for s in per_seed:
-        mine, theirs = per_scene.get(s, {}).get("reference"), saved["per_scene"][str(s)].get("reference")
+        mine, theirs = per_scene[s]["reference"], saved["per_scene"][str(s)].get("reference")
         if not mine or not theirs or len(mine) != len(theirs):
             raise ValueError(f"study: {source}, seed {s}: no per-scene reference composites to check against")
         gap = float(np.max(np.abs(np.asarray(mine) - np.asarray(theirs))))
@@ -149,8 +150,7 @@ def add_saved_rows(per_seed: dict, aligned: dict, per_scene: dict, saved: dict, 
             per_seed[s]["models"][n] = saved["per_seed"][str(s)][n]
             if n in saved["aligned"].get(str(s), {}):
                 aligned.setdefault(s, {})[n] = saved["aligned"][str(s)][n]
-            if per_scene.get(s) is not None:
-                per_scene[s][n] = saved["per_scene"][str(s)][n] or None
+            per_scene[s][n] = saved["per_scene"][str(s)][n]
     return added
 
 
