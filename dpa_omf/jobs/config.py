@@ -394,6 +394,27 @@ def evaluate_seed(c: ml_collections.ConfigDict) -> int:
     return c.seed + 1 if c.evaluate.seed == 0 else derived_seed(c.seed, c.evaluate.seed)
 
 
+def sampled_rows(text: str) -> tuple[tuple[str, float, float], ...]:
+    """``evaluate.sampled`` (``'model@tT,pP'`` entries joined by ``;``, '' none) as ``(model, T, P)`` tuples."""
+    out = []
+    for entry in filter(None, (e.strip() for e in text.split(";"))):
+        model, _, setting = entry.partition("@")
+        t, _, p = setting.partition(",")
+        try:
+            if not (model and t.startswith("t") and p.startswith("p")):
+                raise ValueError
+            row = (model, float(t[1:]), float(p[1:]))
+        except ValueError:
+            raise ValueError(f"evaluate.sampled: {entry!r} is not 'model@tT,pP' (e.g. 'reference@t0.85,p0.9')"
+                             ) from None
+        if row[1] <= 0 or not 0 < row[2] <= 1:
+            raise ValueError(f"evaluate.sampled: {entry!r} needs temperature > 0 and 0 < top-p <= 1")
+        if row in out:
+            raise ValueError(f"evaluate.sampled: {entry!r} is given twice")
+        out.append(row)
+    return tuple(out)
+
+
 def evaluate(c: ml_collections.ConfigDict) -> EvaluateConfig:
     e = c.evaluate
     realism = wosac.RealismConfig(

@@ -10,11 +10,16 @@ the challenge does. The same rollout keys serve every model (a paired comparison
 
 Sampling settings: ``evaluate.temperature`` / ``evaluate.top_p`` (1 / 1: the
 model's own distribution) shape every model's rollouts; the keys do not
-depend on them, so one model scored at several settings sees the same keys
-(the study's sharpening control). The setting is part of the evaluation's
-fingerprint: each setting is its own evaluation (one workdir per setting,
-its finished stages linked; the study's ``sampling/`` folders), and the
-summary records it (``sampling``).
+depend on them, so one model scored at several settings sees the same keys.
+The setting is part of the evaluation's fingerprint (the study's
+``sampling/`` folders: one workdir per setting, its finished stages linked),
+and the summary records it (``sampling``). ``evaluate.sampled`` adds rows
+``<model>@t<T>,p<P>``: a model sampled at another setting with the same keys
+(by default the reference sharpened, the control a gain must beat, and
+DPA-OMF at its own best); a row of a model not aligned in the workdir is left
+out. Each row's cache key holds its setting, so asking for other rows
+re-scores none of the others. Every row of an aligned model also gets its
+paired difference to each sampled row of the reference (``composite_vs``).
 
 Pod scale: every process runs this job. The held-out scenes (the first
 ``evaluate.num_scenes`` of the valid split; 0: all of them) form fixed chunks of
@@ -37,9 +42,11 @@ stage's fingerprint and step): adding ``align_afd`` evaluates only that model.
 fingerprints) it covers; per model: ``composite``, ``kinematic``,
 ``interactive``, ``map``, ``min_ade``, ``ade``, ``collision_rate``,
 ``offroad_rate``, ``traffic_light_violation_rate``, every official
-likelihood, ``composite_ci`` ``[lo, hi]`` and (not for the reference)
-``composite_vs_reference`` ``{mean, lo, hi}``; and ``sampling``
-``{temperature, top_p}``. Also ``report.md`` and PNG plots.
+likelihood, ``composite_ci`` ``[lo, hi]``, (not for the reference)
+``composite_vs_reference`` ``{mean, lo, hi}`` and (rows of aligned models,
+when the reference has sampled rows) ``composite_vs`` ``{row: {mean, lo,
+hi}}``; and ``sampling`` ``{temperature, top_p}``. Also ``report.md`` and
+PNG plots.
 """
 
 from __future__ import annotations
@@ -74,6 +81,43 @@ def models(workdir: str) -> dict[str, str]:
     return {"reference": pretrain.STAGE, **align.finished_folders(workdir)}
 
 
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """A row of the evaluation: the checkpoint of a stage folder, sampled at ``sampled`` (temperature, top-p)
+    with the same keys as every row, or at the evaluate section's own setting (None)."""
+
+    folder: str
+    sampled: tuple[float, float] | None = None
+
+
+def sampled_name(model: str, setting: tuple[float, float]) -> str:
+    """The name of a model's row sampled at another setting, e.g. ``reference@t0.85,p0.9``."""
+    return f"{model}@t{setting[0]:g},p{setting[1]:g}"
+
+
+def check(config: ml_collections.ConfigDict) -> list[str]:
+    """The problems of ``evaluate.sampled`` (a rule of ``stages.check``: refused before any compute)."""
+    try:
+        sampled = cfg_lib.sampled_rows(config.evaluate.sampled)
+    except ValueError as e:
+        return [str(e)]
+    return [f"evaluate.sampled: unknown model {m!r} (reference or one of {sorted(align.METHODS)})"
+            for m, _, _ in sampled if m != "reference" and m not in align.METHODS]
+
+
+def rows(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Row]:
+    """Every row: each model at the evaluate section's setting, then ``evaluate.sampled``'s rows of the models
+    the workdir has (a row of a model not aligned there is left out)."""
+    if check(config):
+        raise ValueError("; ".join(check(config)))
+    finished = models(workdir)
+    out = {name: Row(folder) for name, folder in finished.items()}
+    for model, t, p in cfg_lib.sampled_rows(config.evaluate.sampled):
+        if model in finished:
+            out[sampled_name(model, (t, p))] = Row(finished[model], (t, p))
+    return out
+
+
 def checkpoint_id(workdir: str, folder: str) -> dict:
     """What identifies a model's checkpoint: its stage's fingerprint and its latest step."""
     summary = wd.read_summary(workdir, folder) or {}
@@ -81,9 +125,15 @@ def checkpoint_id(workdir: str, folder: str) -> dict:
     return {"folder": folder, "fingerprint": summary.get("config_fingerprint"), "step": steps[-1] if steps else None}
 
 
+def row_id(workdir: str, row: Row) -> dict:
+    """What identifies a row's scores: its checkpoint and, for a sampled row, its setting."""
+    ident = checkpoint_id(workdir, row.folder)
+    return ident if row.sampled is None else ident | {"sampled": list(row.sampled)}
+
+
 def models_fingerprint(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """The models the evaluation covers (the stage graph fingerprints them with the config)."""
-    return {name: checkpoint_id(workdir, folder) for name, folder in models(workdir).items()}
+    """The rows the evaluation covers (the stage graph fingerprints them with the config)."""
+    return {name: row_id(workdir, row) for name, row in rows(config, workdir).items()}
 
 
 def held_out_sources(config: ml_collections.ConfigDict, workdir: str) -> tuple[prepare.Scenes, list]:
@@ -126,16 +176,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> in
     mine = wd.process_share(len(groups))
     mesh = sharding.make_mesh(devices=jax.local_devices())
     target = pretrain.params_target(config, mesh)
-    todo = {name: folder for name, folder in models(workdir).items() if _cached(workdir, name, folder, eval_fp) is None}
+    todo = {name: row for name, row in rows(config, workdir).items() if _cached(workdir, name, row, eval_fp) is None}
     at_least = (0, 0, 0)
     if todo and cfg.sizes_per_job:  # one program for every chunk (the same on every process)
         at_least = realism_eval.job_sizes(lambda i: scenes.read(sources[i]), [i for k in mine for i in groups[k]])
     evaluator = realism_eval.Evaluator(mlm.MotionLM(cfg_lib.model(config)), cfg, mesh, at_least=at_least)
     preempted = False
     with checkpointing.PreemptionFlag() as flag:
-        for name, folder in todo.items():
+        for name, row in todo.items():
             work = _Work(scenes, sources, groups, mine)
-            if not _score_chunks(evaluator, target, workdir, name, folder, eval_fp, work, flag):
+            if not _score_chunks(evaluator, target, workdir, name, row, eval_fp, work, flag):
                 preempted = True
                 break
     scenes.close()
@@ -148,10 +198,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, fingerprint: str) -> in
     return 0
 
 
-def _cached(workdir: str, name: str, folder: str, eval_fp: str) -> dict | None:
+def _cached(workdir: str, name: str, row: Row, eval_fp: str) -> dict | None:
     cached = wd.read_json(wd.stage_dir(workdir, STAGE) / "models" / f"{name}.json")
-    if cached and cached.get("eval_fingerprint") == eval_fp and cached.get("checkpoint") == checkpoint_id(
-            workdir, folder):
+    if cached and cached.get("eval_fingerprint") == eval_fp and cached.get("checkpoint") == row_id(workdir, row):
         return cached
     return None
 
@@ -166,10 +215,10 @@ class _Work:
     mine: list[int]
 
 
-def _score_chunks(evaluator: realism_eval.Evaluator, target, workdir: str, name: str, folder: str, eval_fp: str,
+def _score_chunks(evaluator: realism_eval.Evaluator, target, workdir: str, name: str, row: Row, eval_fp: str,
                   work: _Work, flag: checkpointing.PreemptionFlag) -> bool:
-    """Writes this process's missing chunks of one model; False when stopped by a signal."""
-    out = scene_dir(workdir, name, eval_fp, checkpoint_id(workdir, folder))
+    """Writes this process's missing chunks of one row; False when stopped by a signal."""
+    out = scene_dir(workdir, name, eval_fp, row_id(workdir, row))
     done = sum((out / chunk_name(k, len(work.groups))).exists() for k in work.mine)
     # this process's chunks of the model (process 0 shows its bar; every process scores its own share)
     bar = tqdm.tqdm(total=len(work.mine), initial=done, desc=f"{STAGE} {name}", unit="chunk", dynamic_ncols=True,
@@ -184,19 +233,19 @@ def _score_chunks(evaluator: realism_eval.Evaluator, target, workdir: str, name:
             if flag.is_set():
                 return False
             if params is None:
-                params = checkpointing.restore_params(wd.stage_dir(workdir, folder) / "checkpoints", target)
+                params = checkpointing.restore_params(wd.stage_dir(workdir, row.folder) / "checkpoints", target)
             t0 = time.time()
             batch = [work.scenes.read(work.sources[i]) for i in groups[k]]
-            rows = evaluator.scene_metrics(params, batch, groups[k])
+            metrics = evaluator.scene_metrics(params, batch, groups[k], row.sampled)
             atomic.write_json(path, {"scenes": groups[k], "process": jax.process_index(), "seconds": time.time() - t0,
                                      "scenario_ids": [dt.scenario_id_str(s.scenario_id) for s in batch],
-                                     "metrics": rows})
+                                     "metrics": metrics})
             bar.update(1)
     return True
 
 
-def _load_scenes(workdir: str, name: str, folder: str, eval_fp: str, num_scenes: int) -> list[dict]:
-    out = scene_dir(workdir, name, eval_fp, checkpoint_id(workdir, folder))
+def _load_scenes(workdir: str, name: str, row: Row, eval_fp: str, num_scenes: int) -> list[dict]:
+    out = scene_dir(workdir, name, eval_fp, row_id(workdir, row))
     rows: list[dict | None] = [None] * num_scenes
     for path in sorted(out.glob("chunk-*.json")):
         part = wd.read_json(path)
@@ -208,34 +257,39 @@ def _load_scenes(workdir: str, name: str, folder: str, eval_fp: str, num_scenes:
     return rows  # type: ignore[return-value]
 
 
-def _aggregate(config, workdir: str, eval_fp: str, todo: dict[str, str], num_scenes: int, fingerprint: str,
+def _aggregate(config, workdir: str, eval_fp: str, todo: dict[str, Row], num_scenes: int, fingerprint: str,
                seconds: float) -> None:
-    """Process 0: every model's means, interval and paired difference; the cache files, summary and report."""
+    """Process 0: every row's means, interval and paired differences; the cache files, summary and report."""
     out = wd.stage_dir(workdir, STAGE)
     per_scene = {}
     results = {}
-    for name, folder in models(workdir).items():
-        cached = _cached(workdir, name, folder, eval_fp) if name not in todo else None
+    every = rows(config, workdir)
+    for name, row in every.items():
+        cached = _cached(workdir, name, row, eval_fp) if name not in todo else None
         if cached is not None and "composite_per_scene" in cached:
             results[name], per_scene[name] = cached["metrics"], np.asarray(cached["composite_per_scene"])
             continue
-        rows = _load_scenes(workdir, name, folder, eval_fp, num_scenes)
-        m = realism_eval.mean_metrics(rows)
+        scene_rows = _load_scenes(workdir, name, row, eval_fp, num_scenes)
+        m = realism_eval.mean_metrics(scene_rows)
         results[name] = names.ours(m, names.summary()) | {"likelihoods": names.ours(m, names.likelihoods())}
-        log = realism_eval.log_rates(rows)  # the same for every model (the same scenes)
+        log = realism_eval.log_rates(scene_rows)  # the same for every model (the same scenes)
         if log is not None:
             results[name]["log"] = log
-        per_scene[name] = np.asarray([r[names.composite()] for r in rows])
+        per_scene[name] = np.asarray([r[names.composite()] for r in scene_rows])
         results[name]["composite_ci"] = list(stats.bootstrap_ci(per_scene[name]))
         atomic.write_json(out / "models" / f"{name}.json",
-                          {"eval_fingerprint": eval_fp, "checkpoint": checkpoint_id(workdir, folder),
+                          {"eval_fingerprint": eval_fp, "checkpoint": row_id(workdir, row),
                            "num_scenes": num_scenes, "metrics": results[name],
                            "composite_per_scene": per_scene[name].tolist()})
-    if "reference" in per_scene:
-        for name in results:
-            if name != "reference":
-                results[name]["composite_vs_reference"] = stats.paired_difference(per_scene[name],
-                                                                                  per_scene["reference"])
+    sharpened = [n for n, r in every.items() if r.folder == pretrain.STAGE and r.sampled is not None]
+    for name in results:
+        results[name].pop("composite_vs", None)  # a cached row's differences are recomputed against today's rows
+        if name != "reference" and "reference" in per_scene:
+            results[name]["composite_vs_reference"] = stats.paired_difference(per_scene[name],
+                                                                              per_scene["reference"])
+        if every[name].folder != pretrain.STAGE and sharpened:
+            results[name]["composite_vs"] = {r: stats.paired_difference(per_scene[name], per_scene[r])
+                                             for r in sharpened}
     summary = {
         "models": results,
         "checkpoints": models_fingerprint(config, workdir),
@@ -272,3 +326,5 @@ def print_table(workdir: str) -> None:
           f"{summary['num_scenes']} held-out scenes{_from(summary)} x {summary['num_rollouts']} rollouts"
           f"{report.sampled(summary)}", flush=True)
     print(report.table(summary["models"]), flush=True)
+    if report.versus(summary["models"]):
+        print(report.versus(summary["models"]), flush=True)

@@ -20,6 +20,7 @@ every ``eval_every`` steps, to ``metrics.jsonl`` and TensorBoard).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import jax
@@ -33,6 +34,7 @@ from dpa_omf.jobs import workdir as wd
 from dpa_omf.metrics import model_realism, names
 from dpa_omf.metrics import wosac as realism
 from dpa_omf.model import motion_lm as mlm
+from dpa_omf.model import sampling
 from dpa_omf.train import sharding
 
 
@@ -47,34 +49,39 @@ class Evaluator:
         self.at_least = tuple(int(n) for n in at_least)
         self.step_size = (scenes_per_device or cfg.scenes_per_device) * mesh.devices.size
         self.base_key = jax.random.key(cfg.seed)
-        self._programs: dict[realism.RealismConfig, object] = {}
+        self._programs: dict[tuple, object] = {}
 
-    def _program(self, rc: realism.RealismConfig):
-        if rc not in self._programs:
-            self._programs[rc] = sharding.map_over_scenes(
-                lambda p, s, k: model_realism.sample_and_score(self.model, p, s, k, self.cfg.rollout, rc), self.mesh)
-        return self._programs[rc]
+    def _program(self, rc: realism.RealismConfig, rollout: sampling.RolloutConfig):
+        if (rc, rollout) not in self._programs:
+            self._programs[rc, rollout] = sharding.map_over_scenes(
+                lambda p, s, k: model_realism.sample_and_score(self.model, p, s, k, rollout, rc), self.mesh)
+        return self._programs[rc, rollout]
 
-    def _run(self, params, scenarios: list[dt.Scenario], indices: Sequence[int], rc) -> dict[str, np.ndarray]:
+    def _run(self, params, scenarios: list[dt.Scenario], indices: Sequence[int], rc,
+             rollout: sampling.RolloutConfig) -> dict[str, np.ndarray]:
         outs = []
         for i in range(0, len(scenarios), self.step_size):
             group, idx = scenarios[i:i + self.step_size], list(indices[i:i + self.step_size])
             pad = self.step_size - len(group)
             batch = sharding.put_local_batch(dt.stack_scenarios(group + group[-1:] * pad), self.mesh)
             keys = jax.numpy.stack([jax.random.fold_in(self.base_key, j) for j in idx + idx[-1:] * pad])
-            res = jax.device_get(self._program(rc)(params, batch, sharding.put_local_batch(keys, self.mesh)))
+            res = jax.device_get(self._program(rc, rollout)(params, batch, sharding.put_local_batch(keys, self.mesh)))
             outs.append({k: np.asarray(v)[:len(group)] for k, v in res.items()})
         return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
-    def scene_metrics(self, params, scenarios: list[dt.Scenario], indices: Sequence[int]) -> list[dict[str, float]]:
+    def scene_metrics(self, params, scenarios: list[dt.Scenario], indices: Sequence[int],
+                      sampled: tuple[float, float] | None = None) -> list[dict[str, float]]:
         """The official-named metrics of each scene and the log's own rates (``wosac.LOG_RATES``)
-        (``indices``: the scenes' global indices: their keys)."""
+        (``indices``: the scenes' global indices: their keys; ``sampled``: (temperature, top-p) instead of the
+        evaluate section's, with the same keys)."""
         if len(scenarios) != len(indices) or not scenarios:
             raise ValueError(f"scene_metrics: {len(scenarios)} scenes for {len(indices)} indices")
+        rollout = self.cfg.rollout if sampled is None else dataclasses.replace(
+            self.cfg.rollout, temperature=float(sampled[0]), top_p=float(sampled[1]))
 
         def run(rc: realism.RealismConfig, rows) -> dict[str, np.ndarray]:
             rows = range(len(scenarios)) if rows is None else rows
-            return self._run(params, [scenarios[j] for j in rows], [indices[j] for j in rows], rc)
+            return self._run(params, [scenarios[j] for j in rows], [indices[j] for j in rows], rc, rollout)
 
         # Rare re-runs (agents far off the map): an exhaustive lane search for those scenes only.
         out, _ = realism.run_certified(run, dt.stack_scenarios(scenarios), self.cfg.realism, self.at_least)

@@ -27,12 +27,28 @@ NLL_KEYS = (("eval_nll_preferred", "preferred"), ("eval_nll_unpreferred", "unpre
             ("eval_nll_expert", "expert"))
 
 
+def order_key(name: str) -> tuple:
+    """Rows in the order reference, its sampled rows (``reference@t..,p..``), dpa_omf, its sampled rows, others."""
+    model = name.partition("@")[0]
+    return model != "reference", model != "dpa_omf", model, name
+
+
+def versus(models: dict[str, dict]) -> str:
+    """One line per paired difference of a model's row to a sampled row of the reference (``composite_vs``: the
+    sharpening control), or '' when there is none."""
+    lines = [f"- {n} minus {r}: {d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]"
+             for n in sorted(models, key=order_key) for r, d in models[n].get("composite_vs", {}).items()]
+    if not lines:
+        return ""
+    return "\n".join(["Paired differences to the reference sampled sharper (same scenes and keys; 95% CI):", *lines])
+
+
 def table(models: dict[str, dict]) -> str:
     """The markdown table: the metric columns, then (when the evaluation has them) the composite's 95%
     bootstrap interval over scenes and the paired difference to the reference with its interval; and when the
     models carry the log's own rates (``log``: collision and off-road rates of the data on the same scenes),
     a last row with them."""
-    order = sorted(models, key=lambda n: (n != "reference", n != "dpa_omf", n))  # reference, then ours
+    order = sorted(models, key=order_key)  # the reference's rows, then ours, then the others
     intervals = all("composite_ci" in models[n] for n in order)
     extra = ("composite 95% CI", "vs reference [95% CI]") if intervals else ()
     columns = names.report()
@@ -78,8 +94,10 @@ def write_report(out: pathlib.Path, align_dirs: Sequence[pathlib.Path], summary:
         "",
         text,
         "",
-        "![buckets](realism_buckets.png)",
     ]
+    if versus(models):
+        lines += [versus(models), ""]
+    lines += ["![buckets](realism_buckets.png)"]
     _bucket_plot(out / "realism_buckets.png", models)
     if _nll_plot(out / "alignment_nll.png", align_dirs):
         lines += ["", "![alignment NLL](alignment_nll.png)"]

@@ -104,8 +104,9 @@ def jobs() -> tuple[str, ...]:
 
 def check(config: ml_collections.ConfigDict, num_devices: int | None = None, process_count: int = 1) -> None:
     """``cfg_lib.check`` with the rules of the registries the config boundary cannot import (the alignment
-    methods': ``align.check``): every problem of a job's config, before any compute."""
-    cfg_lib.check(config, num_devices, process_count, rules=(align.check,))
+    methods': ``align.check``, and the evaluation's rows, ``evaluate.check``): every problem of a job's config, before
+    any compute."""
+    cfg_lib.check(config, num_devices, process_count, rules=(align.check, evaluate.check))
 
 
 def uses_devices(job: str) -> bool:

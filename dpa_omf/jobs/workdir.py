@@ -73,6 +73,9 @@ NOT_FINGERPRINTED = (
     "pretrain.realism_scenes", "align.realism_scenes",
     "align.log_every", "align.progress_bar", "align.checkpoint_every", "align.keep_checkpoints",
     "pretrain.preemption_sync_every", "align.preemption_sync_every",
+    # the evaluate stage fingerprints its rows itself (``evaluate.models_fingerprint``: each with its sampling), so
+    # a model's cached scores do not depend on which other rows are asked for
+    "evaluate.sampled",
 )
 
 

@@ -115,8 +115,8 @@ def test_sigterm_then_restart_gives_the_uninterrupted_results(made, uninterrupte
     scored, stop = [], True
     scene_metrics = realism_eval.Evaluator.scene_metrics
 
-    def signalling_scene_metrics(self, params, scenarios, indices):
-        out = scene_metrics(self, params, scenarios, indices)
+    def signalling_scene_metrics(self, params, scenarios, indices, sampled=None):
+        out = scene_metrics(self, params, scenarios, indices, sampled)
         scored.append(list(indices))
         if len(scored) == 1 and stop:
             os.kill(os.getpid(), signal.SIGTERM)  # a real signal, to the job's handler, before the chunk's write
@@ -163,3 +163,49 @@ def test_summary_intervals_and_paired_difference(uninterrupted):
     diff = summary["models"]["dpa_omf"]["composite_vs_reference"]
     assert diff["mean"] == pytest.approx(np.mean(per_scene["dpa_omf"] - per_scene["reference"]), abs=1e-12)
     assert diff["lo"] <= diff["mean"] <= diff["hi"]
+
+
+@pytest.mark.slow
+def test_sampled_rows_score_only_themselves_with_the_same_keys(made, uninterrupted, tmp_path, monkeypatch):
+    """``evaluate.sampled`` on a finished evaluation: only the new rows are scored (the others come from their
+    cache, unchanged); a sampled row equals the model evaluated with that setting for every row (the same keys);
+    a row of a model the workdir lacks is left out; the aligned model's rows get their paired difference to the
+    sharpened reference."""
+    wd = jp.copy_stages(uninterrupted, tmp_path / "wd", *STAGES, "evaluate")
+    scored = []
+    scene_metrics = realism_eval.Evaluator.scene_metrics
+
+    def counting_scene_metrics(self, params, scenarios, indices, sampled=None):
+        scored.append((list(indices), sampled))
+        return scene_metrics(self, params, scenarios, indices, sampled)
+
+    monkeypatch.setattr(realism_eval.Evaluator, "scene_metrics", counting_scene_metrics)
+    c = _config()
+    c.evaluate.sampled = "reference@t0.85,p0.9; dpa_omf@t0.7,p0.95; afd@t0.9,p1"
+    assert stages.ensure("evaluate", c, wd) == 0
+    assert sorted(scored) == sorted((i, s) for i in ([0, 1], [2, 3], [4, 5]) for s in ((0.85, 0.9), (0.7, 0.95)))
+    summary, before = _summary(wd), _summary(uninterrupted)
+    rows = ("reference@t0.85,p0.9", "dpa_omf@t0.7,p0.95")
+    assert sorted(summary["models"]) == sorted(MODELS + rows)  # no afd: not aligned in this workdir
+    for name in MODELS:
+        got = {k: v for k, v in summary["models"][name].items() if k != "composite_vs"}
+        assert got == before["models"][name], name
+
+    # the sharpened reference row = the reference evaluated at that setting for every row (the same keys)
+    whole = jp.copy_stages(made, tmp_path / "whole", *STAGES)
+    c = _config()
+    c.evaluate.temperature, c.evaluate.top_p = 0.85, 0.9
+    assert stages.ensure("evaluate", c, whole) == 0
+    sharp = _chunks(whole)
+    for k in range(NUM_CHUNKS):
+        assert _chunks(wd)["reference@t0.85,p0.9", k]["metrics"] == sharp["reference", k]["metrics"], k
+    assert summary["models"][rows[0]]["composite"] == _summary(whole)["models"]["reference"]["composite"]
+
+    per_scene = {n: np.asarray(json.loads((wd / "evaluate" / "models" / f"{n}.json").read_text())
+                               ["composite_per_scene"]) for n in MODELS + rows}
+    for name in ("dpa_omf", rows[1]):
+        d = summary["models"][name]["composite_vs"][rows[0]]
+        assert d["mean"] == pytest.approx(np.mean(per_scene[name] - per_scene[rows[0]]), abs=1e-12)
+        assert d["lo"] <= d["mean"] <= d["hi"]
+    assert "composite_vs" not in summary["models"]["reference"]
+    assert "composite_vs" not in summary["models"][rows[0]]

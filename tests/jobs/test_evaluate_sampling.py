@@ -6,10 +6,11 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from dpa_omf.configs import align as align_config
 from dpa_omf.jobs import config as cfg_lib
-from dpa_omf.jobs import evaluate, report
+from dpa_omf.jobs import evaluate, report, stages
 from dpa_omf.jobs import workdir as wd
 from dpa_omf.metrics import names
 from dpa_omf.model import sampling
@@ -33,7 +34,7 @@ def test_a_sampling_setting_keeps_the_keys_and_is_its_own_evaluation():
     assert s.seed == p.seed  # the same rollout keys for every setting: a paired comparison
     # another setting is another evaluation: a cached result of the plain one is never served for it
     assert wd.fingerprint(plain, evaluate.EVAL_SECTIONS) != wd.fingerprint(sharp, evaluate.EVAL_SECTIONS)
-    assert runs.sampled_name("reference", (0.85, 0.95)) == "reference@t0.85,p0.95"
+    assert evaluate.sampled_name("reference", (0.85, 0.95)) == "reference@t0.85,p0.95"
 
 
 def test_sharper_sampling_draws_likelier_tokens_with_the_same_keys():
@@ -72,3 +73,45 @@ def test_the_table_names_a_sharpened_evaluation(tmp_path, capsys):
     (tmp_path / "evaluate" / "summary.json").write_text(json.dumps(summary))
     evaluate.print_table(str(tmp_path))
     assert "sampled" not in capsys.readouterr().out
+
+
+def test_sampled_rows_parse_and_refuse_what_is_not_a_row():
+    assert cfg_lib.sampled_rows("") == ()
+    assert cfg_lib.sampled_rows("reference@t0.85,p0.9; dpa_omf@t0.7,p0.95") == (
+        ("reference", 0.85, 0.9), ("dpa_omf", 0.7, 0.95))
+    assert all(evaluate.sampled_name(m, (t, p)) == e for (m, t, p), e in zip(
+        cfg_lib.sampled_rows("reference@t0.85,p0.9;dpa_omf@t0.7,p0.95"),
+        ("reference@t0.85,p0.9", "dpa_omf@t0.7,p0.95"), strict=True))  # the row names read back as given
+    for bad, why in (("reference", "is not"), ("reference@0.85,0.9", "is not"), ("reference@tx,p1", "is not"),
+                     ("reference@t0,p1", "temperature > 0"), ("reference@t1,p1.5", "top-p <= 1"),
+                     ("reference@t1,p0.9;reference@t1,p0.9", "twice")):
+        with pytest.raises(ValueError, match=why):
+            cfg_lib.sampled_rows(bad)
+    c = align_config.get_config("smoke")
+    c.evaluate.sampled = "nobody@t1,p0.9"
+    with pytest.raises(ValueError, match="unknown model 'nobody'"):
+        evaluate.rows(c, "/nonexistent")
+    with pytest.raises(cfg_lib.ConfigError, match="unknown model 'nobody'"):  # refused before any compute
+        stages.check(c)
+    c.evaluate.sampled = "reference@t0.85"
+    with pytest.raises(cfg_lib.ConfigError, match="is not 'model@tT,pP'"):
+        stages.check(c)
+
+
+def test_sampled_rows_do_not_change_the_other_rows_fingerprints():
+    """Asking for rows leaves the evaluation's fingerprint (every cached row's key) as it was."""
+    plain, more = align_config.get_config("smoke"), align_config.get_config("smoke")
+    more.evaluate.sampled = "reference@t0.85,p0.9"
+    assert wd.fingerprint(plain, evaluate.EVAL_SECTIONS) == wd.fingerprint(more, evaluate.EVAL_SECTIONS)
+    assert align_config.get_config().evaluate.sampled == "reference@t0.85,p0.9;dpa_omf@t0.7,p0.95"
+
+
+def test_the_report_gives_the_paired_difference_to_the_sharpened_reference(tmp_path):
+    d = {"mean": 0.0046, "lo": -0.0003, "hi": 0.0099}
+    row = dict.fromkeys(names.report(), 0.5)
+    models = {"dpa_omf": row | {"composite_vs": {"reference@t0.85,p0.9": d}}, "reference": row,
+              "reference@t0.85,p0.9": row, "dpa_omf@t0.7,p0.95": row}
+    assert [line.split(" |")[0] for line in report.table(models).splitlines()[2:]] == [
+        "| reference", "| reference@t0.85,p0.9", "| dpa_omf", "| dpa_omf@t0.7,p0.95"]
+    assert "- dpa_omf minus reference@t0.85,p0.9: +0.0046 [-0.0003, +0.0099]" in report.versus(models)
+    assert report.versus({"reference": row}) == ""

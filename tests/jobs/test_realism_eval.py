@@ -66,7 +66,7 @@ def test_sizes_fitted_to_more_scenes_change_no_value(smoke):
     mesh = sharding.make_mesh(devices=jax.local_devices()[:1])
     wide = realism_eval.Evaluator(model, cfg_lib.evaluate(c), mesh, 1, at_least=bigger)
     got = wide.scene_metrics(params, scenes[:1], [0])
-    (used,) = wide._programs
+    ((used, _),) = wide._programs  # (metric config, sampling)
     assert used.max_eval_agents == bigger[0] and used.max_road_edge_points >= bigger[1]
     assert used.max_lane_points >= bigger[2]
     want = _evaluator(c, model, 1, 1).scene_metrics(params, scenes[:1], [0])

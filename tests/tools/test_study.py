@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from dpa_omf.jobs import align
+from dpa_omf.jobs import align, evaluate
 from dpa_omf.metrics import names
 from dpa_omf.tools.study import cli, figures, results, runs, suites, tables
 
@@ -186,7 +186,7 @@ def test_quick_suite_report_has_every_table_figure_and_method_row(tmp_path, monk
     lv, sh = result["levers"], result["sharpening"]
     arms = [f"dpa_omf[{a.name}]" for a in suite.arms if a.table != "levers"]
     arms += ["dpa_omf[combined]"] if lv["chosen"] else []
-    sampled = [runs.sampled_name(m, tuple(s)) for m, s in sh["chosen"].items() if tuple(s) != (1.0, 1.0)]
+    sampled = [evaluate.sampled_name(m, tuple(s)) for m, s in sh["chosen"].items() if tuple(s) != (1.0, 1.0)]
     for name in ["reference", *suite.methods, *arms, *sampled]:
         row = next(line for line in text.splitlines() if line.startswith(f"| {name} | "))
         assert "nan" not in row and row.count("|") >= 9, row

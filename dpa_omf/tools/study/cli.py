@@ -11,7 +11,7 @@ import sys
 import time
 
 from dpa_omf import atomic
-from dpa_omf.jobs import align
+from dpa_omf.jobs import align, evaluate
 from dpa_omf.tools import post_selection, study
 from dpa_omf.tools.study import figures, results, runs, suites, tables
 
@@ -170,7 +170,7 @@ def sharpening(plan: Plan, lr_dpa: list[str], combined: suites.Arm | None = None
                                                           plan.config, plan.extra + plan.test_flags + lr_dpa
                                                           + overrides, sub)
         model = "reference" if m == "reference" else "dpa_omf"
-        rows[m] = (model, {runs.sampled_name(m, setting): {s: done[sub, setting, s] for s in plan.seeds}})
+        rows[m] = (model, {evaluate.sampled_name(m, setting): {s: done[sub, setting, s] for s in plan.seeds}})
     if fixed:
         return {"grid": None, "chosen": chosen, "source": plan.suite.sampling_source}, rows
     return {"grid": [list(s) for s in grid], "val_composite": val, "chosen": chosen}, rows

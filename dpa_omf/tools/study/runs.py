@@ -46,7 +46,9 @@ def launch(config: str, workdir: pathlib.Path, seed: int, extra: list[str]) -> N
     job does not finish (its exit code). Its wall and CPU time go to ``workdir/JOB_TIMES`` as it ends (one line
     per run of a job, a reused or stopped one too), so the protocol's cost adds up however often it was resumed."""
     cmd = [sys.executable, "-m", "dpa_omf.launch", f"--config={config}", f"--workdir={workdir}",
-           f"--config.align.seed={seed}", f"--config.evaluate.seed={seed}", *extra]
+           f"--config.align.seed={seed}", f"--config.evaluate.seed={seed}",
+           "--config.evaluate.sampled=",  # the study samples in folders of its own (``run_sampling``)
+           *extra]
     log(" ".join(cmd[1:]))
     t0, cpu0, code = time.time(), children_cpu_seconds(), None
     try:
@@ -110,11 +112,6 @@ def blocks(val_scenes: int, test_scenes: int) -> tuple[list[str], list[str]]:
 def sampling_flags(setting: tuple[float, float]) -> list[str]:
     t, p = setting
     return [f"--config.evaluate.temperature={float(t)!r}", f"--config.evaluate.top_p={float(p)!r}"]
-
-
-def sampled_name(model: str, setting: tuple[float, float]) -> str:
-    """The report's name of a model scored at another sampling setting, e.g. ``reference@t0.85,p0.95``."""
-    return f"{model}@t{setting[0]:g},p{setting[1]:g}"
 
 
 def per_scene(seed_dir: pathlib.Path, names: list[str]) -> dict[str, list[float]]:
