@@ -1,0 +1,122 @@
+"""Held-out preference accuracy of aligned models on OT pairs none of them trained on (the paper's Table 3).
+
+    python -m dpa_omf.tools.preference_accuracy --pairs_from=CURATED_WORKDIR --rows=80:144 \\
+        --workdir=W [--workdir=W2 ...] --out=FILE.json [--variant=V] [--batch=4]
+
+``--pairs_from``: a workdir whose curate stage ranked more training scenes than the models were aligned on, e.g.
+a 4x data arm of the study: rankings are a prefix of the training split, each with its scene's own rollout keys,
+so its first rankings are the 1x curation's and the later ones were never trained on. ``--rows``: those rankings
+(``a:b``). A ranking whose scene a workdir's own curation holds is refused (it may have been trained on).
+
+Every pair of each ranking (``curate.top_k``: the k-th closest rollout by OT distance against the k-th farthest) is
+scored by the reference of the first workdir and by every finished alignment of each workdir, with the alignment
+job's held-out evaluation (``align.make_eval_fn``, DPA-OMF's CPL score): the accuracy is the share of pairs whose
+preferred rollout scores higher, beside the NLLs of both sides and of the expert and the KL to the reference.
+``--variant``: the ``configs/align.py`` variant the workdirs were made with (model, tokenizer and data sizes).
+
+JSON: ``{"pairs_from", "rows", "scenes", "pairs_per_scene", "models": {"<workdir>/<model>": {"pref_accuracy",
+"pairs", "nll_preferred", "nll_unpreferred", "nll_expert", "kl_to_reference"}}}`` (the reference once, as
+``reference``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import sys
+
+import jax
+import numpy as np
+
+from dpa_omf import atomic
+from dpa_omf.configs import align as align_config
+from dpa_omf.jobs import align, curate, prepare, pretrain
+from dpa_omf.jobs import config as cfg_lib
+from dpa_omf.jobs import workdir as wd
+from dpa_omf.train import checkpointing, sharding
+
+
+def scene_ids(shards: dict, rows: np.ndarray) -> set[tuple[str, int]]:
+    """(data file name, record) of each ranking's scene (file names: the same data linked into several workdirs)."""
+    return {(pathlib.Path(str(shards["files"][int(shards["file_index"][r])])).name, int(shards["record_index"][r]))
+            for r in rows}
+
+
+def parse_rows(text: str, n: int) -> np.ndarray:
+    a, _, b = text.partition(":")
+    rows = np.arange(int(a), int(b) if b else n)
+    if len(rows) == 0 or rows[-1] >= n or rows[0] < 0:
+        raise SystemExit(f"preference_accuracy: --rows={text} is not inside the {n} rankings of --pairs_from")
+    return rows
+
+
+def accuracy(config, pairs_from: str, rows_text: str, workdirs: list[str], batch: int) -> dict:
+    shards = curate.load_shards(pairs_from)
+    rows = parse_rows(rows_text, shards["tokens"].shape[0])
+    held = scene_ids(shards, rows)
+    for w in workdirs:
+        own = curate.load_shards(w)
+        overlap = held & scene_ids(own, np.arange(own["tokens"].shape[0]))
+        if overlap:
+            raise SystemExit(f"preference_accuracy: {len(overlap)} scenes of --rows are curated in {w} (its models "
+                             f"may have trained on them), e.g. {sorted(overlap)[:2]}")
+    cfg = cfg_lib.align(config)
+    k = shards["preferred"].shape[1]
+    # every stored pair once: drawing all K pairs without replacement takes each exactly once
+    eval_cfg = dataclasses.replace(cfg, method="dpa_omf", offline_loss="pairs", pairs_per_scene=k,
+                                   cpl=dataclasses.replace(cfg.cpl, credit="scene"))
+    store = prepare.open_scenes(config, pairs_from, "train", [str(f) for f in shards["files"]])
+    pairs = align.PairBatches(shards, rows, store, eval_cfg, batch, config.seed, shuffle=False, process_index=0,
+                              process_count=1)
+    batches = [pairs.batch(i) for i in range(-(-len(rows) // batch))]
+    last = len(rows) - batch * (len(batches) - 1)  # the last batch wraps around: keep only its first scenes
+    mesh = sharding.make_mesh(devices=jax.local_devices()[:1])
+    model, ref = pretrain.load_params(config, workdirs[0], mesh)
+    eval_fn = jax.jit(align.make_eval_fn(model, eval_cfg))
+    target = pretrain.params_target(config, mesh)
+
+    def score(params) -> dict:
+        sums: dict[str, list[float]] = {}
+        for i, b in enumerate(batches):
+            if i == len(batches) - 1 and last < batch:
+                b = jax.tree.map(lambda x: x[:last], b)
+            for name, (s, n) in jax.device_get(eval_fn(params, b, None, ref)).items():
+                acc = sums.setdefault(name, [0.0, 0.0])
+                acc[0], acc[1] = acc[0] + float(s), acc[1] + float(n)
+        out = {name: s / n for name, (s, n) in sums.items()}
+        out["pairs"] = int(sums["pref_accuracy"][1])
+        return out
+
+    models = {"reference": score(ref)}
+    print(f"reference: {models['reference']['pref_accuracy']:.4f}", flush=True)
+    for w in workdirs:
+        for method, folder in align.finished_folders(w).items():
+            params = checkpointing.restore_params(wd.stage_dir(w, folder) / "checkpoints", target)
+            name = f"{w}/{method}"
+            models[name] = score(params)
+            print(f"{name}: {models[name]['pref_accuracy']:.4f}", flush=True)
+    store.close()
+    return {"pairs_from": pairs_from, "rows": rows_text, "scenes": len(rows), "pairs_per_scene": k,
+            "models": models}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dpa_omf.tools.preference_accuracy", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pairs_from", required=True)
+    p.add_argument("--rows", required=True, help="the rankings of --pairs_from to score, a:b")
+    p.add_argument("--workdir", action="append", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--variant", default=None)
+    p.add_argument("--batch", type=int, default=4, help="scenes per evaluation step")
+    a = p.parse_args(argv)
+    result = accuracy(align_config.get_config(a.variant), a.pairs_from, a.rows, a.workdir, a.batch)
+    atomic.write_json(a.out, result)
+    json.dump({n: round(m["pref_accuracy"], 4) for n, m in result["models"].items()}, sys.stdout, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
