@@ -1,7 +1,7 @@
 """Held-out preference accuracy of aligned models on OT pairs none of them trained on (the paper's Table 3).
 
     python -m dpa_omf.tools.preference_accuracy --pairs_from=CURATED_WORKDIR --rows=80:144 \\
-        --workdir=W [--workdir=W2 ...] --out=FILE.json [--variant=V] [--batch=4]
+        --workdir=W [--workdir=W2 ...] --out=FILE.json [--variant=V]
 
 ``--pairs_from``: a workdir whose curate stage ranked more training scenes than the models were aligned on, e.g.
 a 4x data arm of the study: rankings are a prefix of the training split, each with its scene's own rollout keys,
@@ -15,8 +15,9 @@ preferred rollout scores higher, beside the NLLs of both sides and of the expert
 ``--variant``: the ``configs/align.py`` variant the workdirs were made with (model, tokenizer and data sizes).
 
 JSON: ``{"pairs_from", "rows", "scenes", "pairs_per_scene", "models": {"<workdir>/<model>": {"pref_accuracy",
-"pairs", "nll_preferred", "nll_unpreferred", "nll_expert", "kl_to_reference"}}}`` (the reference once, as
-``reference``).
+"pairs", "nll_preferred", "nll_unpreferred", "nll_expert", "kl_to_reference", "accuracy_per_scene"}}}`` (the
+reference once, as ``reference``; ``accuracy_per_scene``: each ranking's share, for paired intervals over scenes).
+Scenes are scored one at a time (the per-scene shares; ~1 s per scene and model on a 2-core CPU).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def parse_rows(text: str, n: int) -> np.ndarray:
     return rows
 
 
-def accuracy(config, pairs_from: str, rows_text: str, workdirs: list[str], batch: int) -> dict:
+def accuracy(config, pairs_from: str, rows_text: str, workdirs: list[str]) -> dict:
     shards = curate.load_shards(pairs_from)
     rows = parse_rows(rows_text, shards["tokens"].shape[0])
     held = scene_ids(shards, rows)
@@ -68,10 +69,9 @@ def accuracy(config, pairs_from: str, rows_text: str, workdirs: list[str], batch
     eval_cfg = dataclasses.replace(cfg, method="dpa_omf", offline_loss="pairs", pairs_per_scene=k,
                                    cpl=dataclasses.replace(cfg.cpl, credit="scene"))
     store = prepare.open_scenes(config, pairs_from, "train", [str(f) for f in shards["files"]])
-    pairs = align.PairBatches(shards, rows, store, eval_cfg, batch, config.seed, shuffle=False, process_index=0,
+    pairs = align.PairBatches(shards, rows, store, eval_cfg, 1, config.seed, shuffle=False, process_index=0,
                               process_count=1)
-    batches = [pairs.batch(i) for i in range(-(-len(rows) // batch))]
-    last = len(rows) - batch * (len(batches) - 1)  # the last batch wraps around: keep only its first scenes
+    batches = [pairs.batch(i) for i in range(len(rows))]  # one scene each: batch i is ranking rows[i]
     mesh = sharding.make_mesh(devices=jax.local_devices()[:1])
     model, ref = pretrain.load_params(config, workdirs[0], mesh)
     eval_fn = jax.jit(align.make_eval_fn(model, eval_cfg))
@@ -79,14 +79,16 @@ def accuracy(config, pairs_from: str, rows_text: str, workdirs: list[str], batch
 
     def score(params) -> dict:
         sums: dict[str, list[float]] = {}
-        for i, b in enumerate(batches):
-            if i == len(batches) - 1 and last < batch:
-                b = jax.tree.map(lambda x: x[:last], b)
+        per_scene = []
+        for b in batches:
             for name, (s, n) in jax.device_get(eval_fn(params, b, None, ref)).items():
                 acc = sums.setdefault(name, [0.0, 0.0])
                 acc[0], acc[1] = acc[0] + float(s), acc[1] + float(n)
+                if name == "pref_accuracy":
+                    per_scene.append(float(s) / float(n))
         out = {name: s / n for name, (s, n) in sums.items()}
         out["pairs"] = int(sums["pref_accuracy"][1])
+        out["accuracy_per_scene"] = per_scene
         return out
 
     models = {"reference": score(ref)}
@@ -110,9 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", action="append", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--variant", default=None)
-    p.add_argument("--batch", type=int, default=4, help="scenes per evaluation step")
     a = p.parse_args(argv)
-    result = accuracy(align_config.get_config(a.variant), a.pairs_from, a.rows, a.workdir, a.batch)
+    result = accuracy(align_config.get_config(a.variant), a.pairs_from, a.rows, a.workdir)
     atomic.write_json(a.out, result)
     json.dump({n: round(m["pref_accuracy"], 4) for n, m in result["models"].items()}, sys.stdout, indent=1)
     return 0

@@ -41,19 +41,21 @@ def test_held_out_accuracy_counts_every_pair_once_and_refuses_trained_scenes(tmp
 
     c = align_config.get_config("smoke")
     with pytest.raises(SystemExit, match="curated in"):
-        pa.accuracy(c, str(big), f"{n - 1}:{2 * n}", [str(small)], batch=2)
-    out = pa.accuracy(c, str(big), f"{n}:{2 * n}", [str(small)], batch=3)  # 8 scenes: the last batch is partial
+        pa.accuracy(c, str(big), f"{n - 1}:{2 * n}", [str(small)])
+    out = pa.accuracy(c, str(big), f"{n}:{2 * n}", [str(small)])
     k = b["preferred"].shape[1]
     assert out["scenes"] == n and out["pairs_per_scene"] == k
     assert set(out["models"]) == {"reference", f"{small}/dpa_omf"}
     for m in out["models"].values():
         assert m["pairs"] == n * k and 0 <= m["pref_accuracy"] <= 1
+        assert len(m["accuracy_per_scene"]) == n and np.mean(m["accuracy_per_scene"]) == pytest.approx(
+            m["pref_accuracy"])
 
     # the reference's accuracy by hand: each pair's CPL score from the model's log-probs, scene by scene
     model, ref = pretrain.load_params(c, str(small))
     score = cfg_lib.align(c).cpl.score
     store = prepare.open_scenes(c, str(big), "train", [str(f) for f in b["files"]])
-    wins = 0
+    wins, per_scene = 0, []
     for row in range(n, 2 * n):
         scene = store.read(reader.Source(store.files[int(b["file_index"][row])], int(b["record_index"][row])))
         scenario = jax.tree.map(lambda x: x[None], scene)
@@ -67,5 +69,7 @@ def test_held_out_accuracy_counts_every_pair_once_and_refuses_trained_scenes(tmp
             else:
                 s_unpref = np.asarray(losses.sequence_score(lp, valid, score))
         wins += int((s_pref > s_unpref).sum())
+        per_scene.append(float((s_pref > s_unpref).mean()))
     store.close()
     assert out["models"]["reference"]["pref_accuracy"] == pytest.approx(wins / (n * k))
+    assert out["models"]["reference"]["accuracy_per_scene"] == pytest.approx(per_scene)
