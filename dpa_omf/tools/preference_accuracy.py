@@ -2,6 +2,7 @@
 
     python -m dpa_omf.tools.preference_accuracy --pairs_from=CURATED_WORKDIR --rows=80:144 \\
         --workdir=W [--workdir=W2 ...] --out=FILE.json [--variant=V]
+    python -m dpa_omf.tools.preference_accuracy --combine=SEED0.json --combine=SEED1.json ... --out=FILE.json
 
 ``--pairs_from``: a workdir whose curate stage ranked more training scenes than the models were aligned on, e.g.
 a 4x data arm of the study: rankings are a prefix of the training split, each with its scene's own rollout keys,
@@ -18,6 +19,11 @@ JSON: ``{"pairs_from", "rows", "scenes", "pairs_per_scene", "models": {"<workdir
 "pairs", "nll_preferred", "nll_unpreferred", "nll_expert", "kl_to_reference", "accuracy_per_scene"}}}`` (the
 reference once, as ``reference``; ``accuracy_per_scene``: each ranking's share, for paired intervals over scenes).
 Scenes are scored one at a time (the per-scene shares; ~1 s per scene and model on a 2-core CPU).
+
+``--combine``: the files of several alignment seeds (one workdir each, the same scenes) as one table: per method,
+the mean accuracy over seeds and scenes and its paired differences to the reference and to DPA-OMF, with the
+study's two-level bootstrap over seeds and scenes (``metrics.stats``): ``{"files", "scenes", "pairs_per_scene",
+"methods": {method: {"pref_accuracy", "per_seed", "vs_reference", "vs_dpa_omf"}}}``.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from dpa_omf.configs import align as align_config
 from dpa_omf.jobs import align, curate, prepare, pretrain
 from dpa_omf.jobs import config as cfg_lib
 from dpa_omf.jobs import workdir as wd
+from dpa_omf.metrics import stats
 from dpa_omf.train import checkpointing, sharding
 
 
@@ -104,15 +111,49 @@ def accuracy(config, pairs_from: str, rows_text: str, workdirs: list[str]) -> di
             "models": models}
 
 
+def combine(results: list[dict], files: list[str]) -> dict:
+    """Several seeds' results (one workdir each, the same rankings) per method, with two-level paired intervals."""
+    if len({(r["pairs_from"], r["rows"]) for r in results}) != 1:
+        raise SystemExit("preference_accuracy --combine: the files scored different rankings")
+    per_method: dict[str, list[list[float]]] = {}
+    for r in results:
+        for name, m in r["models"].items():
+            if name != "reference":
+                per_method.setdefault(name.rsplit("/", 1)[1], []).append(m["accuracy_per_scene"])
+    ref = np.asarray([r["models"]["reference"]["accuracy_per_scene"] for r in results])
+    out = {"reference": {"pref_accuracy": float(ref.mean())}}
+    for method, rows in per_method.items():
+        a = np.asarray(rows)
+        if a.shape != ref.shape:
+            raise SystemExit(f"preference_accuracy --combine: {method} is in {len(rows)} of {len(results)} files")
+        out[method] = {"pref_accuracy": float(a.mean()), "per_seed": a.mean(1).tolist(),
+                       "vs_reference": stats.two_level_paired_difference(a, ref)}
+    if "dpa_omf" in per_method:
+        d = np.asarray(per_method["dpa_omf"])
+        for method, rows in per_method.items():
+            if method != "dpa_omf":
+                out[method]["vs_dpa_omf"] = stats.two_level_paired_difference(np.asarray(rows), d)
+    return {"files": files, "scenes": results[0]["scenes"], "pairs_per_scene": results[0]["pairs_per_scene"],
+            "methods": out}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dpa_omf.tools.preference_accuracy", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pairs_from", required=True)
-    p.add_argument("--rows", required=True, help="the rankings of --pairs_from to score, a:b")
-    p.add_argument("--workdir", action="append", required=True)
+    p.add_argument("--pairs_from")
+    p.add_argument("--rows", help="the rankings of --pairs_from to score, a:b")
+    p.add_argument("--workdir", action="append")
+    p.add_argument("--combine", action="append", help="a result file of one seed (several: one table)")
     p.add_argument("--out", required=True)
     p.add_argument("--variant", default=None)
     a = p.parse_args(argv)
+    if a.combine:
+        result = combine([json.loads(pathlib.Path(f).read_text()) for f in a.combine], a.combine)
+        atomic.write_json(a.out, result)
+        json.dump({n: round(m["pref_accuracy"], 4) for n, m in result["methods"].items()}, sys.stdout, indent=1)
+        return 0
+    if not (a.pairs_from and a.rows and a.workdir):
+        p.error("--pairs_from, --rows and --workdir are needed (or --combine)")
     result = accuracy(align_config.get_config(a.variant), a.pairs_from, a.rows, a.workdir)
     atomic.write_json(a.out, result)
     json.dump({n: round(m["pref_accuracy"], 4) for n, m in result["models"].items()}, sys.stdout, indent=1)

@@ -73,3 +73,22 @@ def test_held_out_accuracy_counts_every_pair_once_and_refuses_trained_scenes(tmp
     store.close()
     assert out["models"]["reference"]["pref_accuracy"] == pytest.approx(wins / (n * k))
     assert out["models"]["reference"]["accuracy_per_scene"] == pytest.approx(per_scene)
+
+
+def test_combine_pairs_each_method_with_the_reference_and_dpa_omf_over_seeds_and_scenes():
+    ref = [0.5, 0.75, 1.0]
+
+    def seed(w, dpa, ntp):
+        return {"pairs_from": "P", "rows": "3:6", "scenes": 3, "pairs_per_scene": 4,
+                "models": {"reference": {"accuracy_per_scene": ref}, f"{w}/dpa_omf": {"accuracy_per_scene": dpa},
+                           f"{w}/ntp": {"accuracy_per_scene": ntp}}}
+
+    out = pa.combine([seed("a", [0.75, 0.75, 1.0], [0.5, 0.5, 1.0]), seed("b", [0.75, 1.0, 1.0], [0.5, 0.75, 0.75])],
+                     ["a.json", "b.json"])["methods"]
+    assert out["reference"]["pref_accuracy"] == pytest.approx(0.75)
+    assert out["dpa_omf"]["per_seed"] == pytest.approx([2.5 / 3, 2.75 / 3])
+    d = out["dpa_omf"]["vs_reference"]
+    assert d["mean"] == pytest.approx((0.25 + 0 + 0 + 0.25 + 0.25 + 0) / 6) and d["lo"] <= d["mean"] <= d["hi"]
+    assert out["ntp"]["vs_dpa_omf"]["mean"] == pytest.approx((-0.25 - 0.25 + 0 - 0.25 - 0.25 - 0.25) / 6)
+    with pytest.raises(SystemExit, match="different rankings"):
+        pa.combine([seed("a", ref, ref), seed("b", ref, ref) | {"rows": "0:3"}], ["a", "b"])
