@@ -108,8 +108,9 @@ def check(config: ml_collections.ConfigDict) -> list[str]:
 def rows(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Row]:
     """Every row: each model at the evaluate section's setting, then ``evaluate.sampled``'s rows of the models
     the workdir has (a row of a model not aligned there is left out)."""
-    if check(config):
-        raise ValueError("; ".join(check(config)))
+    problems = check(config)
+    if problems:
+        raise ValueError("; ".join(problems))
     finished = models(workdir)
     out = {name: Row(folder) for name, folder in finished.items()}
     for model, t, p in cfg_lib.sampled_rows(config.evaluate.sampled):
@@ -283,7 +284,6 @@ def _aggregate(config, workdir: str, eval_fp: str, todo: dict[str, Row], num_sce
                            "composite_per_scene": per_scene[name].tolist()})
     sharpened = [n for n, r in every.items() if r.folder == pretrain.STAGE and r.sampled is not None]
     for name in results:
-        results[name].pop("composite_vs", None)  # a cached row's differences are recomputed against today's rows
         if name != "reference" and "reference" in per_scene:
             results[name]["composite_vs_reference"] = stats.paired_difference(per_scene[name],
                                                                               per_scene["reference"])
@@ -326,5 +326,6 @@ def print_table(workdir: str) -> None:
           f"{summary['num_scenes']} held-out scenes{_from(summary)} x {summary['num_rollouts']} rollouts"
           f"{report.sampled(summary)}", flush=True)
     print(report.table(summary["models"]), flush=True)
-    if report.versus(summary["models"]):
-        print(report.versus(summary["models"]), flush=True)
+    versus = report.versus(summary["models"])
+    if versus:
+        print(versus, flush=True)

@@ -95,8 +95,9 @@ def write_report(out: pathlib.Path, align_dirs: Sequence[pathlib.Path], summary:
         text,
         "",
     ]
-    if versus(models):
-        lines += [versus(models), ""]
+    against_sharpened = versus(models)
+    if against_sharpened:
+        lines += [against_sharpened, ""]
     lines += ["![buckets](realism_buckets.png)"]
     _bucket_plot(out / "realism_buckets.png", models)
     if _nll_plot(out / "alignment_nll.png", align_dirs):

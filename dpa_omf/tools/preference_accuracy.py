@@ -1,7 +1,7 @@
 """Held-out preference accuracy of aligned models on OT pairs none of them trained on (the paper's Table 3).
 
     python -m dpa_omf.tools.preference_accuracy --pairs_from=CURATED_WORKDIR --rows=80:144 \\
-        --workdir=W [--workdir=W2 ...] --out=FILE.json [--variant=V]
+        --workdir=W [--workdir=W2 ...] --out=FILE.json [--variant=V] [--batch=4]
     python -m dpa_omf.tools.preference_accuracy --combine=SEED0.json --combine=SEED1.json ... --out=FILE.json
 
 ``--pairs_from``: a workdir whose curate stage ranked more training scenes than the models were aligned on, e.g.
@@ -18,7 +18,8 @@ preferred rollout scores higher, beside the NLLs of both sides and of the expert
 JSON: ``{"pairs_from", "rows", "scenes", "pairs_per_scene", "models": {"<workdir>/<model>": {"pref_accuracy",
 "pairs", "nll_preferred", "nll_unpreferred", "nll_expert", "kl_to_reference", "accuracy_per_scene"}}}`` (the
 reference once, as ``reference``; ``accuracy_per_scene``: each ranking's share, for paired intervals over scenes).
-Scenes are scored one at a time (the per-scene shares; ~1 s per scene and model on a 2-core CPU).
+``--batch`` scenes are scored per step, each as its own batch of one (``jax.vmap`` of the evaluation), so the
+shares are per scene.
 
 ``--combine``: the files of several alignment seeds (one workdir each, the same scenes) as one table: per method,
 the mean accuracy over seeds and scenes and its paired differences to the reference and to DPA-OMF, with the
@@ -60,7 +61,18 @@ def parse_rows(text: str, n: int) -> np.ndarray:
     return rows
 
 
-def accuracy(config, pairs_from: str, rows_text: str, workdirs: list[str]) -> dict:
+def per_scene_eval(model, cfg: cfg_lib.AlignConfig):
+    """``f(params, batch, frozen)``: the alignment job's held-out evaluation of each scene of ``batch`` (leaves
+    ``[B, ...]``) on its own: ``{name: (sums [B], counts [B])}``."""
+    one = align.make_eval_fn(model, cfg)
+
+    def f(params, batch, frozen):
+        return jax.vmap(lambda b: one(params, jax.tree.map(lambda x: x[None], b), None, frozen))(batch)
+
+    return jax.jit(f)
+
+
+def accuracy(config, pairs_from: str, rows_text: str, workdirs: list[str], batch: int = 4) -> dict:
     shards = curate.load_shards(pairs_from)
     rows = parse_rows(rows_text, shards["tokens"].shape[0])
     held = scene_ids(shards, rows)
@@ -76,26 +88,23 @@ def accuracy(config, pairs_from: str, rows_text: str, workdirs: list[str]) -> di
     eval_cfg = dataclasses.replace(cfg, method="dpa_omf", offline_loss="pairs", pairs_per_scene=k,
                                    cpl=dataclasses.replace(cfg.cpl, credit="scene"))
     store = prepare.open_scenes(config, pairs_from, "train", [str(f) for f in shards["files"]])
-    pairs = align.PairBatches(shards, rows, store, eval_cfg, 1, config.seed, shuffle=False, process_index=0,
+    pairs = align.PairBatches(shards, rows, store, eval_cfg, batch, config.seed, shuffle=False, process_index=0,
                               process_count=1)
-    batches = [pairs.batch(i) for i in range(len(rows))]  # one scene each: batch i is ranking rows[i]
+    # batch i holds rankings rows[i * batch ..] in order; the last wraps around to the first (one program), and
+    # only its first scenes are kept
+    batches = [pairs.batch(i) for i in range(-(-len(rows) // batch))]
     mesh = sharding.make_mesh(devices=jax.local_devices()[:1])
     model, ref = pretrain.load_params(config, workdirs[0], mesh)
-    eval_fn = jax.jit(align.make_eval_fn(model, eval_cfg))
+    eval_fn = per_scene_eval(model, eval_cfg)
     target = pretrain.params_target(config, mesh)
 
     def score(params) -> dict:
-        sums: dict[str, list[float]] = {}
-        per_scene = []
-        for b in batches:
-            for name, (s, n) in jax.device_get(eval_fn(params, b, None, ref)).items():
-                acc = sums.setdefault(name, [0.0, 0.0])
-                acc[0], acc[1] = acc[0] + float(s), acc[1] + float(n)
-                if name == "pref_accuracy":
-                    per_scene.append(float(s) / float(n))
-        out = {name: s / n for name, (s, n) in sums.items()}
-        out["pairs"] = int(sums["pref_accuracy"][1])
-        out["accuracy_per_scene"] = per_scene
+        parts = [jax.device_get(eval_fn(params, b, ref)) for b in batches]
+        sums = {name: np.concatenate([p[name][0] for p in parts])[:len(rows)] for name in parts[0]}
+        counts = {name: np.concatenate([p[name][1] for p in parts])[:len(rows)] for name in parts[0]}
+        out = {name: float(sums[name].sum() / counts[name].sum()) for name in sums}
+        out["pairs"] = int(counts["pref_accuracy"].sum())
+        out["accuracy_per_scene"] = (sums["pref_accuracy"] / counts["pref_accuracy"]).tolist()
         return out
 
     models = {"reference": score(ref)}
@@ -146,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--combine", action="append", help="a result file of one seed (several: one table)")
     p.add_argument("--out", required=True)
     p.add_argument("--variant", default=None)
+    p.add_argument("--batch", type=int, default=4, help="scenes per step")
     a = p.parse_args(argv)
     if a.combine:
         result = combine([json.loads(pathlib.Path(f).read_text()) for f in a.combine], a.combine)
@@ -154,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not (a.pairs_from and a.rows and a.workdir):
         p.error("--pairs_from, --rows and --workdir are needed (or --combine)")
-    result = accuracy(align_config.get_config(a.variant), a.pairs_from, a.rows, a.workdir)
+    result = accuracy(align_config.get_config(a.variant), a.pairs_from, a.rows, a.workdir, a.batch)
     atomic.write_json(a.out, result)
     json.dump({n: round(m["pref_accuracy"], 4) for n, m in result["models"].items()}, sys.stdout, indent=1)
     return 0
