@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+# The cached self-attention reads one of this many static prefixes of the KV cache (DecoderBlock.step).
+SELF_ATTENTION_SPANS = 4
 NEG_INF = -1e9  # finite: a fully masked row gives a uniform (ignored) distribution, not NaN
 
 
@@ -302,29 +304,45 @@ class DecoderBlock(nn.Module):
         return self._cross_and_mlp(x, cross_k, cross_v, ctx_mask)
 
     def step(self, x_t, cache_k, cache_v, t, key_mask, cross_k, cross_v, ctx_mask):
-        """One cached step for all agents.
+        """One cached step for all agents of one scene, of one rollout or of several sampled together.
 
         Args:
-          x_t: ``[A, D]`` inputs of step ``t``.
-          cache_k, cache_v: heads-first ``[H, A, S, Dh]`` keys/values of steps < t (rest
-            arbitrary): ``[H, A * S, Dh]`` as attention reads them, with no transpose.
+          x_t: ``[..., A, D]`` inputs of step ``t``; the leading axes (none, or the rollouts ``[N]``)
+            share the scene (its context) and each have their own cache.
+          cache_k, cache_v: heads-first, time-major ``[..., H, S, A, Dh]`` keys/values of steps < t (rest
+            arbitrary): the first steps are a prefix ``[..., H, span * A, Dh]`` as attention reads them.
           t: int32 scalar step index.
           key_mask: bool ``[A]`` agents that may be attended to.
           cross_k, cross_v, ctx_mask: as in ``__call__``.
         Returns:
-          (output ``[A, D]``, updated cache_k, cache_v).
+          (output ``[..., A, D]``, updated cache_k, cache_v).
         """
+        lead = x_t.shape[:-2]
+        a, d = x_t.shape[-2:]
         h = self.ln_self(x_t)
-        k_t, v_t = self.self_attn.kv(h)  # [A, H, Dh]
+        k_t, v_t = self.self_attn.kv(h)  # [..., A, H, Dh]
         put = lambda cache, new: jax.lax.dynamic_update_index_in_dim(
-            cache, jnp.swapaxes(new, 0, 1).astype(cache.dtype), t, 2)
+            cache, jnp.swapaxes(new, -2, -3).astype(cache.dtype), t, cache.ndim - 3)
         cache_k, cache_v = put(cache_k, k_t), put(cache_v, v_t)
-        nh, a, s, dh = cache_k.shape
-        steps = jnp.arange(s)
-        mask = (steps[None, :] <= t) & key_mask[:, None]  # [A', S] keys
-        q = self.self_attn.query(h)  # [A, H, Dh]
-        out = self.self_attn.output_heads_first(q, cache_k.reshape(nh, a * s, dh), cache_v.reshape(nh, a * s, dh),
-                                                mask.reshape(1, 1, a * s))
-        x_t = x_t + out
-        x_t = self._cross_and_mlp(x_t[:, None], cross_k, cross_v, ctx_mask)[:, 0]
-        return x_t, cache_k, cache_v
+        nh, s, _, dh = cache_k.shape[-4:]
+        mask = (jnp.arange(s)[:, None] <= t) & key_mask[None, :]  # [S, A'] keys
+        q = self.self_attn.query(h)  # [..., A, H, Dh]
+
+        def attend_prefix(span: int):
+            # Keys of the first ``span`` steps: a prefix of the time-major cache, so no copy of the rest.
+            def run(q, ck, cv, mask):
+                flat = lambda c: c[..., :span, :, :].reshape(lead + (nh, span * a, dh))
+                return attend_heads_first(q, flat(ck), flat(cv), mask[:span].reshape(1, 1, span * a))
+            return run
+
+        # Keys after step t are masked (weight exactly 0): attend over the shortest of SELF_ATTENTION_SPANS
+        # static prefixes that holds step t (lax.switch runs that one), not over all S steps.
+        block = -(-s // SELF_ATTENTION_SPANS)
+        spans = [min(end, s) for end in range(block, s + block, block)]
+        att = jax.lax.switch(t // block, [attend_prefix(n) for n in spans], q, cache_k, cache_v, mask)
+        x_t = x_t + _apply_dense(att, self.self_attn.out_proj(), 2)
+        # Cross-attention agent-major: agent a's queries (one per rollout) against its own context are one
+        # matmul, ``[N, Dh] x [Dh, K]`` per agent and head, in the layout the per-scene keys are stored in.
+        xa = jnp.moveaxis(x_t.reshape((-1, a, d)), 0, 1)  # [A, N, D]
+        xa = self._cross_and_mlp(xa, cross_k, cross_v, ctx_mask)
+        return jnp.moveaxis(xa, 1, 0).reshape(x_t.shape), cache_k, cache_v

@@ -155,16 +155,20 @@ class MotionLM:
         e = self.net.apply({"params": params}, ctx, pose, method=_Net.encode)
         return dict(e, agent_mask=mask)
 
-    def init_cache(self, num_agents: int):
-        """Zero KV cache of one scene: per layer (k, v) heads-first ``[H, A, S, Dh]`` in the compute dtype."""
+    def init_cache(self, num_agents: int, rollouts: tuple[int, ...] = ()):
+        """Zero KV cache of one scene: per layer (k, v) heads-first, time-major ``[*rollouts, H, S, A, Dh]`` in
+        the compute dtype (``rollouts``: leading axes of rollouts sampled together, one cache each)."""
         c = self.config
-        shape = (c.num_heads, num_agents, c.num_steps, c.d_model // c.num_heads)
+        shape = tuple(rollouts) + (c.num_heads, c.num_steps, num_agents, c.d_model // c.num_heads)
         z = lambda: jnp.zeros(shape, c.dtype)
         return tuple((z(), z()) for _ in range(c.dec_layers))
 
     @_jit_method
     def decode_step(self, params: Params, encoded: dict, in_tokens_t: jax.Array, t: jax.Array, cache):
-        """Cached step of ONE scene: inputs ``[A]`` at step ``t`` -> (logits ``[A, 169]``, cache)."""
+        """Cached step of ONE scene: inputs ``[..., A]`` at step ``t`` -> (logits ``[..., A, 169]``, cache).
+
+        Leading axes are rollouts sampled together (``init_cache(A, rollouts)``): they share the scene's
+        encoding, so the cross-attention reads each agent's context once for all of them."""
         e = {k: v for k, v in encoded.items() if k != "agent_mask"}
         return self.net.apply({"params": params}, e, encoded["agent_mask"], in_tokens_t,
                               jnp.asarray(t, jnp.int32), cache, method=_Net.step)

@@ -3,10 +3,12 @@
 One scene is encoded ONCE (local contexts, pooled agent embeddings and every decoder layer's
 cross-attention keys/values) and shared by all its rollouts. Rollouts are processed in chunks of
 ``rollout_chunk`` (``lax.map`` over chunks bounds memory: the KV cache is
-``chunk x H x A x S x Dh`` per layer, heads first); inside a chunk, ``lax.scan`` runs over the S token steps:
-all agents of all rollouts of the chunk sample their step-t tokens simultaneously (agents are
-conditionally independent within a step), the new keys/values are written into the cache at
-position t (past tokens are never recomputed), and the tokens are integrated into 10 Hz states.
+``chunk x H x S x A x Dh`` per layer, heads first, time-major); inside a chunk, ``lax.scan`` runs
+over the S token steps: all agents of all rollouts of the chunk sample their step-t tokens
+simultaneously (agents are conditionally independent within a step; the chunk is one batch of the
+decoder step, so each agent's context is read once for all its rollouts), the new keys/values are
+written into the cache at position t (past tokens are never recomputed; attention reads only a
+prefix of the cache that holds step t), and the tokens are integrated into 10 Hz states.
 
 Randomness: the key of rollout r at step t is ``fold_in(fold_in(key, r), t)``, so the result
 does not depend on the chunk size, and cached and uncached sampling draw identical tokens.
@@ -186,13 +188,11 @@ def sample(model: ml.MotionLM, params, scenario: dt.Scenario, key: jax.Array,
 
     def run_chunk(rollout_ids):
         n = rollout_ids.shape[0]
-        cache = jax.tree.map(lambda v: jnp.broadcast_to(v, (n,) + v.shape), model.init_cache(num_agents))
-        step_fn = jax.vmap(lambda inp, t, c: model.decode_step(params, encoded, inp, t, c),
-                           in_axes=(0, None, 0))
+        cache = model.init_cache(num_agents, (n,))
 
         def body(carry, t):
             cache, prev, state = carry
-            logits, cache = step_fn(prev, t, cache)  # [n, A, V]
+            logits, cache = model.decode_step(params, encoded, prev, t, cache)  # [n, A, V]
             if cfg.closest_top_k:
                 toks, lp = _draw_closest(key, rollout_ids, t, logits, state, scenario, cfg, tcfg)
             else:
