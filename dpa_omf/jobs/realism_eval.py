@@ -52,10 +52,14 @@ class Evaluator:
         self._programs: dict[tuple, object] = {}
 
     def _program(self, rc: realism.RealismConfig, rollout: sampling.RolloutConfig):
-        if (rc, rollout) not in self._programs:
-            self._programs[rc, rollout] = sharding.map_over_scenes(
-                lambda p, s, k: model_realism.sample_and_score(self.model, p, s, k, rollout, rc), self.mesh)
-        return self._programs[rc, rollout]
+        """The jitted sample-and-score program; its first argument is (params, setting), the setting
+        (temperature, top_p) traced, so every sampling setting of a model shares one program."""
+        key = (rc, dataclasses.replace(rollout, temperature=1.0, top_p=1.0))
+        if key not in self._programs:
+            self._programs[key] = sharding.map_over_scenes(
+                lambda ps, s, k: model_realism.sample_and_score(self.model, ps[0], s, k, key[1], rc, ps[1]),
+                self.mesh)
+        return self._programs[key]
 
     def _run(self, params, scenarios: list[dt.Scenario], indices: Sequence[int], rc,
              rollout: sampling.RolloutConfig) -> dict[str, np.ndarray]:
@@ -65,7 +69,9 @@ class Evaluator:
             pad = self.step_size - len(group)
             batch = sharding.put_local_batch(dt.stack_scenarios(group + group[-1:] * pad), self.mesh)
             keys = jax.numpy.stack([jax.random.fold_in(self.base_key, j) for j in idx + idx[-1:] * pad])
-            res = jax.device_get(self._program(rc, rollout)(params, batch, sharding.put_local_batch(keys, self.mesh)))
+            setting = np.asarray([rollout.temperature, rollout.top_p], np.float32)
+            res = jax.device_get(self._program(rc, rollout)((params, setting), batch,
+                                                            sharding.put_local_batch(keys, self.mesh)))
             outs.append({k: np.asarray(v)[:len(group)] for k, v in res.items()})
         return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 

@@ -32,15 +32,17 @@ def sim_xyzh(scenario: dt.Scenario, r: sampling.Rollouts) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("model", "rollout", "realism"))
 def sample_and_score(model: mlm.MotionLM, params, scenarios: dt.Scenario, keys: jax.Array,
-                     rollout: sampling.RolloutConfig, realism: wosac.RealismConfig) -> dict[str, jax.Array]:
-    """WOSAC metrics ``[B]`` of B scenes (``[B, ...]`` scenarios, ``[B]`` keys).
+                     rollout: sampling.RolloutConfig, realism: wosac.RealismConfig,
+                     setting: jax.Array | None = None) -> dict[str, jax.Array]:
+    """WOSAC metrics ``[B]`` of B scenes (``[B, ...]`` scenarios, ``[B]`` keys); ``setting``: a traced
+    (temperature, top_p) instead of ``rollout``'s (``sampling.sample``).
 
     Returns ``wosac.compute_metrics``'s dict with a leading scene axis: the
     official fields, the buckets, ``num_eval_agents`` and the flags
     (``map_search_inexact`` etc.: re-run that scene with exhaustive searches).
     """
     def one(scenario, key):
-        r = sampling.sample(model, params, scenario, key, rollout)
+        r = sampling.sample(model, params, scenario, key, rollout, setting)
         return wosac.compute_metrics(scenario, sim_xyzh(scenario, r), realism)
 
     return jax.vmap(one)(scenarios, keys)

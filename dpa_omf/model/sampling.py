@@ -93,19 +93,37 @@ class Rollouts(tok.KinematicState):
 
 
 # ------------------------------------------------------------------ sampling primitives
-def sample_token(key: jax.Array, logits: jax.Array, temperature: float, top_p: float) -> jax.Array:
-    """Draws tokens ``[...]`` from logits ``[..., V]`` with temperature and nucleus (top-p)."""
+def _nucleus(logits: jax.Array, top_p) -> jax.Array:
+    """``logits`` with the tokens outside the top-p nucleus set to -inf."""
+    probs = jax.nn.softmax(logits, -1)
+    sorted_p = -jnp.sort(-probs, -1)
+    # Mass strictly before each sorted entry; keep entries that start inside the nucleus
+    # (the most likely token is always kept).
+    before = jnp.cumsum(sorted_p, -1) - sorted_p
+    n_keep = jnp.sum(before < top_p, -1, keepdims=True)
+    threshold = jnp.take_along_axis(sorted_p, n_keep - 1, -1)
+    return jnp.where(probs >= threshold, logits, -jnp.inf)
+
+
+def sample_token(key: jax.Array, logits: jax.Array, temperature, top_p) -> jax.Array:
+    """Draws tokens ``[...]`` from logits ``[..., V]`` with temperature and nucleus (top-p).
+
+    ``temperature`` and ``top_p`` are Python numbers (static: no sort when ``top_p`` is 1) or traced
+    float32 scalars (one program for every setting; the nucleus is computed only where ``top_p < 1``,
+    under ``lax.cond``). Both give the same tokens for the same values.
+    """
     logits = logits / temperature
-    if top_p < 1.0:
-        probs = jax.nn.softmax(logits, -1)
-        sorted_p = -jnp.sort(-probs, -1)
-        # Mass strictly before each sorted entry; keep entries that start inside the nucleus
-        # (the most likely token is always kept).
-        before = jnp.cumsum(sorted_p, -1) - sorted_p
-        n_keep = jnp.sum(before < top_p, -1, keepdims=True)
-        threshold = jnp.take_along_axis(sorted_p, n_keep - 1, -1)
-        logits = jnp.where(probs >= threshold, logits, -jnp.inf)
+    if isinstance(top_p, (int, float)):
+        if top_p < 1.0:
+            logits = _nucleus(logits, top_p)
+    else:
+        logits = jax.lax.cond(top_p < 1.0, _nucleus, lambda lg, _: lg, logits, top_p)
     return jax.random.categorical(key, logits, -1).astype(jnp.int32)
+
+
+def _setting(cfg: RolloutConfig, setting):
+    """(temperature, top_p): the config's (static), or a traced ``[2]`` ``setting``'s."""
+    return (cfg.temperature, cfg.top_p) if setting is None else (setting[0], setting[1])
 
 
 def _keys(key: jax.Array, rollout_ids: jax.Array, t) -> jax.Array:
@@ -134,16 +152,17 @@ def _finish(outs, valid: jax.Array) -> Rollouts:
                     log_probs=lps, valid=valid)
 
 
-def _draw(key, rollout_ids, t, logits, cfg: RolloutConfig):
+def _draw(key, rollout_ids, t, logits, cfg: RolloutConfig, setting=None):
     """Samples ``[chunk, A]`` tokens at step t and their untempered log-probs."""
     keys = _keys(key, rollout_ids, t)
-    toks = jax.vmap(lambda k, lg: sample_token(k, lg, cfg.temperature, cfg.top_p))(keys, logits)
+    temperature, top_p = _setting(cfg, setting)
+    toks = jax.vmap(lambda k, lg: sample_token(k, lg, temperature, top_p))(keys, logits)
     lp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), toks[..., None], -1)[..., 0]
     return toks, lp
 
 
 def _draw_closest(key, rollout_ids, t, logits, state: tok.KinematicState, scenario: dt.Scenario,
-                  cfg: RolloutConfig, tcfg: tok.TokenizerConfig):
+                  cfg: RolloutConfig, tcfg: tok.TokenizerConfig, setting=None):
     """CAT-K: ``[chunk, A]`` tokens closest to the log among the ``closest_top_k`` most likely, and their
     untempered log-probs.
 
@@ -163,7 +182,8 @@ def _draw_closest(key, rollout_ids, t, logits, state: tok.KinematicState, scenar
     dist = jnp.linalg.norm(corners - logged[:, None], axis=-1).mean(-1)  # [n, A, K] mean corner distance
     closest = jnp.argmin(dist, -1)
     keys = _keys(key, rollout_ids, t)
-    sampled = jax.vmap(lambda kk, lg: jax.random.categorical(kk, lg / cfg.temperature, -1))(keys, top_logits)
+    temperature = _setting(cfg, setting)[0]
+    sampled = jax.vmap(lambda kk, lg: jax.random.categorical(kk, lg / temperature, -1))(keys, top_logits)
     logged_valid = jax.lax.dynamic_index_in_dim(a.valid, idx, -1, keepdims=False)  # [A]
     pick = jnp.where(logged_valid, closest, sampled)
     toks = jnp.take_along_axis(top_tokens, pick[..., None], -1)[..., 0].astype(jnp.int32)
@@ -179,8 +199,13 @@ def _initial_state(scenario: dt.Scenario, n: int) -> tok.KinematicState:
 # ------------------------------------------------------------------ cached sampler
 @functools.partial(jax.jit, static_argnames=("model", "cfg"))
 def sample(model: ml.MotionLM, params, scenario: dt.Scenario, key: jax.Array,
-           cfg: RolloutConfig) -> Rollouts:
-    """R joint rollouts of ONE scene (no batch dim) with a KV cache. See the module docstring."""
+           cfg: RolloutConfig, setting: jax.Array | None = None) -> Rollouts:
+    """R joint rollouts of ONE scene (no batch dim) with a KV cache. See the module docstring.
+
+    ``setting``: float32 ``[2]`` (temperature, top_p), traced, used instead of ``cfg``'s: one program
+    samples at every setting (the evaluator's rows at other settings); the same tokens as ``cfg`` with
+    those values (``sample_token``).
+    """
     tcfg = model.config.tokenizer
     encoded = model.encode_scene(params, scenario)  # once per scene, shared by all rollouts
     valid = encoded["agent_mask"]
@@ -194,9 +219,9 @@ def sample(model: ml.MotionLM, params, scenario: dt.Scenario, key: jax.Array,
             cache, prev, state = carry
             logits, cache = model.decode_step(params, encoded, prev, t, cache)  # [n, A, V]
             if cfg.closest_top_k:
-                toks, lp = _draw_closest(key, rollout_ids, t, logits, state, scenario, cfg, tcfg)
+                toks, lp = _draw_closest(key, rollout_ids, t, logits, state, scenario, cfg, tcfg, setting)
             else:
-                toks, lp = _draw(key, rollout_ids, t, logits, cfg)
+                toks, lp = _draw(key, rollout_ids, t, logits, cfg, setting)
             state, subs = tok.step_token(state, toks, tcfg)
             return (cache, toks, state), (toks, lp, subs)
 

@@ -73,6 +73,21 @@ def test_sizes_fitted_to_more_scenes_change_no_value(smoke):
     assert got[0] == pytest.approx(want[0], rel=1e-5, abs=1e-6)
 
 
+def test_sampling_settings_share_one_program(smoke):
+    """A row at another (temperature, top-p) runs the same program (the setting is traced, see
+    sampling.sample) and differs from the row at the evaluate section's setting."""
+    c, model, params, scenes = smoke
+    # Perturbed: the initial head is zero (uniform tokens, which no temperature or nucleus changes).
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(3), len(leaves))
+    params = jax.tree.unflatten(tree, [p + 0.3 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
+    ev = _evaluator(c, model, 1, 1)
+    plain = ev.scene_metrics(params, scenes[:1], [0])
+    sharp = ev.scene_metrics(params, scenes[:1], [0], sampled=(0.5, 0.9))
+    assert len(ev._programs) == 1
+    assert plain != sharp
+
+
 def test_training_log_and_report_table(smoke):
     c, model, params, scenes = smoke
     log = realism_eval.realism_logger(_evaluator(c, model, 1, 1), scenes[:2])

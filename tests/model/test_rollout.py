@@ -97,6 +97,31 @@ def test_sample_token_top_p_and_temperature():
     assert set(np.unique(full)) == {0, 1, 2, 3}
 
 
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.8, 0.95), (0.7, 1.0)])
+def test_a_traced_setting_draws_the_static_settings_rollouts(setup, temperature, top_p):
+    """One program for every (temperature, top-p): the traced setting gives what the config's gives."""
+    model, params, scene = setup
+    key = jax.random.key(7)
+    static = ro.sample(model, params, scene, key, ro.RolloutConfig(4, 2, temperature, top_p))
+    base = ro.RolloutConfig(num_rollouts=4, rollout_chunk=2)
+    setting = jnp.asarray([temperature, top_p], jnp.float32)
+    traced = ro.sample(model, params, scene, key, base, setting)
+    for name in ("tokens", "log_probs", "x", "heading"):
+        np.testing.assert_array_equal(getattr(traced, name), getattr(static, name), err_msg=name)
+    compiled = ro.sample._cache_size()
+    ro.sample(model, params, scene, key, base, jnp.asarray([0.5, 0.5], jnp.float32))
+    assert ro.sample._cache_size() == compiled  # no new program for another setting
+
+
+def test_sample_token_traced_nucleus():
+    logits = jnp.log(jnp.array([0.4, 0.3, 0.2, 0.1]))
+    keys = jax.random.split(jax.random.key(0), 500)
+    draw = jax.jit(jax.vmap(lambda k, p, t: ro.sample_token(k, logits, t, p), in_axes=(0, None, None)))
+    for p, t in ((0.6, 1.0), (1.0, 0.5), (0.95, 0.8)):
+        static = jax.vmap(lambda k, t=t, p=p: ro.sample_token(k, logits, t, p))(keys)
+        np.testing.assert_array_equal(draw(keys, jnp.float32(p), jnp.float32(t)), static)
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="multiple"):
         ro.RolloutConfig(num_rollouts=10, rollout_chunk=4)
