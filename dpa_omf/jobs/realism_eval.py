@@ -54,24 +54,24 @@ class Evaluator:
     def _program(self, rc: realism.RealismConfig, rollout: sampling.RolloutConfig):
         """The jitted sample-and-score program; its first argument is (params, setting), the setting
         (temperature, top_p) traced, so every sampling setting of a model shares one program."""
-        key = (rc, dataclasses.replace(rollout, temperature=1.0, top_p=1.0))
-        if key not in self._programs:
-            self._programs[key] = sharding.map_over_scenes(
-                lambda ps, s, k: model_realism.sample_and_score(self.model, ps[0], s, k, key[1], rc, ps[1]),
+        structure = dataclasses.replace(rollout, temperature=1.0, top_p=1.0)  # what the program is compiled for
+        if (rc, structure) not in self._programs:
+            self._programs[rc, structure] = sharding.map_over_scenes(
+                lambda ps, s, k: model_realism.sample_and_score(self.model, ps[0], s, k, structure, rc, ps[1]),
                 self.mesh)
-        return self._programs[key]
+        return self._programs[rc, structure]
 
     def _run(self, params, scenarios: list[dt.Scenario], indices: Sequence[int], rc,
              rollout: sampling.RolloutConfig) -> dict[str, np.ndarray]:
+        program = self._program(rc, rollout)
+        setting = np.asarray([rollout.temperature, rollout.top_p], np.float32)
         outs = []
         for i in range(0, len(scenarios), self.step_size):
             group, idx = scenarios[i:i + self.step_size], list(indices[i:i + self.step_size])
             pad = self.step_size - len(group)
             batch = sharding.put_local_batch(dt.stack_scenarios(group + group[-1:] * pad), self.mesh)
             keys = jax.numpy.stack([jax.random.fold_in(self.base_key, j) for j in idx + idx[-1:] * pad])
-            setting = np.asarray([rollout.temperature, rollout.top_p], np.float32)
-            res = jax.device_get(self._program(rc, rollout)((params, setting), batch,
-                                                            sharding.put_local_batch(keys, self.mesh)))
+            res = jax.device_get(program((params, setting), batch, sharding.put_local_batch(keys, self.mesh)))
             outs.append({k: np.asarray(v)[:len(group)] for k, v in res.items()})
         return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 

@@ -121,7 +121,7 @@ class JointDecoder(nn.Module):
 
     def step(self, in_tokens_t, t, agent_emb, agent_mask, cross_kvs, ctx_mask, cache):
         """Cached step ``t``: inputs ``[..., A]`` (leading axes: rollouts sampled together, each with its own
-        cache ``[..., H, A, S, Dh]`` per layer) -> (logits ``[..., A, 169]``, new cache)."""
+        cache ``[..., H, S, A, Dh]`` per layer, time-major) -> (logits ``[..., A, 169]``, new cache)."""
         x = self.embed(in_tokens_t[..., None], t[None], agent_emb)[..., 0, :]
         new_cache = []
         for blk, (ck, cv), (k, v) in zip(self.blocks, cross_kvs, cache):
